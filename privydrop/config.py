@@ -1,0 +1,171 @@
+"""Settings: one immutable object, read once at start-up.
+
+Nothing else in the package reads the environment. Each component receives
+the slice it needs (``settings.engine``, ``settings.redis`` ...), so lower
+layers never see settings that belong to upper ones.
+
+The shapes and defaults live here; parsing the environment, ``.env`` files and
+twistd options into them is done by L{Settings.from_options} (see
+``privydrop/settings_source.py``), which validates every value once and names
+the variable and the value when one is wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import attrs
+
+Environment = Literal["development", "production"]
+
+#: Origins the Node backend allows in development besides CORS_ORIGIN.
+DEV_EXTRA_ORIGINS: tuple[str, ...] = ("http://localhost:3002",)
+#: Patterns (full-match regular expressions) allowed in development: LAN hosts.
+DEV_ORIGIN_PATTERNS: tuple[str, ...] = (r"http://192\.168\.\d{1,3}\.\d{1,3}:3002",)
+
+
+@attrs.frozen
+class OriginSettings:
+    """Which browser origins may call the API and open sockets.
+
+    ``allow_any`` is for the protocol test servers (CORS ``*``); PrivyDrop
+    itself always runs with an explicit list.
+    """
+
+    origins: tuple[str, ...] = ()
+    patterns: tuple[str, ...] = ()
+    allow_any: bool = False
+
+
+@attrs.frozen
+class RedisSettings:
+    """Where Redis is and how long we wait for it."""
+
+    host: str = "127.0.0.1"
+    port: int = 6379
+    password: str | None = None
+    db: int = 0
+    #: Seconds a single store operation may take before it fails with 503.
+    command_timeout: float = 2.0
+    #: Seconds to wait for the initial connection in production before giving up.
+    connect_timeout: float = 5.0
+    pool_size: int = 8
+
+
+@attrs.frozen
+class EngineSettings:
+    """Engine.IO v4 server settings, with the reference server's defaults."""
+
+    path: str = "/socket.io/"
+    ping_interval_ms: int = 25_000
+    ping_timeout_ms: int = 20_000
+    #: maxHttpBufferSize / maxPayload: largest message or polling payload, bytes.
+    max_payload: int = 1_000_000
+    transports: tuple[str, ...] = ("polling", "websocket")
+    allow_upgrades: bool = True
+    #: Seconds allowed for the polling->websocket upgrade to complete.
+    upgrade_timeout_s: float = 10.0
+    #: Largest number of packets accepted in one polling POST payload.
+    max_packets_per_payload: int = 1_000
+    #: Bytes queued for one session (server -> client) before it is closed.
+    max_buffered_bytes: int = 4_000_000
+    #: Open sessions per process that have not yet said anything beyond the handshake.
+    max_pending_sessions: int = 10_000
+    #: Largest WebSocket frame accepted, bytes (max_payload when 0).
+    max_frame_bytes: int = 0
+    #: Fragments one WebSocket message may be split into.
+    max_fragments: int = 64
+    #: Outbound bytes buffered on one WebSocket/TCP connection before it is dropped.
+    max_outbound_buffer: int = 8_000_000
+    origins: OriginSettings = OriginSettings(allow_any=True)
+
+
+@attrs.frozen
+class SocketIOSettings:
+    """Socket.IO v5 server settings."""
+
+    connect_timeout_ms: int = 45_000
+    max_attachments: int = 10
+    max_pending_acks: int = 100
+    max_rooms_per_socket: int = 64
+    #: Largest ack id accepted, as digits.
+    max_ack_id_digits: int = 15
+
+
+@attrs.frozen
+class RoomSettings:
+    """PrivyDrop room rules (the Node backend's numbers)."""
+
+    room_ttl_s: int = 24 * 3600
+    #: The socket->room mapping outlives the room by this much.
+    socket_ttl_extra_s: int = 3600
+    empty_room_ttl_s: int = 900
+    max_room_id_length: int = 64
+    #: Room ids of this length or longer may be "created" again (rejoin).
+    rejoin_id_length: int = 8
+    numeric_id_attempts: int = 10
+    alphanumeric_id_attempts: int = 50
+    join_window_s: int = 5
+    join_limit: int = 2
+    join_rate_limit_enabled: bool = True
+
+
+@attrs.frozen
+class TrackingSettings:
+    """Referrer statistics."""
+
+    ttl_s: int = 30 * 24 * 3600
+    max_ref_length: int = 128
+    max_referrers_per_day: int = 1_000
+
+
+@attrs.frozen
+class ApiSettings:
+    """REST API limits."""
+
+    max_body_bytes: int = 100 * 1024
+    #: API calls per client IP per window; 0 turns the limit off.
+    rate_limit_calls: int = 600
+    rate_limit_window_s: int = 60
+    max_log_message_length: int = 2_000
+    #: Largest SDP or ICE candidate relayed by signaling, bytes of JSON.
+    max_signal_bytes: int = 64 * 1024
+
+
+@attrs.frozen
+class HttpSettings:
+    """Connection-level protection for the one HTTP port."""
+
+    #: Seconds a client may take to send the request line and headers.
+    header_timeout_s: float = 10.0
+    #: Seconds a client may take to send a request body.
+    body_timeout_s: float = 30.0
+    #: Seconds an idle keep-alive connection is kept.
+    idle_timeout_s: float = 60.0
+    #: Peers whose X-Forwarded-For is believed (addresses or CIDR ranges).
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1/8", "::1/128")
+    log_client_ips: bool = False
+
+
+@attrs.frozen
+class Settings:
+    """Everything the server needs to know, validated."""
+
+    environment: Environment = "development"
+    #: A Twisted server endpoint string.
+    listen: str = "tcp:3001"
+    #: None: no Redis configured (embedded memory store in development).
+    redis: RedisSettings | None = None
+    origins: OriginSettings = OriginSettings(
+        origins=DEV_EXTRA_ORIGINS, patterns=DEV_ORIGIN_PATTERNS
+    )
+    engine: EngineSettings = EngineSettings()
+    socketio: SocketIOSettings = SocketIOSettings()
+    rooms: RoomSettings = RoomSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    api: ApiSettings = ApiSettings()
+    http: HttpSettings = HttpSettings()
+
+    @property
+    def production(self) -> bool:
+        return self.environment == "production"

@@ -1,0 +1,76 @@
+"""The seam between Engine.IO and whatever runs on top of it.
+
+Engine.IO delivers whole messages (text or binary) of one client session and
+knows nothing of Socket.IO. The layer above (``privydrop.socketio``, or the
+plain echo in ``examples/engineio_echo.py``) implements L{EngineApplication};
+Engine.IO hands it an L{EngineConnection} for each session.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, NewType, Protocol, Sequence, Union
+
+import attrs
+
+#: The Engine.IO session id (``sid`` of the handshake). Never shown to other clients.
+EngineSid = NewType("EngineSid", str)
+
+#: One Engine.IO message payload: text, or binary.
+Message = Union[str, bytes]
+
+
+@attrs.frozen
+class Handshake:
+    """What the client's first request said, kept for the session's lifetime.
+
+    @ivar headers: request headers, lower-cased names, last value wins.
+    @ivar remote_address: the direct peer's IP address.
+    @ivar query: query string parameters of the first request.
+    @ivar url: the first request's path and query.
+    @ivar secure: whether it came over TLS.
+    @ivar issued_ms: when the session was opened, ms since the epoch.
+    """
+
+    headers: Mapping[str, str]
+    remote_address: str
+    query: Mapping[str, str]
+    url: str
+    secure: bool
+    issued_ms: int
+
+
+class EngineConnection(Protocol):
+    """One open Engine.IO session, as the application sees it."""
+
+    @property
+    def sid(self) -> EngineSid: ...
+
+    @property
+    def handshake(self) -> Handshake: ...
+
+    @property
+    def transport_name(self) -> str:
+        """``"polling"`` or ``"websocket"`` (changes after an upgrade)."""
+
+    def send(self, message: Message) -> None:
+        """Queue one message; it is flushed with others queued in the same turn."""
+
+    def send_many(self, messages: Sequence[Message]) -> None:
+        """Queue several messages in order, as one write where the transport allows."""
+
+    def close(self, reason: str = "forced close") -> None:
+        """Close the session; L{EngineApplication.on_close} follows."""
+
+
+class EngineApplication(Protocol):
+    """Callbacks Engine.IO makes into the layer above. They must not raise;
+    an exception is logged and closes that one session."""
+
+    def on_open(self, connection: EngineConnection) -> None:
+        """A session completed its handshake."""
+
+    def on_message(self, connection: EngineConnection, message: Message) -> None:
+        """A whole message arrived on a session."""
+
+    def on_close(self, connection: EngineConnection, reason: str) -> None:
+        """A session ended (client close, transport error, ping timeout, limit)."""

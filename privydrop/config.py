@@ -12,11 +12,19 @@ the variable and the value when one is wrong.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Mapping
 
 import attrs
 
 Environment = Literal["development", "production"]
+
+
+class ConfigError(Exception):
+    """A setting has an invalid value, or a required one is missing.
+
+    The message names the variable (or option) and the offending value, so
+    the operator can fix the right line of the right file.
+    """
 
 #: Origins the Node backend allows in development besides CORS_ORIGIN.
 DEV_EXTRA_ORIGINS: tuple[str, ...] = ("http://localhost:3002",)
@@ -65,6 +73,9 @@ class EngineSettings:
     allow_upgrades: bool = True
     #: Seconds allowed for the polling->websocket upgrade to complete.
     upgrade_timeout_s: float = 10.0
+    #: Seconds a polling session closed by the server waits for the client's
+    #: next GET to collect its last packets before it is dropped.
+    polling_close_timeout_s: float = 30.0
     #: Largest number of packets accepted in one polling POST payload.
     max_packets_per_payload: int = 1_000
     #: Bytes queued for one session (server -> client) before it is closed.
@@ -90,6 +101,9 @@ class SocketIOSettings:
     max_rooms_per_socket: int = 64
     #: Largest ack id accepted, as digits.
     max_ack_id_digits: int = 15
+    #: Bytes of one Socket.IO packet a client may send: text header plus all
+    #: of its binary attachments together.
+    max_packet_bytes: int = 1_000_000
 
 
 @attrs.frozen
@@ -128,6 +142,8 @@ class ApiSettings:
     rate_limit_calls: int = 600
     rate_limit_window_s: int = 60
     max_log_message_length: int = 2_000
+    #: Longest socket id accepted by leave_room (Socket.IO ids are 20 characters).
+    max_socket_id_length: int = 64
     #: Largest SDP or ICE candidate relayed by signaling, bytes of JSON.
     max_signal_bytes: int = 64 * 1024
 
@@ -165,7 +181,31 @@ class Settings:
     tracking: TrackingSettings = TrackingSettings()
     api: ApiSettings = ApiSettings()
     http: HttpSettings = HttpSettings()
+    #: The .env file the settings were read from, if any (for the start-up log).
+    env_file: str | None = None
 
     @property
     def production(self) -> bool:
         return self.environment == "production"
+
+    @classmethod
+    def from_options(
+        cls,
+        options: Mapping[str, Any],
+        environ: Mapping[str, str],
+        cwd: str | None = None,
+    ) -> "Settings":
+        """Validate defaults, a C{.env} file, the environment and options into Settings.
+
+        Precedence rises in that order. See L{privydrop.settings_source}.
+
+        @param options: parsed twistd options (L{privydrop.tap.Options}).
+        @param environ: the process environment (only C{tap} passes
+            C{os.environ}; tests pass plain dicts).
+        @param cwd: where to look for C{.env.<NODE_ENV>}; the working directory
+            when None.
+        @raise ConfigError: naming the variable and value that are wrong.
+        """
+        from privydrop.settings_source import settings_from_sources
+
+        return settings_from_sources(options, environ, cwd)

@@ -1,0 +1,423 @@
+"""The REST API: the Node backend's paths and JSON bodies, on Klein.
+
+=========================  ====================================================
+``POST /api/create_room``  ``{roomId}`` -> ``{success, message}``
+``GET  /api/get_room``     -> ``{roomId}`` of a newly created room
+``POST /api/check_room``   ``{roomId}`` -> ``{available}``
+``POST /api/set_track``    ``{ref, timestamp, path}`` -> ``{success: true}``
+``POST /api/logs_debug``   ``{message, timestamp}`` -> ``{success: true}``
+``POST /api/leave_room``   ``{roomId, socketId}`` -> ``{success, message}``
+``GET  /health``           liveness (also ``/api/health``)
+``GET  /health/detailed``  store round trip, Socket.IO connections, process figures
+=========================  ====================================================
+
+Every answer is JSON. Input the client can fix is a 4xx C{{"error": ...}}
+(malformed or non-object JSON, a bad C{roomId}, 404, 405, 429 past the
+per-IP call budget); a store that is down or stalled is a 503 within the
+store's command timeout; anything else is logged and answered 500. CORS and
+the call budget are applied by L{_APIResource} before Klein routes.
+
+The API reaches Socket.IO only through two optional callables handed in by
+the service tree (C{notify_peer_left}, C{connection_count}); it knows nothing
+else of it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import inspect
+import os
+import resource as _resource
+import sys
+from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+
+import orjson
+from klein import Klein
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+from werkzeug.exceptions import MethodNotAllowed, NotFound
+
+from privydrop import __version__
+from privydrop.api.cors import cors_headers, preflight_headers
+from privydrop.api.errors import (
+    LEAVE_FIELDS_REQUIRED,
+    ROOM_ID_REQUIRED,
+    APIError,
+    bad_request,
+)
+from privydrop.clientip import client_ip, trusted_proxies
+from privydrop.config import Settings
+from privydrop.ratelimit import CallBudget
+from privydrop.rooms import InvalidRoomId, RoomIdsExhausted, Rooms
+from privydrop.store import keys
+from privydrop.store.interface import IStore, StoreUnavailable
+from privydrop.tracking import InvalidTrack, ReferrerTracker
+
+_log = Logger()
+
+#: Called before a socket is unbound by ``leave_room``: tell the room's peers.
+PeerLeftHook = Callable[[str, str], "Awaitable[None] | None"]
+
+#: Paths that are never counted against the call budget.
+HEALTH_PATHS = frozenset({b"/health", b"/api/health", b"/health/detailed"})
+
+SERVICE_NAME = "privydrop-backend"
+_JSON = b"application/json; charset=utf-8"
+_STORE_DOWN = "Storage is temporarily unavailable, please try again later"
+_TOO_MANY = "Too many requests, please try again later"
+
+_R = TypeVar("_R")
+
+
+def _iso(seconds: float) -> str:
+    """JavaScript's C{Date.toISOString()} for a POSIX time."""
+    moment = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def read_json_object(request: IRequest) -> dict[str, Any]:
+    """The request body as a JSON object; an empty body is C{{}}.
+
+    @raise APIError: 400 when the body is not JSON (deep nesting included:
+        the parser's depth limit is an error like any other) or not an object.
+    """
+    content = request.content
+    if content is None:
+        return {}
+    content.seek(0)
+    raw = content.read()
+    if not raw.strip():
+        return {}
+    try:
+        value = orjson.loads(raw)
+    except (ValueError, RecursionError):
+        raise bad_request("Malformed JSON body") from None
+    if not isinstance(value, dict):
+        raise bad_request("JSON body must be an object")
+    return value
+
+
+def _required(value: object) -> bool:
+    """Whether a field counts as given (the Node backend tests C{!value})."""
+    return value is not None and value != "" and value is not False
+
+
+def _validate_socket_id(value: object, max_length: int) -> str:
+    if not isinstance(value, str):
+        raise bad_request("Socket ID must be a string")
+    if len(value) > max_length:
+        raise bad_request("Socket ID is longer than %d characters" % (max_length,))
+    if ":" in value or keys.contains_control_characters(value):
+        raise bad_request("Socket ID holds characters that are not allowed")
+    return value
+
+
+def _process_figures(uptime_s: float) -> dict[str, Any]:
+    """Memory and CPU figures of this process (informational)."""
+    usage = _resource.getrusage(_resource.RUSAGE_SELF)
+    cpu_s = usage.ru_utime + usage.ru_stime
+    rss = None
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            rss = int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        pass
+    peak = usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+    return {
+        "memory": {"rss": rss if rss is not None else peak, "peakRss": peak},
+        "cpu": {
+            "seconds": round(cpu_s, 3),
+            "percent": round(cpu_s / uptime_s * 100) if uptime_s > 0 else 0,
+        },
+        "pid": os.getpid(),
+        "platform": sys.platform,
+        "pythonVersion": sys.version.split()[0],
+    }
+
+
+def _json_endpoint(
+    f: Callable[..., Coroutine[Any, Any, Any]],
+) -> Callable[..., Coroutine[Any, Any, bytes]]:
+    """Run a route and turn its result, or its failure, into a JSON answer.
+
+    The route returns a JSON-able value (status 200) or a C{(code, value)}
+    tuple. This is the API's error boundary.
+    """
+
+    @functools.wraps(f)
+    async def wrapper(self: "PrivyDropAPI", request: IRequest, *args: Any) -> bytes:
+        code = 200
+        headers: tuple[tuple[str, str], ...] = ()
+        try:
+            result = await f(self, request, *args)
+            if isinstance(result, tuple):
+                code, result = result
+        except APIError as e:
+            code, result, headers = e.code, e.body(), e.headers
+            _log.warn(
+                "API request refused ({code}): {error}", code=code, error=e.message
+            )
+        except (InvalidRoomId, InvalidTrack) as e:
+            code, result = 400, {"error": str(e)}
+            _log.warn("API request refused ({code}): {error}", code=code, error=str(e))
+        except StoreUnavailable as e:
+            code, result = 503, {"error": _STORE_DOWN}
+            _log.warn("store unavailable for {path}: {error}", path=request.path, error=str(e))
+        except RoomIdsExhausted as e:
+            code, result = 503, {"error": str(e)}
+        except Exception:
+            _log.failure("API route {path} failed", path=request.path)
+            code, result = 500, {"error": "Internal server error"}
+        request.setResponseCode(code)
+        request.setHeader(b"content-type", _JSON)
+        for name, value in headers:
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        return orjson.dumps(result)
+
+    return wrapper
+
+
+class PrivyDropAPI:
+    """The REST API's routes over the room and tracking rules.
+
+    @ivar app: the Klein application (routes below).
+    """
+
+    app = Klein()
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: IStore,
+        clock: IReactorTime,
+        *,
+        notify_peer_left: PeerLeftHook | None = None,
+        connection_count: Callable[[], int] | None = None,
+        redis_address: str | None = None,
+    ) -> None:
+        """
+        @param settings: all settings (reads C{api}, C{rooms}, C{tracking},
+            C{origins}, C{http.trusted_proxies}, C{environment}).
+        @param store: where rooms and statistics live.
+        @param clock: "now" for rules, rate budgets and health figures.
+        @param notify_peer_left: awaited with C{(room_id, socket_id)} before
+            C{leave_room} unbinds the socket, so the room's peers hear of it
+            (Socket.IO's C{peer-disconnected}); None until Socket.IO exists.
+        @param connection_count: open Socket.IO connections, for
+            C{/health/detailed}; None until Socket.IO exists.
+        @param redis_address: C{host:port} shown by C{/health/detailed}, or
+            None for the in-memory store.
+        """
+        self._settings = settings
+        self._store = store
+        self._clock = clock
+        self._rooms = Rooms(store, settings.rooms, clock)
+        self._tracker = ReferrerTracker(store, settings.tracking)
+        self._budget = CallBudget(
+            settings.api.rate_limit_calls, settings.api.rate_limit_window_s, clock
+        )
+        self._trusted = trusted_proxies(settings.http.trusted_proxies)
+        self._notify_peer_left = notify_peer_left
+        self._connection_count = connection_count
+        self._redis_address = redis_address
+        self._started = clock.seconds()
+
+    def resource(self) -> IResource:
+        """The API as a resource: CORS and call budget, then Klein's routing."""
+        return _APIResource(self)
+
+    # -- things _APIResource needs ------------------------------------------
+
+    def client_address(self, request: IRequest) -> str:
+        """The client's IP under the trusted-proxy rule (L{privydrop.clientip})."""
+        peer = request.getClientAddress()
+        host = getattr(peer, "host", None) or str(peer)
+        forwarded = [
+            v.decode("latin-1")
+            for v in request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
+        ]
+        return client_ip(host, forwarded, self._trusted)
+
+    # -- health ----------------------------------------------------------------
+
+    def _basic_health(self) -> dict[str, Any]:
+        now = self._clock.seconds()
+        return {
+            "status": "healthy",
+            "timestamp": _iso(now),
+            "uptime": int(now - self._started),
+            "service": SERVICE_NAME,
+            "version": __version__,
+            "environment": self._settings.environment,
+        }
+
+    @app.route("/health", methods=["GET"])
+    @_json_endpoint
+    async def health(self, request: IRequest) -> Any:
+        return self._basic_health()
+
+    @app.route("/api/health", methods=["GET"])
+    @_json_endpoint
+    async def api_health(self, request: IRequest) -> Any:
+        return self._basic_health()
+
+    @app.route("/health/detailed", methods=["GET"])
+    @_json_endpoint
+    async def health_detailed(self, request: IRequest) -> Any:
+        body = self._basic_health()
+        store: dict[str, Any] = {"backend": "redis" if self._redis_address else "memory"}
+        if self._redis_address:
+            store["address"] = self._redis_address
+        started = self._clock.seconds()
+        try:
+            await self._store.ping()
+        except Exception as e:
+            store.update(status="disconnected", error=str(e) or type(e).__name__)
+            body["status"] = "unhealthy"
+            body["errors"] = ["Redis connection failed"]
+        else:
+            elapsed_ms = (self._clock.seconds() - started) * 1000
+            store.update(status="connected", responseTime=round(elapsed_ms, 3))
+        count = self._connection_count
+        body["dependencies"] = {
+            "redis": store,
+            "socketio": {
+                "status": "running" if count is not None else "not_initialized",
+                "connections": count() if count is not None else 0,
+            },
+        }
+        body["system"] = _process_figures(self._clock.seconds() - self._started)
+        return (200 if body["status"] == "healthy" else 503), body
+
+    # -- rooms -------------------------------------------------------------------
+
+    @app.route("/api/create_room", methods=["POST"])
+    @_json_endpoint
+    async def create_room(self, request: IRequest) -> Any:
+        room_id = read_json_object(request).get("roomId")
+        if not _required(room_id):
+            raise bad_request(ROOM_ID_REQUIRED)
+        outcome = await self._rooms.create(room_id)
+        return {"success": outcome.success, "message": outcome.message}
+
+    @app.route("/api/get_room", methods=["GET"])
+    @_json_endpoint
+    async def get_room(self, request: IRequest) -> Any:
+        return {"roomId": await self._rooms.allocate()}
+
+    @app.route("/api/check_room", methods=["POST"])
+    @_json_endpoint
+    async def check_room(self, request: IRequest) -> Any:
+        room_id = read_json_object(request).get("roomId")
+        if not _required(room_id):
+            raise bad_request(ROOM_ID_REQUIRED)
+        return {"available": await self._rooms.is_available(room_id)}
+
+    @app.route("/api/leave_room", methods=["POST"])
+    @_json_endpoint
+    async def leave_room(self, request: IRequest) -> Any:
+        body = read_json_object(request)
+        room_id, socket_id = body.get("roomId"), body.get("socketId")
+        if not (_required(room_id) and _required(socket_id)):
+            raise bad_request(LEAVE_FIELDS_REQUIRED)
+        socket_id = _validate_socket_id(socket_id, self._settings.api.max_socket_id_length)
+        if await self._rooms.is_available(room_id):
+            return {"success": True, "message": "Room does not exist."}
+        if self._notify_peer_left is not None:
+            # Before unbinding, as the Node backend does: the peers learn who left.
+            pending = self._notify_peer_left(room_id, socket_id)
+            if inspect.isawaitable(pending):
+                await pending
+        await self._rooms.leave(socket_id, room_id)
+        return {"success": True, "message": "Successfully left the room"}
+
+    # -- statistics and client logs ----------------------------------------------
+
+    @app.route("/api/set_track", methods=["POST"])
+    @_json_endpoint
+    async def set_track(self, request: IRequest) -> Any:
+        body = read_json_object(request)
+        await self._tracker.track(body.get("ref"), body.get("timestamp"))
+        return {"success": True}
+
+    @app.route("/api/logs_debug", methods=["POST"])
+    @_json_endpoint
+    async def logs_debug(self, request: IRequest) -> Any:
+        body = read_json_object(request)
+        limit = self._settings.api.max_log_message_length
+        message = body.get("message")
+        text = message if isinstance(message, str) else orjson.dumps(message).decode()
+        timestamp = body.get("timestamp")
+        stamp = timestamp if isinstance(timestamp, str) else orjson.dumps(timestamp).decode()
+        # !r keeps a message with newlines on one log line.
+        _log.info(
+            "client log at {client_timestamp!r}: {client_message!r}",
+            client_timestamp=stamp[:64],
+            client_message=text[:limit],
+            truncated=len(text) > limit,
+        )
+        return {"success": True}
+
+    # -- errors Klein raises while routing ------------------------------------
+
+    @app.handle_errors(NotFound)
+    def not_found(self, request: IRequest, failure: Failure) -> bytes:
+        request.setResponseCode(404)
+        request.setHeader(b"content-type", _JSON)
+        return orjson.dumps({"error": "Not found"})
+
+    @app.handle_errors(MethodNotAllowed)
+    def method_not_allowed(self, request: IRequest, failure: Failure) -> bytes:
+        request.setResponseCode(405)
+        request.setHeader(b"content-type", _JSON)
+        allowed = getattr(failure.value, "valid_methods", None)
+        if allowed:
+            request.setHeader(b"allow", ", ".join(allowed).encode("latin-1"))
+        return orjson.dumps({"error": "Method not allowed"})
+
+
+class _APIResource(Resource):
+    """CORS, preflight and the per-IP call budget in front of Klein's routing."""
+
+    isLeaf = True
+
+    def __init__(self, api: PrivyDropAPI) -> None:
+        super().__init__()
+        self._api = api
+        self._klein = api.app.resource()
+
+    def render(self, request: IRequest) -> bytes | int:
+        api = self._api
+        origins = api._settings.origins
+        origin_raw = request.requestHeaders.getRawHeaders(b"origin", [None])[-1]
+        origin = origin_raw.decode("latin-1") if origin_raw is not None else None
+        if request.method == b"OPTIONS":
+            # Every OPTIONS is a preflight, as the cors middleware treats it.
+            for name, value in preflight_headers(origin, origins):
+                request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+            request.setResponseCode(204)
+            request.setHeader(b"content-length", b"0")
+            return b""
+        for name, value in cors_headers(origin, origins):
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        if request.path not in HEALTH_PATHS and api._budget.enabled:
+            client = api.client_address(request)
+            decision = api._budget.spend(client)
+            if not decision.allowed:
+                if api._settings.http.log_client_ips:
+                    _log.warn("API call budget exhausted for {client}", client=client)
+                else:
+                    _log.warn("API call budget exhausted for a client")
+                request.setResponseCode(429)
+                request.setHeader(b"content-type", _JSON)
+                request.setHeader(b"retry-after", b"%d" % (decision.retry_after_s,))
+                return orjson.dumps({"error": _TOO_MANY})
+        result: bytes | int = self._klein.render(request)
+        return result
+
+
+__all__ = ["PrivyDropAPI", "PeerLeftHook", "read_json_object"]

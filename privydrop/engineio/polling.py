@@ -1,0 +1,199 @@
+"""HTTP long-polling transport: the twisted.web side of GET and POST.
+
+engine.io-protocol v4, "HTTP long-polling": a GET is held open until the
+session has packets (or closes) and is answered with one payload; a POST
+delivers one payload and is answered C{ok}. This module turns requests into
+calls on L{Session} and L{EngineServer} and errors into the reference
+server's answers; the rules themselves live in the session.
+
+twisted.web reads a whole request body before rendering; bodies past
+C{max_payload} are refused here from their Content-Length or length, and
+the header/body deadlines of the HTTP layer bound how slowly they may come.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.server import NOT_DONE_YET, Request
+
+from privydrop.engineio import packets
+from privydrop.engineio.cors import ALLOWED_METHODS, cors_headers
+from privydrop.engineio.errors import EngineError, EngineRequestError, error_body
+from privydrop.engineio.interface import Handshake
+from privydrop.engineio.server import EngineServer
+from privydrop.engineio.session import (
+    POLLING,
+    REASON_PARSE_ERROR,
+    REASON_PAYLOAD_LIMIT,
+    WS_POLICY_VIOLATION,
+    Session,
+)
+
+_log = Logger()
+
+_TEXT = b"text/plain; charset=UTF-8"
+_JSON = b"application/json"
+_OK = b"ok"
+
+
+def query_of(request: Request) -> dict[str, str]:
+    """Query parameters of C{request}, last value wins, as text."""
+    out: dict[str, str] = {}
+    for key, values in (request.args or {}).items():
+        if values:
+            out[key.decode("utf-8", "replace")] = values[-1].decode("utf-8", "replace")
+    return out
+
+
+def header(request: Request, name: bytes) -> str | None:
+    value = request.getHeader(name)
+    return None if value is None else value.decode("latin-1")
+
+
+def handshake_of(request: Request, query: Mapping[str, str], issued_ms: int) -> Handshake:
+    """The L{Handshake} record of a twisted.web request."""
+    headers = {
+        k.decode("latin-1").lower(): v[-1].decode("latin-1")
+        for k, v in request.requestHeaders.getAllRawHeaders()
+    }
+    peer = request.getClientAddress()
+    return Handshake(
+        headers=headers,
+        remote_address=getattr(peer, "host", ""),
+        query=dict(query),
+        url=request.uri.decode("latin-1"),
+        secure=request.isSecure(),
+        issued_ms=issued_ms,
+    )
+
+
+def answer_error(request: Request, error: EngineRequestError) -> bytes:
+    """Set status and headers for a wire error and return its JSON body."""
+    request.setResponseCode(error.status)
+    request.setHeader(b"Content-Type", _JSON)
+    return error_body(error.code)
+
+
+class _RequestResponder:
+    """Answers one held GET; ignores the answer if the client went away."""
+
+    __slots__ = ("_request", "_done")
+
+    def __init__(self, request: Request) -> None:
+        self._request = request
+        self._done = False
+
+    def respond(self, body: bytes) -> None:
+        if self._done:
+            return
+        self._done = True
+        request = self._request
+        if request._disconnected:
+            return
+        request.setHeader(b"Content-Type", _TEXT)
+        request.setHeader(b"Content-Length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
+
+    def lost(self, reason: Failure, session: Session) -> None:
+        if not self._done:
+            self._done = True
+            session.poll_lost(self)
+
+
+class PollingTransport:
+    """Renders Engine.IO polling requests for one L{EngineServer}."""
+
+    def __init__(self, server: EngineServer) -> None:
+        self._server = server
+        self._settings = server.settings
+
+    def render(self, request: Request, query: Mapping[str, str]) -> bytes | int:
+        """Answer a GET, POST or OPTIONS on the polling transport."""
+        origin = header(request, b"origin")
+        for name, value in cors_headers(self._settings.origins, origin):
+            request.setHeader(name, value)
+        method = request.method.decode("ascii", "replace")
+        if method == "OPTIONS":
+            return self._preflight(request)
+        try:
+            session = self._server.verify(query, method, upgrade=False, origin=origin)
+        except EngineRequestError as e:
+            _log.debug(
+                "engine polling request refused: {code}", code=e.code.name, transport=POLLING
+            )
+            return answer_error(request, e)
+        if session is None:
+            return self._handshake(request, query)
+        if method == "GET":
+            return self._poll(request, session)
+        if method == "POST":
+            return self._post(request, session)
+        return answer_error(request, EngineRequestError(EngineError.BAD_REQUEST))
+
+    def _preflight(self, request: Request) -> bytes:
+        request.setResponseCode(204)
+        request.setHeader(b"Access-Control-Allow-Methods", ALLOWED_METHODS)
+        wanted = request.getHeader(b"access-control-request-headers")
+        if wanted:
+            request.setHeader(b"Access-Control-Allow-Headers", wanted)
+        request.setHeader(b"Content-Length", b"0")
+        return b""
+
+    def _handshake(self, request: Request, query: Mapping[str, str]) -> bytes | int:
+        server = self._server
+        session = server.create_session(
+            POLLING, handshake_of(request, query, server.issued_ms())
+        )
+        responder = _RequestResponder(request)
+        session.attach_poll(responder)
+        server.open(session)
+        return NOT_DONE_YET
+
+    def _poll(self, request: Request, session: Session) -> bytes | int:
+        responder = _RequestResponder(request)
+        if not session.attach_poll(responder):
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", _JSON)
+            return error_body(EngineError.BAD_REQUEST)
+        if not responder._done:
+            finished: Deferred[None] = request.notifyFinish()
+            finished.addErrback(responder.lost, session)
+        return NOT_DONE_YET
+
+    def _post(self, request: Request, session: Session) -> bytes:
+        limit = self._settings.max_payload
+        declared = request.getHeader(b"content-length")
+        content = request.content
+        body = b"" if content is None else content.read(limit + 1)
+        if len(body) > limit or (declared is not None and declared.isdigit() and int(declared) > limit):
+            _log.warn(
+                "engine session {engine_sid} closed: {limit} exceeded by a POST",
+                engine_sid=session.sid,
+                limit="max_payload",
+            )
+            session.force_close(REASON_PAYLOAD_LIMIT, WS_POLICY_VIOLATION)
+            request.setResponseCode(413)
+            request.setHeader(b"Content-Type", _JSON)
+            return error_body(EngineError.BAD_REQUEST)
+        try:
+            received = packets.decode_payload(
+                body, limit, self._settings.max_packets_per_payload
+            )
+        except packets.EngineIOProtocolError as e:
+            _log.warn(
+                "engine session {engine_sid} closed: bad payload ({error})",
+                engine_sid=session.sid,
+                error=str(e),
+            )
+            session.force_close(REASON_PARSE_ERROR)
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", _JSON)
+            return error_body(EngineError.BAD_REQUEST)
+        session.receive_many(received)
+        request.setHeader(b"Content-Type", _TEXT)
+        return _OK

@@ -1,0 +1,64 @@
+"""The twisted.web resource for Engine.IO: routes a request to its transport.
+
+A GET carrying C{Upgrade: websocket} goes to the Autobahn WebSocket
+resource once it has passed the same request checks as polling (so both
+transports refuse with the same JSON error before anything is hijacked);
+every other request is polling. The resource is mounted by the site builder
+at L{EngineSettings.path}; it ignores the rest of the path, as the reference
+server does.
+"""
+
+from __future__ import annotations
+
+from autobahn.twisted.resource import WebSocketResource
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import Request
+
+from privydrop.engineio.errors import EngineRequestError
+from privydrop.engineio.polling import PollingTransport, answer_error, header, query_of
+from privydrop.engineio.server import EngineServer
+from privydrop.engineio.websocket import EngineWebSocketFactory
+from twisted.logger import Logger
+
+_log = Logger()
+
+
+class EngineIOResource(Resource):
+    """Serves both Engine.IO transports of one L{EngineServer}."""
+
+    isLeaf = True
+
+    def __init__(self, server: EngineServer) -> None:
+        super().__init__()
+        self._server = server
+        self._polling = PollingTransport(server)
+        self.websocket_factory = EngineWebSocketFactory(server)
+        self._websocket = WebSocketResource(self.websocket_factory)
+
+    def render(self, request: Request) -> bytes | int:
+        try:
+            query = query_of(request)
+            upgrade = (header(request, b"upgrade") or "").lower() == "websocket"
+            if upgrade and request.method == b"GET":
+                try:
+                    self._server.verify(
+                        query, "GET", upgrade=True, origin=header(request, b"origin")
+                    )
+                except EngineRequestError as e:
+                    return answer_error(request, e)
+                result: bytes | int = self._websocket.render(request)
+                return result
+            return self._polling.render(request, query)
+        except Exception:
+            _log.failure("engine request failed")
+            request.setResponseCode(500)
+            return b""
+
+
+def build_engineio_resource(server: EngineServer) -> IResource:
+    """The resource to mount at C{server.settings.path}.
+
+    @param server: the Engine.IO server whose sessions it serves.
+    @return: a leaf resource answering polling and WebSocket requests.
+    """
+    return EngineIOResource(server)

@@ -1,0 +1,221 @@
+"""The Engine.IO server: session registry, handshake, request checks.
+
+L{EngineServer} owns every open L{Session} of this process, gives each an
+unguessable sid, builds the handshake packet and checks the query of every
+request the same way for both transports (engine.io-protocol v4,
+"Handshake"; error codes in L{privydrop.engineio.errors}). It knows nothing
+of twisted.web or Autobahn, and nothing of Socket.IO.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Callable, Mapping
+
+import orjson
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from privydrop.config import EngineSettings
+from privydrop.engineio.cors import origin_allowed
+from privydrop.engineio.errors import EngineError, EngineRequestError
+from privydrop.engineio.interface import EngineApplication, EngineSid, Handshake
+from privydrop.engineio.packets import Packet, PacketType
+from privydrop.engineio.session import (
+    POLLING,
+    REASON_SHUTDOWN,
+    WEBSOCKET,
+    WS_GOING_AWAY,
+    Session,
+    SessionState,
+)
+
+_log = Logger()
+
+#: Random bytes in a sid: 15 bytes are 20 base64url characters, 120 bits.
+SID_BYTES = 15
+PROTOCOL_VERSION = "4"
+
+
+class TooManyPendingSessions(EngineRequestError):
+    """A handshake refused because of C{max_pending_sessions} (HTTP 503)."""
+
+    def __init__(self) -> None:
+        super().__init__(EngineError.BAD_REQUEST, status=503)
+
+
+def _new_sid() -> EngineSid:
+    return EngineSid(secrets.token_urlsafe(SID_BYTES))
+
+
+class EngineServer:
+    """Every Engine.IO session of this process.
+
+    @ivar settings: the Engine.IO settings it was built with.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        settings: EngineSettings,
+        application: EngineApplication,
+        sid_factory: Callable[[], EngineSid] = _new_sid,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        """
+        @param clock: timers for every session (the reactor, or a Clock in tests).
+        @param settings: intervals, limits, transports, origins.
+        @param application: receives every session's open, messages and close.
+        @param sid_factory: makes session ids; tests may make them predictable.
+        @param wall_clock: epoch seconds for L{Handshake.issued_ms}.
+        """
+        self.settings = settings
+        self._clock = clock
+        self._application = application
+        self._sid_factory = sid_factory
+        self._wall_clock = wall_clock
+        self._sessions: dict[EngineSid, Session] = {}
+        self._pending: set[EngineSid] = set()
+        self._handshake_json = {
+            "pingInterval": settings.ping_interval_ms,
+            "pingTimeout": settings.ping_timeout_ms,
+            "maxPayload": settings.max_payload,
+        }
+
+    @property
+    def clients_count(self) -> int:
+        """Open sessions (the reference server's C{clientsCount})."""
+        return len(self._sessions)
+
+    @property
+    def pending_count(self) -> int:
+        """Open sessions that have sent nothing since their handshake."""
+        return len(self._pending)
+
+    def get_session(self, sid: str) -> Session | None:
+        """The open session with C{sid}, or None."""
+        return self._sessions.get(EngineSid(sid))
+
+    def sessions(self) -> list[Session]:
+        """A snapshot of the open sessions."""
+        return list(self._sessions.values())
+
+    # -- request checks ---------------------------------------------------
+
+    def verify(
+        self,
+        query: Mapping[str, str],
+        method: str,
+        upgrade: bool,
+        origin: str | None,
+    ) -> Session | None:
+        """Check a request's query the way the reference server does.
+
+        @param query: query parameters (last value of each).
+        @param method: the HTTP method.
+        @param upgrade: whether it is a WebSocket upgrade request.
+        @param origin: the Origin header, if any.
+        @return: the session named by C{sid}, or None for a handshake.
+        @raise EngineRequestError: with the wire code to answer.
+        """
+        transport = query.get("transport")
+        if transport not in (POLLING, WEBSOCKET) or transport not in self.settings.transports:
+            raise EngineRequestError(EngineError.UNKNOWN_TRANSPORT)
+        if origin is not None and not origin_allowed(self.settings.origins, origin):
+            raise EngineRequestError(EngineError.FORBIDDEN)
+        if query.get("EIO") != PROTOCOL_VERSION:
+            raise EngineRequestError(EngineError.UNSUPPORTED_PROTOCOL_VERSION)
+        sid = query.get("sid")
+        if sid:
+            session = self._sessions.get(EngineSid(sid))
+            if session is None:
+                raise EngineRequestError(EngineError.UNKNOWN_SID)
+            if not upgrade and session.transport_name != transport:
+                raise EngineRequestError(EngineError.BAD_REQUEST)
+            if upgrade and transport != WEBSOCKET:
+                raise EngineRequestError(EngineError.BAD_REQUEST)
+            return session
+        if method != "GET":
+            raise EngineRequestError(EngineError.BAD_HANDSHAKE_METHOD)
+        if transport == WEBSOCKET and not upgrade:
+            raise EngineRequestError(EngineError.BAD_REQUEST)
+        if upgrade and transport != WEBSOCKET:
+            raise EngineRequestError(EngineError.BAD_REQUEST)
+        if len(self._pending) >= self.settings.max_pending_sessions:
+            _log.warn(
+                "engine handshake refused: {limit} reached ({count})",
+                limit="max_pending_sessions",
+                count=len(self._pending),
+            )
+            raise TooManyPendingSessions()
+        return None
+
+    # -- sessions ---------------------------------------------------------
+
+    def create_session(self, transport_name: str, handshake: Handshake) -> Session:
+        """Register a new session; the transport attaches itself, then calls L{open}.
+
+        @param transport_name: the transport of the handshake request.
+        @param handshake: the handshake request's details.
+        """
+        sid = self._sid_factory()
+        while sid in self._sessions:
+            sid = self._sid_factory()
+        session = Session(
+            sid,
+            self._clock,
+            self.settings,
+            handshake,
+            self._application,
+            transport_name,
+            on_closed=self._session_closed,
+            on_active=self._session_active,
+        )
+        self._sessions[sid] = session
+        self._pending.add(sid)
+        return session
+
+    def open(self, session: Session) -> None:
+        """Send the handshake packet and tell the application the session opened."""
+        session.start(self.open_packet(session))
+        _log.info(
+            "engine session {engine_sid} opened over {transport}",
+            engine_sid=session.sid,
+            transport=session.transport_name,
+        )
+        if session.state is not SessionState.OPEN:
+            return
+        try:
+            self._application.on_open(session)
+        except Exception:
+            _log.failure("application failed in on_open of engine session {engine_sid}", engine_sid=session.sid)
+            session.force_close("forced close")
+
+    def open_packet(self, session: Session) -> Packet:
+        """The handshake C{open} packet for C{session}."""
+        upgrades: list[str] = []
+        if (
+            session.transport_name == POLLING
+            and self.settings.allow_upgrades
+            and WEBSOCKET in self.settings.transports
+        ):
+            upgrades.append(WEBSOCKET)
+        body = {"sid": session.sid, "upgrades": upgrades, **self._handshake_json}
+        return Packet(PacketType.OPEN, orjson.dumps(body).decode("utf-8"))
+
+    def issued_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
+
+    def close_all(self, reason: str = REASON_SHUTDOWN) -> None:
+        """Close every session now (shutdown): pending GETs get a close packet,
+        WebSockets a going-away close."""
+        for session in list(self._sessions.values()):
+            session.force_close(reason, WS_GOING_AWAY)
+
+    def _session_closed(self, session: Session) -> None:
+        self._sessions.pop(session.sid, None)
+        self._pending.discard(session.sid)
+
+    def _session_active(self, session: Session) -> None:
+        self._pending.discard(session.sid)

@@ -1,0 +1,510 @@
+"""One Engine.IO client session: heartbeat, outbound queue, upgrade, close.
+
+The session is a state machine driven by its transports and a clock. It knows
+nothing of twisted.web or Autobahn: the polling resource hands it a
+L{PollResponder} per GET, the WebSocket glue hands it a L{WebSocketChannel}
+per connection, and both feed it decoded packets. Tests drive it with fakes
+of those two and a L{twisted.internet.task.Clock}.
+
+Rules (engine.io-protocol v4):
+
+  - Heartbeat: the server sends a ping every C{pingInterval}; if no pong
+    arrives within C{pingTimeout} the session closes with C{"ping timeout"}.
+  - Outbound packets are queued and flushed once per reactor turn: over
+    polling as one payload answering the pending GET, over WebSocket as one
+    frame each, written in the same turn.
+  - Upgrade: a WebSocket opened with the session's sid sends C{2probe}
+    (answered C{3probe}); from then on a GET that would otherwise wait is
+    answered with a noop, so the client can pause polling. C{5} switches the
+    session to the WebSocket and flushes what is queued there. Packets queued
+    before the switch leave in order either in the last poll or first on the
+    WebSocket; none is lost or reordered.
+  - Close: a client close packet answers a pending GET with a noop; a
+    server-forced close answers it with a close packet. A graceful
+    L{Session.close} first delivers what is already queued.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Callable, Protocol, Sequence
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from privydrop.config import EngineSettings
+from privydrop.engineio import packets
+from privydrop.engineio.interface import (
+    EngineApplication,
+    EngineSid,
+    Handshake,
+    Message,
+)
+from privydrop.engineio.packets import Packet, PacketType
+
+_log = Logger()
+
+POLLING = "polling"
+WEBSOCKET = "websocket"
+
+#: WebSocket close codes used when the server ends a session.
+WS_NORMAL = 1000
+WS_GOING_AWAY = 1001
+WS_PROTOCOL_ERROR = 1002
+WS_POLICY_VIOLATION = 1008
+WS_TOO_BIG = 1009
+
+# Close reasons, the reference server's strings where it has one.
+REASON_TRANSPORT_CLOSE = "transport close"
+REASON_TRANSPORT_ERROR = "transport error"
+REASON_PING_TIMEOUT = "ping timeout"
+REASON_FORCED = "forced close"
+REASON_PARSE_ERROR = "parse error"
+REASON_SHUTDOWN = "server shutting down"
+REASON_BUFFER_LIMIT = "max_buffered_bytes exceeded"
+REASON_PAYLOAD_LIMIT = "max_payload exceeded"
+REASON_OUTBOUND_LIMIT = "max_outbound_buffer exceeded"
+
+
+class PollResponder(Protocol):
+    """A pending polling GET, answered exactly once."""
+
+    def respond(self, body: bytes) -> None:
+        """Answer the GET with 200 and C{body} (an encoded payload)."""
+
+
+class WebSocketChannel(Protocol):
+    """One WebSocket connection as the session sees it."""
+
+    def send_packets(self, packets: Sequence[Packet]) -> None:
+        """Write packets, one frame each, in order."""
+
+    def close_channel(self, code: int, reason: str) -> None:
+        """Close the connection (idempotent)."""
+
+
+class SessionState(Enum):
+    OPEN = "open"
+    #: Closed by the server; waiting to deliver what is queued.
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class Session:
+    """One client's Engine.IO session; also the application's L{EngineConnection}.
+
+    @ivar upgraded: the session moved from polling to WebSocket.
+    @ivar pending: no packet has arrived from the client yet (it only did the
+        handshake); the server caps how many sessions may be in this state.
+    """
+
+    def __init__(
+        self,
+        sid: EngineSid,
+        clock: IReactorTime,
+        settings: EngineSettings,
+        handshake: Handshake,
+        application: EngineApplication,
+        transport_name: str,
+        on_closed: Callable[["Session"], None] = lambda session: None,
+        on_active: Callable[["Session"], None] = lambda session: None,
+    ) -> None:
+        """
+        @param sid: the session id sent in the handshake.
+        @param clock: timers for heartbeat, flushes and timeouts.
+        @param settings: intervals and limits.
+        @param handshake: the first request's details.
+        @param application: the layer above, told of messages and close.
+        @param transport_name: C{"polling"} or C{"websocket"}.
+        @param on_closed: called once when the session closes (registry cleanup).
+        @param on_active: called once, on the first packet from the client.
+        """
+        self._sid = sid
+        self._clock = clock
+        self._settings = settings
+        self._handshake = handshake
+        self._application = application
+        self._transport_name = transport_name
+        self._on_closed = on_closed
+        self._on_active = on_active
+        self.state = SessionState.OPEN
+        self.upgraded = False
+        self.pending = True
+        self.close_reason: str | None = None
+        self._queue: list[Packet] = []
+        self._queued_bytes = 0
+        self._flush_call: IDelayedCall | None = None
+        self._poll: PollResponder | None = None
+        self._ws: WebSocketChannel | None = None
+        self._probe: WebSocketChannel | None = None
+        self._probed = False
+        self._ping_call: IDelayedCall | None = None
+        self._pong_call: IDelayedCall | None = None
+        self._upgrade_call: IDelayedCall | None = None
+        self._close_call: IDelayedCall | None = None
+
+    # -- EngineConnection -------------------------------------------------
+
+    @property
+    def sid(self) -> EngineSid:
+        return self._sid
+
+    @property
+    def handshake(self) -> Handshake:
+        return self._handshake
+
+    @property
+    def transport_name(self) -> str:
+        return self._transport_name
+
+    def send(self, message: Message) -> None:
+        """Queue one message packet; flushed with the rest of this turn's packets."""
+        if self.state is not SessionState.OPEN:
+            return
+        self._enqueue(Packet(PacketType.MESSAGE, message))
+
+    def send_many(self, messages: Sequence[Message]) -> None:
+        """Queue several message packets in order."""
+        if self.state is not SessionState.OPEN:
+            return
+        for message in messages:
+            self._enqueue(Packet(PacketType.MESSAGE, message))
+            if self.state is not SessionState.OPEN:
+                return
+
+    def close(self, reason: str = REASON_FORCED) -> None:
+        """Close the session after delivering what is already queued.
+
+        Over WebSocket that happens in this turn. Over polling the client's
+        next GET collects the queue and a close packet; if none comes within
+        C{polling_close_timeout_s} the session is dropped.
+        """
+        if self.state is not SessionState.OPEN:
+            return
+        self.state = SessionState.CLOSING
+        self.close_reason = reason
+        self._cancel_heartbeat()
+        if self._ws is None and self._poll is None:
+            self._close_call = self._clock.callLater(
+                self._settings.polling_close_timeout_s,
+                self._finish,
+                reason,
+                None,
+            )
+        self._flush()
+
+    # -- lifecycle --------------------------------------------------------
+
+    def start(self, open_packet: Packet) -> None:
+        """Queue the handshake packet and start the heartbeat.
+
+        The open packet is written synchronously when a transport is
+        attached, so it always precedes anything the application sends.
+        """
+        self._queue.append(open_packet)
+        self._schedule_ping()
+        self._flush()
+
+    def force_close(self, reason: str, ws_code: int = WS_NORMAL) -> None:
+        """Close now, dropping the queue; a pending GET receives a close packet."""
+        if self.state is SessionState.CLOSED:
+            return
+        self._finish(reason, notify=packets.CLOSE, ws_code=ws_code)
+
+    # -- outbound ---------------------------------------------------------
+
+    def _enqueue(self, packet: Packet) -> None:
+        self._queue.append(packet)
+        self._queued_bytes += len(packet.data) + 1
+        if self._queued_bytes > self._settings.max_buffered_bytes:
+            _log.warn(
+                "engine session {engine_sid} closed: {limit} exceeded ({size} bytes queued)",
+                engine_sid=self._sid,
+                limit="max_buffered_bytes",
+                size=self._queued_bytes,
+            )
+            self.force_close(REASON_BUFFER_LIMIT, WS_POLICY_VIOLATION)
+            return
+        if self._flush_call is None:
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def _take_queue(self) -> list[Packet]:
+        queue = self._queue
+        self._queue = []
+        self._queued_bytes = 0
+        return queue
+
+    def _flush(self) -> None:
+        """Write the queue to the active transport, if it can take it now."""
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if self.state is SessionState.CLOSED:
+            return
+        if self._queue:
+            if self._ws is not None:
+                self._ws.send_packets(self._take_queue())
+            elif self._poll is not None:
+                responder, self._poll = self._poll, None
+                queue = self._take_queue()
+                if self.state is SessionState.CLOSING:
+                    queue.append(packets.CLOSE)
+                    self._finish(self.close_reason or REASON_FORCED, notify=None)
+                responder.respond(packets.encode_payload(queue))
+                return
+        if self.state is SessionState.CLOSING and not self._queue:
+            self._finish(self.close_reason or REASON_FORCED, notify=packets.CLOSE)
+
+    # -- heartbeat (engine.io-protocol v4, "Heartbeat") --------------------
+
+    def _schedule_ping(self) -> None:
+        self._ping_call = self._clock.callLater(
+            self._settings.ping_interval_ms / 1000.0, self._send_ping
+        )
+
+    def _send_ping(self) -> None:
+        self._ping_call = None
+        self._pong_call = self._clock.callLater(
+            self._settings.ping_timeout_ms / 1000.0, self._ping_timed_out
+        )
+        self._enqueue(packets.PING)
+
+    def _ping_timed_out(self) -> None:
+        self._pong_call = None
+        _log.info("engine session {engine_sid} ping timeout", engine_sid=self._sid)
+        self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY)
+
+    def _on_pong(self) -> None:
+        # A pong with no ping outstanding is ignored, so a client cannot
+        # start a second ping timer by sending extra pongs.
+        if self._pong_call is None:
+            return
+        self._pong_call.cancel()
+        self._pong_call = None
+        self._schedule_ping()
+
+    def _cancel_heartbeat(self) -> None:
+        for call in (self._ping_call, self._pong_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._ping_call = self._pong_call = None
+
+    # -- inbound ----------------------------------------------------------
+
+    def receive(self, packet: Packet) -> None:
+        """Handle one packet the client sent on the active transport."""
+        if self.state is SessionState.CLOSED:
+            return
+        if self.pending:
+            self.pending = False
+            self._on_active(self)
+        kind = packet.type
+        if kind is PacketType.MESSAGE:
+            if self.state is not SessionState.OPEN:
+                return
+            try:
+                self._application.on_message(self, packet.data)
+            except Exception:
+                _log.failure(
+                    "application failed on a message of engine session {engine_sid}",
+                    engine_sid=self._sid,
+                )
+                self.force_close(REASON_FORCED, WS_NORMAL)
+        elif kind is PacketType.PONG:
+            self._on_pong()
+        elif kind is PacketType.CLOSE:
+            self._finish(REASON_TRANSPORT_CLOSE, notify=packets.NOOP)
+        elif kind is PacketType.NOOP:
+            pass
+        else:
+            # open, upgrade outside an upgrade, or a ping (the client never
+            # pings in v4) are protocol errors.
+            _log.warn(
+                "engine session {engine_sid} closed: unexpected packet {packet_type}",
+                engine_sid=self._sid,
+                packet_type=kind.name,
+            )
+            self.force_close(REASON_PARSE_ERROR, WS_PROTOCOL_ERROR)
+
+    def receive_many(self, received: Sequence[Packet]) -> None:
+        """Handle the packets of one polling payload, in order."""
+        for packet in received:
+            if self.state is SessionState.CLOSED:
+                return
+            self.receive(packet)
+
+    # -- polling transport ------------------------------------------------
+
+    @property
+    def has_pending_poll(self) -> bool:
+        return self._poll is not None
+
+    def attach_poll(self, responder: PollResponder) -> bool:
+        """Give the session a GET to answer.
+
+        @return: False if another GET was already pending: that is a
+            protocol violation, the session is closed (the first GET gets a
+            close packet) and the caller answers this one with 400.
+        """
+        if self._poll is not None:
+            _log.warn("engine session {engine_sid} closed: overlapping GET", engine_sid=self._sid)
+            self.force_close(REASON_TRANSPORT_ERROR)
+            return False
+        self._poll = responder
+        if self._queue:
+            self._flush()
+        elif self.state is SessionState.CLOSING:
+            self._flush()
+        elif self._probed:
+            self._answer_poll_with_noop()
+        return True
+
+    def poll_lost(self, responder: PollResponder) -> None:
+        """The pending GET's connection went away before it was answered."""
+        if self._poll is responder:
+            self._poll = None
+            if self._transport_name == POLLING:
+                self.force_close(REASON_TRANSPORT_ERROR)
+
+    def _answer_poll_with_noop(self) -> None:
+        if self._poll is not None:
+            responder, self._poll = self._poll, None
+            responder.respond(packets.encode_payload([packets.NOOP]))
+
+    # -- websocket transport ----------------------------------------------
+
+    def attach_websocket(self, channel: WebSocketChannel) -> None:
+        """Use C{channel} as the transport of a session that started on WebSocket."""
+        self._ws = channel
+        self._transport_name = WEBSOCKET
+
+    def uses(self, channel: WebSocketChannel) -> bool:
+        """Whether C{channel} is the session's active transport."""
+        return channel is self._ws
+
+    @property
+    def can_upgrade(self) -> bool:
+        return (
+            self.state is SessionState.OPEN
+            and self._transport_name == POLLING
+            and self._probe is None
+            and not self.upgraded
+        )
+
+    def begin_upgrade(self, channel: WebSocketChannel) -> bool:
+        """A WebSocket with this sid opened; expect C{2probe} then C{5} on it.
+
+        @return: False if the session cannot upgrade now (already upgrading,
+            upgraded, on WebSocket from the start, or closing); the caller
+            closes C{channel}.
+        """
+        if not self.can_upgrade:
+            return False
+        self._probe = channel
+        self._probed = False
+        self._upgrade_call = self._clock.callLater(
+            self._settings.upgrade_timeout_s, self._upgrade_timed_out
+        )
+        return True
+
+    def _upgrade_timed_out(self) -> None:
+        self._upgrade_call = None
+        probe = self._abandon_upgrade()
+        if probe is not None:
+            _log.info("engine session {engine_sid} upgrade timed out", engine_sid=self._sid)
+            probe.close_channel(WS_POLICY_VIOLATION, "upgrade timeout")
+
+    def _abandon_upgrade(self) -> WebSocketChannel | None:
+        probe, self._probe = self._probe, None
+        self._probed = False
+        if self._upgrade_call is not None:
+            if self._upgrade_call.active():
+                self._upgrade_call.cancel()
+            self._upgrade_call = None
+        return probe
+
+    def receive_websocket(self, channel: WebSocketChannel, packet: Packet) -> None:
+        """Handle one packet that arrived on WebSocket C{channel}."""
+        if channel is self._ws:
+            self.receive(packet)
+        elif channel is self._probe:
+            self._receive_probe(channel, packet)
+        else:
+            channel.close_channel(WS_POLICY_VIOLATION, "not the session's transport")
+
+    def _receive_probe(self, channel: WebSocketChannel, packet: Packet) -> None:
+        if packet.type is PacketType.PING and packet.data == "probe":
+            channel.send_packets([packets.PONG_PROBE])
+            self._probed = True
+            # Release the client's pending GET so it can pause polling.
+            if not self._queue:
+                self._answer_poll_with_noop()
+        elif packet.type is PacketType.UPGRADE:
+            self._complete_upgrade(channel)
+        else:
+            self._abandon_upgrade()
+            channel.close_channel(WS_PROTOCOL_ERROR, "unexpected packet during upgrade")
+
+    def _complete_upgrade(self, channel: WebSocketChannel) -> None:
+        self._abandon_upgrade()
+        if self.state is SessionState.CLOSED:
+            channel.close_channel(WS_NORMAL, "session closed")
+            return
+        # A GET still pending belongs to the discarded polling transport.
+        if self._poll is not None:
+            if self._queue:
+                self._flush()
+            else:
+                self._answer_poll_with_noop()
+        self._ws = channel
+        self._transport_name = WEBSOCKET
+        self.upgraded = True
+        _log.debug("engine session {engine_sid} upgraded", engine_sid=self._sid)
+        self._flush()
+
+    def websocket_lost(self, channel: WebSocketChannel, reason: str = REASON_TRANSPORT_CLOSE) -> None:
+        """WebSocket C{channel} closed (by the client, the network or a limit)."""
+        if channel is self._ws:
+            self._ws = None
+            self._finish(reason, notify=None)
+        elif channel is self._probe:
+            self._abandon_upgrade()
+
+    # -- closing ----------------------------------------------------------
+
+    def _finish(
+        self, reason: str, notify: Packet | None, ws_code: int = WS_NORMAL
+    ) -> None:
+        """Close for good: stop timers, release transports, tell the application."""
+        if self.state is SessionState.CLOSED:
+            return
+        self.state = SessionState.CLOSED
+        self.close_reason = reason
+        self._cancel_heartbeat()
+        for call in (self._flush_call, self._close_call, self._upgrade_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._flush_call = self._close_call = self._upgrade_call = None
+        self._queue = []
+        self._queued_bytes = 0
+        if self._poll is not None and notify is not None:
+            responder, self._poll = self._poll, None
+            responder.respond(packets.encode_payload([notify]))
+        self._poll = None
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.close_channel(ws_code, reason)
+        probe, self._probe = self._probe, None
+        if probe is not None:
+            probe.close_channel(WS_NORMAL, reason)
+        _log.info(
+            "engine session {engine_sid} closed ({reason})",
+            engine_sid=self._sid,
+            reason=reason,
+        )
+        self._on_closed(self)
+        try:
+            self._application.on_close(self, reason)
+        except Exception:
+            _log.failure("application failed in on_close of engine session {engine_sid}", engine_sid=self._sid)

@@ -1,0 +1,281 @@
+"""WebSocket transport: Autobahn glue for Engine.IO sessions.
+
+engine.io-protocol v4, "WebSocket": one packet per frame, binary data as
+binary frames. A connection without C{sid} is a new session (the handshake
+goes out as the first frame); one with C{sid} is an upgrade of a polling
+session, handled by L{Session.begin_upgrade}.
+
+Autobahn's defaults are permissive; L{build_websocket_factory} sets every
+limit from L{EngineSettings}: frame and message sizes, WebSocket version 13
+only, no status page, no C{Server} header, no compression. A cap on
+fragments per message and on the bytes waiting in a connection's outbound
+buffer (a client that stops reading) are enforced here; the Origin allowlist
+is checked in L{EngineWebSocketProtocol.onConnect} through the server's
+request checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from autobahn.twisted.websocket import (
+    WebSocketServerFactory,
+    WebSocketServerProtocol,
+)
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.logger import Logger
+
+from privydrop.config import EngineSettings
+from privydrop.engineio import packets
+from privydrop.engineio.errors import EngineRequestError
+from privydrop.engineio.interface import EngineSid, Handshake
+from privydrop.engineio.server import EngineServer
+from privydrop.engineio.session import (
+    REASON_OUTBOUND_LIMIT,
+    REASON_PARSE_ERROR,
+    REASON_PAYLOAD_LIMIT,
+    REASON_TRANSPORT_CLOSE,
+    WEBSOCKET,
+    WS_NORMAL,
+    WS_POLICY_VIOLATION,
+    WS_PROTOCOL_ERROR,
+    WS_TOO_BIG,
+    Session,
+)
+
+try:  # optional speedup for masking and UTF-8 validation
+    import wsaccel
+
+    wsaccel.patch_autobahn()
+    WSACCEL = True
+except ImportError:  # pragma: no cover - depends on the environment
+    WSACCEL = False
+
+#: The only WebSocket protocol version accepted (RFC 6455).
+WEBSOCKET_VERSIONS = [13]
+#: Seconds a client may take to complete the WebSocket opening handshake.
+OPEN_HANDSHAKE_TIMEOUT_S = 5
+#: Seconds to wait for the client's close frame before dropping the connection.
+CLOSE_HANDSHAKE_TIMEOUT_S = 1
+_REASON_BYTES = 123
+
+
+def outbound_buffer_size(transport: Any) -> int:
+    """Bytes written to C{transport} that the peer has not taken yet.
+
+    Reads the buffer bookkeeping of Twisted's file-descriptor transports
+    (TCP and UNIX); a TLS transport is measured on the connection below it.
+    Unknown transports count as empty.
+    """
+    inner = getattr(transport, "transport", None)
+    if inner is not None and not hasattr(transport, "dataBuffer"):
+        transport = inner
+    data = getattr(transport, "dataBuffer", None)
+    if data is None:
+        return 0
+    return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+
+
+class EngineWebSocketProtocol(WebSocketServerProtocol):
+    """One WebSocket connection carrying an Engine.IO session (or its upgrade)."""
+
+    _log = Logger()
+    factory: "EngineWebSocketFactory"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._session: Session | None = None
+        self._upgrade_sid: EngineSid | None = None
+        self._handshake: Handshake | None = None
+        self._fragments = 0
+        self._lost = False
+
+    # -- opening ----------------------------------------------------------
+
+    def onConnect(self, request: ConnectionRequest) -> None:
+        server = self.factory.engine
+        query = {k: v[-1] for k, v in request.params.items() if v}
+        try:
+            session = server.verify(
+                query, "GET", upgrade=True, origin=request.headers.get("origin")
+            )
+        except EngineRequestError as e:
+            self._log.debug(
+                "engine websocket refused: {code}", code=e.code.name, transport=WEBSOCKET
+            )
+            raise ConnectionDeny(e.status, e.message)
+        peer = self.transport.getPeer() if self.transport is not None else None
+        self._upgrade_sid = None if session is None else session.sid
+        self._handshake = Handshake(
+            headers=dict(request.headers),
+            remote_address=getattr(peer, "host", ""),
+            query=query,
+            url=getattr(self, "http_request_uri", request.path),
+            secure=bool(self.factory.isSecure),
+            issued_ms=server.issued_ms(),
+        )
+        return None
+
+    def onOpen(self) -> None:
+        server = self.factory.engine
+        try:
+            if self._upgrade_sid is None:
+                if self._handshake is None:
+                    raise RuntimeError("onOpen before onConnect")
+                session = server.create_session(WEBSOCKET, self._handshake)
+                session.attach_websocket(self)
+                self._session = session
+                server.open(session)
+                return
+            session = server.get_session(self._upgrade_sid)
+            if session is None or not session.begin_upgrade(self):
+                # engine.io-protocol v4: a second WebSocket for a session is closed.
+                self.close_channel(WS_NORMAL, "upgrade not possible")
+                return
+            self._session = session
+        except Exception:
+            self._log.failure("engine websocket failed to open")
+            self.close_channel(WS_NORMAL, "internal error")
+
+    # -- inbound ----------------------------------------------------------
+
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        self._fragments += 1
+        if self._fragments > self.factory.engine.settings.max_fragments:
+            self._log.warn(
+                "engine websocket closed: {limit} exceeded",
+                limit="max_fragments",
+                engine_sid=self._session.sid if self._session else None,
+            )
+            self._limit_hit(REASON_PAYLOAD_LIMIT, WS_TOO_BIG, "max_fragments exceeded")
+            return
+        super().onMessageFrameBegin(length)
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        session = self._session
+        if session is None:
+            return
+        try:
+            packet = packets.decode_websocket(
+                payload, isBinary, self.factory.engine.settings.max_payload
+            )
+        except packets.EngineIOProtocolError as e:
+            self._log.warn(
+                "engine session {engine_sid} sent a bad frame ({error})",
+                engine_sid=session.sid,
+                error=str(e),
+            )
+            self._drop_session(session, REASON_PARSE_ERROR, WS_PROTOCOL_ERROR)
+            return
+        try:
+            session.receive_websocket(self, packet)
+        except Exception:
+            self._log.failure(
+                "engine session {engine_sid} failed on a frame", engine_sid=session.sid
+            )
+            self._drop_session(session, REASON_PARSE_ERROR, WS_NORMAL)
+
+    def _drop_session(self, session: Session, reason: str, code: int) -> None:
+        # A bad frame on the session's own transport ends the session; on an
+        # upgrade probe it only ends that probe.
+        if session.uses(self):
+            session.force_close(reason, code)
+        else:
+            session.websocket_lost(self, reason)
+            self.close_channel(code, reason)
+
+    def _limit_hit(self, reason: str, code: int, text: str) -> None:
+        session = self._session
+        self.close_channel(code, text)
+        if session is not None:
+            session.websocket_lost(self, reason)
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._lost = True
+        session = self._session
+        if session is None:
+            return
+        why = REASON_TRANSPORT_CLOSE
+        if self.wasMaxMessagePayloadSizeExceeded or self.wasMaxFramePayloadSizeExceeded:
+            why = REASON_PAYLOAD_LIMIT
+            self._log.warn(
+                "engine session {engine_sid} closed: {limit} exceeded",
+                engine_sid=session.sid,
+                limit="max_payload",
+            )
+        session.websocket_lost(self, why)
+
+    # -- WebSocketChannel -------------------------------------------------
+
+    def send_packets(self, outgoing: Sequence[packets.Packet]) -> None:
+        """Write each packet as one frame, then enforce C{max_outbound_buffer}."""
+        if self.state != self.STATE_OPEN:
+            return
+        encode = packets.encode_websocket
+        send = self.sendMessage
+        for packet in outgoing:
+            data, binary = encode(packet)
+            send(data, binary)
+        buffered = outbound_buffer_size(self.transport)
+        if buffered > self.factory.engine.settings.max_outbound_buffer:
+            session = self._session
+            self._log.warn(
+                "engine session {engine_sid} dropped: {limit} exceeded ({size} bytes)",
+                engine_sid=session.sid if session else None,
+                limit="max_outbound_buffer",
+                size=buffered,
+            )
+            # The peer is not reading: a close frame would only queue behind
+            # the rest, so the connection is aborted.
+            self.dropConnection(abort=True)
+            if session is not None:
+                session.websocket_lost(self, REASON_OUTBOUND_LIMIT)
+
+    def close_channel(self, code: int, reason: str) -> None:
+        """Start the closing handshake with C{code}, or drop a half-open connection."""
+        if self.state == self.STATE_OPEN:
+            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:_REASON_BYTES])
+        elif self.state not in (self.STATE_CLOSING, self.STATE_CLOSED):
+            self.dropConnection(abort=True)
+
+
+class EngineWebSocketFactory(WebSocketServerFactory):
+    """Builds L{EngineWebSocketProtocol}s for one L{EngineServer}.
+
+    @ivar engine: the Engine.IO server sessions are registered with.
+    """
+
+    protocol = EngineWebSocketProtocol
+
+    def __init__(self, engine: EngineServer) -> None:
+        # server=None: no Server header naming the software and version.
+        super().__init__(server=None)
+        self.engine = engine
+        apply_limits(self, engine.settings)
+
+
+def apply_limits(factory: WebSocketServerFactory, settings: EngineSettings) -> None:
+    """Harden an Autobahn server factory with the Engine.IO limits."""
+    frame = settings.max_frame_bytes or settings.max_payload
+    factory.setProtocolOptions(
+        versions=WEBSOCKET_VERSIONS,
+        webStatus=False,
+        maxFramePayloadSize=frame,
+        maxMessagePayloadSize=settings.max_payload,
+        utf8validateIncoming=True,
+        requireMaskedClientFrames=True,
+        failByDrop=True,
+        openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT_S,
+        closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT_S,
+        # Origins are checked by the Engine.IO request checks in onConnect,
+        # against the same allowlist as polling.
+        allowedOrigins=["*"],
+        allowNullOrigin=True,
+        perMessageCompressionAccept=lambda offers: None,
+        autoPingInterval=0,
+        tcpNoDelay=True,
+    )

@@ -1,0 +1,117 @@
+"""The real-time half of the server, assembled: Engine.IO, Socket.IO, signaling.
+
+L{build_realtime} builds the pieces the service tree mounts beside the REST
+API: the Engine.IO resource for C{settings.engine.path}, the Socket.IO server
+(whose C{connection_count} feeds C{/health/detailed}), the C{leave_room}
+hook, and L{RealtimeService}, which closes every session on shutdown and
+waits for the signaling clean-up of each socket before the store stops.
+
+It only wires existing layers together and reads no environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+
+from privydrop.adapter.interface import Adapter
+from privydrop.config import Settings
+from privydrop.engineio.resource import build_engineio_resource
+from privydrop.engineio.server import EngineServer
+from privydrop.rooms import Rooms
+from privydrop.signaling.handlers import (
+    NotifyPeerLeft,
+    Signaling,
+    install_signaling,
+    peer_left_notifier,
+)
+from privydrop.socketio.server import SocketIOServer
+
+_log = Logger()
+
+#: Longest wait on shutdown for sockets' disconnect clean-up (store unbinds).
+SHUTDOWN_DRAIN_S = 5.0
+
+
+@attrs.frozen
+class Realtime:
+    """The assembled real-time layer.
+
+    @ivar engine_resource: mount at C{settings.engine.path} (L{privydrop.web.build_site}).
+    @ivar sio_server: the Socket.IO server (C{connection_count} for health).
+    @ivar notify_peer_left: the REST API's C{leave_room} hook.
+    @ivar signaling: the installed handlers (drop counters).
+    @ivar engine_server: every Engine.IO session of this process.
+    """
+
+    engine_resource: IResource
+    sio_server: SocketIOServer
+    notify_peer_left: NotifyPeerLeft
+    signaling: Signaling
+    engine_server: EngineServer
+    clock: IReactorTime
+
+    def service(self) -> "RealtimeService":
+        """A service that ends every session when the tree stops."""
+        return RealtimeService(self)
+
+
+def build_realtime(
+    settings: Settings,
+    reactor: IReactorTime,
+    rooms: Rooms,
+    adapter: Adapter | None = None,
+) -> Realtime:
+    """Build Engine.IO and Socket.IO with PrivyDrop's signaling on C{"/"}.
+
+    @param settings: all settings (reads C{engine}, C{socketio}, C{rooms},
+        C{api.max_signal_bytes}, C{http}).
+    @param reactor: timers for heartbeats, timeouts and rate windows.
+    @param rooms: the room rules over the store the REST API also uses.
+    @param adapter: rooms and delivery across processes; in-process when None.
+    """
+    sio = SocketIOServer(reactor, settings.socketio, adapter=adapter)
+    engine = EngineServer(reactor, settings.engine, sio)
+    namespace = sio.of("/")
+    signaling = install_signaling(namespace, rooms, settings)
+    return Realtime(
+        engine_resource=build_engineio_resource(engine),
+        sio_server=sio,
+        notify_peer_left=peer_left_notifier(namespace),
+        signaling=signaling,
+        engine_server=engine,
+        clock=reactor,
+    )
+
+
+class RealtimeService(Service):
+    """Ends every Engine.IO session when the service tree stops.
+
+    Put it before the HTTP listener in the tree: children stop in reverse,
+    so the listener stops accepting first, then this closes the open
+    sessions and waits (at most L{SHUTDOWN_DRAIN_S}) until signaling has
+    unbound their sockets, and only then does the store stop.
+    """
+
+    def __init__(self, realtime: Realtime) -> None:
+        self.realtime = realtime
+
+    def stopService(self) -> Deferred[Any] | None:
+        super().stopService()
+        self.realtime.engine_server.close_all()
+        drained = self.realtime.signaling.wait_idle()
+        drained.addTimeout(SHUTDOWN_DRAIN_S, self.realtime.clock)  # type: ignore[arg-type]
+        drained.addErrback(self._not_drained)
+        return drained
+
+    def _not_drained(self, failure: Any) -> None:
+        _log.warn(
+            "shutdown went on before every socket was unbound: {error}",
+            error=failure.getErrorMessage(),
+        )

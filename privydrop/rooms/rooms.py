@@ -1,0 +1,272 @@
+"""PrivyDrop's room rules over the store.
+
+L{Rooms} decides what creating, allocating, joining and leaving a room mean
+(the Node backend's behaviour) and hands each decision to the store as one
+atomic operation. It does no I/O of its own beyond calling the store, and
+knows nothing of HTTP or Socket.IO: the API and signaling layers turn its
+results into their answers (the Node messages are provided here, since both
+layers use the same words).
+"""
+
+from __future__ import annotations
+
+import enum
+
+import attrs
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from privydrop.config import RoomSettings
+from privydrop.ratelimit.join import RateDecision, decide, join_window, rate_limit_message
+from privydrop.rooms import ids
+from privydrop.rooms.ids import RandomSource, RoomId, validate_room_id
+from privydrop.store.interface import IStore, JoinOutcome, LeaveResult
+
+_log = Logger()
+
+
+class RoomIdsExhausted(Exception):
+    """No free room id was found in the configured number of attempts.
+
+    The API answers 503: the id space is crowded, which is a capacity
+    problem, not the client's fault.
+    """
+
+
+class CreateOutcome(enum.Enum):
+    """What L{Rooms.create} decided, with the Node backend's answers."""
+
+    #: The room did not exist and was created now.
+    CREATED = "created"
+    #: A short id that is taken: creation refused.
+    EXISTS = "exists"
+    #: A long id (>= rejoin_id_length) that exists: the client may join it
+    #: again (reconnects). Its TTL is not refreshed; a successful join does.
+    REJOIN_ALLOWED = "rejoin_allowed"
+
+    @property
+    def success(self) -> bool:
+        """The ``success`` field of the API answer."""
+        return self is not CreateOutcome.EXISTS
+
+    @property
+    def message(self) -> str:
+        """The ``message`` field of the API answer (Node wording, typo included)."""
+        return _CREATE_MESSAGES[self]
+
+
+_CREATE_MESSAGES = {
+    CreateOutcome.CREATED: "create room success",
+    CreateOutcome.EXISTS: "roomId is already exists",
+    CreateOutcome.REJOIN_ALLOWED: "room exists (rejoin allowed)",
+}
+
+#: The ``joinResponse`` messages of the Node backend, by outcome (rate
+#: limiting has its own, computed message).
+_JOIN_MESSAGES = {
+    JoinOutcome.JOINED: "Successfully joined room",
+    JoinOutcome.REJOINED: "Successfully joined room",
+    JoinOutcome.OTHER_ROOM: "Socket is already bound to another room",
+    JoinOutcome.NO_ROOM: "Room does not exist",
+}
+
+
+@attrs.frozen
+class JoinDecision:
+    """What happened to one ``join`` request.
+
+    @ivar outcome: the store's decision.
+    @ivar room_id: the room asked for.
+    @ivar bound_room: the room the socket is bound to (for OTHER_ROOM, the
+        other room).
+    @ivar rate: the rate check's verdict, when one was made.
+    """
+
+    outcome: JoinOutcome
+    room_id: str
+    bound_room: str | None = None
+    rate: RateDecision | None = None
+
+    @property
+    def success(self) -> bool:
+        """The ``success`` field of ``joinResponse``."""
+        return self.outcome in (JoinOutcome.JOINED, JoinOutcome.REJOINED)
+
+    @property
+    def newly_bound(self) -> bool:
+        """The socket was bound now: signaling adds it to the Socket.IO room."""
+        return self.outcome is JoinOutcome.JOINED
+
+    @property
+    def message(self) -> str:
+        """The ``message`` field of ``joinResponse``, in the Node backend's words."""
+        if self.outcome is JoinOutcome.RATE_LIMITED:
+            # Rooms.join always sets rate for this outcome.
+            rate = self.rate or RateDecision(allowed=False, remaining=0, reset_after_s=0)
+            return rate_limit_message(rate)
+        return _JOIN_MESSAGES[self.outcome]
+
+
+class Rooms:
+    """Room creation, allocation, membership and the join rate limit."""
+
+    def __init__(
+        self,
+        store: IStore,
+        settings: RoomSettings,
+        clock: IReactorTime,
+        rng: RandomSource | None = None,
+    ) -> None:
+        """
+        @param store: where rooms live.
+        @param settings: TTLs, id lengths, attempts, rate window.
+        @param clock: "now" for C{created_at} and the rate window.
+        @param rng: random source for room ids and rate members (the
+            operating system's by default; tests pass a seeded one).
+        """
+        self._store = store
+        self._settings = settings
+        self._clock = clock
+        self._rng: RandomSource = rng if rng is not None else ids.default_random()
+
+    def _now_ms(self) -> int:
+        return int(self._clock.seconds() * 1000)
+
+    def _validate(self, room_id: object) -> RoomId:
+        return validate_room_id(room_id, self._settings.max_room_id_length)
+
+    async def create(self, room_id: str) -> CreateOutcome:
+        """Create a room with a client-chosen id (``POST /api/create_room``).
+
+        One store round trip. An existing id shorter than
+        C{rejoin_id_length} is refused; a longer one is reported as
+        rejoinable (clients reconnecting with their long id) without
+        refreshing its TTL.
+
+        @raise InvalidRoomId: for an id the client may not use.
+        @raise StoreUnavailable: when the store cannot be reached.
+        """
+        valid = self._validate(room_id)
+        created = await self._store.create_room(
+            valid, self._now_ms(), self._settings.room_ttl_s
+        )
+        if created:
+            _log.info("room {room_id} created", room_id=valid)
+            return CreateOutcome.CREATED
+        if len(valid) >= self._settings.rejoin_id_length:
+            return CreateOutcome.REJOIN_ALLOWED
+        return CreateOutcome.EXISTS
+
+    async def allocate(self) -> RoomId:
+        """Create a room with a fresh id (``GET /api/get_room``).
+
+        First one batch of C{numeric_id_attempts} four-digit candidates, then
+        one batch of C{alphanumeric_id_attempts} four-character ones; each
+        batch is one store round trip that atomically creates the first free
+        candidate, so two callers can never get the same id.
+
+        @raise RoomIdsExhausted: when every candidate of both batches is taken.
+        @raise StoreUnavailable: when the store cannot be reached.
+        """
+        settings = self._settings
+        batches = (
+            ("numeric", ids.numeric_candidates(self._rng, settings.numeric_id_attempts)),
+            (
+                "alphanumeric",
+                ids.alphanumeric_candidates(self._rng, settings.alphanumeric_id_attempts),
+            ),
+        )
+        for kind, candidates in batches:
+            if not candidates:
+                continue
+            room_id = await self._store.create_first_free_room(
+                candidates, self._now_ms(), settings.room_ttl_s
+            )
+            if room_id is not None:
+                _log.info("room {room_id} allocated", room_id=room_id)
+                return RoomId(room_id)
+            _log.warn(
+                "all {count} {kind} room id candidates were taken",
+                count=len(candidates),
+                kind=kind,
+            )
+        _log.error("no free room id found; the id space is crowded")
+        raise RoomIdsExhausted("Failed to generate a unique room ID.")
+
+    async def is_available(self, room_id: str) -> bool:
+        """Whether no room has this id (``POST /api/check_room``). One round trip.
+
+        @raise InvalidRoomId: for an id the client may not use.
+        """
+        return not await self._store.room_exists(self._validate(room_id))
+
+    async def join(self, socket_id: str, room_id: str, client_ip: str) -> JoinDecision:
+        """Decide a Socket.IO ``join``, in the Node backend's order. One round trip.
+
+        A socket already bound to another room is refused; a rejoin of the
+        socket's own room skips the rate limit; otherwise the attempt counts
+        against the client IP's window (unless C{join_rate_limit_enabled} is
+        off); a missing room is refused; a successful (re)join refreshes the
+        room's TTL.
+
+        @raise InvalidRoomId: for an id the client may not use.
+        @raise StoreUnavailable: when the store cannot be reached.
+        """
+        valid = self._validate(room_id)
+        settings = self._settings
+        now_ms = self._now_ms()
+        window = None
+        if settings.join_rate_limit_enabled:
+            window = join_window(
+                client_ip,
+                now_ms,
+                repr(self._rng.random()),
+                settings.join_window_s,
+                settings.join_limit,
+            )
+        result = await self._store.join_room(
+            socket_id,
+            valid,
+            now_ms,
+            settings.room_ttl_s,
+            settings.room_ttl_s + settings.socket_ttl_extra_s,
+            window,
+        )
+        rate = None
+        if result.rate is not None and window is not None:
+            rate = decide(result.rate, window, now_ms)
+        return JoinDecision(
+            outcome=result.outcome,
+            room_id=valid,
+            bound_room=result.bound_room,
+            rate=rate,
+        )
+
+    async def leave(self, socket_id: str, room_id: str | None = None) -> LeaveResult:
+        """Unbind a socket (disconnect, or ``POST /api/leave_room``). One round trip.
+
+        With no C{room_id} the socket's own room is left. A room left empty
+        expires after C{empty_room_ttl_s}.
+
+        @raise InvalidRoomId: for an explicit id the client may not use.
+        @raise StoreUnavailable: when the store cannot be reached.
+        """
+        valid = self._validate(room_id) if room_id is not None else None
+        result = await self._store.leave_room(
+            socket_id, valid, self._settings.empty_room_ttl_s
+        )
+        if result.room_id is not None and result.remaining == 0:
+            _log.info(
+                "room {room_id} is empty and expires in {ttl_s}s",
+                room_id=result.room_id,
+                ttl_s=self._settings.empty_room_ttl_s,
+            )
+        return result
+
+    async def room_of(self, socket_id: str) -> str | None:
+        """The room a socket is bound to. One round trip."""
+        return await self._store.room_of_socket(socket_id)
+
+    async def members(self, room_id: str) -> set[str]:
+        """Socket ids bound to a room. One round trip."""
+        return await self._store.room_sockets(room_id)

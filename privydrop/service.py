@@ -1,0 +1,92 @@
+"""The service tree of one server process.
+
+::
+
+    MultiService "privydrop"
+      store   StoreService   Redis pool, or the in-memory store (which also
+                             sweeps its expired keys on a timer)
+      http    StreamServerEndpointService(settings.listen, site)
+
+Children start in order and stop in reverse: the listener stops first and
+the store last. The Socket.IO layer (adapter service, Engine.IO resource,
+the C{leave_room} and health hooks) plugs in through L{build_service}'s
+keyword arguments. This module receives settings and a reactor and reads no
+environment.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from twisted.application.internet import StreamServerEndpointService
+from twisted.application.service import MultiService
+from twisted.internet.endpoints import serverFromString
+from twisted.logger import Logger
+from twisted.web.resource import IResource
+
+from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
+from privydrop.config import ConfigError, Settings
+from privydrop.store.service import StoreService
+from privydrop.web import build_site
+
+_log = Logger()
+
+
+def build_service(
+    settings: Settings,
+    reactor: Any,
+    *,
+    engineio_resource: IResource | None = None,
+    notify_peer_left: PeerLeftHook | None = None,
+    connection_count: Callable[[], int] | None = None,
+) -> MultiService:
+    """The whole server as one service; nothing happens until it is started.
+
+    @param settings: validated settings.
+    @param reactor: the reactor (a C{MemoryReactorClock} in tests).
+    @param engineio_resource: mounted at C{settings.engine.path} when given.
+    @param notify_peer_left: see L{PrivyDropAPI}.
+    @param connection_count: see L{PrivyDropAPI}.
+    @raise ConfigError: when C{settings.listen} is not a valid endpoint.
+    """
+    top = MultiService()
+    top.setName("privydrop")
+
+    store_service = StoreService(settings, reactor)
+    store_service.setName("store")
+    store_service.setServiceParent(top)
+    if settings.redis is None:
+        _log.warn(
+            "No Redis configured (REDIS_HOST or REDIS_URL): using the in-memory "
+            "store. Rooms and statistics are per process and lost on restart; "
+            "do not run more than one process like this."
+        )
+        redis_address = None
+    else:
+        redis_address = "%s:%d" % (settings.redis.host, settings.redis.port)
+
+    api = PrivyDropAPI(
+        settings,
+        store_service.store,
+        reactor,
+        notify_peer_left=notify_peer_left,
+        connection_count=connection_count,
+        redis_address=redis_address,
+    )
+    site = build_site(settings, reactor, api.resource(), engineio_resource)
+    try:
+        endpoint = serverFromString(reactor, settings.listen)
+    except Exception as e:
+        raise ConfigError(
+            "--listen: %r is not a Twisted endpoint string (%s)" % (settings.listen, e)
+        ) from None
+    http = StreamServerEndpointService(endpoint, site)
+    http._raiseSynchronously = True
+    http.setName("http")
+    http.setServiceParent(top)
+    _log.info(
+        "PrivyDrop backend in {environment} mode, listening on {listen}",
+        environment=settings.environment,
+        listen=settings.listen,
+    )
+    return top

@@ -1,0 +1,586 @@
+"""Where settings come from: defaults < ``.env`` file < environment < twistd options.
+
+This module turns those sources into one validated L{privydrop.config.Settings}.
+The variables are the Node backend's (``PORT``/``BACKEND_PORT``, ``NODE_ENV``,
+``CORS_ORIGIN``, ``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_PASSWORD``,
+``DISABLE_JOIN_RATE_LIMIT``) so an operator's existing ``.env`` keeps working,
+plus one named variable per limit. L{VARIABLES} is the single table of them:
+L{privydrop.tap.Options} builds its options from it and the README's
+configuration table mirrors it.
+
+It never reads C{os.environ} itself: the caller passes the environment in.
+The only I/O is reading the C{.env} file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from typing import Any, Callable, Mapping, Sequence, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import attrs
+
+from privydrop.config import (
+    DEV_EXTRA_ORIGINS,
+    DEV_ORIGIN_PATTERNS,
+    ApiSettings,
+    ConfigError,
+    EngineSettings,
+    HttpSettings,
+    OriginSettings,
+    RedisSettings,
+    RoomSettings,
+    Settings,
+    TrackingSettings,
+)
+
+_T = TypeVar("_T")
+
+DEFAULT_PORT = 3001
+
+
+@attrs.frozen
+class Variable:
+    """One setting an operator can give.
+
+    @ivar env: the environment / C{.env} variable name, or None for
+        option-only settings.
+    @ivar option: the twistd option's long name, or None for
+        environment-only settings.
+    @ivar default: the default as shown to people.
+    @ivar help: what it means.
+    @ivar flag: the option takes no value (present means on).
+    """
+
+    env: str | None
+    option: str | None
+    default: str
+    help: str
+    flag: bool = False
+
+
+_D = Settings()
+_API = ApiSettings()
+_HTTP = HttpSettings()
+_ENGINE = EngineSettings()
+_ROOMS = RoomSettings()
+_TRACK = TrackingSettings()
+_REDIS = RedisSettings()
+
+#: Every setting, in the order the README and C{--help} list them.
+VARIABLES: tuple[Variable, ...] = (
+    Variable(None, "env-file", "./.env.<NODE_ENV> if present",
+             "Read settings from this .env file (must exist). Without it, "
+             ".env.production or .env.development in the working directory is read "
+             "according to NODE_ENV, when present."),
+    Variable("NODE_ENV", "environment", "development",
+             "development or production. Production requires Redis and uses only "
+             "the configured CORS origins."),
+    Variable("BACKEND_PORT", "port", str(DEFAULT_PORT),
+             "TCP port to listen on (all interfaces), when --listen is not given."),
+    Variable("PORT", None, str(DEFAULT_PORT),
+             "Same as BACKEND_PORT (which wins when both are set in the same place)."),
+    Variable(None, "listen", "tcp:<port>",
+             "Twisted server endpoint string, e.g. tcp:3001:interface=127.0.0.1 "
+             "(overrides the port)."),
+    Variable("CORS_ORIGIN", "cors-origin", "(none)",
+             "Allowed browser origin, or a comma-separated list; * allows any. "
+             "Development also allows http://localhost:3002 and http://192.168.x.y:3002."),
+    Variable("REDIS_URL", "redis", "(none)",
+             "redis://[:password@]host:port/db. Wins over REDIS_HOST/REDIS_PORT "
+             "given in the same place."),
+    Variable("REDIS_HOST", None, "(none)",
+             "Redis host. Redis is used when this or REDIS_URL is set; otherwise "
+             "development uses the in-memory store and production refuses to start."),
+    Variable("REDIS_PORT", None, str(_REDIS.port), "Redis port (with REDIS_HOST)."),
+    Variable("REDIS_PASSWORD", None, "(none)",
+             "Redis password (with REDIS_HOST, or REDIS_URL without a password)."),
+    Variable("REDIS_DB", None, str(_REDIS.db), "Redis database index (with REDIS_HOST)."),
+    Variable("REDIS_COMMAND_TIMEOUT", "redis-command-timeout", str(_REDIS.command_timeout),
+             "Seconds one store operation may take before the request fails with 503."),
+    Variable("REDIS_CONNECT_TIMEOUT", "redis-connect-timeout", str(_REDIS.connect_timeout),
+             "Seconds to wait for Redis at start-up."),
+    Variable("REDIS_POOL_SIZE", "redis-pool-size", str(_REDIS.pool_size),
+             "Connections in the Redis pool."),
+    Variable("DISABLE_JOIN_RATE_LIMIT", "disable-join-rate-limit", "0",
+             "1 turns off the per-IP join rate limit (2 joins per 5 s).", flag=True),
+    Variable("TRUSTED_PROXIES", "trusted-proxies", ",".join(_HTTP.trusted_proxies),
+             "Comma-separated addresses or CIDR ranges whose X-Forwarded-For is "
+             "believed; empty trusts none."),
+    Variable("API_RATE_LIMIT", "api-rate-limit",
+             "%d/%d" % (_API.rate_limit_calls, _API.rate_limit_window_s),
+             "API calls per client IP as N/seconds; 0 turns the limit off. "
+             "Health endpoints are exempt."),
+    Variable("MAX_BODY_BYTES", "max-body-bytes", str(_API.max_body_bytes),
+             "Largest API request body; larger ones get 413 without being read."),
+    Variable("MAX_ROOM_ID_LENGTH", "max-room-id-length", str(_ROOMS.max_room_id_length),
+             "Longest room id accepted."),
+    Variable("MAX_REF_LENGTH", "max-ref-length", str(_TRACK.max_ref_length),
+             "Longest referrer accepted by set_track."),
+    Variable("MAX_REFERRERS_PER_DAY", "max-referrers-per-day",
+             str(_TRACK.max_referrers_per_day),
+             "Distinct referrers counted per day; further new ones are dropped."),
+    Variable("MAX_LOG_MESSAGE_LENGTH", "max-log-message-length",
+             str(_API.max_log_message_length),
+             "logs_debug messages are truncated to this many characters."),
+    Variable("MAX_SOCKET_ID_LENGTH", "max-socket-id-length", str(_API.max_socket_id_length),
+             "Longest socket id accepted by leave_room."),
+    Variable("MAX_SIGNAL_BYTES", "max-signal-bytes", str(_API.max_signal_bytes),
+             "Largest SDP or ICE candidate relayed by signaling, bytes of JSON."),
+    Variable("ENGINE_MAX_PAYLOAD", "engine-max-payload", str(_ENGINE.max_payload),
+             "Largest Engine.IO message or polling POST body, bytes."),
+    Variable("ENGINE_PING_INTERVAL_MS", "engine-ping-interval", str(_ENGINE.ping_interval_ms),
+             "Engine.IO heartbeat interval, milliseconds."),
+    Variable("ENGINE_PING_TIMEOUT_MS", "engine-ping-timeout", str(_ENGINE.ping_timeout_ms),
+             "Engine.IO heartbeat timeout, milliseconds."),
+    Variable("HTTP_HEADER_TIMEOUT", "http-header-timeout", str(_HTTP.header_timeout_s),
+             "Seconds a client may take to send the request line and headers."),
+    Variable("HTTP_BODY_TIMEOUT", "http-body-timeout", str(_HTTP.body_timeout_s),
+             "Seconds a client may take to send a request body."),
+    Variable("HTTP_IDLE_TIMEOUT", "http-idle-timeout", str(_HTTP.idle_timeout_s),
+             "Seconds an idle keep-alive connection is kept open."),
+    Variable("LOG_CLIENT_IPS", "log-client-ips", "0",
+             "1 includes client IP addresses in log events.", flag=True),
+)
+
+_VARIABLE_BY_OPTION = {v.option: v for v in VARIABLES if v.option is not None}
+
+
+# -- .env files ---------------------------------------------------------------
+
+_ENV_LINE = re.compile(
+    r"^\s*(?:export\s+)?(?P<key>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*(?P<value>.*?)\s*$"
+)
+_DOUBLE_QUOTE_ESCAPES = {"n": "\n", "r": "\r", "t": "\t", '"': '"', "\\": "\\"}
+
+
+def parse_env_file(text: str, name: str = ".env") -> dict[str, str]:
+    """Parse the C{KEY=VALUE} lines of a C{.env} file.
+
+    Supported, as dotenv writes them: blank lines and C{#} comments, an
+    optional C{export } prefix, single-quoted values (literal), double-quoted
+    values (with C{\\n}, C{\\t}, C{\\"} escapes), and unquoted values ending at
+    an inline `` #`` comment. A later line wins over an earlier one.
+
+    @param text: the file's contents.
+    @param name: the file's name, for error messages.
+    @raise ConfigError: naming the file and line of a line that is not
+        C{KEY=VALUE} or has an unterminated quote.
+    """
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        match = _ENV_LINE.match(line)
+        if match is None:
+            raise ConfigError(
+                "%s line %d: expected KEY=VALUE, got %r" % (name, number, stripped)
+            )
+        key, raw = match.group("key"), match.group("value")
+        values[key] = _env_value(raw, name, number)
+    return values
+
+
+def _env_value(raw: str, name: str, number: int) -> str:
+    if raw[:1] in ("'", '"'):
+        quote = raw[0]
+        end = _closing_quote(raw, quote)
+        if end < 0:
+            raise ConfigError("%s line %d: unterminated quote in %r" % (name, number, raw))
+        rest = raw[end + 1 :].strip()
+        if rest and not rest.startswith("#"):
+            raise ConfigError(
+                "%s line %d: unexpected text after quoted value: %r" % (name, number, raw)
+            )
+        body = raw[1:end]
+        if quote == "'":
+            return body
+        return re.sub(
+            r"\\(.)", lambda m: _DOUBLE_QUOTE_ESCAPES.get(m.group(1), m.group(0)), body
+        )
+    comment = re.search(r"\s#", raw)
+    if comment is not None:
+        raw = raw[: comment.start()]
+    return raw.strip()
+
+
+def _closing_quote(raw: str, quote: str) -> int:
+    index = 1
+    while index < len(raw):
+        if raw[index] == "\\" and quote == '"':
+            index += 2
+            continue
+        if raw[index] == quote:
+            return index
+        index += 1
+    return -1
+
+
+# -- layered look-up ----------------------------------------------------------
+
+
+@attrs.frozen
+class _Found:
+    value: str
+    #: How to name it in an error: ``PORT``, ``--port``, ``PORT (in .env.production)``.
+    label: str
+    name: str
+
+
+class _Sources:
+    """Values by variable name, looked up from the highest precedence down."""
+
+    def __init__(self, layers: Sequence[tuple[str, Mapping[str, str]]]) -> None:
+        #: (label format, values), highest precedence first.
+        self._layers = list(reversed(layers))
+
+    def find(self, *names: str) -> _Found | None:
+        """The value of the first of ``names`` set in the highest layer.
+
+        Names are aliases in preference order: in one layer the first wins; a
+        higher layer always wins over a lower one.
+        """
+        for label_format, values in self._layers:
+            for name in names:
+                if name in values:
+                    return _Found(values[name], label_format.format(name=name), name)
+        return None
+
+    def text(self, name: str, default: str) -> str:
+        found = self.find(name)
+        return default if found is None else found.value
+
+    def number(
+        self,
+        name: str,
+        default: _T,
+        convert: Callable[[str], _T],
+        minimum: float | None = None,
+    ) -> _T:
+        found = self.find(name)
+        if found is None:
+            return default
+        return _convert(found, convert, minimum)
+
+    def flag(self, name: str) -> bool:
+        found = self.find(name)
+        if found is None:
+            return False
+        value = found.value.strip().lower()
+        if value in ("1", "true", "yes", "on"):
+            return True
+        if value in ("", "0", "false", "no", "off"):
+            return False
+        raise ConfigError("%s: expected 1 or 0, got %r" % (found.label, found.value))
+
+
+def _convert(
+    found: _Found, convert: Callable[[str], _T], minimum: float | None
+) -> _T:
+    kind = "an integer" if convert is int else "a number"
+    try:
+        value = convert(found.value.strip())
+    except ValueError:
+        raise ConfigError(
+            "%s: expected %s, got %r" % (found.label, kind, found.value)
+        ) from None
+    if isinstance(value, float) and not value == value:  # NaN
+        raise ConfigError("%s: expected %s, got %r" % (found.label, kind, found.value))
+    if minimum is not None and value < minimum:  # type: ignore[operator]
+        raise ConfigError(
+            "%s: must be at least %s, got %r" % (found.label, minimum, found.value)
+        )
+    return value
+
+
+def _port(found: _Found) -> int:
+    port = _convert(found, int, 0)
+    if port > 65535:
+        raise ConfigError("%s: not a TCP port: %r" % (found.label, found.value))
+    return port
+
+
+# -- the pieces ---------------------------------------------------------------
+
+
+def _environment(sources: _Sources) -> str:
+    found = sources.find("NODE_ENV")
+    if found is None or found.value.strip() == "":
+        return "development"
+    value = found.value.strip()
+    if value not in ("development", "production"):
+        raise ConfigError(
+            "%s: expected development or production, got %r" % (found.label, found.value)
+        )
+    return value
+
+
+def parse_redis_url(url: str, label: str = "REDIS_URL") -> RedisSettings:
+    """Parse C{redis://[:password@]host[:port][/db]} into RedisSettings.
+
+    @raise ConfigError: naming C{label} and the URL (password masked) when it
+        is malformed.
+    """
+    shown = re.sub(r"(//[^/@]*:)[^/@]*@", r"\1***@", url)
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError("%s: malformed Redis URL %r (%s)" % (label, shown, e)) from None
+    if parts.scheme != "redis" or not parts.hostname:
+        raise ConfigError(
+            "%s: expected redis://[:password@]host:port/db, got %r" % (label, shown)
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError("%s: unexpected query in Redis URL %r" % (label, shown))
+    path = parts.path.strip("/")
+    db = 0
+    if path:
+        if not path.isdigit():
+            raise ConfigError("%s: database must be a number in %r" % (label, shown))
+        db = int(path)
+    password = unquote(parts.password) if parts.password else None
+    return RedisSettings(host=parts.hostname, port=port or 6379, password=password, db=db)
+
+
+def _redis(sources: _Sources) -> tuple[RedisSettings | None, str | None]:
+    found = sources.find("REDIS_URL", "REDIS_HOST")
+    if found is None or not found.value.strip():
+        return None, None
+    if found.name == "REDIS_URL":
+        redis = parse_redis_url(found.value, found.label)
+        if redis.password is None:
+            password = sources.find("REDIS_PASSWORD")
+            if password is not None and password.value:
+                redis = attrs.evolve(redis, password=password.value)
+    else:
+        port_found = sources.find("REDIS_PORT")
+        port = _REDIS.port if port_found is None else _port(port_found)
+        password = sources.text("REDIS_PASSWORD", "") or None
+        db = sources.number("REDIS_DB", 0, int, 0)
+        redis = RedisSettings(host=found.value.strip(), port=port, password=password, db=db)
+    redis = attrs.evolve(
+        redis,
+        command_timeout=sources.number(
+            "REDIS_COMMAND_TIMEOUT", _REDIS.command_timeout, float, 0.001
+        ),
+        connect_timeout=sources.number(
+            "REDIS_CONNECT_TIMEOUT", _REDIS.connect_timeout, float, 0.001
+        ),
+        pool_size=sources.number("REDIS_POOL_SIZE", _REDIS.pool_size, int, 1),
+    )
+    return redis, found.label
+
+
+_ORIGIN = re.compile(r"^https?://[^/\s?#]+$")
+
+
+def _origins(sources: _Sources, environment: str) -> OriginSettings:
+    found = sources.find("CORS_ORIGIN")
+    configured: list[str] = []
+    allow_any = False
+    if found is not None:
+        for item in found.value.split(","):
+            origin = item.strip().rstrip("/")
+            if not origin:
+                continue
+            if origin == "*":
+                allow_any = True
+                continue
+            if not _ORIGIN.match(origin):
+                raise ConfigError(
+                    "%s: %r is not an origin like https://example.com"
+                    % (found.label, item.strip())
+                )
+            configured.append(origin)
+    if environment == "production" and (configured or allow_any):
+        return OriginSettings(origins=tuple(configured), allow_any=allow_any)
+    # Development, and (like the Node backend) production with no CORS_ORIGIN:
+    # the configured origin plus the local development front-end.
+    merged = tuple(dict.fromkeys(configured + list(DEV_EXTRA_ORIGINS)))
+    return OriginSettings(origins=merged, patterns=DEV_ORIGIN_PATTERNS, allow_any=allow_any)
+
+
+def _trusted_proxies(sources: _Sources) -> tuple[str, ...]:
+    found = sources.find("TRUSTED_PROXIES")
+    if found is None:
+        return _HTTP.trusted_proxies
+    networks = []
+    for item in found.value.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=False)))
+        except ValueError:
+            raise ConfigError(
+                "%s: %r is not an IP address or CIDR range" % (found.label, item)
+            ) from None
+    return tuple(networks)
+
+
+def _api_rate_limit(sources: _Sources) -> tuple[int, int]:
+    found = sources.find("API_RATE_LIMIT")
+    if found is None:
+        return _API.rate_limit_calls, _API.rate_limit_window_s
+    value = found.value.strip()
+    if value == "0":
+        return 0, _API.rate_limit_window_s
+    match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", value)
+    if match is None or int(match.group(2)) < 1:
+        raise ConfigError(
+            "%s: expected N/seconds (like 600/60) or 0, got %r" % (found.label, found.value)
+        )
+    return int(match.group(1)), int(match.group(2))
+
+
+def _listen(sources: _Sources) -> str:
+    found = sources.find("--listen")
+    if found is not None and found.value.strip():
+        return found.value.strip()
+    port_found = sources.find("BACKEND_PORT", "PORT")
+    port = DEFAULT_PORT if port_found is None else _port(port_found)
+    return "tcp:%d" % (port,)
+
+
+# -- assembling -----------------------------------------------------------------
+
+
+def _option_layer(options: Mapping[str, Any]) -> dict[str, str]:
+    """Options given on the command line, keyed by their variable's name.
+
+    Option-only settings are keyed ``--<option>``.
+    """
+    values: dict[str, str] = {}
+    for option, variable in _VARIABLE_BY_OPTION.items():
+        value = options.get(option)
+        if value is None or (variable.flag and not value):
+            continue
+        key = variable.env if variable.env is not None else "--" + option
+        values[key] = "1" if variable.flag else str(value)
+    return values
+
+
+def _read_env_file(path: str, label: str) -> dict[str, str]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError("%s: cannot read %r (%s)" % (label, path, e.strerror)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("%s: %r is not UTF-8 text" % (label, path)) from None
+    return parse_env_file(text, path)
+
+
+def settings_from_sources(
+    options: Mapping[str, Any], environ: Mapping[str, str], cwd: str | None = None
+) -> Settings:
+    """Build validated Settings; see L{Settings.from_options}."""
+    option_layer = ("{name}", _option_layer(options))
+    # Option labels: the variable's option name, not its environment name.
+    labels = {v.env: "--" + v.option for v in VARIABLES if v.env and v.option}
+    environment_layer = ("{name}", dict(environ))
+
+    env_file = options.get("env-file")
+    file_values: dict[str, str] = {}
+    file_label = "{name} (in %s)"
+    if env_file:
+        file_values = _read_env_file(env_file, "--env-file")
+        file_label = file_label % (env_file,)
+    else:
+        # Which file depends on NODE_ENV as given by the environment or options.
+        chosen = _environment(_LabelledSources([environment_layer, option_layer], labels))
+        candidate = os.path.join(cwd or os.getcwd(), ".env." + chosen)
+        if os.path.isfile(candidate):
+            file_values = _read_env_file(candidate, ".env." + chosen)
+            env_file = candidate
+            file_label = file_label % (".env." + chosen,)
+
+    sources = _LabelledSources(
+        [(file_label, file_values), environment_layer, option_layer], labels
+    )
+    environment = _environment(sources)
+    redis, _ = _redis(sources)
+    origins = _origins(sources, environment)
+    calls, window = _api_rate_limit(sources)
+    api = ApiSettings(
+        max_body_bytes=sources.number("MAX_BODY_BYTES", _API.max_body_bytes, int, 1),
+        rate_limit_calls=calls,
+        rate_limit_window_s=window,
+        max_log_message_length=sources.number(
+            "MAX_LOG_MESSAGE_LENGTH", _API.max_log_message_length, int, 1
+        ),
+        max_socket_id_length=sources.number(
+            "MAX_SOCKET_ID_LENGTH", _API.max_socket_id_length, int, 1
+        ),
+        max_signal_bytes=sources.number("MAX_SIGNAL_BYTES", _API.max_signal_bytes, int, 1),
+    )
+    http = HttpSettings(
+        header_timeout_s=sources.number(
+            "HTTP_HEADER_TIMEOUT", _HTTP.header_timeout_s, float, 0.001
+        ),
+        body_timeout_s=sources.number("HTTP_BODY_TIMEOUT", _HTTP.body_timeout_s, float, 0.001),
+        idle_timeout_s=sources.number("HTTP_IDLE_TIMEOUT", _HTTP.idle_timeout_s, float, 0.001),
+        trusted_proxies=_trusted_proxies(sources),
+        log_client_ips=sources.flag("LOG_CLIENT_IPS"),
+    )
+    engine = attrs.evolve(
+        _ENGINE,
+        max_payload=sources.number("ENGINE_MAX_PAYLOAD", _ENGINE.max_payload, int, 1),
+        ping_interval_ms=sources.number(
+            "ENGINE_PING_INTERVAL_MS", _ENGINE.ping_interval_ms, int, 1
+        ),
+        ping_timeout_ms=sources.number("ENGINE_PING_TIMEOUT_MS", _ENGINE.ping_timeout_ms, int, 1),
+        origins=origins,
+    )
+    rooms = attrs.evolve(
+        _ROOMS,
+        max_room_id_length=sources.number(
+            "MAX_ROOM_ID_LENGTH", _ROOMS.max_room_id_length, int, 1
+        ),
+        join_rate_limit_enabled=not sources.flag("DISABLE_JOIN_RATE_LIMIT"),
+    )
+    tracking = attrs.evolve(
+        _TRACK,
+        max_ref_length=sources.number("MAX_REF_LENGTH", _TRACK.max_ref_length, int, 1),
+        max_referrers_per_day=sources.number(
+            "MAX_REFERRERS_PER_DAY", _TRACK.max_referrers_per_day, int, 1
+        ),
+    )
+    return Settings(
+        environment=environment,  # type: ignore[arg-type]
+        listen=_listen(sources),
+        redis=redis,
+        origins=origins,
+        engine=engine,
+        socketio=_D.socketio,
+        rooms=rooms,
+        tracking=tracking,
+        api=api,
+        http=http,
+        env_file=env_file,
+    )
+
+
+class _LabelledSources(_Sources):
+    """L{_Sources} that names option values by their option (``--port``)."""
+
+    def __init__(
+        self,
+        layers: Sequence[tuple[str, Mapping[str, str]]],
+        option_labels: Mapping[str, str],
+    ) -> None:
+        super().__init__(layers)
+        self._option_labels = option_labels
+        self._option_values = layers[-1][1]
+
+    def find(self, *names: str) -> _Found | None:
+        for name in names:
+            if name in self._option_values:
+                return _Found(
+                    self._option_values[name], self._option_labels.get(name, name), name
+                )
+        return super().find(*names)

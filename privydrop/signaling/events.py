@@ -1,0 +1,262 @@
+"""Typed validation of the payloads PrivyDrop clients send over Socket.IO.
+
+Pure functions: the arguments of one Socket.IO event in, a frozen request
+object out, or L{InvalidPayload} naming why the payload was refused. Nothing
+here touches a socket, the store or the clock, so the rules are table-tested
+without any I/O (``tests/unit/test_signaling_events.py``).
+
+What is checked is the I{shape} a handler relies on: the payload is a JSON
+object; ``roomId`` and ``peerId`` are non-empty strings no longer than their
+limits; the forwarded SDP or ICE candidate, encoded as JSON, is no larger than
+C{ApiSettings.max_signal_bytes}. Whether a room id may name a room at all
+(control characters, ``:``) is the room rules' decision
+(L{privydrop.rooms.validate_room_id}), not this module's.
+
+Fields a handler overwrites (``from``, and the ``peerId`` of
+``recipient-ready`` that the server sets to the sender's socket id) are
+checked no further than the Node backend's types require, and never
+forwarded as received.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import Counter
+from typing import Any, Sequence
+
+import attrs
+import orjson
+
+from privydrop.config import Settings
+
+#: Socket ids our server hands out are 20 characters; anything longer than
+#: this cannot name a socket and is refused before it reaches a lookup.
+MAX_PEER_ID_LENGTH = 64
+
+#: Event names, as the PrivyDrop frontend spells them.
+JOIN = "join"
+OFFER = "offer"
+ANSWER = "answer"
+ICE_CANDIDATE = "ice-candidate"
+INITIATOR_ONLINE = "initiator-online"
+RECIPIENT_READY = "recipient-ready"
+
+#: The field that carries the forwarded description, per relayed event.
+SIGNAL_FIELDS: dict[str, str] = {
+    OFFER: "offer",
+    ANSWER: "answer",
+    ICE_CANDIDATE: "candidate",
+}
+
+
+class Reason(enum.Enum):
+    """Why a payload was refused (the label of the drop counter)."""
+
+    NOT_AN_OBJECT = "not_an_object"
+    MISSING_FIELD = "missing_field"
+    NOT_A_STRING = "not_a_string"
+    EMPTY = "empty"
+    TOO_LONG = "too_long"
+    TOO_LARGE = "too_large"
+    NOT_JSON = "not_json"
+    #: A room id the room rules refuse (control characters, ``:``).
+    REFUSED_ROOM_ID = "refused_room_id"
+
+
+class InvalidPayload(Exception):
+    """A payload that a handler must drop (or, for ``join``, refuse).
+
+    @ivar reason: why, for the counter and the debug log.
+    @ivar field: the offending field, when one is to blame.
+    @ivar room_id: the ``roomId`` as received when it was a string (``join``
+        echoes it in its refusal, as the Node backend echoes what it got).
+    """
+
+    def __init__(self, reason: Reason, field: str | None = None, room_id: str | None = None) -> None:
+        super().__init__(reason.value, field)
+        self.reason = reason
+        self.field = field
+        self.room_id = room_id
+
+
+@attrs.frozen
+class EventLimits:
+    """The limits the validators enforce.
+
+    @ivar max_room_id_length: longest ``roomId`` accepted, characters.
+    @ivar max_signal_bytes: largest SDP or candidate, bytes of encoded JSON.
+    @ivar max_peer_id_length: longest ``peerId`` accepted, characters.
+    """
+
+    max_room_id_length: int
+    max_signal_bytes: int
+    max_peer_id_length: int = MAX_PEER_ID_LENGTH
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "EventLimits":
+        """The limits configured in C{settings} (rooms and API slices)."""
+        return cls(
+            max_room_id_length=settings.rooms.max_room_id_length,
+            max_signal_bytes=settings.api.max_signal_bytes,
+        )
+
+
+@attrs.frozen
+class JoinRequest:
+    """``join {roomId}``."""
+
+    room_id: str
+
+
+@attrs.frozen
+class SignalRequest:
+    """``offer``, ``answer`` or ``ice-candidate``: a description for one peer.
+
+    @ivar event: which of the three.
+    @ivar peer_id: the socket id of the target.
+    @ivar value: the description or candidate, forwarded unchanged.
+    """
+
+    event: str
+    peer_id: str
+    value: Any
+
+    @property
+    def field(self) -> str:
+        """The payload field that carries C{value} (``offer``/``answer``/``candidate``)."""
+        return SIGNAL_FIELDS[self.event]
+
+
+@attrs.frozen
+class RoomAnnouncement:
+    """``initiator-online {roomId}`` or ``recipient-ready {roomId, peerId}``."""
+
+    event: str
+    room_id: str
+
+
+def _payload(args: Sequence[Any]) -> dict[str, Any]:
+    if not args or not isinstance(args[0], dict):
+        raise InvalidPayload(Reason.NOT_AN_OBJECT)
+    return args[0]
+
+
+def _string_field(payload: dict[str, Any], name: str, limit: int) -> str:
+    if name not in payload:
+        raise InvalidPayload(Reason.MISSING_FIELD, name)
+    value = payload[name]
+    if not isinstance(value, str):
+        raise InvalidPayload(Reason.NOT_A_STRING, name)
+    if not value:
+        raise InvalidPayload(Reason.EMPTY, name)
+    if len(value) > limit:
+        raise InvalidPayload(Reason.TOO_LONG, name)
+    return value
+
+
+def encoded_size(value: Any) -> int:
+    """Bytes of C{value} encoded as JSON, the way it would travel onwards.
+
+    @raise InvalidPayload: C{NOT_JSON} for what JSON cannot carry (binary
+        attachments, integers beyond 64 bits, nesting deeper than the
+        encoder allows).
+    """
+    try:
+        return len(orjson.dumps(value))
+    except (orjson.JSONEncodeError, TypeError):
+        raise InvalidPayload(Reason.NOT_JSON) from None
+
+
+def parse_join(args: Sequence[Any], limits: EventLimits) -> JoinRequest:
+    """Validate the arguments of a ``join`` event.
+
+    @param args: the event's arguments, as the Socket.IO layer decoded them.
+    @raise InvalidPayload: the caller answers ``Invalid roomId``, echoing
+        L{InvalidPayload.room_id}.
+    """
+    payload = _payload(args)
+    raw = payload.get("roomId")
+    try:
+        room_id = _string_field(payload, "roomId", limits.max_room_id_length)
+    except InvalidPayload as error:
+        error.room_id = raw if isinstance(raw, str) else None
+        raise
+    return JoinRequest(room_id=room_id)
+
+
+def parse_signal(event: str, args: Sequence[Any], limits: EventLimits) -> SignalRequest:
+    """Validate the arguments of ``offer``, ``answer`` or ``ice-candidate``.
+
+    The description field must be present; its value is forwarded as it
+    came (``null`` included, which some clients send as end-of-candidates),
+    provided its JSON encoding is within C{limits.max_signal_bytes}.
+
+    @param event: one of L{OFFER}, L{ANSWER}, L{ICE_CANDIDATE}.
+    @raise InvalidPayload: the caller drops the message.
+    """
+    payload = _payload(args)
+    peer_id = _string_field(payload, "peerId", limits.max_peer_id_length)
+    field = SIGNAL_FIELDS[event]
+    if field not in payload:
+        raise InvalidPayload(Reason.MISSING_FIELD, field)
+    value = payload[field]
+    # A string cannot shrink when encoded, so a long one is refused before
+    # paying for the encoding.
+    if isinstance(value, str) and len(value) > limits.max_signal_bytes:
+        raise InvalidPayload(Reason.TOO_LARGE, field)
+    try:
+        size = encoded_size(value)
+    except InvalidPayload as error:
+        error.field = field
+        raise
+    if size > limits.max_signal_bytes:
+        raise InvalidPayload(Reason.TOO_LARGE, field)
+    return SignalRequest(event=event, peer_id=peer_id, value=value)
+
+
+def parse_initiator_online(args: Sequence[Any], limits: EventLimits) -> RoomAnnouncement:
+    """Validate ``initiator-online {roomId}``.
+
+    @raise InvalidPayload: the caller drops the message.
+    """
+    payload = _payload(args)
+    room_id = _string_field(payload, "roomId", limits.max_room_id_length)
+    return RoomAnnouncement(event=INITIATOR_ONLINE, room_id=room_id)
+
+
+def parse_recipient_ready(args: Sequence[Any], limits: EventLimits) -> RoomAnnouncement:
+    """Validate ``recipient-ready {roomId, peerId}``.
+
+    ``peerId`` must be there as the Node backend's type says, but its value
+    is replaced by the sender's socket id before the event goes on.
+
+    @raise InvalidPayload: the caller drops the message.
+    """
+    payload = _payload(args)
+    room_id = _string_field(payload, "roomId", limits.max_room_id_length)
+    _string_field(payload, "peerId", limits.max_peer_id_length)
+    return RoomAnnouncement(event=RECIPIENT_READY, room_id=room_id)
+
+
+class DroppedPayloads:
+    """Counts refused payloads by event and reason, for operators and tests."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, Reason]] = Counter()
+
+    def record(self, event: str, reason: Reason) -> None:
+        """Count one refused payload."""
+        self._counts[(event, reason)] += 1
+
+    def count(self, event: str | None = None, reason: Reason | None = None) -> int:
+        """How many payloads were refused, optionally only of one event or reason."""
+        return sum(
+            n
+            for (e, r), n in self._counts.items()
+            if (event is None or e == event) and (reason is None or r is reason)
+        )
+
+    @property
+    def total(self) -> int:
+        """All refused payloads."""
+        return sum(self._counts.values())

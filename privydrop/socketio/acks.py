@@ -1,0 +1,103 @@
+"""Acknowledgements the server awaits from one socket's client.
+
+Ids come from a per-socket counter; at most C{limit} may be outstanding, so
+a client that never answers cannot make the server remember callbacks
+without bound.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+
+from privydrop.socketio.errors import AckLimitError
+
+_log = Logger()
+
+
+class _Pending:
+    __slots__ = ("callback", "on_drop", "timer")
+
+    def __init__(
+        self,
+        callback: Callable[..., Any],
+        on_drop: Callable[[], None] | None,
+        timer: IDelayedCall | None,
+    ) -> None:
+        self.callback = callback
+        self.on_drop = on_drop
+        self.timer = timer
+
+
+class PendingAcks:
+    """Outstanding acknowledgement callbacks of one socket, by ack id."""
+
+    def __init__(self, clock: IReactorTime, limit: int) -> None:
+        self._clock = clock
+        self._limit = limit
+        self._next_id = 0
+        self._pending: dict[int, _Pending] = {}
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def register(
+        self,
+        callback: Callable[..., Any],
+        on_drop: Callable[[], None] | None = None,
+        timeout_s: float | None = None,
+        on_timeout: Callable[[], None] | None = None,
+    ) -> int:
+        """Remember a callback and return the ack id to send with the event.
+
+        @param callback: called with the acknowledgement's arguments.
+        @param on_drop: called instead if the socket disconnects first.
+        @param timeout_s: forget the callback after this long and call
+            C{on_timeout}.
+        @raise AckLimitError: C{limit} acknowledgements are already awaited.
+        """
+        if len(self._pending) >= self._limit:
+            raise AckLimitError("max_pending_acks reached")
+        ack_id = self._next_id
+        self._next_id += 1
+        timer = None
+        if timeout_s is not None:
+            timer = self._clock.callLater(timeout_s, self._expire, ack_id, on_timeout)
+        self._pending[ack_id] = _Pending(callback, on_drop, timer)
+        return ack_id
+
+    def _expire(self, ack_id: int, on_timeout: Callable[[], None] | None) -> None:
+        pending = self._pending.pop(ack_id, None)
+        if pending is not None and on_timeout is not None:
+            _call_logged(on_timeout)
+
+    def resolve(self, ack_id: int, args: Sequence[Any]) -> bool:
+        """Run the callback for an acknowledgement that arrived.
+
+        @return: False when no acknowledgement with that id was awaited.
+        """
+        pending = self._pending.pop(ack_id, None)
+        if pending is None:
+            return False
+        if pending.timer is not None and pending.timer.active():
+            pending.timer.cancel()
+        _call_logged(pending.callback, *args)
+        return True
+
+    def drop_all(self) -> None:
+        """The socket is gone: cancel timers and tell every waiter."""
+        pending, self._pending = self._pending, {}
+        for item in pending.values():
+            if item.timer is not None and item.timer.active():
+                item.timer.cancel()
+            if item.on_drop is not None:
+                _call_logged(item.on_drop)
+
+
+def _call_logged(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        fn(*args)
+    except Exception:
+        _log.failure("acknowledgement callback {callback!r} failed", callback=fn)

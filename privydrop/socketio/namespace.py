@@ -1,0 +1,291 @@
+"""A namespace: its handlers, its connected sockets, and emitting to them.
+
+Handlers are looked up by event name in a dict filled only by L{Namespace.on};
+a client-chosen event name can never reach anything else. Handlers may be
+plain functions or coroutines; their failures are logged and affect nobody
+but the event that raised.
+"""
+
+from __future__ import annotations
+
+import inspect
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar, Union
+
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from privydrop.socketio.errors import ConnectionRefused
+from privydrop.socketio.ids import RoomId, SocketId
+from privydrop.socketio.packets import Packet, PacketType
+from privydrop.socketio.sockets import BroadcastOperator, Socket, SocketState, check_event_name
+
+if TYPE_CHECKING:
+    from privydrop.adapter.interface import Adapter
+
+_log = Logger()
+
+#: connect handler: (socket, auth) -> None | False, possibly awaitable; may
+#: raise ConnectionRefused.
+ConnectHandler = Callable[[Socket, Mapping[str, Any]], Any]
+#: event handler: (socket, *args) -> ack value, possibly awaitable.
+EventHandler = Callable[..., Any]
+#: disconnect / disconnecting handler: (socket, reason).
+DisconnectHandler = Callable[[Socket, str], Any]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _awaited(result: Any) -> Union[Deferred[Any], Any]:
+    """Turn a coroutine or other awaitable into a Deferred; leave values alone."""
+    if isinstance(result, Deferred):
+        return result
+    if inspect.isawaitable(result):
+        return ensureDeferred(result)
+    return result
+
+
+def ack_arguments(result: Any) -> list[Any]:
+    """An event handler's return value as acknowledgement arguments:
+    a tuple is several arguments, None is none, anything else is one."""
+    if result is None:
+        return []
+    if isinstance(result, tuple):
+        return list(result)
+    return [result]
+
+
+class Namespace:
+    """One namespace of a L{privydrop.socketio.server.SocketIOServer}.
+
+    Get it with C{server.of(name)}; C{"/"} always exists.
+    """
+
+    def __init__(self, name: str, adapter: Adapter) -> None:
+        self.name = name
+        self._adapter = adapter
+        self._connect_handlers: list[ConnectHandler] = []
+        self._handlers: dict[str, EventHandler] = {}
+        self._disconnecting_handlers: list[DisconnectHandler] = []
+        self._disconnect_handlers: list[DisconnectHandler] = []
+        self._connected: dict[SocketId, Socket] = {}
+        self._all: dict[SocketId, Socket] = {}
+
+    def __repr__(self) -> str:
+        return "<Namespace {}>".format(self.name)
+
+    # Registration (each returns the function, so it works as a decorator).
+
+    def on_connect(self, fn: F) -> F:
+        """Run C{fn(socket, auth)} when a client asks to connect.
+
+        Handlers run in registration order. One that returns (or resolves to)
+        C{False}, or raises L{ConnectionRefused}, refuses the connection: the
+        client gets CONNECT_ERROR and the socket never counts as connected.
+        Events it emits to the socket reach the client right after the
+        CONNECT answer, in order.
+        """
+        self._connect_handlers.append(fn)
+        return fn
+
+    def on(self, event: str, handler: EventHandler | None = None) -> Any:
+        """Handle an event from clients: C{handler(socket, *args)}.
+
+        If the client asked for an acknowledgement, the handler's return
+        value (awaited if it is awaitable) is sent back as the ack: a tuple
+        as several arguments, None as none. Usable as C{@ns.on("name")}.
+
+        @raise ValueError: a reserved name, or one that already has a handler.
+        """
+        if handler is None:
+            def register(fn: F) -> F:
+                self.on(event, fn)
+                return fn
+
+            return register
+        check_event_name(event)
+        if event in self._handlers:
+            raise ValueError("event {!r} already has a handler".format(event))
+        self._handlers[event] = handler
+        return handler
+
+    def on_disconnecting(self, fn: F) -> F:
+        """Run C{fn(socket, reason)} when a connected socket is about to
+        leave, while C{socket.rooms} still lists its rooms."""
+        self._disconnecting_handlers.append(fn)
+        return fn
+
+    def on_disconnect(self, fn: F) -> F:
+        """Run C{fn(socket, reason)} after a connected socket left (its rooms
+        are gone by then; use L{on_disconnecting} to see them)."""
+        self._disconnect_handlers.append(fn)
+        return fn
+
+    # Sockets and emitting
+
+    @property
+    def sockets(self) -> Mapping[SocketId, Socket]:
+        """The connected sockets of this namespace in this process, by id."""
+        return MappingProxyType(self._connected)
+
+    def get_socket(self, socket_id: str) -> Socket | None:
+        """The connected socket with that id in this process, or None."""
+        return self._connected.get(SocketId(socket_id))
+
+    def to(self, room: str) -> BroadcastOperator:
+        """Emit to every socket in C{room}."""
+        return BroadcastOperator(self._adapter, self.name, frozenset({RoomId(room)}))
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Emit to every socket of the namespace.
+
+        @raise ValueError: a reserved or non-string event name.
+        """
+        BroadcastOperator(self._adapter, self.name, frozenset()).emit(event, *args)
+
+    def emit_to_socket(
+        self,
+        socket_id: str,
+        event: str,
+        *args: Any,
+        only_if_in_room: str | None = None,
+    ) -> None:
+        """Emit to one socket, by id, wherever it is connected.
+
+        This never goes through room names: a room named like the socket id
+        receives nothing. With C{only_if_in_room}, the event is delivered only
+        when that socket is in that room (so a client cannot reach sockets of
+        rooms it is not part of by guessing ids).
+
+        @raise ValueError: a reserved or non-string event name.
+        """
+        check_event_name(event)
+        self._adapter.send_to_socket(
+            Packet(PacketType.EVENT, self.name, [event, *args]),
+            SocketId(socket_id),
+            None if only_if_in_room is None else RoomId(only_if_in_room),
+        )
+
+    # Internals used by the server and sockets.
+
+    def _local_socket(self, socket_id: SocketId) -> Socket | None:
+        """Connected or connecting socket (the adapter delivers to both)."""
+        return self._all.get(socket_id)
+
+    def _begin(self, socket: Socket, auth: Mapping[str, Any]) -> Deferred[bool]:
+        """Register a connecting socket and run the connect handlers.
+
+        @return: a Deferred firing True once the socket is connected, False
+            when it was refused or vanished meanwhile.
+        """
+        self._all[socket.id] = socket
+        self._adapter.add_socket(self.name, socket.id)
+        return Deferred.fromCoroutine(self._authorize(socket, auth))
+
+    async def _authorize(self, socket: Socket, auth: Mapping[str, Any]) -> bool:
+        refusal: ConnectionRefused | None = None
+        try:
+            for handler in self._connect_handlers:
+                result = _awaited(handler(socket, auth))
+                if isinstance(result, Deferred):
+                    result = await result
+                if result is False:
+                    refusal = ConnectionRefused("Not authorized")
+                    break
+                if socket.state is not SocketState.CONNECTING:
+                    break
+        except ConnectionRefused as e:
+            refusal = e
+        except Exception:
+            _log.failure(
+                "connect handler failed for socket {sid} in {namespace}",
+                sid=socket.id,
+                namespace=self.name,
+            )
+            refusal = ConnectionRefused("Server error")
+        if socket.state is not SocketState.CONNECTING:
+            # Disconnected by a handler, or the client went away meanwhile.
+            self._forget(socket)
+            return False
+        if refusal is not None:
+            socket._client.refuse(socket, refusal)
+            socket._discard()
+            self._forget(socket)
+            return False
+        self._connected[socket.id] = socket
+        socket._accept()
+        return True
+
+    def _forget(self, socket: Socket) -> None:
+        self._all.pop(socket.id, None)
+        self._connected.pop(socket.id, None)
+
+    def _dispatch(self, socket: Socket, packet: Packet) -> None:
+        event = packet.data[0]
+        args = packet.data[1:]
+        handler = self._handlers.get(event)
+        if handler is None:
+            _log.debug(
+                "no handler for event {event!r} in {namespace}",
+                event=event,
+                namespace=self.name,
+            )
+            return
+        try:
+            result = _awaited(handler(socket, *args))
+        except Exception:
+            _log.failure(
+                "handler for {event!r} failed on socket {sid}", event=event, sid=socket.id
+            )
+            return
+        ack_id = packet.ack_id
+        if isinstance(result, Deferred):
+            if ack_id is not None:
+                result.addCallback(lambda value: self._ack(socket, ack_id, value))
+            result.addErrback(self._log_handler_failure, event, socket.id)
+        elif ack_id is not None:
+            try:
+                self._ack(socket, ack_id, result)
+            except Exception:
+                _log.failure(
+                    "could not acknowledge {event!r} on socket {sid}",
+                    event=event,
+                    sid=socket.id,
+                )
+
+    def _ack(self, socket: Socket, ack_id: int, result: Any) -> None:
+        if socket.state is not SocketState.CONNECTED:
+            return
+        socket._send(Packet(PacketType.ACK, self.name, ack_arguments(result), ack_id))
+
+    @staticmethod
+    def _log_handler_failure(failure: Failure, event: str, sid: SocketId) -> None:
+        _log.failure(
+            "handler for {event!r} failed on socket {sid}",
+            failure=failure,
+            event=event,
+            sid=sid,
+        )
+
+    def _run_disconnecting(self, socket: Socket, reason: str) -> None:
+        self._run_lifecycle(self._disconnecting_handlers, socket, reason)
+
+    def _run_disconnect(self, socket: Socket, reason: str) -> None:
+        self._run_lifecycle(self._disconnect_handlers, socket, reason)
+
+    def _run_lifecycle(
+        self, handlers: list[DisconnectHandler], socket: Socket, reason: str
+    ) -> None:
+        for handler in handlers:
+            try:
+                result = _awaited(handler(socket, reason))
+            except Exception:
+                _log.failure(
+                    "disconnect handler failed for socket {sid}", sid=socket.id
+                )
+                continue
+            if isinstance(result, Deferred):
+                result.addErrback(self._log_handler_failure, "disconnect", socket.id)
+
+

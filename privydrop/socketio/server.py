@@ -1,0 +1,335 @@
+"""The Socket.IO v5 server: an Engine.IO application with namespaces.
+
+L{SocketIOServer} receives whole Engine.IO messages from each client
+(L{privydrop.engineio.interface.EngineApplication}), turns them into packets
+with L{privydrop.socketio.packets.BinaryReassembler}, and routes them to the
+client's socket in the packet's namespace. Room membership and delivery by
+room or by id go through an adapter
+(L{privydrop.adapter.interface.Adapter}; in-process by default).
+
+This layer knows nothing of PrivyDrop; the layers above use L{SocketIOServer.of},
+L{Namespace} and L{Socket}. It knows Engine.IO only through
+C{privydrop.engineio.interface}.
+
+Error boundary (socket.io-protocol v5): a packet that breaks the protocol or a
+limit closes that client's Engine.IO connection and nothing else; a handler's
+exception is logged and affects only its event.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from privydrop.adapter.interface import Adapter
+from privydrop.adapter.local import LocalAdapter
+from privydrop.config import SocketIOSettings
+from privydrop.engineio.interface import EngineConnection, EngineSid, Message
+from privydrop.socketio.acks import PendingAcks
+from privydrop.socketio.errors import ConnectionRefused
+from privydrop.socketio.ids import SocketId, new_socket_id
+from privydrop.socketio.namespace import Namespace
+from privydrop.socketio.packets import (
+    MAIN_NAMESPACE,
+    BinaryReassembler,
+    Packet,
+    PacketLimits,
+    PacketType,
+    SocketIOProtocolError,
+    encode,
+)
+from privydrop.socketio.sockets import Socket, SocketHandshake
+
+_log = Logger()
+
+#: Engine.IO close reason when a client sends an invalid packet.
+CLOSE_PARSE_ERROR = "parse error"
+#: Engine.IO close reason when no namespace was joined within connect_timeout_ms.
+CLOSE_CONNECT_TIMEOUT = "connect timeout"
+#: Engine.IO close reason when the server disconnects a client on purpose.
+CLOSE_FORCED = "forced server close"
+
+
+class _Client:
+    """One Engine.IO connection and the sockets it has in each namespace."""
+
+    def __init__(
+        self,
+        server: SocketIOServer,
+        connection: EngineConnection,
+        limits: PacketLimits,
+    ) -> None:
+        self.server = server
+        self.connection = connection
+        self.reassembler = BinaryReassembler(limits)
+        self.sockets: dict[str, Socket] = {}
+        self.connecting: dict[str, Socket] = {}
+        self.closed = False
+        self.connect_timer: IDelayedCall | None = None
+
+    @property
+    def transport_name(self) -> str:
+        return self.connection.transport_name
+
+    def send(self, messages: Sequence[Message]) -> None:
+        if self.closed:
+            return
+        if len(messages) == 1:
+            self.connection.send(messages[0])
+        else:
+            self.connection.send_many(messages)
+
+    def refuse(self, socket: Socket, refusal: ConnectionRefused) -> None:
+        data: dict[str, Any] = {"message": refusal.message}
+        if refusal.data is not None:
+            data["data"] = refusal.data
+        _log.info(
+            "connection to {namespace} refused: {message}",
+            namespace=socket.namespace.name,
+            message=refusal.message,
+        )
+        self.send(encode(Packet(PacketType.CONNECT_ERROR, socket.namespace.name, data)))
+
+    def _forget(self, socket: Socket) -> None:
+        name = socket.namespace.name
+        if self.sockets.get(name) is socket:
+            del self.sockets[name]
+        if self.connecting.get(name) is socket:
+            del self.connecting[name]
+
+    def cancel_connect_timer(self) -> None:
+        timer, self.connect_timer = self.connect_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def close_sockets(self, reason: str) -> None:
+        """The connection ended: every socket leaves with C{reason}."""
+        self.closed = True
+        self.cancel_connect_timer()
+        for socket in [*self.connecting.values(), *self.sockets.values()]:
+            socket._on_close(reason)
+
+    def disconnect_all(self) -> None:
+        """Server-side close: tell each namespace, then close the connection."""
+        if self.closed:
+            return
+        for socket in list(self.sockets.values()):
+            socket.disconnect()
+        self.server._drop_client(self, "server namespace disconnect")
+        self.connection.close(CLOSE_FORCED)
+
+
+class SocketIOServer:
+    """A Socket.IO v5 server; implements L{EngineApplication}.
+
+    @param clock: for the connect timeout and ack timeouts.
+    @param settings: the Socket.IO limits.
+    @param adapter: rooms and delivery; a new L{LocalAdapter} when None.
+    """
+
+    def __init__(
+        self,
+        clock: IReactorTime,
+        settings: SocketIOSettings,
+        adapter: Adapter | None = None,
+    ) -> None:
+        self._clock = clock
+        self._settings = settings
+        self._limits = PacketLimits(
+            max_attachments=settings.max_attachments,
+            max_ack_id_digits=settings.max_ack_id_digits,
+            max_packet_bytes=settings.max_packet_bytes,
+        )
+        self._adapter: Adapter = adapter if adapter is not None else LocalAdapter()
+        self._adapter.attach(self)
+        self._namespaces: dict[str, Namespace] = {}
+        self._clients: dict[EngineSid, _Client] = {}
+        self.of(MAIN_NAMESPACE)
+
+    @property
+    def adapter(self) -> Adapter:
+        return self._adapter
+
+    def of(self, name: str) -> Namespace:
+        """The namespace called C{name}, registered on first use.
+
+        @raise ValueError: the name does not start with C{"/"}.
+        """
+        if not isinstance(name, str) or not name.startswith("/"):
+            raise ValueError("namespace names start with '/'")
+        namespace = self._namespaces.get(name)
+        if namespace is None:
+            namespace = self._namespaces[name] = Namespace(name, self._adapter)
+        return namespace
+
+    def connection_count(self) -> int:
+        """Clients (Engine.IO connections) currently open on this process."""
+        return len(self._clients)
+
+    def socket_count(self) -> int:
+        """Connected sockets over all namespaces of this process."""
+        return sum(len(ns.sockets) for ns in self._namespaces.values())
+
+    def disconnect_all(self) -> None:
+        """Disconnect every client (e.g. on shutdown)."""
+        for client in list(self._clients.values()):
+            client.disconnect_all()
+
+    # SocketDelivery (called by the adapter)
+
+    def deliver(
+        self, namespace: str, socket_id: SocketId, messages: Sequence[Message]
+    ) -> None:
+        ns = self._namespaces.get(namespace)
+        if ns is None:
+            return
+        socket = ns._local_socket(socket_id)
+        if socket is not None:
+            socket._deliver(messages)
+
+    # EngineApplication
+
+    def on_open(self, connection: EngineConnection) -> None:
+        client = _Client(self, connection, self._limits)
+        self._clients[connection.sid] = client
+        client.connect_timer = self._clock.callLater(
+            self._settings.connect_timeout_ms / 1000.0, self._connect_timeout, client
+        )
+
+    def on_message(self, connection: EngineConnection, message: Message) -> None:
+        client = self._clients.get(connection.sid)
+        if client is None or client.closed:
+            return
+        try:
+            packet = client.reassembler.feed(message)
+            if packet is not None:
+                self._on_packet(client, packet)
+        except SocketIOProtocolError as e:
+            _log.warn(
+                "closing client {engine_sid}: {error}",
+                engine_sid=connection.sid,
+                error=str(e),
+            )
+            self._close_client(client, CLOSE_PARSE_ERROR)
+        except Exception:
+            _log.failure("error handling a packet from {engine_sid}", engine_sid=connection.sid)
+            self._close_client(client, CLOSE_PARSE_ERROR)
+
+    def on_close(self, connection: EngineConnection, reason: str) -> None:
+        client = self._clients.get(connection.sid)
+        if client is None or client.connection is not connection:
+            return
+        self._drop_client(client, reason)
+
+    # Internals
+
+    def _drop_client(self, client: _Client, reason: str) -> None:
+        if self._clients.get(client.connection.sid) is client:
+            del self._clients[client.connection.sid]
+        client.close_sockets(reason)
+
+    def _close_client(self, client: _Client, reason: str) -> None:
+        self._drop_client(client, reason)
+        client.connection.close(reason)
+
+    def _connect_timeout(self, client: _Client) -> None:
+        client.connect_timer = None
+        if client.closed or client.sockets:
+            return
+        _log.info(
+            "closing client {engine_sid}: no namespace joined within {timeout_ms} ms",
+            engine_sid=client.connection.sid,
+            timeout_ms=self._settings.connect_timeout_ms,
+        )
+        self._close_client(client, CLOSE_CONNECT_TIMEOUT)
+
+    def _on_packet(self, client: _Client, packet: Packet) -> None:
+        packet_type = packet.type
+        if packet_type is PacketType.CONNECT:
+            self._connect(client, packet)
+            return
+        if packet_type is PacketType.CONNECT_ERROR:
+            raise SocketIOProtocolError("CONNECT_ERROR sent by a client")
+        socket = client.sockets.get(packet.namespace)
+        if socket is None:
+            # As the reference server does: packets for a namespace the client
+            # is not connected to are ignored.
+            _log.debug(
+                "ignoring packet for unconnected namespace {namespace}",
+                namespace=packet.namespace,
+            )
+            return
+        if packet_type is PacketType.EVENT or packet_type is PacketType.BINARY_EVENT:
+            socket._on_event(packet)
+        elif packet_type is PacketType.ACK or packet_type is PacketType.BINARY_ACK:
+            socket._on_ack(packet)
+        else:  # DISCONNECT
+            socket._on_close("client namespace disconnect")
+
+    def _connect(self, client: _Client, packet: Packet) -> None:
+        name = packet.namespace
+        namespace = self._namespaces.get(name)
+        if namespace is None:
+            client.send(
+                encode(
+                    Packet(PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
+                )
+            )
+            return
+        if name in client.sockets or name in client.connecting:
+            _log.debug("ignoring repeated CONNECT to {namespace}", namespace=name)
+            return
+        auth: Mapping[str, Any] = packet.data if packet.data is not None else {}
+        engine = client.connection.handshake
+        socket_id = new_socket_id()
+        while namespace._local_socket(socket_id) is not None:
+            socket_id = new_socket_id()
+        socket = Socket(
+            socket_id,
+            namespace,
+            client,
+            SocketHandshake(
+                headers=engine.headers,
+                address=engine.remote_address,
+                query=engine.query,
+                auth=auth,
+                issued_ms=int(self._clock.seconds() * 1000),
+                url=engine.url,
+                secure=engine.secure,
+            ),
+            self._adapter,
+            PendingAcks(self._clock, self._settings.max_pending_acks),
+            self._settings.max_rooms_per_socket,
+        )
+        client.connecting[name] = socket
+        d = namespace._begin(socket, auth)
+        d.addCallback(self._connected, client, socket)
+        d.addErrback(self._connect_failed, client, socket)
+
+    def _connected(self, accepted: bool, client: _Client, socket: Socket) -> None:
+        name = socket.namespace.name
+        if client.connecting.get(name) is socket:
+            del client.connecting[name]
+        if not accepted:
+            return
+        if client.closed:
+            socket._on_close("transport close")
+            return
+        client.sockets[name] = socket
+        client.cancel_connect_timer()
+        _log.info(
+            "socket {sid} joined namespace {namespace}",
+            sid=socket.id,
+            namespace=name,
+        )
+
+    def _connect_failed(self, failure: Failure, client: _Client, socket: Socket) -> None:
+        _log.failure(
+            "connecting socket {sid} failed", failure=failure, sid=socket.id
+        )
+        socket._on_close("server error")
+        if not client.closed:
+            self._close_client(client, "server error")

@@ -1,0 +1,332 @@
+"""One client's connection to one namespace, as handlers see it.
+
+A L{Socket} is created when a client asks to connect to a namespace, becomes
+connected once every connect handler accepted it, and is disconnected for
+good afterwards (a reconnecting client gets a new socket and a new id).
+Whatever a connect handler emits before the acceptance is held back and sent
+right after the CONNECT answer, so the client sees it in order.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+import attrs
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+
+from privydrop.socketio.acks import PendingAcks
+from privydrop.socketio.errors import (
+    AckTimeout,
+    RoomLimitError,
+    SocketDisconnected,
+)
+from privydrop.socketio.ids import RoomId, SocketId
+from privydrop.socketio.packets import (
+    RESERVED_EVENTS,
+    Message,
+    Packet,
+    PacketType,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from privydrop.adapter.interface import Adapter
+    from privydrop.socketio.namespace import Namespace
+    from privydrop.socketio.server import _Client
+
+_log = Logger()
+
+
+@attrs.frozen
+class SocketHandshake:
+    """What a socket's client said when it connected.
+
+    @ivar headers: request headers of the Engine.IO handshake, lower-cased.
+    @ivar address: the client's address as Engine.IO saw it.
+    @ivar query: query parameters of the Engine.IO handshake.
+    @ivar auth: the CONNECT packet's payload (C{{}} when there was none).
+    @ivar issued_ms: when the socket was created, ms since the epoch.
+    @ivar url: path and query of the Engine.IO handshake request.
+    @ivar secure: whether the handshake came over TLS.
+    """
+
+    headers: Mapping[str, str]
+    address: str
+    query: Mapping[str, str]
+    auth: Mapping[str, Any]
+    issued_ms: int
+    url: str
+    secure: bool
+
+
+class SocketState(enum.Enum):
+    CONNECTING = "connecting"
+    CONNECTED = "connected"
+    DISCONNECTED = "disconnected"
+
+
+def check_event_name(event: str) -> None:
+    """Refuse event names the server must not emit.
+
+    @raise ValueError: not a string, or a reserved name.
+    """
+    if not isinstance(event, str):
+        raise ValueError("event name must be a string")
+    if event in RESERVED_EVENTS:
+        raise ValueError("{!r} is a reserved event name".format(event))
+
+
+class BroadcastOperator:
+    """Emits to the sockets in some rooms of one namespace.
+
+    Built by C{Namespace.to(room)} (everyone in the rooms) or C{Socket.to(room)}
+    (everyone but that socket). Chaining C{.to()} adds rooms: a socket in
+    several of them still receives one copy.
+    """
+
+    def __init__(
+        self,
+        adapter: Adapter,
+        namespace: str,
+        rooms: frozenset[RoomId],
+        exclude: frozenset[SocketId] = frozenset(),
+    ) -> None:
+        self._adapter = adapter
+        self._namespace = namespace
+        self._rooms = rooms
+        self._exclude = exclude
+
+    def to(self, room: str) -> "BroadcastOperator":
+        """The same broadcast, to one more room."""
+        return BroadcastOperator(
+            self._adapter,
+            self._namespace,
+            self._rooms | {RoomId(room)},
+            self._exclude,
+        )
+
+    def emit(self, event: str, *args: Any) -> None:
+        """Send an event (no acknowledgement) to every socket in the rooms.
+
+        @raise ValueError: a reserved or non-string event name.
+        """
+        check_event_name(event)
+        self._adapter.broadcast(
+            Packet(PacketType.EVENT, self._namespace, [event, *args]),
+            self._rooms,
+            self._exclude,
+        )
+
+
+class Socket:
+    """A client's connection to one namespace.
+
+    @ivar id: the socket id (random; distinct from the Engine.IO session id,
+        which is never exposed here).
+    @ivar namespace: the L{Namespace} it belongs to.
+    @ivar handshake: what the client said when connecting.
+    """
+
+    def __init__(
+        self,
+        socket_id: SocketId,
+        namespace: Namespace,
+        client: _Client,
+        handshake: SocketHandshake,
+        adapter: Adapter,
+        acks: PendingAcks,
+        max_rooms: int,
+    ) -> None:
+        self.id = socket_id
+        self.namespace = namespace
+        self.handshake = handshake
+        self._client = client
+        self._adapter = adapter
+        self._acks = acks
+        self._max_rooms = max_rooms
+        self._state = SocketState.CONNECTING
+        self._held: list[Message] = []
+
+    def __repr__(self) -> str:
+        return "<Socket {} {} {}>".format(self.namespace.name, self.id, self._state.value)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the socket is connected (False while connect handlers run)."""
+        return self._state is SocketState.CONNECTED
+
+    @property
+    def state(self) -> SocketState:
+        return self._state
+
+    @property
+    def transport(self) -> str:
+        """The client's current transport, C{"polling"} or C{"websocket"}."""
+        return self._client.transport_name
+
+    @property
+    def rooms(self) -> frozenset[RoomId]:
+        """The rooms this socket is in (its own id is not one of them)."""
+        return self._adapter.rooms_of(self.namespace.name, self.id)
+
+    # Sending
+
+    def emit(
+        self,
+        event: str,
+        *args: Any,
+        callback: Callable[..., Any] | None = None,
+    ) -> None:
+        """Send an event to this socket's client.
+
+        Bytes anywhere in C{args} travel as binary attachments.
+
+        @param callback: called with the client's acknowledgement arguments;
+            dropped silently if the socket disconnects first.
+        @raise ValueError: a reserved or non-string event name.
+        @raise AckLimitError: a callback was given while C{max_pending_acks}
+            acknowledgements are already awaited from this client.
+        """
+        check_event_name(event)
+        if self._state is SocketState.DISCONNECTED:
+            return
+        ack_id = None
+        if callback is not None:
+            ack_id = self._acks.register(callback)
+        self._send(Packet(PacketType.EVENT, self.namespace.name, [event, *args], ack_id))
+
+    def emit_with_ack(
+        self, event: str, *args: Any, timeout_s: float | None = None
+    ) -> Deferred[tuple[Any, ...]]:
+        """Send an event and wait for the client's acknowledgement.
+
+        @return: a Deferred firing with the acknowledgement's arguments as a
+            tuple, or failing with L{AckTimeout} after C{timeout_s}, or with
+            L{SocketDisconnected}.
+        @raise ValueError: a reserved or non-string event name.
+        @raise AckLimitError: as for L{emit}.
+        """
+        check_event_name(event)
+        result: Deferred[tuple[Any, ...]] = Deferred()
+        if self._state is SocketState.DISCONNECTED:
+            result.errback(SocketDisconnected())
+            return result
+        ack_id = self._acks.register(
+            lambda *ack_args: result.callback(ack_args),
+            on_drop=lambda: result.errback(SocketDisconnected()),
+            timeout_s=timeout_s,
+            on_timeout=lambda: result.errback(AckTimeout()),
+        )
+        self._send(Packet(PacketType.EVENT, self.namespace.name, [event, *args], ack_id))
+        return result
+
+    def to(self, room: str) -> BroadcastOperator:
+        """Emit to the sockets in C{room}, except this one."""
+        return BroadcastOperator(
+            self._adapter,
+            self.namespace.name,
+            frozenset({RoomId(room)}),
+            frozenset({self.id}),
+        )
+
+    # Rooms
+
+    def join(self, room: str) -> None:
+        """Join a room (joining one it is already in does nothing).
+
+        @raise RoomLimitError: already in C{max_rooms_per_socket} rooms.
+        @raise ValueError: the room name is not a string.
+        """
+        if not isinstance(room, str):
+            raise ValueError("room name must be a string")
+        if self._state is SocketState.DISCONNECTED:
+            return
+        current = self.rooms
+        if room in current:
+            return
+        if len(current) >= self._max_rooms:
+            raise RoomLimitError("max_rooms_per_socket reached")
+        self._adapter.add(self.namespace.name, self.id, RoomId(room))
+
+    def leave(self, room: str) -> None:
+        """Leave a room (leaving one it is not in does nothing)."""
+        self._adapter.remove(self.namespace.name, self.id, RoomId(room))
+
+    # Ending
+
+    def disconnect(self, close: bool = False) -> None:
+        """Disconnect from this namespace (the client is told, and does not
+        reconnect on its own).
+
+        @param close: also close the whole Engine.IO connection, which
+            disconnects the client's sockets in every namespace.
+        """
+        if close:
+            self._client.disconnect_all()
+            return
+        if self._state is SocketState.DISCONNECTED:
+            return
+        if self._state is SocketState.CONNECTED:
+            self._send(Packet(PacketType.DISCONNECT, self.namespace.name))
+        self._on_close("server namespace disconnect")
+
+    # Internals used by the namespace, the server and the adapter.
+
+    def _send(self, packet: Packet) -> None:
+        self._deliver(encode(packet))
+
+    def _deliver(self, messages: Sequence[Message]) -> None:
+        state = self._state
+        if state is SocketState.CONNECTED:
+            self._client.send(messages)
+        elif state is SocketState.CONNECTING:
+            self._held.extend(messages)
+
+    def _accept(self) -> None:
+        """All connect handlers accepted: answer CONNECT, then what was held."""
+        self._state = SocketState.CONNECTED
+        held, self._held = self._held, []
+        first = encode(Packet(PacketType.CONNECT, self.namespace.name, {"sid": self.id}))
+        self._client.send([*first, *held])
+
+    def _discard(self) -> None:
+        """Refused or abandoned before connecting: undo without handlers."""
+        self._state = SocketState.DISCONNECTED
+        self._held = []
+        self._adapter.remove_socket(self.namespace.name, self.id)
+        self._acks.drop_all()
+
+    def _on_event(self, packet: Packet) -> None:
+        self.namespace._dispatch(self, packet)
+
+    def _on_ack(self, packet: Packet) -> None:
+        if packet.ack_id is None or not self._acks.resolve(packet.ack_id, packet.data):
+            _log.debug(
+                "unexpected ack {ack_id} on socket {sid}", ack_id=packet.ack_id, sid=self.id
+            )
+
+    def _on_close(self, reason: str) -> None:
+        """Leave the namespace: disconnecting handlers (rooms still known),
+        rooms, pending acks, then disconnect handlers."""
+        if self._state is SocketState.CONNECTING:
+            self._discard()
+            self.namespace._forget(self)
+            self._client._forget(self)
+            return
+        if self._state is not SocketState.CONNECTED:
+            return
+        self.namespace._run_disconnecting(self, reason)
+        self._state = SocketState.DISCONNECTED
+        self._adapter.remove_socket(self.namespace.name, self.id)
+        self.namespace._forget(self)
+        self._client._forget(self)
+        self._acks.drop_all()
+        _log.info(
+            "socket {sid} left namespace {namespace}: {reason}",
+            sid=self.id,
+            namespace=self.namespace.name,
+            reason=reason,
+        )
+        self.namespace._run_disconnect(self, reason)

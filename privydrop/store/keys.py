@@ -1,0 +1,81 @@
+"""The key schema: every key PrivyDrop keeps in Redis (and mirrors in memory).
+
+This is a public contract, identical to the Node backend's: operators' scripts
+read these keys, and a Node process and a Python process may share one Redis.
+Change nothing here without changing both.
+
+``room:<id>`` (hash)
+    Field ``created_at``: milliseconds since the epoch when the room was
+    created. A room exists exactly when this field exists. TTL: the room TTL
+    (24 h), refreshed on every successful join; 900 s once the last socket
+    left.
+
+``room:<id>:sockets`` (set)
+    Socket.IO socket ids currently bound to the room. Same TTL as
+    ``room:<id>``. Redis deletes the set when its last member leaves.
+
+``socket:<sid>`` (string)
+    The room id the socket is bound to. TTL: room TTL + 1 h, set on binding.
+
+``ratelimit:join:<ip>`` (sorted set)
+    One member per join attempt (``<now_ms>-<random>``), scored by the
+    attempt's time in milliseconds. Members older than the window are pruned
+    on each attempt. TTL: the window's length.
+
+``referrers:daily:<YYYY-MM-DD>`` (hash)
+    Referrer name -> count of ``/api/set_track`` calls that UTC day. TTL:
+    30 days, refreshed on each call.
+
+Room ids never contain ``:`` (see L{privydrop.rooms.ids.validate_room_id}),
+so ``room:<a>:sockets`` can never be another room's hash.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+
+ROOM_PREFIX = "room:"
+SOCKETS_SUFFIX = ":sockets"
+SOCKET_PREFIX = "socket:"
+JOIN_RATE_PREFIX = "ratelimit:join:"
+REFERRERS_PREFIX = "referrers:daily:"
+
+#: The hash field that marks a room as existing.
+CREATED_AT_FIELD = "created_at"
+
+
+def room(room_id: str) -> str:
+    """The room's hash key, ``room:<id>``."""
+    return ROOM_PREFIX + room_id
+
+
+def room_sockets(room_id: str) -> str:
+    """The room's member set key, ``room:<id>:sockets``."""
+    return ROOM_PREFIX + room_id + SOCKETS_SUFFIX
+
+
+def socket(socket_id: str) -> str:
+    """The socket's binding key, ``socket:<sid>``."""
+    return SOCKET_PREFIX + socket_id
+
+
+def join_rate(key_suffix: str) -> str:
+    """The join rate window of one client, ``ratelimit:join:<ip>``."""
+    return JOIN_RATE_PREFIX + key_suffix
+
+
+def referrers(day: str) -> str:
+    """One UTC day's referrer counts, ``referrers:daily:<YYYY-MM-DD>``."""
+    return REFERRERS_PREFIX + day
+
+
+#: Unicode categories refused in ids and referrers: controls (C0, C1, DEL),
+#: format characters (bidi overrides, zero-width), lone surrogates (not
+#: encodable as UTF-8), line and paragraph separators. They break log lines,
+#: render misleadingly, or cannot be sent to Redis at all.
+_REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def contains_control_characters(text: str) -> bool:
+    """Whether client-chosen text (a room id, a referrer) has characters we refuse in keys."""
+    return any(unicodedata.category(char) in _REFUSED_CATEGORIES for char in text)

@@ -1,0 +1,297 @@
+"""The embedded store: PrivyDrop's shared state in this process's memory.
+
+It follows the Redis backend's semantics key for key (the schema of
+L{privydrop.store.keys}, TTLs, empty collections disappearing), so the two
+pass one contract suite and a development server behaves like production.
+Time comes from an C{IReactorTime}, so tests drive TTLs with a
+C{twisted.internet.task.Clock} instead of waiting.
+
+Expiry is lazy (a key past its deadline is dropped when it is next touched)
+plus L{MemoryStore.sweep}, which the store service calls periodically so keys
+nobody touches again (rate windows of one-off visitors, abandoned rooms) do
+not accumulate.
+
+Every operation runs to completion without yielding to the reactor, which is
+what makes each one atomic here. This module knows nothing of HTTP or
+Socket.IO.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from privydrop.store import keys
+from privydrop.store.interface import (
+    IStore,
+    JoinOutcome,
+    JoinResult,
+    LeaveResult,
+    RateResult,
+    RateWindow,
+)
+
+_log = Logger()
+
+
+@implementer(IStore)
+class MemoryStore:
+    """L{IStore} in a few dictionaries, with TTLs read from a clock.
+
+    A key is expired once the clock reaches its deadline. L{ttl} rounds the
+    time left to the nearest second, as Redis' ``TTL`` does.
+    """
+
+    def __init__(self, clock: IReactorTime) -> None:
+        """
+        @param clock: where "now" comes from for TTLs (the reactor in
+            production, a C{Clock} in tests).
+        """
+        self._clock = clock
+        self._strings: dict[str, str] = {}
+        self._hashes: dict[str, dict[str, str]] = {}
+        self._sets: dict[str, set[str]] = {}
+        self._zsets: dict[str, dict[str, float]] = {}
+        #: key -> the clock's seconds() at which the key expires.
+        self._deadlines: dict[str, float] = {}
+
+    # -- key space primitives (Redis semantics) ------------------------------
+
+    def _drop(self, key: str) -> None:
+        self._strings.pop(key, None)
+        self._hashes.pop(key, None)
+        self._sets.pop(key, None)
+        self._zsets.pop(key, None)
+        self._deadlines.pop(key, None)
+
+    def _check_expiry(self, key: str) -> None:
+        deadline = self._deadlines.get(key)
+        if deadline is not None and self._clock.seconds() >= deadline:
+            self._drop(key)
+
+    def _exists(self, key: str) -> bool:
+        self._check_expiry(key)
+        return (
+            key in self._strings
+            or key in self._hashes
+            or key in self._sets
+            or key in self._zsets
+        )
+
+    def _expire(self, key: str, ttl_s: int) -> None:
+        """EXPIRE: only an existing key gets a deadline."""
+        if self._exists(key):
+            self._deadlines[key] = self._clock.seconds() + ttl_s
+
+    def _get_string(self, key: str) -> str | None:
+        self._check_expiry(key)
+        return self._strings.get(key)
+
+    def _set_string(self, key: str, value: str, ttl_s: int) -> None:
+        """SET key value EX ttl_s."""
+        self._drop(key)
+        self._strings[key] = value
+        self._deadlines[key] = self._clock.seconds() + ttl_s
+
+    def _hash(self, key: str) -> dict[str, str] | None:
+        self._check_expiry(key)
+        return self._hashes.get(key)
+
+    def _set(self, key: str) -> set[str] | None:
+        self._check_expiry(key)
+        return self._sets.get(key)
+
+    def _zset(self, key: str) -> dict[str, float] | None:
+        self._check_expiry(key)
+        return self._zsets.get(key)
+
+    def _srem(self, key: str, member: str) -> None:
+        members = self._set(key)
+        if members is None:
+            return
+        members.discard(member)
+        if not members:
+            # Redis deletes a set with its last member, TTL included.
+            self._drop(key)
+
+    def _room_exists(self, room_id: str) -> bool:
+        fields = self._hash(keys.room(room_id))
+        return fields is not None and keys.CREATED_AT_FIELD in fields
+
+    def _create_room(self, room_id: str, now_ms: int, ttl_s: int) -> bool:
+        if self._room_exists(room_id):
+            return False
+        room_key = keys.room(room_id)
+        self._hashes.setdefault(room_key, {})[keys.CREATED_AT_FIELD] = str(now_ms)
+        self._expire(room_key, ttl_s)
+        self._expire(keys.room_sockets(room_id), ttl_s)
+        return True
+
+    def _refresh_room(self, room_id: str, ttl_s: int) -> None:
+        self._expire(keys.room(room_id), ttl_s)
+        self._expire(keys.room_sockets(room_id), ttl_s)
+
+    def _record_attempt(self, rate: RateWindow, now_ms: int) -> RateResult:
+        key = keys.join_rate(rate.key_suffix)
+        window = self._zset(key)
+        if window is None:
+            window = self._zsets[key] = {}
+        window[rate.member] = float(now_ms)
+        # ZREMRANGEBYSCORE key -inf (now - window): the window start is
+        # inclusive of expiry, as in the Node backend.
+        window_start = now_ms - rate.window_ms
+        for member in [m for m, score in window.items() if score <= window_start]:
+            del window[member]
+        if not window:
+            self._drop(key)
+            return RateResult(count=0, oldest_ms=now_ms)
+        self._expire(key, rate.ttl_s)
+        return RateResult(count=len(window), oldest_ms=int(min(window.values())))
+
+    # -- IStore ---------------------------------------------------------------
+
+    async def room_exists(self, room_id: str) -> bool:
+        """Whether the room exists. Never waits."""
+        return self._room_exists(room_id)
+
+    async def create_room(self, room_id: str, now_ms: int, ttl_s: int) -> bool:
+        """Create the room unless it exists. See L{IStore.create_room}."""
+        return self._create_room(room_id, now_ms, ttl_s)
+
+    async def create_first_free_room(
+        self, candidates: Sequence[str], now_ms: int, ttl_s: int
+    ) -> str | None:
+        """Create the first free candidate. See L{IStore.create_first_free_room}."""
+        for candidate in candidates:
+            if self._create_room(candidate, now_ms, ttl_s):
+                return candidate
+        return None
+
+    async def join_room(
+        self,
+        socket_id: str,
+        room_id: str,
+        now_ms: int,
+        room_ttl_s: int,
+        socket_ttl_s: int,
+        rate: RateWindow | None,
+    ) -> JoinResult:
+        """The whole join decision. See L{IStore.join_room}."""
+        socket_key = keys.socket(socket_id)
+        bound = self._get_string(socket_key)
+        if bound is not None and bound != room_id:
+            return JoinResult(JoinOutcome.OTHER_ROOM, bound_room=bound)
+        rejoin = bound is not None
+        result: RateResult | None = None
+        if rate is not None and not rejoin:
+            result = self._record_attempt(rate, now_ms)
+            if result.count > rate.limit:
+                return JoinResult(JoinOutcome.RATE_LIMITED, rate=result)
+        if not self._room_exists(room_id):
+            return JoinResult(JoinOutcome.NO_ROOM, rate=result)
+        if rejoin:
+            self._expire(socket_key, socket_ttl_s)
+            self._refresh_room(room_id, room_ttl_s)
+            return JoinResult(JoinOutcome.REJOINED, bound_room=room_id, rate=result)
+        self._set_string(socket_key, room_id, socket_ttl_s)
+        sockets_key = keys.room_sockets(room_id)
+        members = self._set(sockets_key)
+        if members is None:
+            members = self._sets[sockets_key] = set()
+        members.add(socket_id)
+        self._refresh_room(room_id, room_ttl_s)
+        return JoinResult(JoinOutcome.JOINED, bound_room=room_id, rate=result)
+
+    async def leave_room(
+        self, socket_id: str, room_id: str | None, empty_ttl_s: int
+    ) -> LeaveResult:
+        """Unbind a socket. See L{IStore.leave_room}.
+
+        The socket's binding is removed only when it names this room, so a
+        leave for room A can never unbind a socket that sits in room B.
+        """
+        socket_key = keys.socket(socket_id)
+        bound = self._get_string(socket_key)
+        if room_id is None:
+            if bound is None:
+                return LeaveResult(room_id=None, remaining=0)
+            room_id = bound
+        elif not self._room_exists(room_id):
+            return LeaveResult(room_id=None, remaining=0)
+        if bound == room_id:
+            self._drop(socket_key)
+        sockets_key = keys.room_sockets(room_id)
+        self._srem(sockets_key, socket_id)
+        members = self._set(sockets_key)
+        remaining = len(members) if members is not None else 0
+        if remaining == 0:
+            self._refresh_room(room_id, empty_ttl_s)
+        return LeaveResult(room_id=room_id, remaining=remaining)
+
+    async def room_of_socket(self, socket_id: str) -> str | None:
+        """The room the socket is bound to."""
+        return self._get_string(keys.socket(socket_id))
+
+    async def room_sockets(self, room_id: str) -> set[str]:
+        """A copy of the room's member set."""
+        return set(self._set(keys.room_sockets(room_id)) or ())
+
+    async def record_attempt(self, rate: RateWindow, now_ms: int) -> RateResult:
+        """Record one attempt in a sliding window. See L{IStore.record_attempt}."""
+        return self._record_attempt(rate, now_ms)
+
+    async def track_referrer(
+        self, day: str, ref: str, ttl_s: int, max_referrers: int
+    ) -> bool:
+        """Count one referral. See L{IStore.track_referrer}."""
+        key = keys.referrers(day)
+        counts = self._hash(key)
+        if counts is None:
+            if max_referrers <= 0:
+                return False
+            counts = self._hashes[key] = {}
+        elif ref not in counts and len(counts) >= max_referrers:
+            return False
+        counts[ref] = str(int(counts.get(ref, "0")) + 1)
+        self._expire(key, ttl_s)
+        return True
+
+    async def ping(self) -> None:
+        """Always reachable."""
+
+    async def ttl(self, key: str) -> int | None:
+        """Seconds left on a key, rounded to the nearest second (None: no key; -1: no TTL)."""
+        if not self._exists(key):
+            return None
+        deadline = self._deadlines.get(key)
+        if deadline is None:
+            return -1
+        return math.floor(deadline - self._clock.seconds() + 0.5)
+
+    async def close(self) -> None:
+        """Nothing to release."""
+
+    # -- maintenance ----------------------------------------------------------
+
+    def sweep(self) -> int:
+        """Drop every key whose deadline has passed.
+
+        @return: how many keys were dropped.
+        """
+        now = self._clock.seconds()
+        expired = [key for key, deadline in self._deadlines.items() if now >= deadline]
+        for key in expired:
+            self._drop(key)
+        if expired:
+            _log.debug("memory store swept {count} expired keys", count=len(expired))
+        return len(expired)
+
+    def key_count(self) -> int:
+        """How many keys are held, expired-but-unswept ones included."""
+        return (
+            len(self._strings) + len(self._hashes) + len(self._sets) + len(self._zsets)
+        )

@@ -1,0 +1,539 @@
+"""The Redis store: L{IStore} over a txredisapi connection pool.
+
+Every operation is one round trip: a plain command, or one Lua script
+(``scripts/*.lua``) sent with ``EVALSHA``; only when the server answers
+``NOSCRIPT`` (first use after a restart or ``SCRIPT FLUSH``) is the script sent
+again with ``EVAL``, which also caches it. Scripts make each operation atomic
+across processes sharing the Redis.
+
+Bounded waits. txredisapi waits for a reply for ever, so each operation gets
+a deadline (C{RedisSettings.command_timeout}) covering both waiting for a
+free connection and waiting for the reply; past it the caller gets
+L{StoreUnavailable}. A connection is checked out for exactly one command at a
+time, and the connection whose command timed out is aborted, never put back:
+Redis replies in order, so a late reply on a reused connection would be
+taken as the answer to the next command. The pool (txredisapi's, one
+C{ClientService} per slot) reconnects by itself with a backoff.
+
+Handshake. Our protocol does ``AUTH`` and ``SELECT`` itself so that a server
+rejecting them (wrong password, bad db index) is reported loudly: waiting
+callers fail at once with "Redis authentication failed: ...". A connection
+lost or stalled during the handshake is only dropped and retried.
+
+Reactor. Deadlines use the reactor given to L{RedisStore}; txredisapi's pool
+slots use the global reactor (the same one in production and under
+pytest-twisted).
+
+This module knows the key schema and nothing of PrivyDrop's policies, HTTP or
+Socket.IO.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+from typing import Any, Sequence
+
+import attrs
+import txredisapi
+from twisted.internet import defer
+from twisted.internet.endpoints import HostnameEndpoint
+from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from privydrop.config import RedisSettings
+from privydrop.store import keys
+from privydrop.store.interface import (
+    IStore,
+    JoinOutcome,
+    JoinResult,
+    LeaveResult,
+    RateResult,
+    RateWindow,
+    StoreError,
+    StoreUnavailable,
+)
+
+_log = Logger()
+
+#: Words in the error replies Redis gives when it refuses our credentials
+#: (WRONGPASS, NOAUTH, "AUTH <password> called without any password
+#: configured", "invalid password" of older servers).
+_AUTH_ERROR_MARKERS = ("WRONGPASS", "NOAUTH", "AUTH", "password")
+
+
+def _is_auth_error(message: str) -> bool:
+    return any(marker in message for marker in _AUTH_ERROR_MARKERS)
+
+
+@attrs.frozen
+class Script:
+    """A Lua script and its SHA1 (the name ``EVALSHA`` knows it by)."""
+
+    name: str
+    source: bytes
+    sha: str
+
+    @classmethod
+    def load(cls, name: str, *prelude: str) -> "Script":
+        """Read ``scripts/<name>.lua``, with shared snippets prepended."""
+        directory = importlib.resources.files("privydrop.store") / "scripts"
+        parts = [(directory / f"{part}.lua").read_bytes() for part in (*prelude, name)]
+        source = b"\n".join(parts)
+        return cls(name=name, source=source, sha=hashlib.sha1(source).hexdigest())
+
+
+CREATE_ROOM = Script.load("create_room")
+CREATE_FIRST_FREE_ROOM = Script.load("create_first_free_room")
+JOIN_ROOM = Script.load("join_room", "rate_window")
+LEAVE_ROOM = Script.load("leave_room")
+RECORD_ATTEMPT = Script.load("record_attempt", "rate_window")
+TRACK_REFERRER = Script.load("track_referrer")
+ALL_SCRIPTS = (
+    CREATE_ROOM,
+    CREATE_FIRST_FREE_ROOM,
+    JOIN_ROOM,
+    LEAVE_ROOM,
+    RECORD_ATTEMPT,
+    TRACK_REFERRER,
+)
+
+
+class _HandshakeRejected(txredisapi.ConnectionError):
+    """Redis refused AUTH or SELECT: a configuration problem, not a blip."""
+
+
+class _StoreProtocol(txredisapi.RedisProtocol):
+    """txredisapi's protocol with a handshake that tells refusal from loss.
+
+    The stock handshake stops the whole pool for good when AUTH or SELECT
+    fails for any reason, a connection lost mid-handshake included. Here
+    only a refusal by the server is reported (to the factory, which fails
+    waiting callers loudly); anything else just drops this connection and
+    its pool slot reconnects.
+    """
+
+    factory: "_StoreFactory"
+
+    @defer.inlineCallbacks
+    def connectionMade(self) -> Any:
+        factory = self.factory
+        watchdog = factory.clock.callLater(
+            factory.handshake_timeout, self._handshake_timed_out
+        )
+        try:
+            if self.password is not None:
+                yield self.auth(self.password)
+            if self.dbid is not None:
+                yield self.select(self.dbid)
+        except txredisapi.ResponseError as e:
+            factory.handshake_rejected(str(e))
+            self.transport.loseConnection()
+            return None
+        except Exception as e:
+            _log.debug("redis handshake interrupted: {error}", error=str(e))
+            self.transport.abortConnection()
+            return None
+        finally:
+            if watchdog.active():
+                watchdog.cancel()
+        if not self.connected:
+            return None
+        factory.handshake_succeeded()
+        # What txredisapi's own handshake does once it succeeds.
+        self._ready = True
+        self._waiting_for_connect, waiting = [], self._waiting_for_connect
+        for d in waiting:
+            d.callback(self)
+        return None
+
+    def _handshake_timed_out(self) -> None:
+        _log.warn("redis handshake timed out; reconnecting")
+        self.transport.abortConnection()
+
+
+class _StoreFactory(txredisapi.RedisFactory):
+    """txredisapi's pool factory, plus handshake bookkeeping."""
+
+    protocol = _StoreProtocol
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        clock: IReactorTime,
+        initial_delay: float,
+        max_delay: float,
+    ) -> None:
+        super().__init__(
+            f"{settings.host}:{settings.port}",
+            # db 0 is every connection's default: no SELECT needed.
+            settings.db or None,
+            settings.pool_size,
+            isLazy=True,
+            password=settings.password,
+            replyTimeout=None,
+            convertNumbers=False,
+        )
+        self.clock = clock
+        self.handshake_timeout = settings.connect_timeout
+        self.initialDelay = initial_delay
+        self.maxDelay = max_delay
+        #: The server's last refusal of AUTH/SELECT, cleared by a success.
+        self.handshake_error: str | None = None
+
+    def handshake_rejected(self, message: str) -> None:
+        if message != self.handshake_error:
+            _log.error(
+                "redis refused the connection handshake: {error}", error=message
+            )
+        self.handshake_error = message
+        waiting, self.connectionQueue.waiting = list(self.connectionQueue.waiting), []
+        for d in waiting:
+            d.errback(_HandshakeRejected(message))
+
+    def handshake_succeeded(self) -> None:
+        if self.handshake_error is not None:
+            _log.info("redis accepted the connection handshake again")
+        self.handshake_error = None
+
+
+def _endpoint(settings: RedisSettings, reactor: Any) -> IStreamClientEndpoint:
+    return HostnameEndpoint(
+        reactor, settings.host, settings.port, timeout=settings.connect_timeout
+    )
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+@implementer(IStore)
+class RedisStore:
+    """L{IStore} on Redis. Build with L{from_settings}; start with L{connect}."""
+
+    def __init__(
+        self,
+        settings: RedisSettings,
+        reactor: Any,
+        *,
+        reconnect_initial_delay: float = 0.2,
+        reconnect_max_delay: float = 5.0,
+    ) -> None:
+        """
+        @param settings: where Redis is; timeouts; pool size.
+        @param reactor: provides C{IReactorTime} (deadlines) and
+            C{IReactorTCP} (connections).
+        @param reconnect_initial_delay: seconds before the first reconnection
+            attempt of a pool slot; later ones back off exponentially.
+        @param reconnect_max_delay: longest wait between reconnection attempts.
+        """
+        self._settings = settings
+        self._reactor = reactor
+        self._factory = _StoreFactory(
+            settings, reactor, reconnect_initial_delay, reconnect_max_delay
+        )
+        self._started = False
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: RedisSettings, reactor: Any) -> "RedisStore":
+        """A store for these settings; connections open on first use or L{connect}."""
+        return cls(settings, reactor)
+
+    @property
+    def settings(self) -> RedisSettings:
+        return self._settings
+
+    def _where(self) -> str:
+        return f"Redis at {self._settings.host}:{self._settings.port}"
+
+    def start(self) -> None:
+        """Start opening the pool's connections (idempotent)."""
+        if self._started or self._closed:
+            return
+        self._started = True
+        self._factory.startConnecting(_endpoint(self._settings, self._reactor))
+
+    async def connect(self) -> None:
+        """Open the pool and check Redis answers, within C{connect_timeout}.
+
+        Also loads the scripts, so the first operations need no ``EVAL``.
+        For production start-up: fail fast with a clear message.
+
+        @raise StoreUnavailable: naming the server and why (unreachable,
+            authentication failed, no answer in time).
+        """
+        self.start()
+        timeout = self._settings.connect_timeout
+        await self._command(("PING",), timeout)
+        for script in ALL_SCRIPTS:
+            await self._command(("SCRIPT", "LOAD", script.source), timeout)
+        _log.info(
+            "connected to redis {host}:{port} db {db}",
+            host=self._settings.host,
+            port=self._settings.port,
+            db=self._settings.db,
+        )
+
+    # -- the bounded command path ---------------------------------------------
+
+    def _unavailable(self, why: str) -> StoreUnavailable:
+        return StoreUnavailable(f"{self._where()}: {why}")
+
+    def _refused(self, message: str) -> StoreUnavailable:
+        if _is_auth_error(message):
+            return self._unavailable(f"authentication failed ({message})")
+        return self._unavailable(f"connection handshake refused ({message})")
+
+    def _bounded(self, d: defer.Deferred[Any], seconds: float) -> defer.Deferred[Any]:
+        return d.addTimeout(max(0.0, seconds), self._reactor)
+
+    async def _acquire(self, deadline: float) -> Any:
+        """Check one ready connection out of the pool, waiting until the deadline."""
+        factory = self._factory
+        if factory.handshake_error is not None and not factory.connectionQueue.pending:
+            raise self._refused(factory.handshake_error)
+        try:
+            return await self._bounded(
+                factory.getConnection(), deadline - self._reactor.seconds()
+            )
+        except _HandshakeRejected as e:
+            raise self._refused(str(e)) from None
+        except defer.TimeoutError:
+            if factory.handshake_error is not None:
+                raise self._refused(factory.handshake_error) from None
+            raise self._unavailable("no connection available in time") from None
+        except txredisapi.ConnectionError as e:
+            raise self._unavailable(f"not connected ({e})") from None
+
+    async def _command(self, args: Sequence[Any], timeout: float | None = None) -> Any:
+        """Send one command on a connection of its own, within the deadline.
+
+        @raise StoreUnavailable: on timeout, lost connection, or refusal.
+        @raise txredisapi.ResponseError: for ``NOSCRIPT`` (the caller retries
+            with ``EVAL``).
+        """
+        if self._closed:
+            raise self._unavailable("the store is closed")
+        self.start()
+        if timeout is None:
+            timeout = self._settings.command_timeout
+        deadline = self._reactor.seconds() + timeout
+        conn = await self._acquire(deadline)
+        # Only a connection whose reply has arrived may serve another command;
+        # on any other way out (timeout, loss, cancellation) a reply may still
+        # be on its way, and it would be read as the next command's answer.
+        reusable = False
+        try:
+            reply = conn.execute_command(*args)
+            result = await self._bounded(reply, deadline - self._reactor.seconds())
+            reusable = True
+            return result
+        except defer.TimeoutError:
+            conn.transport.abortConnection()
+            _log.warn(
+                "redis command {command} timed out after {timeout}s; connection dropped",
+                command=_text(args[0]),
+                timeout=timeout,
+            )
+            raise self._unavailable(f"no answer within {timeout}s") from None
+        except txredisapi.ResponseError as e:
+            reusable = True
+            message = str(e)
+            if message.startswith("NOSCRIPT"):
+                raise
+            if _is_auth_error(message):
+                raise self._refused(message) from None
+            raise self._unavailable(f"error reply ({message})") from None
+        except txredisapi.ConnectionError as e:
+            raise self._unavailable(f"connection lost ({e})") from None
+        except txredisapi.InvalidData as e:
+            # Raised before anything was written: the connection is intact.
+            reusable = True
+            raise StoreError(f"cannot encode a command argument: {e}") from None
+        finally:
+            if reusable and conn.connected:
+                self._factory.connectionQueue.put(conn)
+            elif conn.connected:
+                conn.transport.abortConnection()
+
+    async def _script(
+        self, script: Script, script_keys: Sequence[str], args: Sequence[Any]
+    ) -> Any:
+        """Run a script: one round trip, two when Redis has to be sent its source."""
+        tail = (len(script_keys), *script_keys, *args)
+        try:
+            return await self._command(("EVALSHA", script.sha, *tail))
+        except txredisapi.ResponseError:
+            # NOSCRIPT: Redis restarted or its script cache was flushed.
+            _log.debug("redis script {name} not cached; sending it", name=script.name)
+        try:
+            return await self._command(("EVAL", script.source, *tail))
+        except txredisapi.ResponseError as e:  # pragma: no cover - only NOSCRIPT is re-raised
+            raise self._unavailable(f"error reply ({e})") from None
+
+    # -- IStore ----------------------------------------------------------------
+
+    async def room_exists(self, room_id: str) -> bool:
+        """Whether the room exists. One round trip (HEXISTS)."""
+        reply = await self._command(("HEXISTS", keys.room(room_id), keys.CREATED_AT_FIELD))
+        return int(reply) == 1
+
+    async def create_room(self, room_id: str, now_ms: int, ttl_s: int) -> bool:
+        """Create the room unless it exists. One round trip (script)."""
+        reply = await self._script(
+            CREATE_ROOM,
+            (keys.room(room_id), keys.room_sockets(room_id)),
+            (keys.CREATED_AT_FIELD, now_ms, ttl_s),
+        )
+        return int(reply) == 1
+
+    async def create_first_free_room(
+        self, candidates: Sequence[str], now_ms: int, ttl_s: int
+    ) -> str | None:
+        """Create the first free candidate. One round trip (script), whatever the count."""
+        if not candidates:
+            return None
+        script_keys: list[str] = []
+        for candidate in candidates:
+            script_keys += (keys.room(candidate), keys.room_sockets(candidate))
+        reply = await self._script(
+            CREATE_FIRST_FREE_ROOM,
+            script_keys,
+            (keys.CREATED_AT_FIELD, now_ms, ttl_s, *candidates),
+        )
+        return None if reply is None else _text(reply)
+
+    async def join_room(
+        self,
+        socket_id: str,
+        room_id: str,
+        now_ms: int,
+        room_ttl_s: int,
+        socket_ttl_s: int,
+        rate: RateWindow | None,
+    ) -> JoinResult:
+        """The whole join decision. One round trip (script)."""
+        script_keys = [keys.socket(socket_id), keys.room(room_id), keys.room_sockets(room_id)]
+        args: list[Any] = [
+            room_id,
+            socket_id,
+            keys.CREATED_AT_FIELD,
+            now_ms,
+            room_ttl_s,
+            socket_ttl_s,
+        ]
+        if rate is None:
+            args.append("0")
+        else:
+            script_keys.append(keys.join_rate(rate.key_suffix))
+            args += ("1", rate.member, rate.window_ms, rate.limit, rate.ttl_s)
+        outcome, bound, count, oldest = await self._script(JOIN_ROOM, script_keys, args)
+        rate_result = None if int(count) < 0 else RateResult(int(count), int(oldest))
+        bound_text = _text(bound)
+        return JoinResult(
+            outcome=JoinOutcome(_text(outcome)),
+            bound_room=bound_text or None,
+            rate=rate_result,
+        )
+
+    async def leave_room(
+        self, socket_id: str, room_id: str | None, empty_ttl_s: int
+    ) -> LeaveResult:
+        """Unbind a socket. One round trip (script).
+
+        The socket's binding is removed only when it names this room, so a
+        leave for room A can never unbind a socket that sits in room B.
+        """
+        script_keys = [keys.socket(socket_id)]
+        if room_id is not None:
+            script_keys += (keys.room(room_id), keys.room_sockets(room_id))
+        left, remaining = await self._script(
+            LEAVE_ROOM,
+            script_keys,
+            (
+                socket_id,
+                "0" if room_id is None else "1",
+                room_id or "",
+                keys.CREATED_AT_FIELD,
+                empty_ttl_s,
+                keys.ROOM_PREFIX,
+                keys.SOCKETS_SUFFIX,
+            ),
+        )
+        return LeaveResult(room_id=_text(left) or None, remaining=int(remaining))
+
+    async def room_of_socket(self, socket_id: str) -> str | None:
+        """The room the socket is bound to. One round trip (GET)."""
+        reply = await self._command(("GET", keys.socket(socket_id)))
+        return None if reply is None else _text(reply)
+
+    async def room_sockets(self, room_id: str) -> set[str]:
+        """The room's members. One round trip (SMEMBERS)."""
+        reply = await self._command(("SMEMBERS", keys.room_sockets(room_id)))
+        return {_text(member) for member in reply or ()}
+
+    async def record_attempt(self, rate: RateWindow, now_ms: int) -> RateResult:
+        """Record one attempt in a sliding window. One round trip (script)."""
+        count, oldest = await self._script(
+            RECORD_ATTEMPT,
+            (keys.join_rate(rate.key_suffix),),
+            (rate.member, now_ms, rate.window_ms, rate.ttl_s),
+        )
+        return RateResult(count=int(count), oldest_ms=int(oldest))
+
+    async def track_referrer(
+        self, day: str, ref: str, ttl_s: int, max_referrers: int
+    ) -> bool:
+        """Count one referral unless the day is full. One round trip (script)."""
+        reply = await self._script(
+            TRACK_REFERRER, (keys.referrers(day),), (ref, ttl_s, max_referrers)
+        )
+        return int(reply) == 1
+
+    async def ping(self) -> None:
+        """One round trip (PING); raises L{StoreUnavailable} when Redis does not answer."""
+        await self._command(("PING",))
+
+    async def ttl(self, key: str) -> int | None:
+        """Seconds left on a key. One round trip (TTL)."""
+        reply = int(await self._command(("TTL", key)))
+        return None if reply == -2 else reply
+
+    async def close(self) -> None:
+        """Close every connection and stop reconnecting (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._started:
+            await self._factory.disconnect()
+
+
+class RedisSubscriberFactory(txredisapi.SubscriberFactory):
+    """Builds pub/sub connections to the store's Redis (for the cluster adapter).
+
+    Set C{protocol} to a C{txredisapi.SubscriberProtocol} subclass (its
+    C{messageReceived(pattern, channel, message)} receives publications and
+    its C{connectionMade} must chain up, which performs ``AUTH``), then call
+    C{startConnecting(endpoint)}: the pool slot reconnects by itself, so
+    subscriptions must be renewed in every C{connectionMade}. Publishing is
+    done on a normal connection, not this one.
+    """
+
+    def __init__(self, settings: RedisSettings) -> None:
+        super().__init__(isLazy=True)
+        self.password = settings.password
+        self.convertNumbers = False
+
+
+def subscriber_factory(
+    settings: RedisSettings, reactor: IReactorTCP
+) -> tuple[RedisSubscriberFactory, IStreamClientEndpoint]:
+    """A pub/sub connection factory and the endpoint to start it on.
+
+    @param settings: the same Redis settings the store uses.
+    @param reactor: the reactor connections are made with.
+    @return: C{(factory, endpoint)}; see L{RedisSubscriberFactory}.
+    """
+    return RedisSubscriberFactory(settings), _endpoint(settings, reactor)

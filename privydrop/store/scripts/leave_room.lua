@@ -1,0 +1,35 @@
+-- IStore.leave_room: unbind a socket; an emptied room gets the empty TTL.
+-- KEYS[1] socket:<sid>; when ARGV[2] is '1': KEYS[2] room:<id>,
+-- KEYS[3] room:<id>:sockets
+-- ARGV[1] socket_id, ARGV[2] '1' when the room is given, ARGV[3] room_id,
+-- ARGV[4] created_at field, ARGV[5] empty_ttl_s,
+-- ARGV[6] room key prefix, ARGV[7] sockets key suffix (to find the
+-- socket's own room when none is given)
+-- Returns {room_id or '', remaining}.
+local bound = redis.call('GET', KEYS[1])
+local room_id, room_key, sockets_key
+if ARGV[2] == '1' then
+  room_id, room_key, sockets_key = ARGV[3], KEYS[2], KEYS[3]
+  if redis.call('HEXISTS', room_key, ARGV[4]) == 0 then
+    return {'', 0}
+  end
+else
+  if not bound then
+    return {'', 0}
+  end
+  room_id = bound
+  room_key = ARGV[6] .. bound
+  sockets_key = room_key .. ARGV[7]
+end
+-- Only the socket's own binding is removed: leaving room A never unbinds
+-- a socket that sits in room B.
+if bound == room_id then
+  redis.call('DEL', KEYS[1])
+end
+redis.call('SREM', sockets_key, ARGV[1])
+local remaining = redis.call('SCARD', sockets_key)
+if remaining == 0 then
+  redis.call('EXPIRE', room_key, ARGV[5])
+  redis.call('EXPIRE', sockets_key, ARGV[5])
+end
+return {room_id, remaining}

@@ -1,0 +1,117 @@
+"""The store as a Twisted service: builds the configured backend, starts and stops it.
+
+With Redis settings, L{StoreService} builds a L{RedisStore} (connections open
+on C{startService}; production start-up calls L{verify_store} first so an
+unreachable Redis stops the process before it listens). Without them it
+builds a L{MemoryStore} and sweeps its expired keys on a timer that logs
+failures and keeps running.
+
+The store object exists from construction on, so other components can be
+wired to C{service.store} before anything starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, task
+from twisted.logger import Logger
+
+from privydrop.config import Settings
+from privydrop.store.interface import IStore, StoreUnavailable
+from privydrop.store.memory import MemoryStore
+from privydrop.store.redis import RedisStore
+
+_log = Logger()
+
+#: Seconds between two sweeps of the memory store's expired keys.
+DEFAULT_SWEEP_INTERVAL_S = 60.0
+
+
+class StoreService(Service):
+    """Owns the store: L{MemoryStore} or L{RedisStore}, from the settings.
+
+    @ivar store: the store, usable (for wiring) right after construction.
+    """
+
+    name = "store"
+
+    def __init__(
+        self,
+        settings: Settings,
+        reactor: Any,
+        sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
+    ) -> None:
+        """
+        @param settings: C{settings.redis} None means the memory store.
+        @param reactor: the reactor (or, for the memory store, any
+            C{IReactorTime}, such as a C{Clock} in tests).
+        @param sweep_interval_s: seconds between memory store sweeps.
+        """
+        self._reactor = reactor
+        self._sweep_interval_s = sweep_interval_s
+        self._sweeper: task.LoopingCall | None = None
+        self._memory: MemoryStore | None = None
+        self.store: IStore
+        if settings.redis is None:
+            self._memory = MemoryStore(reactor)
+            self.store = self._memory
+        else:
+            self.store = RedisStore.from_settings(settings.redis, reactor)
+
+    def startService(self) -> None:
+        super().startService()
+        if self._memory is not None:
+            sweeper = self._sweeper = task.LoopingCall(self._sweep)
+            sweeper.clock = self._reactor
+            sweeper.start(self._sweep_interval_s, now=False).addErrback(
+                lambda failure: _log.failure(
+                    "memory store sweeper stopped", failure=failure
+                )
+            )
+        elif isinstance(self.store, RedisStore):
+            defer.Deferred.fromCoroutine(self.store.connect()).addErrback(
+                self._connect_failed
+            )
+
+    def _connect_failed(self, failure: Any) -> None:
+        # Development keeps running and retries on each command; production
+        # start-up has already refused to start through verify_store().
+        failure.trap(StoreUnavailable)
+        _log.error("store not reachable yet: {error}", error=str(failure.value))
+
+    def _sweep(self) -> None:
+        memory = self._memory
+        if memory is None:
+            return
+        try:
+            memory.sweep()
+        except Exception:
+            _log.failure("memory store sweep failed")
+
+    def stopService(self) -> defer.Deferred[None]:
+        super().stopService()
+        if self._sweeper is not None and self._sweeper.running:
+            self._sweeper.stop()
+        self._sweeper = None
+        return defer.Deferred.fromCoroutine(self.store.close())
+
+
+async def verify_store(store: IStore) -> None:
+    """Check the store answers, for production start-up (fail fast).
+
+    For Redis this opens the pool and waits at most C{connect_timeout}.
+
+    @raise StoreUnavailable: with a message naming the server, the settings
+        to check and the reason.
+    """
+    if isinstance(store, RedisStore):
+        try:
+            await store.connect()
+        except StoreUnavailable as e:
+            raise StoreUnavailable(
+                f"{e} (check REDIS_HOST, REDIS_PORT and REDIS_PASSWORD)"
+            ) from None
+    else:
+        await store.ping()

@@ -1,0 +1,108 @@
+"""The twistd plugin's options and service maker: C{twistd privydrop}.
+
+L{Options} only parses the command line; L{makeService} turns options, the
+process environment and the C{.env} file into validated
+L{privydrop.config.Settings} and builds the service tree. This is the one
+module (with the plugin file) that reads C{os.environ}.
+
+Start-up failures that an operator must fix (an invalid value, production
+without Redis, production with Redis unreachable or refusing the password)
+are reported on stderr and as one critical log event, and exit non-zero
+before anything listens: twistd has not started logging yet when
+L{makeService} runs, so stderr is the only place a message is sure to be seen.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, NoReturn
+
+from twisted.application.service import IService
+from twisted.logger import Logger
+from twisted.python import usage
+
+from privydrop import __version__
+from privydrop.config import ConfigError, Settings
+from privydrop.redis_probe import RedisProbeError, probe_redis
+from privydrop.settings_source import VARIABLES
+
+_log = Logger()
+
+
+def _help(variable: Any) -> str:
+    env = " [env %s]" % (variable.env,) if variable.env else ""
+    return "%s (default: %s)%s" % (variable.help, variable.default, env)
+
+
+class Options(usage.Options):
+    """Command-line options of C{twistd privydrop}; each overrides its variable."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "PrivyDrop signaling backend: REST API and Socket.IO signaling. "
+        "Settings come from, in rising precedence: defaults, a .env file, "
+        "the environment, these options."
+    )
+    optParameters = [
+        [v.option, None, None, _help(v)] for v in VARIABLES if v.option and not v.flag
+    ]
+    optFlags = [[v.option, None, _help(v)] for v in VARIABLES if v.option and v.flag]
+
+    def opt_version(self) -> NoReturn:
+        """Print the version and exit."""
+        print("privydrop-signaling %s" % (__version__,))
+        sys.exit(0)
+
+
+def _fatal(message: str) -> NoReturn:
+    _log.critical("cannot start: {error}", error=message)
+    sys.stderr.write("privydrop: cannot start: %s\n" % (message,))
+    sys.stderr.flush()
+    raise SystemExit(1)
+
+
+def settings_for(options: Any, environ: Any = None) -> Settings:
+    """Settings from options and the environment, or exit with a message.
+
+    @raise SystemExit: (code 1) when a value is invalid or production has no
+        Redis configured.
+    """
+    try:
+        settings = Settings.from_options(options, os.environ if environ is None else environ)
+    except ConfigError as e:
+        _fatal("invalid configuration: %s" % (e,))
+    if settings.production and settings.redis is None:
+        _fatal(
+            "NODE_ENV=production needs Redis: set REDIS_HOST (and REDIS_PORT, "
+            "REDIS_PASSWORD) or REDIS_URL (or --redis). The in-memory store is "
+            "for development only."
+        )
+    return settings
+
+
+def makeService(options: Any) -> IService:
+    """Build the service tree for C{twistd privydrop}.
+
+    In production Redis is contacted once, synchronously, before the reactor
+    runs: when it cannot be reached or rejects the password the process exits
+    non-zero without listening. In development a failed check is logged and
+    the server starts anyway (the store reconnects by itself).
+    """
+    from twisted.internet import reactor
+
+    from privydrop.service import build_service
+
+    settings = settings_for(options)
+    if settings.redis is not None:
+        try:
+            probe_redis(settings.redis)
+        except RedisProbeError as e:
+            if settings.production:
+                _fatal(str(e))
+            _log.error("Redis check failed, continuing in development: {error}", error=str(e))
+            sys.stderr.write("privydrop: warning: %s\n" % (e,))
+    try:
+        return build_service(settings, reactor)
+    except ConfigError as e:
+        _fatal("invalid configuration: %s" % (e,))

@@ -1,0 +1,287 @@
+"""The one HTTP site: routing and connection-level protection.
+
+L{build_site} mounts the Engine.IO resource (when there is one) at
+C{settings.engine.path} and sends every other path to the REST API's
+resource. It also hardens C{twisted.web} for a public port:
+
+ - deadlines: a client gets C{header_timeout_s} to send the request line and
+   headers and C{body_timeout_s} to send a body, however slowly it trickles
+   bytes in (the stock idle timeout restarts on every byte, so one byte every
+   few seconds would hold a connection for ever);
+ - a body cap per path (the API's C{max_body_bytes}, Engine.IO's
+   C{max_payload} under its path): a request whose declared
+   C{Content-Length} or received bytes pass it gets a 413 JSON answer and the
+   connection is closed, without the body being read on; bodies are kept in
+   memory and never spooled to a temporary file as C{twisted.web} does by
+   default for large ones;
+ - no C{Server: TwistedWeb/<version>} header;
+ - the access log holds client addresses only when C{LOG_CLIENT_IPS} says so.
+
+This module knows the two resources it routes to only as C{IResource}s.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import orjson
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.logger import Logger
+from twisted.web import http, server
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
+
+from privydrop.api.cors import cors_headers
+from privydrop.config import Settings
+
+_log = Logger()
+
+#: The one 413 answer, in the API's error shape.
+_TOO_LARGE_BODY = orjson.dumps({"error": "Request body is too large"})
+
+
+class LimitedRequest(server.Request):
+    """A request whose body is capped and kept in memory.
+
+    The channel (L{HardenedChannel}) sets L{body_limit} from the path before
+    the body arrives and refuses the request when the bytes read pass it.
+    """
+
+    body_limit: int = 0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.content = io.BytesIO()
+        self._body_read = 0
+
+    def gotLength(self, length: int | None) -> None:
+        # Bodies are capped (see HardenedChannel), so memory is the right
+        # place; the stock code spools anything from 100 kB to a temp file.
+        self.content = io.BytesIO()
+
+    def handleContentChunk(self, data: bytes) -> None:
+        channel = self.channel
+        if channel is None or getattr(channel, "refused", False):
+            return
+        self._body_read += len(data)
+        if self._body_read > self.body_limit:
+            channel.refuse_too_large(self)
+            return
+        self.content.write(data)
+
+    def write(self, data: bytes) -> None:
+        if not self.startedWriting:
+            # Request.process adds "Server: TwistedWeb/<version>"; don't tell.
+            self.responseHeaders.removeHeader(b"server")
+        super().write(data)
+
+
+class HardenedChannel(http.HTTPChannel):
+    """C{HTTPChannel} with header and body deadlines and an early 413.
+
+    Timers run on the factory's reactor (C{callLater}), so tests drive them
+    with a C{Clock}.
+    """
+
+    site: "PrivyDropSite"
+    refused = False
+    _head_deadline: IDelayedCall | None = None
+    _body_deadline: IDelayedCall | None = None
+    #: True while the next bytes belong to a request line or headers.
+    _awaiting_head = True
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self._awaiting_head = True
+        self._start_head_deadline()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        if self._awaiting_head and not self._handlingRequest:
+            self._start_head_deadline()
+        super().dataReceived(data)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self.refused:
+            return
+        super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._awaiting_head = False
+        self._cancel("_head_deadline")
+        request = self.requests[-1]
+        limit = self.site.body_limit(self._path)
+        request.body_limit = limit
+        if self.length is not None and self.length > limit:
+            # Before the stock code, so no "100 Continue" invites the body.
+            self.refuse_too_large(request)
+            return
+        super().allHeadersReceived()
+        if self.length != 0:
+            self._body_deadline = self.callLater(
+                self.site.settings.http.body_timeout_s, self._deadline_passed, "body"
+            )
+
+    def allContentReceived(self) -> None:
+        if self.refused:
+            return
+        self._cancel("_body_deadline")
+        self._awaiting_head = True
+        super().allContentReceived()
+
+    def refuse_too_large(self, request: IRequest) -> None:
+        """Answer 413 and close, reading no more of this connection.
+
+        Written directly to the transport: the request has not been
+        dispatched, so nothing else is writing to it.
+        """
+        if self.refused:
+            return
+        self.refused = True
+        self._cancel("_head_deadline")
+        self._cancel("_body_deadline")
+        self.setTimeout(None)
+        _log.warn(
+            "request body over {limit} bytes refused",
+            limit=getattr(request, "body_limit", None),
+        )
+        origin = request.requestHeaders.getRawHeaders(b"origin", [None])[-1]
+        lines = [
+            b"HTTP/1.1 413 Payload Too Large",
+            b"Content-Type: application/json; charset=utf-8",
+            b"Content-Length: %d" % (len(_TOO_LARGE_BODY),),
+            b"Connection: close",
+        ]
+        text_origin = origin.decode("latin-1") if origin is not None else None
+        for name, value in cors_headers(text_origin, self.site.settings.origins):
+            lines.append(name.encode("latin-1") + b": " + value.encode("latin-1"))
+        if self.transport is not None:
+            self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + _TOO_LARGE_BODY)
+            self.loseConnection()
+
+    def timeoutConnection(self) -> None:
+        if self.transport is None:
+            # The connection was handed to a WebSocket protocol.
+            return
+        super().timeoutConnection()
+
+    def connectionLost(self, reason: Any) -> None:
+        self._cancel("_head_deadline")
+        self._cancel("_body_deadline")
+        super().connectionLost(reason)
+
+    def _start_head_deadline(self) -> None:
+        if self._head_deadline is None:
+            self._head_deadline = self.callLater(
+                self.site.settings.http.header_timeout_s, self._deadline_passed, "headers"
+            )
+
+    def _cancel(self, name: str) -> None:
+        call = getattr(self, name)
+        if call is not None:
+            setattr(self, name, None)
+            if call.active():
+                call.cancel()
+
+    def _deadline_passed(self, what: str) -> None:
+        setattr(self, "_head_deadline" if what == "headers" else "_body_deadline", None)
+        if self.transport is None:
+            return
+        _log.info("dropping a client too slow to send its {what}", what=what)
+        self.transport.abortConnection()
+
+
+class PrivyDropSite(server.Site):
+    """The site: hardened channels, capped requests, a quiet access log."""
+
+    protocol = HardenedChannel  # type: ignore[assignment]
+    displayTracebacks = False
+
+    def __init__(self, resource: IResource, settings: Settings, reactor: IReactorTime) -> None:
+        super().__init__(
+            resource,
+            requestFactory=LimitedRequest,
+            timeout=settings.http.idle_timeout_s,
+            reactor=reactor,
+        )
+        self.settings = settings
+        self._engine_path = settings.engine.path.encode("utf-8")
+        self._engine_bare = self._engine_path.rstrip(b"/")
+
+    def body_limit(self, uri: bytes) -> int:
+        """The largest body accepted for a request URI (path and query)."""
+        path = uri.split(b"?", 1)[0]
+        if path == self._engine_bare or path.startswith(self._engine_path):
+            return self.settings.engine.max_payload
+        return self.settings.api.max_body_bytes
+
+    def log(self, request: Any) -> None:
+        if self.settings.http.log_client_ips:
+            _log.debug(
+                "{method} {uri} {code} from {peer}",
+                method=request.method,
+                uri=request.uri,
+                code=request.code,
+                peer=request.getClientAddress(),
+            )
+        else:
+            _log.debug(
+                "{method} {uri} {code}", method=request.method, uri=request.uri, code=request.code
+            )
+
+
+class _Root(Resource):
+    """Sends the Engine.IO path to its resource and everything else to the API.
+
+    The API resource (Klein) sees the whole path; the Engine.IO resource is
+    reached with C{prepath} holding the engine path's segments.
+    """
+
+    def __init__(
+        self, settings: Settings, api: IResource, engineio: IResource | None
+    ) -> None:
+        super().__init__()
+        self._api = api
+        self._engineio = engineio
+        self._engine_segments = [
+            s.encode("utf-8") for s in settings.engine.path.strip("/").split("/") if s
+        ]
+
+    def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
+        full = [path] + list(request.postpath)
+        segments = self._engine_segments
+        if (
+            self._engineio is not None
+            and segments
+            and full[: len(segments)] == segments
+        ):
+            for _ in segments[1:]:
+                request.prepath.append(request.postpath.pop(0))
+            return self._engineio
+        # Hand the API the whole path back: Klein routes on prepath/postpath.
+        request.postpath.insert(0, request.prepath.pop())
+        return self._api
+
+    def render(self, request: Any) -> bytes:
+        # "/" itself (no segment left) goes to the API, which answers 404 JSON.
+        result: bytes = self._api.render(request)
+        return result
+
+
+def build_site(
+    settings: Settings,
+    reactor: IReactorTime,
+    api_resource: IResource,
+    engineio_resource: IResource | None = None,
+) -> PrivyDropSite:
+    """The HTTP site for the one listening port.
+
+    @param settings: all settings (the site reads C{http}, C{api},
+        C{engine.path}, C{engine.max_payload} and C{origins}).
+    @param reactor: for connection deadlines.
+    @param api_resource: the REST API (L{privydrop.api.routes.PrivyDropAPI.resource}).
+    @param engineio_resource: mounted at C{settings.engine.path} when given.
+    """
+    return PrivyDropSite(_Root(settings, api_resource, engineio_resource), settings, reactor)

@@ -1,0 +1,126 @@
+"""Shared fixtures.
+
+Store fixtures (see ``tests/redis_server.py``):
+
+``redis_server`` (session)
+    A real redis-server on a free 127.0.0.1 port, started once, killed at the
+    end. Fails (does not skip) when no redis-server binary is available.
+``redis_db``
+    A database index of that server, flushed before and after the test.
+``clock``
+    A fresh C{twisted.internet.task.Clock} (memory store TTLs, rate windows).
+``memory_store`` / ``redis_store``
+    A L{MemoryStore} on ``clock``; a connected L{RedisStore} on ``redis_db``.
+``backend``
+    Parametrised over both: a L{Backend} naming the store and its kind, so
+    ``tests/contract/`` runs every test against memory and Redis.
+
+Other fixtures may be added below by the parts that need them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import AsyncIterator, Iterator
+
+import attrs
+import pytest
+import pytest_twisted
+from twisted.internet.task import Clock
+
+from privydrop.config import RedisSettings
+from privydrop.store.interface import IStore
+from privydrop.store.memory import MemoryStore
+from privydrop.store.redis import RedisStore
+from tests.redis_server import RedisServer
+
+#: The database index the Redis tests use (the server is private to the run).
+TEST_DB = 9
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(Path(tmp_path_factory.mktemp("redis-shared")))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def redis_db(redis_server: RedisServer) -> Iterator[int]:
+    redis_server.command("FLUSHDB", db=TEST_DB)
+    yield TEST_DB
+    redis_server.command("FLUSHDB", db=TEST_DB)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def redis_settings(server: RedisServer, **overrides: object) -> RedisSettings:
+    """Settings pointing at a test server; overrides replace any field."""
+    fields: dict[str, object] = {
+        "host": server.host,
+        "port": server.port,
+        "password": server.password,
+        "command_timeout": 2.0,
+        "connect_timeout": 5.0,
+        "pool_size": 4,
+    }
+    fields.update(overrides)
+    return RedisSettings(**fields)  # type: ignore[arg-type]
+
+
+@pytest_twisted.async_yield_fixture
+async def redis_store(redis_server: RedisServer, redis_db: int) -> AsyncIterator[RedisStore]:
+    from twisted.internet import reactor
+
+    store = RedisStore(redis_settings(redis_server, db=redis_db), reactor)
+    await store.connect()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+def memory_store(clock: Clock) -> MemoryStore:
+    return MemoryStore(clock)
+
+
+@attrs.frozen
+class Backend:
+    """A store under test.
+
+    @ivar kind: ``"memory"`` or ``"redis"``.
+    @ivar clock: drives the memory store's TTLs (Redis uses real time and is
+        only ever checked by reading TTLs back).
+    @ivar server: the Redis server, for Redis.
+    @ivar db: the Redis database index, for Redis.
+    """
+
+    kind: str
+    store: IStore
+    clock: Clock
+    server: RedisServer | None = None
+    db: int = 0
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "redis"])
+async def backend(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator[Backend]:
+    if request.param == "memory":
+        yield Backend("memory", MemoryStore(clock), clock)
+        return
+    from twisted.internet import reactor
+
+    server: RedisServer = request.getfixturevalue("redis_server")
+    db: int = request.getfixturevalue("redis_db")
+    store = RedisStore(redis_settings(server, db=db), reactor)
+    await store.connect()
+    try:
+        yield Backend("redis", store, clock, server, db)
+    finally:
+        await store.close()

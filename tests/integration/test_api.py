@@ -1,0 +1,184 @@
+"""The REST API over real HTTP against the real service tree, on the memory store and real Redis."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import attrs
+import pytest
+import pytest_twisted
+import treq
+from twisted.internet import defer, reactor, task
+from twisted.web.client import HTTPConnectionPool
+
+from privydrop.config import ApiSettings, RedisSettings, Settings
+from privydrop.service import build_service
+from privydrop.store.service import verify_store
+from tests.conftest import redis_settings
+from tests.redis_server import RedisServer
+
+LISTEN = "tcp:0:interface=127.0.0.1"
+
+
+@attrs.define
+class Server:
+    """A started service tree and a treq client bound to its port."""
+
+    base: str
+    service: Any
+    pool: HTTPConnectionPool
+
+    async def request(self, method: str, path: str, body: Any = None,
+                      raw: bytes | None = None) -> tuple[int, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        response = await treq.request(
+            method, self.base + path, data=data, pool=self.pool,
+            headers={"Content-Type": "application/json"} if data is not None else {})
+        content = await treq.content(response)
+        return response.code, (json.loads(content) if content else None)
+
+    @property
+    def store(self) -> Any:
+        return self.service.getServiceNamed("store").store
+
+
+async def start_server(settings: Settings) -> Server:
+    service = build_service(settings, reactor)
+    service.startService()
+    store = service.getServiceNamed("store").store
+    await verify_store(store)
+    # The endpoint service exposes its listening port only through this Deferred.
+    port = await service.getServiceNamed("http")._waitingForPort
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    return Server("http://127.0.0.1:%d" % port.getHost().port, service, pool)
+
+
+async def stop_server(server: Server) -> None:
+    await server.pool.closeCachedConnections()
+    await server.service.stopService()
+
+
+@pytest_twisted.async_yield_fixture(params=["memory", "redis"])
+async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
+    redis: RedisSettings | None = None
+    if request.param == "redis":
+        redis = redis_settings(request.getfixturevalue("redis_server"),
+                               db=request.getfixturevalue("redis_db"))
+    started = await start_server(Settings(listen=LISTEN, redis=redis))
+    try:
+        yield started
+    finally:
+        await stop_server(started)
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_lifecycle_over_http(server: Server) -> None:
+    """A sender creates a room, a receiver finds it taken, and leaving empties it."""
+    assert await server.request("POST", "/api/create_room", {"roomId": "0427"}) == (
+        200, {"success": True, "message": "create room success"})
+    assert await server.request("POST", "/api/check_room", {"roomId": "0427"}) == (
+        200, {"available": False})
+    await server.store.join_room("sock1", "0427", 0, 86400, 90000, None)
+    assert await server.request("POST", "/api/leave_room",
+                                {"roomId": "0427", "socketId": "sock1"}) == (
+        200, {"success": True, "message": "Successfully left the room"})
+    assert await server.store.room_sockets("0427") == set()
+    assert 0 < await server.store.ttl("room:0427") <= 900
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_room_ids_are_strings_and_distinct(server: Server) -> None:
+    """Fresh room ids come back as strings (a leading 0 survives) and never repeat."""
+    codes_and_ids = await defer.gatherResults([
+        defer.Deferred.fromCoroutine(server.request("GET", "/api/get_room")) for _ in range(20)])
+    ids = [body["roomId"] for code, body in codes_and_ids if code == 200]
+    assert len(ids) == 20
+    assert all(isinstance(i, str) and len(i) == 4 for i in ids)
+    assert len(set(ids)) == 20
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_create_same_short_id_one_wins(server: Server) -> None:
+    """Two people racing for the same short room id: exactly one gets it."""
+    results = await defer.gatherResults([
+        defer.Deferred.fromCoroutine(
+            server.request("POST", "/api/create_room", {"roomId": "1111"}))
+        for _ in range(10)])
+    assert sorted(body["success"] for _, body in results) == [False] * 9 + [True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_key_schema_collision_refused(server: Server) -> None:
+    """A room named like another room's member set cannot be created."""
+    await server.request("POST", "/api/create_room", {"roomId": "abc"})
+    code, body = await server.request("POST", "/api/create_room", {"roomId": "abc:sockets"})
+    assert code == 400 and "error" in body
+    assert await server.request("POST", "/api/check_room", {"roomId": "abc"}) == (
+        200, {"available": False})
+
+
+@pytest_twisted.ensureDeferred
+async def test_set_track_and_health(server: Server) -> None:
+    """Tracking counts, and the detailed health check reports the store as connected."""
+    assert await server.request("POST", "/api/set_track",
+                                {"ref": "twitter", "timestamp": 1_710_460_800_000,
+                                 "path": "/"}) == (200, {"success": True})
+    code, body = await server.request("GET", "/health/detailed")
+    assert code == 200
+    assert body["dependencies"]["redis"]["status"] == "connected"
+
+
+@pytest_twisted.ensureDeferred
+async def test_oversized_body_is_413_over_tcp(server: Server) -> None:
+    """A 200 KiB upload to the API is refused with 413 JSON over a real socket."""
+    code, body = await server.request("POST", "/api/check_room", raw=b"x" * (200 * 1024))
+    assert code == 413
+    assert body == {"error": "Request body is too large"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_api_rate_limit_over_http() -> None:
+    """One address hammering the API is told to slow down; health checks keep working."""
+    server = await start_server(Settings(listen=LISTEN, api=ApiSettings(rate_limit_calls=2)))
+    try:
+        codes = [(await server.request("POST", "/api/check_room", {"roomId": "1"}))[0]
+                 for _ in range(3)]
+        assert codes == [200, 200, 429]
+        assert (await server.request("GET", "/health"))[0] == 200
+    finally:
+        await stop_server(server)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stalled_redis_gives_503_then_recovers(tmp_path: Path) -> None:
+    """While Redis hangs, API calls fail with 503 within the timeout; afterwards they work again."""
+    redis = RedisServer(tmp_path / "stall")
+    redis.start()
+    try:
+        settings = Settings(listen=LISTEN, redis=redis_settings(redis, command_timeout=0.3))
+        server = await start_server(settings)
+        try:
+            assert (await server.request("POST", "/api/check_room", {"roomId": "1"}))[0] == 200
+            redis.pause()
+            try:
+                code, body = await server.request("POST", "/api/check_room", {"roomId": "1"})
+                assert code == 503 and isinstance(body["error"], str)
+                code, body = await server.request("GET", "/health/detailed")
+                assert code == 503
+                assert body["dependencies"]["redis"]["status"] == "disconnected"
+            finally:
+                redis.resume()
+            # Bounded wait for the pool to reconnect by itself (no restart).
+            deadline = reactor.seconds() + 10
+            while True:
+                code, body = await server.request("POST", "/api/check_room", {"roomId": "1"})
+                if code == 200 or reactor.seconds() > deadline:
+                    break
+                await task.deferLater(reactor, 0.05)
+            assert (code, body) == (200, {"available": True})
+        finally:
+            await stop_server(server)
+    finally:
+        redis.kill()

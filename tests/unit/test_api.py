@@ -1,0 +1,368 @@
+"""The REST API in memory: Klein routes over the memory store, driven by StubTreq and a Clock."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+import pytest
+from treq.testing import StubTreq
+from twisted.internet import defer
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+
+from privydrop.api.routes import PrivyDropAPI
+from privydrop.config import ApiSettings, HttpSettings, RoomSettings, Settings
+from privydrop.store import keys
+from privydrop.store.interface import StoreUnavailable
+from privydrop.store.memory import MemoryStore
+
+BASE = "http://127.0.0.1:3001"
+
+
+def result_of(d: Any) -> Any:
+    """The result of a Deferred that has already fired (like trial's successResultOf)."""
+    results: list[Any] = []
+    failures: list[Any] = []
+    d.addCallbacks(results.append, failures.append)
+    if failures:
+        failures[0].raiseException()
+    assert results, "Deferred has not fired"
+    return results[0]
+
+
+@attrs.define
+class Client:
+    """A StubTreq client with helpers that return (status, headers, JSON body)."""
+
+    stub: StubTreq
+    clock: Clock
+    store: MemoryStore
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                headers: dict[str, str] | None = None) -> tuple[int, Any, Any]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        hdrs = {"Content-Type": "application/json"} if data is not None else {}
+        hdrs.update(headers or {})
+        d = self.stub.request(method, BASE + path, data=data, headers=hdrs)
+        self.stub.flush()
+        response = result_of(d)
+        content = result_of(response.content())
+        return response.code, response.headers, (json.loads(content) if content else None)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any, Any]:
+        return self.request("POST", path, body, **kw)
+
+    def get(self, path: str, **kw: Any) -> tuple[int, Any, Any]:
+        return self.request("GET", path, **kw)
+
+    def run(self, coroutine: Any) -> Any:
+        return result_of(defer.Deferred.fromCoroutine(coroutine))
+
+
+def make_client(settings: Settings | None = None, store: Any = None, **api_kwargs: Any) -> Client:
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    memory = MemoryStore(clock)
+    api = PrivyDropAPI(settings or Settings(), store or memory, clock, **api_kwargs)
+    return Client(StubTreq(api.resource()), clock, memory)
+
+
+@pytest.fixture
+def client() -> Client:
+    return make_client()
+
+
+def test_create_room_then_duplicate_short_id(client: Client) -> None:
+    """Two people cannot create the same short room id: the second is told it exists."""
+    assert client.post("/api/create_room", {"roomId": "4321"})[::2] == (
+        200, {"success": True, "message": "create room success"})
+    assert client.post("/api/create_room", {"roomId": "4321"})[::2] == (
+        200, {"success": False, "message": "roomId is already exists"})
+
+
+def test_create_existing_long_room_allows_rejoin_without_refreshing_ttl(client: Client) -> None:
+    """A reconnecting client re-creating its long room id is allowed, and the room's TTL is untouched."""
+    client.post("/api/create_room", {"roomId": "longroom1"})
+    client.clock.advance(100)
+    code, _, body = client.post("/api/create_room", {"roomId": "longroom1"})
+    assert (code, body) == (200, {"success": True, "message": "room exists (rejoin allowed)"})
+    assert client.run(client.store.ttl(keys.room("longroom1"))) == 24 * 3600 - 100
+
+
+@pytest.mark.parametrize("path", ["/api/create_room", "/api/check_room"])
+@pytest.mark.parametrize("body", [{}, {"roomId": ""}, {"roomId": None}])
+def test_missing_room_id_is_400(client: Client, path: str, body: Any) -> None:
+    """A client that forgets roomId gets the Node backend's 400 message."""
+    assert client.post(path, body)[::2] == (400, {"error": "Room ID is required"})
+
+
+@pytest.mark.parametrize(
+    "room_id",
+    [123, ["a"], {"x": 1}, "x" * 65, "abc:sockets", "tab\there", "nul\x00", "zw\u200b"],
+)
+def test_bad_room_ids_are_400_and_write_nothing(client: Client, room_id: Any) -> None:
+    """Odd room ids (numbers, too long, ':' or control characters) are refused without touching state."""
+    client.post("/api/create_room", {"roomId": "abc"})
+    before = client.store.key_count()
+    code, _, body = client.post("/api/create_room", {"roomId": room_id})
+    assert code == 400 and isinstance(body["error"], str)
+    code, _, body = client.post("/api/check_room", {"roomId": room_id})
+    assert code == 400
+    assert client.store.key_count() == before
+    assert client.post("/api/check_room", {"roomId": "abc"})[2] == {"available": False}
+
+
+def test_room_id_limit_is_configurable() -> None:
+    """MAX_ROOM_ID_LENGTH changes which ids are accepted."""
+    client = make_client(Settings(rooms=RoomSettings(max_room_id_length=5)))
+    assert client.post("/api/create_room", {"roomId": "abcde"})[0] == 200
+    assert client.post("/api/create_room", {"roomId": "abcdef"})[0] == 400
+
+
+@pytest.mark.parametrize(
+    "raw, message",
+    [
+        (b"{not json", "Malformed JSON body"),
+        (b"[" * 100_000, "Malformed JSON body"),
+        (b'{"a":' * 5000 + b"1" + b"}" * 5000, "Malformed JSON body"),
+        (b"\xff\xfe", "Malformed JSON body"),
+        (b"[1, 2]", "JSON body must be an object"),
+        (b'"roomId"', "JSON body must be an object"),
+        (b"42", "JSON body must be an object"),
+    ],
+    ids=["broken", "deep-array", "deep-object", "not-utf8", "array", "string", "number"],
+)
+def test_malformed_or_non_object_json_is_400(client: Client, raw: bytes, message: str) -> None:
+    """Garbage or deeply nested JSON is a clear 400, never a crash or a 500."""
+    assert client.post("/api/check_room", raw=raw)[::2] == (400, {"error": message})
+
+
+def test_check_room_reports_availability(client: Client) -> None:
+    """The front-end can tell whether a room id is free before offering it."""
+    assert client.post("/api/check_room", {"roomId": "7777"})[2] == {"available": True}
+    client.post("/api/create_room", {"roomId": "7777"})
+    assert client.post("/api/check_room", {"roomId": "7777"})[2] == {"available": False}
+
+
+def test_get_room_returns_a_fresh_string_id(client: Client) -> None:
+    """Asking for a room gives a new 4-character id as a string, already created."""
+    code, _, body = client.get("/api/get_room")
+    assert code == 200
+    room_id = body["roomId"]
+    assert isinstance(room_id, str) and len(room_id) == 4
+    assert client.post("/api/check_room", {"roomId": room_id})[2] == {"available": False}
+
+
+def test_get_room_exhausted_is_503() -> None:
+    """When no id can be found the client gets a clear 503 instead of a hang."""
+    settings = Settings(rooms=RoomSettings(numeric_id_attempts=0, alphanumeric_id_attempts=0))
+    client = make_client(settings)
+    code, _, body = client.get("/api/get_room")
+    assert code == 503 and "error" in body
+
+
+def test_leave_room_unknown_room(client: Client) -> None:
+    """Leaving a room that no longer exists is harmless."""
+    assert client.post("/api/leave_room", {"roomId": "9999", "socketId": "s1"})[::2] == (
+        200, {"success": True, "message": "Room does not exist."})
+
+
+@pytest.mark.parametrize("body", [{}, {"roomId": "1234"}, {"socketId": "s"},
+                                  {"roomId": "", "socketId": "s"}])
+def test_leave_room_missing_fields(client: Client, body: Any) -> None:
+    """leave_room without both ids gets the Node backend's 400."""
+    assert client.post("/api/leave_room", body)[::2] == (
+        400, {"error": "Room ID and Socket ID are required"})
+
+
+def test_leave_room_unbinds_notifies_first_and_shortens_ttl() -> None:
+    """Peers are told who left before the socket is unbound, and the empty room expires in 15 min."""
+    calls: list[tuple[str, str, set[str]]] = []
+    holder: dict[str, Client] = {}
+
+    async def notify(room_id: str, socket_id: str) -> None:
+        members = await holder["c"].store.room_sockets(room_id)
+        calls.append((room_id, socket_id, members))
+
+    client = holder["c"] = make_client(notify_peer_left=notify)
+    client.post("/api/create_room", {"roomId": "5555"})
+    joined = client.run(client.store.join_room("sockA", "5555", 0, 86400, 90000, None))
+    assert joined.outcome.value == "joined"
+    code, _, body = client.post("/api/leave_room", {"roomId": "5555", "socketId": "sockA"})
+    assert (code, body) == (200, {"success": True, "message": "Successfully left the room"})
+    assert calls == [("5555", "sockA", {"sockA"})]
+    assert client.run(client.store.room_sockets("5555")) == set()
+    assert client.run(client.store.ttl(keys.room("5555"))) == 900
+
+
+def test_leave_room_rejects_bad_socket_id(client: Client) -> None:
+    """A socket id with ':' cannot reach another key of the schema."""
+    client.post("/api/create_room", {"roomId": "5555"})
+    code, _, _ = client.post("/api/leave_room", {"roomId": "5555", "socketId": "a:b"})
+    assert code == 400
+
+
+def test_set_track_counts_by_utc_day(client: Client) -> None:
+    """Referrals are counted on the UTC day of the client's timestamp, with a 30-day TTL."""
+    ts = 1_710_460_800_000  # 2024-03-15T00:00:00Z
+    for _ in range(2):
+        assert client.post("/api/set_track", {"ref": "producthunt", "timestamp": ts,
+                                              "path": "/"})[::2] == (200, {"success": True})
+    key = keys.referrers("2024-03-15")
+    assert client.store._hashes[key] == {"producthunt": "2"}
+    assert client.run(client.store.ttl(key)) == 30 * 24 * 3600
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"ref": "x"}, {"ref": "x", "timestamp": "yesterday"}, {"ref": "x", "timestamp": True},
+     {"ref": "r" * 129, "timestamp": 1_710_460_800_000}, {"timestamp": 1_710_460_800_000},
+     {"ref": 5, "timestamp": 1_710_460_800_000}],
+)
+def test_set_track_bad_input_is_400(client: Client, body: Any) -> None:
+    """Broken tracking calls are refused and count nothing."""
+    code, _, answer = client.post("/api/set_track", body)
+    assert code == 400 and "error" in answer
+    assert client.store.key_count() == 0
+
+
+def test_logs_debug_logs_one_truncated_field() -> None:
+    """A client's debug message lands in the log as one field, cut to the limit."""
+    client = make_client(Settings(api=ApiSettings(max_log_message_length=10)))
+    with capturedLogs() as events:
+        code, _, body = client.post("/api/logs_debug", {"message": "line1\nline2\nline3",
+                                                        "timestamp": 123})
+    assert (code, body) == (200, {"success": True})
+    logged = [e for e in events if "client_message" in e]
+    assert len(logged) == 1
+    assert logged[0]["client_message"] == "line1\nline"
+    assert logged[0]["truncated"] is True
+    from twisted.logger import formatEvent
+    assert "\n" not in formatEvent(logged[0])
+
+
+def test_unknown_path_and_wrong_method_are_json(client: Client) -> None:
+    """Typos in URLs and methods get JSON errors the front-end can parse."""
+    code, headers, body = client.get("/api/nothing")
+    assert (code, body) == (404, {"error": "Not found"})
+    assert headers.getRawHeaders("content-type")[0].startswith("application/json")
+    code, headers, body = client.get("/api/create_room")
+    assert (code, body) == (405, {"error": "Method not allowed"})
+    assert headers.getRawHeaders("allow") == ["POST"]
+
+
+def test_health_endpoints(client: Client) -> None:
+    """Load balancers and Docker see a healthy service with its uptime."""
+    client.clock.advance(42)
+    for path in ("/health", "/api/health"):
+        code, _, body = client.get(path)
+        assert code == 200
+        assert body["status"] == "healthy"
+        assert body["service"] == "privydrop-backend"
+        assert body["uptime"] == 42
+        assert body["environment"] == "development"
+        assert body["timestamp"].endswith("Z")
+
+
+def test_detailed_health_connected(client: Client) -> None:
+    """Operators see the store answering and the Socket.IO figures."""
+    code, _, body = client.get("/health/detailed")
+    assert code == 200
+    assert body["dependencies"]["redis"]["status"] == "connected"
+    assert isinstance(body["dependencies"]["redis"]["responseTime"], (int, float))
+    assert body["dependencies"]["socketio"] == {"status": "not_initialized", "connections": 0}
+    assert body["system"]["memory"]["rss"] > 0
+
+
+def test_detailed_health_counts_connections() -> None:
+    """Once Socket.IO is wired in, its connection count shows up."""
+    client = make_client(connection_count=lambda: 7)
+    body = client.get("/health/detailed")[2]
+    assert body["dependencies"]["socketio"] == {"status": "running", "connections": 7}
+
+
+@attrs.define
+class DownStore:
+    """A store whose every operation fails as an unreachable Redis does."""
+
+    def __getattr__(self, name: str) -> Any:
+        async def fail(*args: Any, **kwargs: Any) -> Any:
+            raise StoreUnavailable("Redis at 127.0.0.1:1 is not reachable")
+        return fail
+
+
+def test_store_down_is_503_json() -> None:
+    """With Redis down, API calls fail fast with 503 JSON, and health says disconnected."""
+    client = make_client(store=DownStore())
+    for method, path, body in [("POST", "/api/create_room", {"roomId": "1"}),
+                               ("POST", "/api/check_room", {"roomId": "1"}),
+                               ("GET", "/api/get_room", None),
+                               ("POST", "/api/set_track", {"ref": "a", "timestamp": 1_710_460_800_000}),
+                               ("POST", "/api/leave_room", {"roomId": "1", "socketId": "s"})]:
+        code, _, answer = client.request(method, path, body)
+        assert code == 503 and isinstance(answer["error"], str), path
+    code, _, answer = client.get("/health/detailed")
+    assert code == 503
+    assert answer["status"] == "unhealthy"
+    assert answer["dependencies"]["redis"]["status"] == "disconnected"
+    assert "not reachable" in answer["dependencies"]["redis"]["error"]
+    assert client.get("/health")[0] == 200
+
+
+def test_call_budget_429_and_health_exempt() -> None:
+    """One client past its API budget gets 429 JSON, others and health checks are unaffected."""
+    settings = Settings(api=ApiSettings(rate_limit_calls=3, rate_limit_window_s=60),
+                        http=HttpSettings(trusted_proxies=("127.0.0.0/8",)))
+    client = make_client(settings)
+    me = {"X-Forwarded-For": "203.0.113.9"}
+    for _ in range(3):
+        assert client.post("/api/check_room", {"roomId": "1"}, headers=me)[0] == 200
+    code, headers, body = client.post("/api/check_room", {"roomId": "1"}, headers=me)
+    assert code == 429 and "error" in body
+    assert int(headers.getRawHeaders("retry-after")[0]) >= 1
+    assert client.get("/health", headers=me)[0] == 200
+    assert client.post("/api/check_room", {"roomId": "1"},
+                       headers={"X-Forwarded-For": "198.51.100.2"})[0] == 200
+    client.clock.advance(120)
+    assert client.post("/api/check_room", {"roomId": "1"}, headers=me)[0] == 200
+
+
+def test_call_budget_off_with_zero() -> None:
+    """API_RATE_LIMIT=0 lets a benchmark hammer the API."""
+    client = make_client(Settings(api=ApiSettings(rate_limit_calls=0)))
+    for _ in range(50):
+        assert client.post("/api/check_room", {"roomId": "1"})[0] == 200
+
+
+def test_cors_allowed_origin(client: Client) -> None:
+    """The local front-end can read API answers with credentials."""
+    code, headers, _ = client.post("/api/check_room", {"roomId": "1"},
+                                   headers={"Origin": "http://localhost:3002"})
+    assert code == 200
+    assert headers.getRawHeaders("access-control-allow-origin") == ["http://localhost:3002"]
+    assert headers.getRawHeaders("access-control-allow-credentials") == ["true"]
+    assert "Origin" in headers.getRawHeaders("vary")[0]
+
+
+def test_cors_refused_origin(client: Client) -> None:
+    """A foreign site's page cannot read API answers."""
+    _, headers, _ = client.post("/api/check_room", {"roomId": "1"},
+                                headers={"Origin": "https://evil.example"})
+    assert headers.getRawHeaders("access-control-allow-origin") is None
+
+
+def test_cors_preflight(client: Client) -> None:
+    """The browser's preflight for a JSON POST is answered with the allowed methods and headers."""
+    d = client.stub.request("OPTIONS", BASE + "/api/create_room", headers={
+        "Origin": "http://192.168.0.7:3002", "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type"})
+    client.stub.flush()
+    response = result_of(d)
+    assert response.code == 204
+    h = response.headers
+    assert h.getRawHeaders("access-control-allow-origin") == ["http://192.168.0.7:3002"]
+    assert h.getRawHeaders("access-control-allow-methods") == ["GET,POST,OPTIONS"]
+    assert h.getRawHeaders("access-control-allow-headers") == ["Content-Type,Authorization"]
+    assert h.getRawHeaders("access-control-allow-credentials") == ["true"]

@@ -1,0 +1,217 @@
+"""Settings from defaults, .env files, the environment and twistd options."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from privydrop.config import ConfigError, Settings
+from privydrop.origins import origin_allowed
+from privydrop.settings_source import VARIABLES, parse_env_file, parse_redis_url
+from privydrop.tap import Options
+
+
+def settings(environ: dict[str, str] | None = None, argv: list[str] | None = None,
+             cwd: Path | None = None) -> Settings:
+    options = Options()
+    options.parseOptions(argv or [])
+    return Settings.from_options(options, environ or {}, str(cwd) if cwd else "/nonexistent")
+
+
+def test_defaults_match_the_node_backend() -> None:
+    """With nothing configured the server listens on 3001 in development with the memory store."""
+    s = settings()
+    assert s.environment == "development"
+    assert s.listen == "tcp:3001"
+    assert s.redis is None
+    assert s.api.max_body_bytes == 100 * 1024
+    assert (s.api.rate_limit_calls, s.api.rate_limit_window_s) == (600, 60)
+    assert s.rooms.max_room_id_length == 64
+    assert s.tracking.max_ref_length == 128
+    assert s.rooms.join_rate_limit_enabled is True
+
+
+def test_port_variables_and_option_precedence() -> None:
+    """An operator's BACKEND_PORT/PORT is honoured, and --port or --listen beat them."""
+    assert settings({"PORT": "4000"}).listen == "tcp:4000"
+    assert settings({"PORT": "4000", "BACKEND_PORT": "4001"}).listen == "tcp:4001"
+    assert settings({"BACKEND_PORT": "4001"}, ["--port", "5000"]).listen == "tcp:5000"
+    assert (
+        settings({"PORT": "4000"}, ["--listen", "tcp:0:interface=127.0.0.1"]).listen
+        == "tcp:0:interface=127.0.0.1"
+    )
+
+
+@pytest.mark.parametrize(
+    "environ, names",
+    [
+        ({"PORT": "abc"}, ["PORT", "abc"]),
+        ({"BACKEND_PORT": "70000"}, ["BACKEND_PORT", "70000"]),
+        ({"NODE_ENV": "staging"}, ["NODE_ENV", "staging"]),
+        ({"REDIS_URL": "http://localhost:6379"}, ["REDIS_URL", "http://localhost:6379"]),
+        ({"REDIS_URL": "redis://h:notaport/0"}, ["REDIS_URL"]),
+        ({"REDIS_HOST": "h", "REDIS_PORT": "x"}, ["REDIS_PORT", "x"]),
+        ({"API_RATE_LIMIT": "lots"}, ["API_RATE_LIMIT", "lots"]),
+        ({"TRUSTED_PROXIES": "10.0.0.0/8,nonsense"}, ["TRUSTED_PROXIES", "nonsense"]),
+        ({"CORS_ORIGIN": "example.com"}, ["CORS_ORIGIN", "example.com"]),
+        ({"MAX_BODY_BYTES": "-1"}, ["MAX_BODY_BYTES", "-1"]),
+        ({"DISABLE_JOIN_RATE_LIMIT": "maybe"}, ["DISABLE_JOIN_RATE_LIMIT", "maybe"]),
+    ],
+)
+def test_invalid_values_name_the_variable_and_value(
+    environ: dict[str, str], names: list[str]
+) -> None:
+    """A typo in the environment stops start-up with a message pointing at the exact line."""
+    with pytest.raises(ConfigError) as caught:
+        settings(environ)
+    for name in names:
+        assert name in str(caught.value)
+
+
+def test_invalid_option_is_named_as_the_option() -> None:
+    """A bad command-line value is reported as the option the operator typed."""
+    with pytest.raises(ConfigError, match="--port.*'x'"):
+        settings({}, ["--port", "x"])
+
+
+def test_redis_url_password_is_masked_in_errors() -> None:
+    """A malformed REDIS_URL error never prints the Redis password into logs."""
+    with pytest.raises(ConfigError) as caught:
+        settings({"REDIS_URL": "redis://:s3cret@host:99999/0"})
+    assert "s3cret" not in str(caught.value)
+
+
+def test_redis_url_parsing() -> None:
+    """REDIS_URL with password, port and db reaches the store as given."""
+    r = parse_redis_url("redis://:p%40ss@cache.internal:6380/2")
+    assert (r.host, r.port, r.password, r.db) == ("cache.internal", 6380, "p@ss", 2)
+    r = parse_redis_url("redis://localhost")
+    assert (r.host, r.port, r.password, r.db) == ("localhost", 6379, None, 0)
+
+
+def test_redis_from_node_variables() -> None:
+    """The Node backend's REDIS_HOST/PORT/PASSWORD select Redis, with the timeouts."""
+    s = settings({"REDIS_HOST": "redis", "REDIS_PORT": "6380", "REDIS_PASSWORD": "pw",
+                  "REDIS_COMMAND_TIMEOUT": "0.5"})
+    assert s.redis is not None
+    assert (s.redis.host, s.redis.port, s.redis.password) == ("redis", 6380, "pw")
+    assert s.redis.command_timeout == 0.5
+
+
+def test_redis_option_beats_environment() -> None:
+    """--redis overrides REDIS_HOST from the environment."""
+    s = settings({"REDIS_HOST": "envhost"}, ["--redis", "redis://opthost:1/3"])
+    assert s.redis is not None
+    assert (s.redis.host, s.redis.port, s.redis.db) == ("opthost", 1, 3)
+
+
+def test_env_file_chosen_by_node_env(tmp_path: Path) -> None:
+    """Like the Node backend, .env.production is read when NODE_ENV=production."""
+    (tmp_path / ".env.production").write_text(
+        "# production\nBACKEND_PORT=3101\nREDIS_HOST='redis'\nCORS_ORIGIN=https://www.privydrop.app\n"
+        "TURN_REALM=turn.example  # ignored: not ours\n"
+    )
+    (tmp_path / ".env.development").write_text("BACKEND_PORT=3102\n")
+    prod = settings({"NODE_ENV": "production"}, cwd=tmp_path)
+    assert prod.listen == "tcp:3101"
+    assert prod.redis is not None and prod.redis.host == "redis"
+    assert prod.env_file is not None and prod.env_file.endswith(".env.production")
+    assert settings({}, cwd=tmp_path).listen == "tcp:3102"
+
+
+def test_environment_beats_env_file_and_options_beat_both(tmp_path: Path) -> None:
+    """Precedence: defaults < .env file < process environment < twistd options."""
+    env_file = tmp_path / "custom.env"
+    env_file.write_text("BACKEND_PORT=1111\nMAX_BODY_BYTES=10\nMAX_REF_LENGTH=7\n")
+    s = settings({"MAX_BODY_BYTES": "20"}, ["--env-file", str(env_file), "--max-ref-length", "9"])
+    assert s.listen == "tcp:1111"
+    assert s.api.max_body_bytes == 20
+    assert s.tracking.max_ref_length == 9
+
+
+def test_missing_explicit_env_file_is_an_error(tmp_path: Path) -> None:
+    """--env-file naming a file that is not there stops start-up instead of being ignored."""
+    with pytest.raises(ConfigError, match="--env-file"):
+        settings({}, ["--env-file", str(tmp_path / "missing.env")])
+
+
+def test_env_file_error_in_file_names_the_file(tmp_path: Path) -> None:
+    """A bad value in a .env file is reported with the file it came from."""
+    (tmp_path / ".env.development").write_text("PORT=abc\n")
+    with pytest.raises(ConfigError, match=r"PORT \(in \.env\.development\).*'abc'"):
+        settings({}, cwd=tmp_path)
+
+
+def test_parse_env_file_syntax() -> None:
+    """The .env dialect operators write (quotes, export, comments) is understood."""
+    text = (
+        "# comment\n\n"
+        "export A=1\n"
+        "B = 'two words # not a comment'\n"
+        'C="line\\nbreak"\n'
+        "D=value # comment\n"
+        "E=\n"
+        "A=override\n"
+    )
+    assert parse_env_file(text) == {
+        "A": "override",
+        "B": "two words # not a comment",
+        "C": "line\nbreak",
+        "D": "value",
+        "E": "",
+    }
+    with pytest.raises(ConfigError, match="line 2"):
+        parse_env_file("A=1\nthis is not a setting\n", "x.env")
+    with pytest.raises(ConfigError, match="unterminated"):
+        parse_env_file("A='open\n")
+
+
+def test_development_cors_allows_local_frontends() -> None:
+    """In development the local front-end and LAN devices on :3002 may call the API."""
+    s = settings({"CORS_ORIGIN": "https://www.privydrop.app"})
+    for origin in ("https://www.privydrop.app", "http://localhost:3002", "http://192.168.1.20:3002"):
+        assert origin_allowed(origin, s.origins)
+    for origin in ("http://192.168.1.20:3002.evil.example", "http://localhost:3000",
+                   "https://evil.example"):
+        assert not origin_allowed(origin, s.origins)
+    assert s.engine.origins == s.origins
+
+
+def test_production_cors_is_the_configured_list() -> None:
+    """In production only the configured origins are allowed (comma list, spaces ignored)."""
+    s = settings({"NODE_ENV": "production", "REDIS_HOST": "r",
+                  "CORS_ORIGIN": "https://a.example, https://b.example/"})
+    assert origin_allowed("https://a.example", s.origins)
+    assert origin_allowed("https://b.example", s.origins)
+    assert not origin_allowed("http://localhost:3002", s.origins)
+    assert not origin_allowed("http://192.168.1.20:3002", s.origins)
+    assert s.engine.origins == s.origins
+
+
+def test_join_rate_limit_switch_and_api_rate_limit() -> None:
+    """DISABLE_JOIN_RATE_LIMIT=1 and API_RATE_LIMIT=0 turn the limits off for benchmarks."""
+    s = settings({"DISABLE_JOIN_RATE_LIMIT": "1", "API_RATE_LIMIT": "0"})
+    assert s.rooms.join_rate_limit_enabled is False
+    assert s.api.rate_limit_calls == 0
+    s = settings({"API_RATE_LIMIT": "5/10"})
+    assert (s.api.rate_limit_calls, s.api.rate_limit_window_s) == (5, 10)
+    assert settings({}, ["--disable-join-rate-limit"]).rooms.join_rate_limit_enabled is False
+
+
+def test_trusted_proxies_parsed() -> None:
+    """TRUSTED_PROXIES accepts addresses and ranges; empty trusts nobody."""
+    s = settings({"TRUSTED_PROXIES": "10.0.0.1, 172.16.0.0/12"})
+    assert s.http.trusted_proxies == ("10.0.0.1/32", "172.16.0.0/12")
+    assert settings({"TRUSTED_PROXIES": ""}).http.trusted_proxies == ()
+
+
+def test_every_variable_has_an_option_or_env_name_and_help() -> None:
+    """--help and the README can list every setting with its meaning."""
+    options = Options()
+    documented = {o[0] for o in options.optParameters} | {f[0] for f in options.optFlags}
+    for variable in VARIABLES:
+        assert variable.env or variable.option
+        assert variable.help
+        if variable.option:
+            assert variable.option in documented

@@ -1,0 +1,533 @@
+"""Engine.IO sessions and the server registry on a fake clock, with fake transports."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import attrs
+import orjson
+import pytest
+from twisted.internet.task import Clock
+from twisted.logger import capturedLogs
+
+from privydrop.config import EngineSettings, OriginSettings
+from privydrop.engineio import packets
+from privydrop.engineio.errors import EngineError, EngineRequestError
+from privydrop.engineio.interface import EngineConnection, Handshake, Message
+from privydrop.engineio.packets import Packet, PacketType
+from privydrop.engineio.server import EngineServer, TooManyPendingSessions
+from privydrop.engineio.session import (
+    REASON_BUFFER_LIMIT,
+    REASON_PING_TIMEOUT,
+    REASON_TRANSPORT_CLOSE,
+    REASON_TRANSPORT_ERROR,
+    Session,
+    SessionState,
+)
+
+SETTINGS = EngineSettings(ping_interval_ms=1000, ping_timeout_ms=500, upgrade_timeout_s=3.0)
+HANDSHAKE = Handshake(
+    headers={}, remote_address="127.0.0.1", query={}, url="/", secure=False, issued_ms=0
+)
+
+
+class FakePoll:
+    """A held GET: records the one body it is answered with."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    def respond(self, body: bytes) -> None:
+        self.bodies.append(body)
+
+    @property
+    def packets(self) -> list[Packet]:
+        assert len(self.bodies) == 1, self.bodies
+        return packets.decode_payload(self.bodies[0], 0, 0)
+
+
+class FakeChannel:
+    """A WebSocket connection: records frames and the close."""
+
+    def __init__(self) -> None:
+        self.sent: list[Packet] = []
+        self.writes = 0
+        self.closed: tuple[int, str] | None = None
+
+    def send_packets(self, outgoing: Sequence[Packet]) -> None:
+        self.writes += 1
+        self.sent.extend(outgoing)
+
+    def close_channel(self, code: int, reason: str) -> None:
+        if self.closed is None:
+            self.closed = (code, reason)
+
+
+@attrs.define
+class RecordingApp:
+    opened: list[EngineConnection] = attrs.Factory(list)
+    messages: list[Message] = attrs.Factory(list)
+    closed: list[tuple[str, str]] = attrs.Factory(list)
+    explode: bool = False
+
+    def on_open(self, connection: EngineConnection) -> None:
+        self.opened.append(connection)
+
+    def on_message(self, connection: EngineConnection, message: Message) -> None:
+        if self.explode:
+            raise ZeroDivisionError("application bug")
+        self.messages.append(message)
+
+    def on_close(self, connection: EngineConnection, reason: str) -> None:
+        self.closed.append((connection.sid, reason))
+
+
+def msg(data: Message) -> Packet:
+    return Packet(PacketType.MESSAGE, data)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def app() -> RecordingApp:
+    return RecordingApp()
+
+
+def make_server(clock: Clock, app: RecordingApp, **changes: Any) -> EngineServer:
+    return EngineServer(clock, attrs.evolve(SETTINGS, **changes), app)
+
+
+def open_polling(server: EngineServer) -> tuple[Session, FakePoll]:
+    """A polling session after its handshake GET was answered."""
+    session = server.create_session("polling", HANDSHAKE)
+    handshake_poll = FakePoll()
+    session.attach_poll(handshake_poll)
+    server.open(session)
+    return session, handshake_poll
+
+
+def open_websocket(server: EngineServer) -> tuple[Session, FakeChannel]:
+    session = server.create_session("websocket", HANDSHAKE)
+    channel = FakeChannel()
+    session.attach_websocket(channel)
+    server.open(session)
+    return session, channel
+
+
+# -- handshake and registry ------------------------------------------------
+
+
+def test_polling_handshake_answers_open_packet_with_settings(clock: Clock, app: RecordingApp) -> None:
+    """Clients could not connect at all if the open packet lacked or misstated a field."""
+    server = make_server(clock, app)
+    session, poll = open_polling(server)
+    (open_packet,) = poll.packets
+    assert open_packet.type is PacketType.OPEN
+    assert orjson.loads(open_packet.data) == {
+        "sid": session.sid,
+        "upgrades": ["websocket"],
+        "pingInterval": 1000,
+        "pingTimeout": 500,
+        "maxPayload": 1_000_000,
+    }
+    assert app.opened == [session]
+    assert server.clients_count == 1
+
+
+def test_websocket_handshake_offers_no_upgrades(clock: Clock, app: RecordingApp) -> None:
+    """A WebSocket client told it may upgrade would try to probe itself."""
+    server = make_server(clock, app)
+    session, channel = open_websocket(server)
+    assert channel.sent[0].type is PacketType.OPEN
+    assert orjson.loads(channel.sent[0].data)["upgrades"] == []
+    assert session.transport_name == "websocket"
+
+
+def test_sids_are_unique_and_unguessable_length(clock: Clock, app: RecordingApp) -> None:
+    """Short or repeated sids would let one client reach another's session."""
+    server = make_server(clock, app)
+    sids = {server.create_session("polling", HANDSHAKE).sid for _ in range(200)}
+    assert len(sids) == 200
+    assert all(len(s) == 20 and s.replace("-", "").replace("_", "").isalnum() for s in sids)
+
+
+@pytest.mark.parametrize(
+    "query, method, upgrade, origin, code",
+    [
+        ({"EIO": "4"}, "GET", False, None, EngineError.UNKNOWN_TRANSPORT),
+        ({"EIO": "4", "transport": "abc"}, "GET", False, None, EngineError.UNKNOWN_TRANSPORT),
+        ({"transport": "polling"}, "GET", False, None, EngineError.UNSUPPORTED_PROTOCOL_VERSION),
+        ({"EIO": "3", "transport": "polling"}, "GET", False, None, EngineError.UNSUPPORTED_PROTOCOL_VERSION),
+        ({"EIO": "4", "transport": "polling", "sid": "nope"}, "GET", False, None, EngineError.UNKNOWN_SID),
+        ({"EIO": "4", "transport": "polling"}, "POST", False, None, EngineError.BAD_HANDSHAKE_METHOD),
+        ({"EIO": "4", "transport": "polling"}, "PUT", False, None, EngineError.BAD_HANDSHAKE_METHOD),
+        ({"EIO": "4", "transport": "websocket"}, "GET", False, None, EngineError.BAD_REQUEST),
+        ({"EIO": "4", "transport": "polling"}, "GET", False, "https://evil.example", EngineError.FORBIDDEN),
+    ],
+)
+def test_request_checks_answer_the_reference_error_codes(
+    clock: Clock,
+    app: RecordingApp,
+    query: dict[str, str],
+    method: str,
+    upgrade: bool,
+    origin: str | None,
+    code: EngineError,
+) -> None:
+    """Clients and the official suite rely on these exact codes to tell errors apart."""
+    server = make_server(
+        clock, app, origins=OriginSettings(origins=("https://privydrop.app",))
+    )
+    with pytest.raises(EngineRequestError) as raised:
+        server.verify(query, method, upgrade, origin)
+    assert raised.value.code is code
+    assert raised.value.status == (403 if code is EngineError.FORBIDDEN else 400)
+
+
+def test_allowed_origin_and_pattern_pass_request_checks(clock: Clock, app: RecordingApp) -> None:
+    """The PrivyDrop frontend (and LAN dev hosts) must be able to connect."""
+    server = make_server(
+        clock,
+        app,
+        origins=OriginSettings(origins=("https://privydrop.app",), patterns=(r"http://192\.168\.\d+\.\d+:3002",)),
+    )
+    query = {"EIO": "4", "transport": "polling"}
+    assert server.verify(query, "GET", False, "https://privydrop.app") is None
+    assert server.verify(query, "GET", False, "http://192.168.1.20:3002") is None
+    assert server.verify(query, "GET", False, None) is None
+    with pytest.raises(EngineRequestError):
+        server.verify(query, "GET", False, "http://192.168.1.20:3002.evil.example")
+
+
+def test_transport_mismatch_after_upgrade_is_bad_request(clock: Clock, app: RecordingApp) -> None:
+    """A stale poll after an upgrade must not steal packets meant for the WebSocket."""
+    server = make_server(clock, app)
+    session, _ = open_websocket(server)
+    with pytest.raises(EngineRequestError) as raised:
+        server.verify({"EIO": "4", "transport": "polling", "sid": session.sid}, "GET", False, None)
+    assert raised.value.code is EngineError.BAD_REQUEST
+
+
+def test_pending_sessions_are_capped_until_clients_speak(clock: Clock, app: RecordingApp) -> None:
+    """Handshake floods that never continue must not grow the server without bound."""
+    server = make_server(clock, app, max_pending_sessions=2)
+    query = {"EIO": "4", "transport": "polling"}
+    first, _ = open_polling(server)
+    open_polling(server)
+    with capturedLogs() as events:
+        with pytest.raises(TooManyPendingSessions) as raised:
+            server.verify(query, "GET", False, None)
+    assert raised.value.status == 503
+    assert [e.get("limit") for e in events] == ["max_pending_sessions"]
+    first.receive(msg("hi"))
+    assert server.pending_count == 1
+    assert server.verify(query, "GET", False, None) is None
+
+
+def test_close_all_closes_every_session(clock: Clock, app: RecordingApp) -> None:
+    """On shutdown, clients must be told (close packet / going-away) rather than left hanging."""
+    server = make_server(clock, app)
+    polling, _ = open_polling(server)
+    poll = FakePoll()
+    polling.attach_poll(poll)
+    ws, channel = open_websocket(server)
+    server.close_all()
+    assert poll.packets == [packets.CLOSE]
+    assert channel.closed is not None and channel.closed[0] == 1001
+    assert server.clients_count == 0
+    assert sorted(reason for _, reason in app.closed) == ["server shutting down"] * 2
+
+
+# -- outbound queue ----------------------------------------------------------
+
+
+def test_messages_of_one_turn_leave_in_one_poll_answer(clock: Clock, app: RecordingApp) -> None:
+    """Without batching every message would cost the client a full HTTP round trip."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.send("a")
+    session.send_many(["b", b"\x00"])
+    assert poll.bodies == []
+    clock.advance(0)
+    assert poll.bodies == [b"4a\x1e4b\x1ebAA=="]
+
+
+def test_messages_of_one_turn_leave_in_one_websocket_write(clock: Clock, app: RecordingApp) -> None:
+    """Per-message writes would make broadcasts slow under load."""
+    server = make_server(clock, app)
+    session, channel = open_websocket(server)
+    writes = channel.writes
+    for i in range(5):
+        session.send(str(i))
+    clock.advance(0)
+    assert channel.writes == writes + 1
+    assert [p.data for p in channel.sent[1:]] == ["0", "1", "2", "3", "4"]
+
+
+def test_queued_messages_wait_for_the_next_get(clock: Clock, app: RecordingApp) -> None:
+    """Messages sent between polls must be delivered to the next GET, not dropped."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    session.send("later")
+    clock.advance(0)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    assert poll.packets == [msg("later")]
+
+
+def test_buffered_bytes_cap_closes_session(clock: Clock, app: RecordingApp) -> None:
+    """A client that never polls must not make the server queue messages forever."""
+    server = make_server(clock, app, max_buffered_bytes=100)
+    session, _ = open_polling(server)
+    with capturedLogs() as events:
+        for _ in range(20):
+            session.send("x" * 10)
+    assert session.state is SessionState.CLOSED
+    assert app.closed == [(session.sid, REASON_BUFFER_LIMIT)]
+    assert any(e.get("limit") == "max_buffered_bytes" for e in events)
+
+
+# -- heartbeat -----------------------------------------------------------------
+
+
+def test_server_pings_every_interval_while_client_pongs(clock: Clock, app: RecordingApp) -> None:
+    """Without pings the client would consider the connection dead after interval+timeout."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    for _ in range(3):
+        poll = FakePoll()
+        session.attach_poll(poll)
+        clock.advance(0.999)
+        assert poll.bodies == []
+        clock.advance(0.001)
+        clock.advance(0)
+        assert poll.packets == [packets.PING]
+        clock.advance(0.4)
+        session.receive(packets.PONG)
+    clock.advance(0.2)
+    assert session.state is SessionState.OPEN
+
+
+def test_missing_pong_closes_session_with_ping_timeout(clock: Clock, app: RecordingApp) -> None:
+    """Dead clients would stay in rooms forever if ping timeouts did not close them."""
+    server = make_server(clock, app)
+    session, channel = open_websocket(server)
+    clock.advance(1.0)
+    clock.advance(0)
+    assert channel.sent[-1] == packets.PING
+    clock.advance(0.499)
+    assert session.state is SessionState.OPEN
+    clock.advance(0.001)
+    assert session.state is SessionState.CLOSED
+    assert app.closed == [(session.sid, REASON_PING_TIMEOUT)]
+    assert channel.closed is not None
+    assert server.get_session(session.sid) is None
+
+
+def test_unsolicited_pong_does_not_add_pings(clock: Clock, app: RecordingApp) -> None:
+    """Extra pongs must not multiply the server's timers (a cheap amplification)."""
+    server = make_server(clock, app)
+    session, channel = open_websocket(server)
+    session.receive(packets.PONG)
+    session.receive(packets.PONG)
+    clock.advance(1.0)
+    clock.advance(0)
+    assert channel.sent.count(packets.PING) == 1
+
+
+def test_client_ping_is_a_protocol_error(clock: Clock, app: RecordingApp) -> None:
+    """In v4 only the server pings; a client ping means a broken or v3 client."""
+    server = make_server(clock, app)
+    session, _ = open_websocket(server)
+    session.receive(packets.PING)
+    assert session.state is SessionState.CLOSED
+
+
+# -- close -------------------------------------------------------------------------
+
+
+def test_client_close_answers_pending_get_with_noop(clock: Clock, app: RecordingApp) -> None:
+    """The official suite (and clients) expect the held poll to end with a noop on close."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.receive_many([packets.CLOSE, msg("ignored")])
+    assert poll.packets == [packets.NOOP]
+    assert app.closed == [(session.sid, REASON_TRANSPORT_CLOSE)]
+    assert app.messages == []
+
+
+def test_second_get_closes_session_and_first_get_gets_close(clock: Clock, app: RecordingApp) -> None:
+    """Two GETs at once would reorder packets; the spec demands the session be closed."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    first = FakePoll()
+    assert session.attach_poll(first) is True
+    assert session.attach_poll(FakePoll()) is False
+    assert first.packets == [packets.CLOSE]
+    assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
+
+
+def test_graceful_close_delivers_queue_then_close_packet(clock: Clock, app: RecordingApp) -> None:
+    """A server-side disconnect must not swallow the last message sent before it."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    session.send("bye")
+    session.close("server disconnect")
+    session.send("too late")
+    assert session.state is SessionState.CLOSING
+    poll = FakePoll()
+    session.attach_poll(poll)
+    assert poll.packets == [msg("bye"), packets.CLOSE]
+    assert app.closed == [(session.sid, "server disconnect")]
+
+
+def test_graceful_close_gives_up_after_close_timeout(clock: Clock, app: RecordingApp) -> None:
+    """A client that vanished must not keep a closing session alive forever."""
+    server = make_server(clock, app, polling_close_timeout_s=5.0)
+    session, _ = open_polling(server)
+    session.send("bye")
+    session.close()
+    clock.advance(4.9)
+    assert server.clients_count == 1
+    clock.advance(0.1)
+    assert server.clients_count == 0
+
+
+def test_graceful_close_over_websocket_flushes_then_closes(clock: Clock, app: RecordingApp) -> None:
+    """The last message must reach a WebSocket client before the close frame."""
+    server = make_server(clock, app)
+    session, channel = open_websocket(server)
+    session.send("bye")
+    session.close()
+    assert channel.sent[-1] == msg("bye")
+    assert channel.closed is not None
+    assert session.state is SessionState.CLOSED
+
+
+def test_application_error_closes_only_that_session(clock: Clock, app: RecordingApp) -> None:
+    """A bug triggered by one client's message must not take down other clients."""
+    server = make_server(clock, app)
+    broken, _ = open_websocket(server)
+    healthy, _ = open_websocket(server)
+    app.explode = True
+    with capturedLogs() as events:
+        broken.receive(msg("boom"))
+    assert broken.state is SessionState.CLOSED
+    assert healthy.state is SessionState.OPEN
+    assert any(e.get("log_failure") is not None for e in events)
+
+
+def test_lost_get_connection_closes_polling_session(clock: Clock, app: RecordingApp) -> None:
+    """A client that went away mid-poll must be cleaned up before the ping timeout."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.poll_lost(poll)
+    assert session.state is SessionState.CLOSED
+
+
+# -- upgrade (engine.io-protocol v4, "Upgrade") ------------------------------------
+
+
+def test_upgrade_releases_pending_get_and_switches_without_loss(clock: Clock, app: RecordingApp) -> None:
+    """Messages sent during an upgrade must arrive once and in order on the new transport."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    channel = FakeChannel()
+    assert session.begin_upgrade(channel)
+    session.receive_websocket(channel, packets.PING_PROBE)
+    assert channel.sent == [packets.PONG_PROBE]
+    assert poll.packets == [packets.NOOP]
+    # The client paused polling; the application keeps sending.
+    session.send("m1")
+    session.send("m2")
+    clock.advance(0)
+    session.receive(msg("posted during upgrade"))
+    session.receive_websocket(channel, packets.UPGRADE)
+    session.send("m3")
+    clock.advance(0)
+    assert [p.data for p in channel.sent[1:]] == ["m1", "m2", "m3"]
+    assert session.transport_name == "websocket"
+    assert session.upgraded
+    session.receive_websocket(channel, msg("over ws"))
+    assert app.messages == ["posted during upgrade", "over ws"]
+
+
+def test_get_during_upgrade_collects_queue_before_noop(clock: Clock, app: RecordingApp) -> None:
+    """A poll arriving mid-upgrade takes what is queued, so nothing is stranded or duplicated."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    channel = FakeChannel()
+    session.begin_upgrade(channel)
+    session.receive_websocket(channel, packets.PING_PROBE)
+    session.send("queued")
+    clock.advance(0)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    assert poll.packets == [msg("queued")]
+    idle_poll = FakePoll()
+    session.attach_poll(idle_poll)
+    assert idle_poll.packets == [packets.NOOP]
+    session.receive_websocket(channel, packets.UPGRADE)
+    assert channel.sent == [packets.PONG_PROBE]
+
+
+def test_upgrade_timeout_closes_probe_and_keeps_polling(clock: Clock, app: RecordingApp) -> None:
+    """A failed upgrade must leave the client working over polling."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    channel = FakeChannel()
+    session.begin_upgrade(channel)
+    session.receive_websocket(channel, packets.PING_PROBE)
+    clock.advance(3.0)
+    assert channel.closed is not None
+    session.receive(packets.PONG)
+    assert session.state is SessionState.OPEN
+    assert session.transport_name == "polling"
+    assert session.begin_upgrade(FakeChannel())
+
+
+def test_second_websocket_cannot_upgrade(clock: Clock, app: RecordingApp) -> None:
+    """Two WebSockets for one session would split its packets between them."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    first = FakeChannel()
+    assert session.begin_upgrade(first)
+    assert not session.begin_upgrade(FakeChannel())
+    session.receive_websocket(first, packets.UPGRADE)
+    assert not session.begin_upgrade(FakeChannel())
+
+
+def test_unexpected_packet_on_probe_ends_only_the_probe(clock: Clock, app: RecordingApp) -> None:
+    """A confused upgrade attempt must not kill the working polling session."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    channel = FakeChannel()
+    session.begin_upgrade(channel)
+    session.receive_websocket(channel, msg("too early"))
+    assert channel.closed is not None
+    assert session.state is SessionState.OPEN
+    assert app.messages == []
+
+
+def test_lost_websocket_closes_upgraded_session(clock: Clock, app: RecordingApp) -> None:
+    """When the WebSocket drops after an upgrade the application must hear of it."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    channel = FakeChannel()
+    session.begin_upgrade(channel)
+    session.receive_websocket(channel, packets.PING_PROBE)
+    session.receive_websocket(channel, packets.UPGRADE)
+    session.websocket_lost(channel)
+    assert app.closed == [(session.sid, REASON_TRANSPORT_CLOSE)]
+

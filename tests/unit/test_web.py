@@ -1,0 +1,212 @@
+"""HTTP hardening of the one site: deadlines, body caps per path, no version leak, routing.
+
+The site is driven byte by byte over a StringTransport with a Clock, as a
+slow or hostile client would drive it.
+"""
+
+from __future__ import annotations
+
+import json
+
+import attrs
+import pytest
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from twisted.web.resource import Resource
+
+from privydrop.api.routes import PrivyDropAPI
+from privydrop.config import ApiSettings, EngineSettings, HttpSettings, Settings
+from privydrop.store.memory import MemoryStore
+from privydrop.web import HardenedChannel, PrivyDropSite, build_site
+
+SETTINGS = Settings(
+    api=ApiSettings(max_body_bytes=1000),
+    engine=EngineSettings(max_payload=5000),
+    http=HttpSettings(header_timeout_s=10, body_timeout_s=30, idle_timeout_s=60),
+)
+
+
+class EngineStub(Resource):
+    """Stands in for the Engine.IO resource: echoes the body size it received."""
+
+    isLeaf = True
+
+    def render(self, request):  # type: ignore[no-untyped-def]
+        request.setHeader(b"content-type", b"text/plain")
+        return b"engine got %d bytes at %s" % (
+            len(request.content.read()), b"/".join(request.prepath))
+
+
+@attrs.define
+class Connection:
+    channel: HardenedChannel
+    transport: StringTransport
+    clock: Clock
+
+    def send(self, data: bytes) -> None:
+        self.channel.dataReceived(data)
+
+    def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        raw = self.transport.value()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        code = int(lines[0].split()[1])
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get(b"transfer-encoding") == b"chunked":
+            body = _dechunk(body)
+        return code, headers, body
+
+
+def _dechunk(data: bytes) -> bytes:
+    out = b""
+    while data:
+        size_line, _, rest = data.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        out += rest[:size]
+        data = rest[size + 2:]
+    return out
+
+
+def connect(settings: Settings = SETTINGS, engine: Resource | None = None) -> Connection:
+    clock = Clock()
+    api = PrivyDropAPI(settings, MemoryStore(clock), clock)
+    site = build_site(settings, clock, api.resource(), engine)
+    assert isinstance(site, PrivyDropSite)
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.makeConnection(transport)
+    return Connection(channel, transport, clock)
+
+
+def post(path: bytes, body: bytes, extra: bytes = b"") -> bytes:
+    return (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + extra + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def test_api_request_over_the_site_works_without_server_header() -> None:
+    """A normal API call succeeds and does not advertise the Twisted version."""
+    conn = connect()
+    conn.send(post(b"/api/check_room", b'{"roomId":"1234"}'))
+    code, headers, body = conn.response()
+    assert code == 200
+    assert json.loads(body) == {"available": True}
+    assert b"server" not in headers
+    assert b"TwistedWeb" not in conn.transport.value()
+
+
+def test_declared_body_over_api_cap_is_413_before_reading() -> None:
+    """An oversized upload is refused at once with JSON, and the connection closed."""
+    conn = connect()
+    conn.send(b"POST /api/check_room HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n"
+              b"Expect: 100-continue\r\nOrigin: http://localhost:3002\r\n\r\n")
+    code, headers, body = conn.response()
+    assert code == 413
+    assert json.loads(body) == {"error": "Request body is too large"}
+    assert headers[b"access-control-allow-origin"] == b"http://localhost:3002"
+    assert b"100 Continue" not in conn.transport.value()
+    assert conn.transport.disconnecting
+    # Whatever the client still sends is not read or answered.
+    conn.transport.clear()
+    conn.send(b"x" * 2000)
+    assert conn.transport.value() == b""
+
+
+def test_chunked_body_over_cap_is_413_while_streaming() -> None:
+    """A chunked upload is cut off as soon as the bytes read pass the cap."""
+    conn = connect()
+    conn.send(b"POST /api/check_room HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+    conn.send(b"258\r\n" + b"a" * 600 + b"\r\n")
+    assert conn.transport.value() == b""
+    conn.send(b"258\r\n" + b"a" * 600 + b"\r\n0\r\n\r\n")
+    code, _, body = conn.response()
+    assert code == 413
+    assert conn.transport.disconnecting
+    assert conn.transport.value().count(b"HTTP/1.1") == 1
+
+
+def test_body_at_cap_is_accepted() -> None:
+    """A body of exactly the allowed size is processed normally."""
+    conn = connect()
+    body = b'{"roomId":"1234","pad":"' + b"p" * (1000 - 26) + b'"}'
+    assert len(body) == 1000
+    conn.send(post(b"/api/check_room", body))
+    assert conn.response()[0] == 200
+
+
+def test_engine_path_has_its_own_bigger_cap() -> None:
+    """Socket.IO polling posts may be larger than API bodies, up to the engine's max payload."""
+    conn = connect(engine=EngineStub())
+    conn.send(post(b"/socket.io/?EIO=4&transport=polling", b"4" * 4000))
+    code, _, body = conn.response()
+    assert code == 200
+    assert body == b"engine got 4000 bytes at socket.io"
+    conn = connect(engine=EngineStub())
+    conn.send(post(b"/socket.io/?EIO=4&transport=polling", b"4" * 5001))
+    assert conn.response()[0] == 413
+
+
+def test_without_engine_socketio_path_is_api_404() -> None:
+    """Before Socket.IO is wired in, its path is an ordinary JSON 404."""
+    conn = connect()
+    conn.send(b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+    code, _, body = conn.response()
+    assert code == 404 and json.loads(body) == {"error": "Not found"}
+
+
+def test_slow_headers_are_dropped_at_the_deadline() -> None:
+    """A client trickling one header byte every few seconds is disconnected after header_timeout_s."""
+    conn = connect()
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\n"
+    for byte in request[:5]:
+        conn.send(bytes([byte]))
+        conn.clock.advance(1.9)
+    assert not conn.transport.disconnecting
+    conn.clock.advance(10 - 5 * 1.9)
+    assert conn.transport.disconnecting
+
+
+def test_slow_body_is_dropped_at_the_deadline() -> None:
+    """A client that sends headers promptly but drips its body is dropped after body_timeout_s."""
+    conn = connect()
+    conn.send(b"POST /api/check_room HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+    for _ in range(14):
+        conn.send(b"x")
+        conn.clock.advance(2)
+    assert not conn.transport.disconnecting
+    conn.clock.advance(2)
+    assert conn.transport.disconnecting
+
+
+def test_prompt_requests_on_keepalive_are_not_cut() -> None:
+    """A browser reusing a connection for several requests minutes apart keeps working."""
+    conn = connect()
+    for _ in range(3):
+        conn.transport.clear()
+        conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.response()[0] == 200
+        conn.clock.advance(30)
+        assert not conn.transport.disconnecting
+
+
+def test_idle_connection_without_request_is_dropped() -> None:
+    """A connection that never sends anything does not stay open past the header deadline."""
+    conn = connect()
+    conn.clock.advance(10)
+    assert conn.transport.disconnecting
+
+
+@pytest.mark.parametrize("path", [b"/health", b"/api/health"])
+def test_health_over_site(path: bytes) -> None:
+    """Health checks answer through the real site stack."""
+    conn = connect()
+    conn.send(b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    code, headers, body = conn.response()
+    assert code == 200
+    assert headers[b"content-type"].startswith(b"application/json")
+    assert json.loads(body)["status"] == "healthy"

@@ -76,6 +76,10 @@ class EngineSettings:
     #: Seconds a polling session closed by the server waits for the client's
     #: next GET to collect its last packets before it is dropped.
     polling_close_timeout_s: float = 30.0
+    #: Warnings about rejected client input logged per cause and window;
+    #: the rest are counted and summarised.
+    rejection_log_burst: int = 20
+    rejection_log_window_s: float = 60.0
     #: Largest number of packets accepted in one polling POST payload.
     max_packets_per_payload: int = 1_000
     #: Bytes queued for one session (server -> client) before it is closed.
@@ -104,6 +108,14 @@ class SocketIOSettings:
     #: Bytes of one Socket.IO packet a client may send: text header plus all
     #: of its binary attachments together.
     max_packet_bytes: int = 1_000_000
+    #: Milliseconds between the CONNECT answer and what connect handlers
+    #: emitted (0: the next reactor turn). Only the official protocol
+    #: test-suite's client, which misses a second message arriving in the
+    #: same TCP read, needs more (examples/socketio_echo.py).
+    connect_answer_gap_ms: int = 0
+    #: Seconds between two warnings of the same cause about a client closed
+    #: for an invalid packet; the ones in between are counted.
+    rejection_log_interval_s: float = 10.0
 
 
 @attrs.frozen

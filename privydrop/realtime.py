@@ -57,7 +57,7 @@ class Realtime:
     engine_server: EngineServer
     clock: IReactorTime
 
-    def service(self) -> "RealtimeService":
+    def service(self) -> RealtimeService:
         """A service that ends every session when the tree stops."""
         return RealtimeService(self)
 
@@ -106,7 +106,7 @@ class RealtimeService(Service):
         super().stopService()
         self.realtime.engine_server.close_all()
         drained = self.realtime.signaling.wait_idle()
-        drained.addTimeout(SHUTDOWN_DRAIN_S, self.realtime.clock)  # type: ignore[arg-type]
+        drained.addTimeout(SHUTDOWN_DRAIN_S, self.realtime.clock)
         drained.addErrback(self._not_drained)
         return drained
 

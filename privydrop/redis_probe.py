@@ -10,6 +10,7 @@ never used while serving; the store's own connection pool does that.
 from __future__ import annotations
 
 import socket
+from typing import BinaryIO
 
 from privydrop.config import RedisSettings
 
@@ -26,7 +27,7 @@ def _command(*args: str) -> bytes:
     return b"".join(parts)
 
 
-def _read_line(reader: socket.SocketIO, limit: int = 4096) -> bytes:
+def _read_line(reader: BinaryIO, limit: int = 4096) -> bytes:
     line = reader.readline(limit)
     if not line.endswith(b"\r\n"):
         raise RedisProbeError("connection closed or reply malformed")

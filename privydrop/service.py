@@ -3,15 +3,18 @@
 ::
 
     MultiService "privydrop"
-      store   StoreService   Redis pool, or the in-memory store (which also
-                             sweeps its expired keys on a timer)
-      http    StreamServerEndpointService(settings.listen, site)
+      store      StoreService     Redis pool, or the in-memory store (which
+                                  also sweeps its expired keys on a timer)
+      realtime   RealtimeService  Engine.IO + Socket.IO + signaling; on stop,
+                                  ends every session and waits for clean-up
+      http       StreamServerEndpointService(settings.listen, site)
 
-Children start in order and stop in reverse: the listener stops first and
-the store last. The Socket.IO layer (adapter service, Engine.IO resource,
-the C{leave_room} and health hooks) plugs in through L{build_service}'s
-keyword arguments. This module receives settings and a reactor and reads no
-environment.
+Children start in order and stop in reverse: the listener stops first, then
+the open sessions end, and the store stops last. The REST API reaches
+Socket.IO only through the C{leave_room} and health hooks handed to it here.
+A cluster adapter (Redis pub/sub between processes) is not wired yet: each
+process delivers Socket.IO events to its own sockets only. This module
+receives settings and a reactor and reads no environment.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from twisted.web.resource import IResource
 
 from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
 from privydrop.config import ConfigError, Settings
+from privydrop.realtime import build_realtime
+from privydrop.rooms import Rooms
 from privydrop.store.service import StoreService
 from privydrop.web import build_site
 
@@ -36,17 +41,14 @@ def build_service(
     settings: Settings,
     reactor: Any,
     *,
-    engineio_resource: IResource | None = None,
-    notify_peer_left: PeerLeftHook | None = None,
-    connection_count: Callable[[], int] | None = None,
+    realtime: bool = True,
 ) -> MultiService:
     """The whole server as one service; nothing happens until it is started.
 
     @param settings: validated settings.
     @param reactor: the reactor (a C{MemoryReactorClock} in tests).
-    @param engineio_resource: mounted at C{settings.engine.path} when given.
-    @param notify_peer_left: see L{PrivyDropAPI}.
-    @param connection_count: see L{PrivyDropAPI}.
+    @param realtime: mount Socket.IO at C{settings.engine.path}; without it
+        the tree serves only the REST API (and that path answers 404).
     @raise ConfigError: when C{settings.listen} is not a valid endpoint.
     """
     top = MultiService()
@@ -65,6 +67,20 @@ def build_service(
     else:
         redis_address = "%s:%d" % (settings.redis.host, settings.redis.port)
 
+    engineio_resource: IResource | None = None
+    notify_peer_left: PeerLeftHook | None = None
+    connection_count: Callable[[], int] | None = None
+    if realtime:
+        layer = build_realtime(
+            settings, reactor, Rooms(store_service.store, settings.rooms, reactor)
+        )
+        realtime_service = layer.service()
+        realtime_service.setName("realtime")
+        realtime_service.setServiceParent(top)
+        engineio_resource = layer.engine_resource
+        notify_peer_left = layer.notify_peer_left
+        connection_count = layer.sio_server.connection_count
+
     api = PrivyDropAPI(
         settings,
         store_service.store,
@@ -81,6 +97,8 @@ def build_service(
             "--listen: %r is not a Twisted endpoint string (%s)" % (settings.listen, e)
         ) from None
     http = StreamServerEndpointService(endpoint, site)
+    # A port that is taken fails start-up (twistd exits non-zero) instead of
+    # being logged while the process runs on without listening.
     http._raiseSynchronously = True
     http.setName("http")
     http.setServiceParent(top)

@@ -15,6 +15,7 @@ The only I/O is reading the C{.env} file.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 from typing import Any, Callable, Mapping, Sequence, TypeVar
@@ -106,6 +107,9 @@ VARIABLES: tuple[Variable, ...] = (
              "Connections in the Redis pool."),
     Variable("DISABLE_JOIN_RATE_LIMIT", "disable-join-rate-limit", "0",
              "1 turns off the per-IP join rate limit (2 joins per 5 s).", flag=True),
+    Variable("JOIN_RATE_LIMIT", "join-rate-limit",
+             "%d/%d" % (_ROOMS.join_limit, _ROOMS.join_window_s),
+             "Fresh Socket.IO joins per client IP as N/seconds (the Node backend's 2/5)."),
     Variable("TRUSTED_PROXIES", "trusted-proxies", ",".join(_HTTP.trusted_proxies),
              "Comma-separated addresses or CIDR ranges whose X-Forwarded-For is "
              "believed; empty trusts none."),
@@ -143,6 +147,60 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds an idle keep-alive connection is kept open."),
     Variable("LOG_CLIENT_IPS", "log-client-ips", "0",
              "1 includes client IP addresses in log events.", flag=True),
+)
+
+
+
+@attrs.frozen
+class Limit:
+    """A numeric limit of one settings section, settable by variable and option.
+
+    Its type and default are the field's (L{privydrop.config}); adding a limit
+    here is all it takes to make it configurable and documented.
+    """
+
+    env: str
+    option: str
+    section: str
+    field: str
+    help: str
+    minimum: float = 1
+
+
+#: Limits of the real-time layers, set the same way as the ones above.
+LIMITS: tuple[Limit, ...] = (
+    Limit("ENGINE_UPGRADE_TIMEOUT", "engine-upgrade-timeout", "engine", "upgrade_timeout_s",
+          "Seconds allowed for a polling to WebSocket upgrade to complete.", 0.001),
+    Limit("ENGINE_MAX_PACKETS_PER_PAYLOAD", "engine-max-packets-per-payload", "engine",
+          "max_packets_per_payload", "Packets accepted in one polling POST."),
+    Limit("ENGINE_MAX_BUFFERED_BYTES", "engine-max-buffered-bytes", "engine",
+          "max_buffered_bytes", "Bytes queued for one session before it is closed."),
+    Limit("ENGINE_MAX_PENDING_SESSIONS", "engine-max-pending-sessions", "engine",
+          "max_pending_sessions", "Open sessions per process that said nothing after the handshake."),
+    Limit("ENGINE_MAX_FRAGMENTS", "engine-max-fragments", "engine", "max_fragments",
+          "Fragments one WebSocket message may be split into."),
+    Limit("ENGINE_MAX_OUTBOUND_BUFFER", "engine-max-outbound-buffer", "engine",
+          "max_outbound_buffer", "Bytes buffered for sending on one connection before it is dropped."),
+    Limit("SOCKETIO_CONNECT_TIMEOUT_MS", "socketio-connect-timeout", "socketio",
+          "connect_timeout_ms", "Milliseconds a client has to send its Socket.IO CONNECT."),
+    Limit("SOCKETIO_MAX_ATTACHMENTS", "socketio-max-attachments", "socketio", "max_attachments",
+          "Binary attachments in one Socket.IO packet.", 0),
+    Limit("SOCKETIO_MAX_PENDING_ACKS", "socketio-max-pending-acks", "socketio",
+          "max_pending_acks", "Acknowledgements one socket may leave unanswered."),
+    Limit("SOCKETIO_MAX_ROOMS_PER_SOCKET", "socketio-max-rooms-per-socket", "socketio",
+          "max_rooms_per_socket", "Socket.IO rooms one socket may be in."),
+    Limit("SOCKETIO_MAX_PACKET_BYTES", "socketio-max-packet-bytes", "socketio",
+          "max_packet_bytes", "Bytes of one Socket.IO packet, attachments included."),
+)
+
+
+def _limit_default(limit: Limit) -> Any:
+    return getattr(getattr(_D, limit.section), limit.field)
+
+
+VARIABLES = VARIABLES + tuple(
+    Variable(limit.env, limit.option, str(_limit_default(limit)), limit.help)
+    for limit in LIMITS
 )
 
 _VARIABLE_BY_OPTION = {v.option: v for v in VARIABLES if v.option is not None}
@@ -287,7 +345,7 @@ def _convert(
         raise ConfigError(
             "%s: expected %s, got %r" % (found.label, kind, found.value)
         ) from None
-    if isinstance(value, float) and not value == value:  # NaN
+    if isinstance(value, float) and math.isnan(value):
         raise ConfigError("%s: expected %s, got %r" % (found.label, kind, found.value))
     if minimum is not None and value < minimum:  # type: ignore[operator]
         raise ConfigError(
@@ -353,9 +411,9 @@ def _redis(sources: _Sources) -> tuple[RedisSettings | None, str | None]:
     if found.name == "REDIS_URL":
         redis = parse_redis_url(found.value, found.label)
         if redis.password is None:
-            password = sources.find("REDIS_PASSWORD")
-            if password is not None and password.value:
-                redis = attrs.evolve(redis, password=password.value)
+            password_found = sources.find("REDIS_PASSWORD")
+            if password_found is not None and password_found.value:
+                redis = attrs.evolve(redis, password=password_found.value)
     else:
         port_found = sources.find("REDIS_PORT")
         port = _REDIS.port if port_found is None else _port(port_found)
@@ -422,17 +480,22 @@ def _trusted_proxies(sources: _Sources) -> tuple[str, ...]:
     return tuple(networks)
 
 
-def _api_rate_limit(sources: _Sources) -> tuple[int, int]:
-    found = sources.find("API_RATE_LIMIT")
+def _rate(
+    sources: _Sources, name: str, default: tuple[int, int], zero_allowed: bool
+) -> tuple[int, int]:
+    """An C{N/seconds} rate; C{0} (when allowed) means off."""
+    found = sources.find(name)
     if found is None:
-        return _API.rate_limit_calls, _API.rate_limit_window_s
+        return default
     value = found.value.strip()
-    if value == "0":
-        return 0, _API.rate_limit_window_s
+    if zero_allowed and value == "0":
+        return 0, default[1]
     match = re.fullmatch(r"(\d+)\s*/\s*(\d+)", value)
-    if match is None or int(match.group(2)) < 1:
+    if match is None or int(match.group(2)) < 1 or int(match.group(1)) < 1:
+        example = "%d/%d" % default
         raise ConfigError(
-            "%s: expected N/seconds (like 600/60) or 0, got %r" % (found.label, found.value)
+            "%s: expected N/seconds (like %s)%s, got %r"
+            % (found.label, example, " or 0" if zero_allowed else "", found.value)
         )
     return int(match.group(1)), int(match.group(2))
 
@@ -505,7 +568,12 @@ def settings_from_sources(
     environment = _environment(sources)
     redis, _ = _redis(sources)
     origins = _origins(sources, environment)
-    calls, window = _api_rate_limit(sources)
+    calls, window = _rate(
+        sources, "API_RATE_LIMIT", (_API.rate_limit_calls, _API.rate_limit_window_s), True
+    )
+    join_limit, join_window = _rate(
+        sources, "JOIN_RATE_LIMIT", (_ROOMS.join_limit, _ROOMS.join_window_s), False
+    )
     api = ApiSettings(
         max_body_bytes=sources.number("MAX_BODY_BYTES", _API.max_body_bytes, int, 1),
         rate_limit_calls=calls,
@@ -542,6 +610,8 @@ def settings_from_sources(
             "MAX_ROOM_ID_LENGTH", _ROOMS.max_room_id_length, int, 1
         ),
         join_rate_limit_enabled=not sources.flag("DISABLE_JOIN_RATE_LIMIT"),
+        join_limit=join_limit,
+        join_window_s=join_window,
     )
     tracking = attrs.evolve(
         _TRACK,
@@ -550,13 +620,18 @@ def settings_from_sources(
             "MAX_REFERRERS_PER_DAY", _TRACK.max_referrers_per_day, int, 1
         ),
     )
+    sections: dict[str, Any] = {"engine": engine, "socketio": _D.socketio}
+    for limit in LIMITS:
+        default = _limit_default(limit)
+        value = sources.number(limit.env, default, type(default), limit.minimum)
+        sections[limit.section] = attrs.evolve(sections[limit.section], **{limit.field: value})
     return Settings(
         environment=environment,  # type: ignore[arg-type]
         listen=_listen(sources),
         redis=redis,
         origins=origins,
-        engine=engine,
-        socketio=_D.socketio,
+        engine=sections["engine"],
+        socketio=sections["socketio"],
         rooms=rooms,
         tracking=tracking,
         api=api,

@@ -34,6 +34,7 @@ from twisted.web.resource import IResource, Resource
 
 from privydrop.api.cors import cors_headers
 from privydrop.config import Settings
+from privydrop.logthrottle import ThrottledWarnings
 
 _log = Logger()
 
@@ -49,6 +50,8 @@ class LimitedRequest(server.Request):
     """
 
     body_limit: int = 0
+    content: Any
+    channel: Any
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,6 +88,8 @@ class HardenedChannel(http.HTTPChannel):
     """
 
     site: "PrivyDropSite"
+    transport: Any
+    callLater: Any
     refused = False
     _head_deadline: IDelayedCall | None = None
     _body_deadline: IDelayedCall | None = None
@@ -143,7 +148,8 @@ class HardenedChannel(http.HTTPChannel):
         self._cancel("_head_deadline")
         self._cancel("_body_deadline")
         self.setTimeout(None)
-        _log.warn(
+        self.site.warnings.warn(
+            "too-large",
             "request body over {limit} bytes refused",
             limit=getattr(request, "body_limit", None),
         )
@@ -167,7 +173,7 @@ class HardenedChannel(http.HTTPChannel):
             return
         super().timeoutConnection()
 
-    def connectionLost(self, reason: Any) -> None:
+    def connectionLost(self, reason: Any = None) -> None:
         self._cancel("_head_deadline")
         self._cancel("_body_deadline")
         super().connectionLost(reason)
@@ -189,7 +195,9 @@ class HardenedChannel(http.HTTPChannel):
         setattr(self, "_head_deadline" if what == "headers" else "_body_deadline", None)
         if self.transport is None:
             return
-        _log.info("dropping a client too slow to send its {what}", what=what)
+        self.site.warnings.warn(
+            "slow-" + what, "dropping a client too slow to send its {what}", what=what
+        )
         self.transport.abortConnection()
 
 
@@ -207,6 +215,8 @@ class PrivyDropSite(server.Site):
             reactor=reactor,
         )
         self.settings = settings
+        #: Rejections of clients, logged at most once per cause per interval.
+        self.warnings = ThrottledWarnings(_log, reactor)
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
 

@@ -20,8 +20,8 @@ Other fixtures may be added below by the parts that need them.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Iterator
 
 import attrs
 import pytest

@@ -121,13 +121,10 @@ class RedisServer:
     def start(self) -> None:
         """Start the process and return once it answers PING (bounded wait)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = open(self.workdir / "redis.log", "ab")
-        try:
+        with open(self.workdir / "redis.log", "ab") as log:
             self._process = subprocess.Popen(
                 self._argv(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
             )
-        finally:
-            log.close()
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             if self._process.poll() is not None:

@@ -377,6 +377,18 @@ async function runConns() {
   const C = num('conns', 2000);
   const hold = num('hold', 20);
   const pairs = Math.floor(C / 2);
+  // Warm the server with a tenth of the connections first (code paths compiled, allocator
+  // pools created), close them, then take the baseline: what follows is the marginal cost.
+  const warmPairs = Math.min(pairs, Math.max(50, Math.floor(pairs / 10)));
+  const rssCold = procRssKiB(PID);
+  try {
+    const warm = await setupPairs(warmPairs, 'ws', null, num('setup-concurrency', 100), { negotiate: false });
+    await closeAll(warm);
+  } catch (e) {
+    emitResult({ conns: C, error: 'warm-up: ' + e.message }, 'conns: ERROR ' + e.message);
+    return 1;
+  }
+  await sleep(2000);
   const rss0 = procRssKiB(PID);
   const t0 = now();
   let clients;
@@ -424,16 +436,18 @@ async function runConns() {
   await closeAll(clients);
   const perConn = rss0 === null ? null : (rss2 - rss0) / clients.length;
   const r = {
-    conns: clients.length, hold_s: hold, setup_s: round(setupS, 2),
+    conns: clients.length, hold_s: hold, setup_s: round(setupS, 2), warmup_conns: 2 * warmPairs,
     alive_open: open, alive_verified: verified, closed_during_hold: closedDuringHold, close_reasons: reasons,
     pings_answered: pings, clients_pinged: withPing,
     rss_before_kib: rss0, rss_after_setup_kib: rss1, rss_end_kib: rss2,
     rss_per_conn_kib: round(perConn, 2),
+    rss_cold_kib: rssCold,
+    rss_per_conn_from_cold_kib: rssCold === null ? null : round((rss2 - rssCold) / clients.length, 2),
     error: verified < clients.length ? `${clients.length - verified} connections not verified alive` : undefined,
   };
   emitResult(r, `conns ${r.conns} held ${hold}s: ${open} open, ${verified} verified by a relay probe, ` +
     `${pings} pings answered; server RSS ${rss0} -> ${rss2} KiB = ${r.rss_per_conn_kib} KiB/conn ` +
-    `(setup ${r.setup_s}s)`);
+    `(${r.rss_per_conn_from_cold_kib} KiB/conn from the cold ${rssCold} KiB; setup ${r.setup_s}s)`);
   return r.error ? 1 : 0;
 }
 

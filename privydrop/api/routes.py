@@ -30,10 +30,11 @@ import inspect
 import os
 import resource as _resource
 import sys
-from typing import Any, Awaitable, Callable, Coroutine, TypeVar
+from typing import Any, Awaitable, Callable, Coroutine
 
 import orjson
 from klein import Klein
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -51,8 +52,9 @@ from privydrop.api.errors import (
 )
 from privydrop.clientip import client_ip, trusted_proxies
 from privydrop.config import Settings
+from privydrop.logthrottle import ThrottledWarnings
 from privydrop.ratelimit import CallBudget
-from privydrop.rooms import InvalidRoomId, RoomIdsExhausted, Rooms
+from privydrop.rooms import InvalidRoomId, RoomId, RoomIdsExhausted, Rooms, validate_room_id
 from privydrop.store import keys
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.tracking import InvalidTrack, ReferrerTracker
@@ -69,9 +71,6 @@ SERVICE_NAME = "privydrop-backend"
 _JSON = b"application/json; charset=utf-8"
 _STORE_DOWN = "Storage is temporarily unavailable, please try again later"
 _TOO_MANY = "Too many requests, please try again later"
-
-_R = TypeVar("_R")
-
 
 def _iso(seconds: float) -> str:
     """JavaScript's C{Date.toISOString()} for a POSIX time."""
@@ -158,17 +157,24 @@ def _json_endpoint(
                 code, result = result
         except APIError as e:
             code, result, headers = e.code, e.body(), e.headers
-            _log.warn(
-                "API request refused ({code}): {error}", code=code, error=e.message
+            self._warnings.warn(
+                e.message, "API request refused ({code}): {error}", code=code, error=e.message
             )
         except (InvalidRoomId, InvalidTrack) as e:
             code, result = 400, {"error": str(e)}
-            _log.warn("API request refused ({code}): {error}", code=code, error=str(e))
+            self._warnings.warn(
+                str(e), "API request refused ({code}): {error}", code=code, error=str(e)
+            )
         except StoreUnavailable as e:
             code, result = 503, {"error": _STORE_DOWN}
-            _log.warn("store unavailable for {path}: {error}", path=request.path, error=str(e))
+            self._warnings.warn(
+                "store", "store unavailable, answering 503: {error}", error=str(e)
+            )
         except RoomIdsExhausted as e:
             code, result = 503, {"error": str(e)}
+        except CancelledError:
+            # Klein cancels the route when the client goes away; nobody to answer.
+            raise
         except Exception:
             _log.failure("API route {path} failed", path=request.path)
             code, result = 500, {"error": "Internal server error"}
@@ -225,6 +231,7 @@ class PrivyDropAPI:
         self._connection_count = connection_count
         self._redis_address = redis_address
         self._started = clock.seconds()
+        self._warnings = ThrottledWarnings(_log, clock)
 
     def resource(self) -> IResource:
         """The API as a resource: CORS and call budget, then Klein's routing."""
@@ -295,12 +302,20 @@ class PrivyDropAPI:
 
     # -- rooms -------------------------------------------------------------------
 
+    def _room_id(self, value: object) -> RoomId:
+        """A client's C{roomId}, checked before any store call.
+
+        @raise APIError: 400 with the Node backend's message when missing.
+        @raise InvalidRoomId: when it is not an id a client may use.
+        """
+        if not _required(value):
+            raise bad_request(ROOM_ID_REQUIRED)
+        return validate_room_id(value, self._settings.rooms.max_room_id_length)
+
     @app.route("/api/create_room", methods=["POST"])
     @_json_endpoint
     async def create_room(self, request: IRequest) -> Any:
-        room_id = read_json_object(request).get("roomId")
-        if not _required(room_id):
-            raise bad_request(ROOM_ID_REQUIRED)
+        room_id = self._room_id(read_json_object(request).get("roomId"))
         outcome = await self._rooms.create(room_id)
         return {"success": outcome.success, "message": outcome.message}
 
@@ -312,9 +327,7 @@ class PrivyDropAPI:
     @app.route("/api/check_room", methods=["POST"])
     @_json_endpoint
     async def check_room(self, request: IRequest) -> Any:
-        room_id = read_json_object(request).get("roomId")
-        if not _required(room_id):
-            raise bad_request(ROOM_ID_REQUIRED)
+        room_id = self._room_id(read_json_object(request).get("roomId"))
         return {"available": await self._rooms.is_available(room_id)}
 
     @app.route("/api/leave_room", methods=["POST"])
@@ -324,6 +337,7 @@ class PrivyDropAPI:
         room_id, socket_id = body.get("roomId"), body.get("socketId")
         if not (_required(room_id) and _required(socket_id)):
             raise bad_request(LEAVE_FIELDS_REQUIRED)
+        room_id = self._room_id(room_id)
         socket_id = _validate_socket_id(socket_id, self._settings.api.max_socket_id_length)
         if await self._rooms.is_available(room_id):
             return {"success": True, "message": "Room does not exist."}
@@ -408,15 +422,17 @@ class _APIResource(Resource):
             client = api.client_address(request)
             decision = api._budget.spend(client)
             if not decision.allowed:
-                if api._settings.http.log_client_ips:
-                    _log.warn("API call budget exhausted for {client}", client=client)
-                else:
-                    _log.warn("API call budget exhausted for a client")
+                api._warnings.warn(
+                    "budget",
+                    "API call budget exhausted for {client}",
+                    client=client if api._settings.http.log_client_ips else "a client",
+                )
                 request.setResponseCode(429)
                 request.setHeader(b"content-type", _JSON)
                 request.setHeader(b"retry-after", b"%d" % (decision.retry_after_s,))
                 return orjson.dumps({"error": _TOO_MANY})
-        result: bytes | int = self._klein.render(request)
+        # Klein answers bytes, or NOT_DONE_YET (an int) for async routes.
+        result: bytes | int = self._klein.render(request)  # type: ignore[assignment]
         return result
 
 

@@ -8,7 +8,8 @@ Engine.IO hands it an L{EngineConnection} for each session.
 
 from __future__ import annotations
 
-from typing import Mapping, NewType, Protocol, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import NewType, Protocol, Union
 
 import attrs
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64decode, b64encode
+from collections.abc import Iterable, Sequence
 from enum import IntEnum
-from typing import Iterable, Sequence, Union
 
 import attrs
 
@@ -43,7 +43,7 @@ class PacketType(IntEnum):
 _TYPE_CHARS: tuple[str, ...] = tuple(str(t.value) for t in PacketType)
 _TYPES_BY_CHAR: dict[str, PacketType] = {str(t.value): t for t in PacketType}
 
-PacketData = Union[str, bytes]
+PacketData = str | bytes
 
 
 class EngineIOProtocolError(Exception):
@@ -58,7 +58,7 @@ class TooManyPackets(EngineIOProtocolError):
     """A polling payload carries more packets than allowed."""
 
 
-def _check_data(instance: "Packet", attribute: object, value: PacketData) -> None:
+def _check_data(instance: Packet, attribute: object, value: PacketData) -> None:
     if isinstance(value, bytes) and instance.type is not PacketType.MESSAGE:
         raise EngineIOProtocolError("only message packets may carry binary data")
 

@@ -13,7 +13,7 @@ the header/body deadlines of the HTTP layer bound how slowly they may come.
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
@@ -27,6 +27,7 @@ from privydrop.engineio.interface import Handshake
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.session import (
     POLLING,
+    REASON_PACKETS_LIMIT,
     REASON_PARSE_ERROR,
     REASON_PAYLOAD_LIMIT,
     WS_POLICY_VIOLATION,
@@ -43,7 +44,8 @@ _OK = b"ok"
 def query_of(request: Request) -> dict[str, str]:
     """Query parameters of C{request}, last value wins, as text."""
     out: dict[str, str] = {}
-    for key, values in (request.args or {}).items():
+    args: dict[bytes, list[bytes]] = request.args or {}
+    for key, values in args.items():
         if values:
             out[key.decode("utf-8", "replace")] = values[-1].decode("utf-8", "replace")
     return out
@@ -81,27 +83,26 @@ def answer_error(request: Request, error: EngineRequestError) -> bytes:
 class _RequestResponder:
     """Answers one held GET; ignores the answer if the client went away."""
 
-    __slots__ = ("_request", "_done")
+    __slots__ = ("_request", "done")
 
     def __init__(self, request: Request) -> None:
         self._request = request
-        self._done = False
+        self.done = False
 
     def respond(self, body: bytes) -> None:
-        if self._done:
+        if self.done:
             return
-        self._done = True
+        self.done = True
         request = self._request
-        if request._disconnected:
-            return
         request.setHeader(b"Content-Type", _TEXT)
         request.setHeader(b"Content-Length", b"%d" % len(body))
         request.write(body)
         request.finish()
 
     def lost(self, reason: Failure, session: Session) -> None:
-        if not self._done:
-            self._done = True
+        """The client went away before the GET was answered."""
+        if not self.done:
+            self.done = True
             session.poll_lost(self)
 
 
@@ -160,7 +161,7 @@ class PollingTransport:
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", _JSON)
             return error_body(EngineError.BAD_REQUEST)
-        if not responder._done:
+        if not responder.done:
             finished: Deferred[None] = request.notifyFinish()
             finished.addErrback(responder.lost, session)
         return NOT_DONE_YET
@@ -171,10 +172,13 @@ class PollingTransport:
         content = request.content
         body = b"" if content is None else content.read(limit + 1)
         if len(body) > limit or (declared is not None and declared.isdigit() and int(declared) > limit):
-            _log.warn(
+            self._server.rejections.warn(
+                _log,
+                "max_payload",
                 "engine session {engine_sid} closed: {limit} exceeded by a POST",
                 engine_sid=session.sid,
                 limit="max_payload",
+                transport=POLLING,
             )
             session.force_close(REASON_PAYLOAD_LIMIT, WS_POLICY_VIOLATION)
             request.setResponseCode(413)
@@ -184,11 +188,27 @@ class PollingTransport:
             received = packets.decode_payload(
                 body, limit, self._settings.max_packets_per_payload
             )
+        except packets.TooManyPackets:
+            self._server.rejections.warn(
+                _log,
+                "max_packets_per_payload",
+                "engine session {engine_sid} closed: {limit} exceeded by a POST",
+                engine_sid=session.sid,
+                limit="max_packets_per_payload",
+                transport=POLLING,
+            )
+            session.force_close(REASON_PACKETS_LIMIT)
+            request.setResponseCode(400)
+            request.setHeader(b"Content-Type", _JSON)
+            return error_body(EngineError.BAD_REQUEST)
         except packets.EngineIOProtocolError as e:
-            _log.warn(
+            self._server.rejections.warn(
+                _log,
+                "bad payload",
                 "engine session {engine_sid} closed: bad payload ({error})",
                 engine_sid=session.sid,
                 error=str(e),
+                transport=POLLING,
             )
             session.force_close(REASON_PARSE_ERROR)
             request.setResponseCode(400)

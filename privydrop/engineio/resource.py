@@ -11,6 +11,7 @@ server does.
 from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -18,7 +19,6 @@ from privydrop.engineio.errors import EngineRequestError
 from privydrop.engineio.polling import PollingTransport, answer_error, header, query_of
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.websocket import EngineWebSocketFactory
-from twisted.logger import Logger
 
 _log = Logger()
 
@@ -49,7 +49,7 @@ class EngineIOResource(Resource):
                 result: bytes | int = self._websocket.render(request)
                 return result
             return self._polling.render(request, query)
-        except Exception:
+        except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure("engine request failed")
             request.setResponseCode(500)
             return b""

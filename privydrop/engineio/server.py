@@ -11,17 +11,17 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from privydrop.config import EngineSettings
-from privydrop.engineio.cors import origin_allowed
 from privydrop.engineio.errors import EngineError, EngineRequestError
 from privydrop.engineio.interface import EngineApplication, EngineSid, Handshake
 from privydrop.engineio.packets import Packet, PacketType
+from privydrop.engineio.rejections import RejectionLog
 from privydrop.engineio.session import (
     POLLING,
     REASON_SHUTDOWN,
@@ -30,6 +30,7 @@ from privydrop.engineio.session import (
     Session,
     SessionState,
 )
+from privydrop.origins import origin_allowed
 
 _log = Logger()
 
@@ -77,6 +78,10 @@ class EngineServer:
         self._wall_clock = wall_clock
         self._sessions: dict[EngineSid, Session] = {}
         self._pending: set[EngineSid] = set()
+        #: Rate-limited warnings about rejected client input, for every transport.
+        self.rejections = RejectionLog(
+            clock, settings.rejection_log_burst, settings.rejection_log_window_s
+        )
         self._handshake_json = {
             "pingInterval": settings.ping_interval_ms,
             "pingTimeout": settings.ping_timeout_ms,
@@ -122,7 +127,7 @@ class EngineServer:
         transport = query.get("transport")
         if transport not in (POLLING, WEBSOCKET) or transport not in self.settings.transports:
             raise EngineRequestError(EngineError.UNKNOWN_TRANSPORT)
-        if origin is not None and not origin_allowed(self.settings.origins, origin):
+        if origin is not None and not origin_allowed(origin, self.settings.origins):
             raise EngineRequestError(EngineError.FORBIDDEN)
         if query.get("EIO") != PROTOCOL_VERSION:
             raise EngineRequestError(EngineError.UNSUPPORTED_PROTOCOL_VERSION)
@@ -143,7 +148,9 @@ class EngineServer:
         if upgrade and transport != WEBSOCKET:
             raise EngineRequestError(EngineError.BAD_REQUEST)
         if len(self._pending) >= self.settings.max_pending_sessions:
-            _log.warn(
+            self.rejections.warn(
+                _log,
+                "max_pending_sessions",
                 "engine handshake refused: {limit} reached ({count})",
                 limit="max_pending_sessions",
                 count=len(self._pending),
@@ -171,6 +178,7 @@ class EngineServer:
             transport_name,
             on_closed=self._session_closed,
             on_active=self._session_active,
+            rejections=self.rejections,
         )
         self._sessions[sid] = session
         self._pending.add(sid)
@@ -188,7 +196,7 @@ class EngineServer:
             return
         try:
             self._application.on_open(session)
-        except Exception:
+        except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure("application failed in on_open of engine session {engine_sid}", engine_sid=session.sid)
             session.force_close("forced close")
 
@@ -208,10 +216,15 @@ class EngineServer:
         return int(self._wall_clock() * 1000)
 
     def close_all(self, reason: str = REASON_SHUTDOWN) -> None:
-        """Close every session now (shutdown): pending GETs get a close packet,
-        WebSockets a going-away close."""
+        """Close every session (shutdown), as the reference server's C{close()}.
+
+        Queued packets are still delivered: WebSockets get them and a
+        going-away close now; a polling client gets them with a close packet
+        in its pending or next GET (so it reconnects rather than reporting an
+        error), within C{polling_close_timeout_s}.
+        """
         for session in list(self._sessions.values()):
-            session.force_close(reason, WS_GOING_AWAY)
+            session.close(reason, WS_GOING_AWAY)
 
     def _session_closed(self, session: Session) -> None:
         self._sessions.pop(session.sid, None)

@@ -26,8 +26,9 @@ Rules (engine.io-protocol v4):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from enum import Enum
-from typing import Callable, Protocol, Sequence
+from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -41,6 +42,7 @@ from privydrop.engineio.interface import (
     Message,
 )
 from privydrop.engineio.packets import Packet, PacketType
+from privydrop.engineio.rejections import RejectionLog
 
 _log = Logger()
 
@@ -63,6 +65,7 @@ REASON_PARSE_ERROR = "parse error"
 REASON_SHUTDOWN = "server shutting down"
 REASON_BUFFER_LIMIT = "max_buffered_bytes exceeded"
 REASON_PAYLOAD_LIMIT = "max_payload exceeded"
+REASON_PACKETS_LIMIT = "max_packets_per_payload exceeded"
 REASON_OUTBOUND_LIMIT = "max_outbound_buffer exceeded"
 
 
@@ -106,8 +109,9 @@ class Session:
         handshake: Handshake,
         application: EngineApplication,
         transport_name: str,
-        on_closed: Callable[["Session"], None] = lambda session: None,
-        on_active: Callable[["Session"], None] = lambda session: None,
+        on_closed: Callable[[Session], None] = lambda session: None,
+        on_active: Callable[[Session], None] = lambda session: None,
+        rejections: RejectionLog | None = None,
     ) -> None:
         """
         @param sid: the session id sent in the handshake.
@@ -118,6 +122,7 @@ class Session:
         @param transport_name: C{"polling"} or C{"websocket"}.
         @param on_closed: called once when the session closes (registry cleanup).
         @param on_active: called once, on the first packet from the client.
+        @param rejections: rate-limits warnings about this client's input.
         """
         self._sid = sid
         self._clock = clock
@@ -127,6 +132,9 @@ class Session:
         self._transport_name = transport_name
         self._on_closed = on_closed
         self._on_active = on_active
+        self._rejections = rejections or RejectionLog(
+            clock, settings.rejection_log_burst, settings.rejection_log_window_s
+        )
         self.state = SessionState.OPEN
         self.upgraded = False
         self.pending = True
@@ -142,6 +150,7 @@ class Session:
         self._pong_call: IDelayedCall | None = None
         self._upgrade_call: IDelayedCall | None = None
         self._close_call: IDelayedCall | None = None
+        self._close_code = WS_NORMAL
 
     # -- EngineConnection -------------------------------------------------
 
@@ -172,17 +181,22 @@ class Session:
             if self.state is not SessionState.OPEN:
                 return
 
-    def close(self, reason: str = REASON_FORCED) -> None:
+    def close(self, reason: str = REASON_FORCED, ws_code: int = WS_NORMAL) -> None:
         """Close the session after delivering what is already queued.
 
         Over WebSocket that happens in this turn. Over polling the client's
-        next GET collects the queue and a close packet; if none comes within
-        C{polling_close_timeout_s} the session is dropped.
+        next GET collects the queue and a close packet (so the client knows
+        the server closed it, as with the reference server); if none comes
+        within C{polling_close_timeout_s} the session is dropped.
+
+        @param reason: given to L{EngineApplication.on_close}.
+        @param ws_code: the WebSocket close code, if the session is on WebSocket.
         """
         if self.state is not SessionState.OPEN:
             return
         self.state = SessionState.CLOSING
         self.close_reason = reason
+        self._close_code = ws_code
         self._cancel_heartbeat()
         if self._ws is None and self._poll is None:
             self._close_call = self._clock.callLater(
@@ -217,7 +231,9 @@ class Session:
         self._queue.append(packet)
         self._queued_bytes += len(packet.data) + 1
         if self._queued_bytes > self._settings.max_buffered_bytes:
-            _log.warn(
+            self._rejections.warn(
+                _log,
+                "max_buffered_bytes",
                 "engine session {engine_sid} closed: {limit} exceeded ({size} bytes queued)",
                 engine_sid=self._sid,
                 limit="max_buffered_bytes",
@@ -244,7 +260,14 @@ class Session:
             return
         if self._queue:
             if self._ws is not None:
-                self._ws.send_packets(self._take_queue())
+                try:
+                    self._ws.send_packets(self._take_queue())
+                except Exception:  # noqa: BLE001 - error boundary: log, close this session
+                    _log.failure(
+                        "engine session {engine_sid} failed to write", engine_sid=self._sid
+                    )
+                    self.force_close(REASON_TRANSPORT_ERROR)
+                    return
             elif self._poll is not None:
                 responder, self._poll = self._poll, None
                 queue = self._take_queue()
@@ -254,7 +277,11 @@ class Session:
                 responder.respond(packets.encode_payload(queue))
                 return
         if self.state is SessionState.CLOSING and not self._queue:
-            self._finish(self.close_reason or REASON_FORCED, notify=packets.CLOSE)
+            self._finish(
+                self.close_reason or REASON_FORCED,
+                notify=packets.CLOSE,
+                ws_code=self._close_code,
+            )
 
     # -- heartbeat (engine.io-protocol v4, "Heartbeat") --------------------
 
@@ -305,7 +332,7 @@ class Session:
                 return
             try:
                 self._application.on_message(self, packet.data)
-            except Exception:
+            except Exception:  # noqa: BLE001 - error boundary: log, close this session
                 _log.failure(
                     "application failed on a message of engine session {engine_sid}",
                     engine_sid=self._sid,
@@ -320,7 +347,9 @@ class Session:
         else:
             # open, upgrade outside an upgrade, or a ping (the client never
             # pings in v4) are protocol errors.
-            _log.warn(
+            self._rejections.warn(
+                _log,
+                "unexpected packet",
                 "engine session {engine_sid} closed: unexpected packet {packet_type}",
                 engine_sid=self._sid,
                 packet_type=kind.name,
@@ -348,13 +377,16 @@ class Session:
             close packet) and the caller answers this one with 400.
         """
         if self._poll is not None:
-            _log.warn("engine session {engine_sid} closed: overlapping GET", engine_sid=self._sid)
+            self._rejections.warn(
+                _log,
+                "overlapping GET",
+                "engine session {engine_sid} closed: overlapping GET",
+                engine_sid=self._sid,
+            )
             self.force_close(REASON_TRANSPORT_ERROR)
             return False
         self._poll = responder
-        if self._queue:
-            self._flush()
-        elif self.state is SessionState.CLOSING:
+        if self._queue or self.state is SessionState.CLOSING:
             self._flush()
         elif self._probed:
             self._answer_poll_with_noop()
@@ -387,6 +419,7 @@ class Session:
     def can_upgrade(self) -> bool:
         return (
             self.state is SessionState.OPEN
+            and self._settings.allow_upgrades
             and self._transport_name == POLLING
             and self._probe is None
             and not self.upgraded
@@ -506,5 +539,5 @@ class Session:
         self._on_closed(self)
         try:
             self._application.on_close(self, reason)
-        except Exception:
+        except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure("application failed in on_close of engine session {engine_sid}", engine_sid=self._sid)

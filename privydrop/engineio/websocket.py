@@ -16,7 +16,9 @@ request checks.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import struct
+from collections.abc import Sequence
+from typing import Any
 
 from autobahn.twisted.websocket import (
     WebSocketServerFactory,
@@ -33,11 +35,9 @@ from privydrop.engineio.server import EngineServer
 from privydrop.engineio.session import (
     REASON_OUTBOUND_LIMIT,
     REASON_PARSE_ERROR,
-    REASON_PAYLOAD_LIMIT,
     REASON_TRANSPORT_CLOSE,
     WEBSOCKET,
     WS_NORMAL,
-    WS_POLICY_VIOLATION,
     WS_PROTOCOL_ERROR,
     WS_TOO_BIG,
     Session,
@@ -58,6 +58,8 @@ OPEN_HANDSHAKE_TIMEOUT_S = 5
 #: Seconds to wait for the client's close frame before dropping the connection.
 CLOSE_HANDSHAKE_TIMEOUT_S = 1
 _REASON_BYTES = 123
+_HEAD16 = struct.Struct("!BBH")
+_HEAD64 = struct.Struct("!BBQ")
 
 
 def outbound_buffer_size(transport: Any) -> int:
@@ -76,11 +78,30 @@ def outbound_buffer_size(transport: Any) -> int:
     return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
 
 
+_TEXT_FIN = 0x81
+_BINARY_FIN = 0x82
+
+
+def server_frame(payload: bytes, binary: bool) -> bytes:
+    """One final, unmasked WebSocket data frame (RFC 6455, section 5.2).
+
+    @param payload: the whole message.
+    @param binary: a binary frame (opcode 2) rather than text (opcode 1).
+    """
+    head = _BINARY_FIN if binary else _TEXT_FIN
+    size = len(payload)
+    if size < 126:
+        return bytes((head, size)) + payload
+    if size < 65536:
+        return _HEAD16.pack(head, 126, size) + payload
+    return _HEAD64.pack(head, 127, size) + payload
+
+
 class EngineWebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying an Engine.IO session (or its upgrade)."""
 
     _log = Logger()
-    factory: "EngineWebSocketFactory"
+    factory: EngineWebSocketFactory
 
     def __init__(self) -> None:
         super().__init__()
@@ -88,6 +109,8 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self._upgrade_sid: EngineSid | None = None
         self._handshake: Handshake | None = None
         self._fragments = 0
+        self._message_bytes = 0
+        self._limit_hit: str | None = None
         self._lost = False
 
     # -- opening ----------------------------------------------------------
@@ -114,7 +137,6 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             secure=bool(self.factory.isSecure),
             issued_ms=server.issued_ms(),
         )
-        return None
 
     def onOpen(self) -> None:
         server = self.factory.engine
@@ -127,13 +149,13 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 self._session = session
                 server.open(session)
                 return
-            session = server.get_session(self._upgrade_sid)
-            if session is None or not session.begin_upgrade(self):
+            upgrading = server.get_session(self._upgrade_sid)
+            if upgrading is None or not upgrading.begin_upgrade(self):
                 # engine.io-protocol v4: a second WebSocket for a session is closed.
                 self.close_channel(WS_NORMAL, "upgrade not possible")
                 return
-            self._session = session
-        except Exception:
+            self._session = upgrading
+        except Exception:  # noqa: BLE001 - error boundary: log, close this session
             self._log.failure("engine websocket failed to open")
             self.close_channel(WS_NORMAL, "internal error")
 
@@ -141,19 +163,36 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
 
     def onMessageBegin(self, isBinary: bool) -> None:
         self._fragments = 0
+        self._message_bytes = 0
         super().onMessageBegin(isBinary)
 
     def onMessageFrameBegin(self, length: int) -> None:
+        # The message-size cap is enforced here rather than with Autobahn's
+        # maxMessagePayloadSize, which would also refuse to *send* large
+        # messages to the client.
         self._fragments += 1
-        if self._fragments > self.factory.engine.settings.max_fragments:
-            self._log.warn(
-                "engine websocket closed: {limit} exceeded",
-                limit="max_fragments",
-                engine_sid=self._session.sid if self._session else None,
-            )
-            self._limit_hit(REASON_PAYLOAD_LIMIT, WS_TOO_BIG, "max_fragments exceeded")
-            return
+        self._message_bytes += length
+        if not self.failedByMe:
+            settings = self.factory.engine.settings
+            if self._fragments > settings.max_fragments:
+                self._over_limit("max_fragments")
+            elif self._message_bytes > settings.max_payload:
+                self._over_limit("max_payload")
         super().onMessageFrameBegin(length)
+
+    def _over_limit(self, limit: str) -> None:
+        self._limit_hit = limit
+        self.factory.engine.rejections.warn(
+            self._log,
+            limit,
+            "engine websocket closed: {limit} exceeded",
+            limit=limit,
+            engine_sid=self._session.sid if self._session else None,
+            transport=WEBSOCKET,
+        )
+        # The same path Autobahn takes for its own size limits: close code
+        # 1009 and every further frame of the message ignored.
+        self._fail_connection(WS_TOO_BIG, limit + " exceeded")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session
@@ -164,16 +203,19 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 payload, isBinary, self.factory.engine.settings.max_payload
             )
         except packets.EngineIOProtocolError as e:
-            self._log.warn(
+            self.factory.engine.rejections.warn(
+                self._log,
+                "bad frame",
                 "engine session {engine_sid} sent a bad frame ({error})",
                 engine_sid=session.sid,
                 error=str(e),
+                transport=WEBSOCKET,
             )
             self._drop_session(session, REASON_PARSE_ERROR, WS_PROTOCOL_ERROR)
             return
         try:
             session.receive_websocket(self, packet)
-        except Exception:
+        except Exception:  # noqa: BLE001 - error boundary: log, close this session
             self._log.failure(
                 "engine session {engine_sid} failed on a frame", engine_sid=session.sid
             )
@@ -188,46 +230,53 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             session.websocket_lost(self, reason)
             self.close_channel(code, reason)
 
-    def _limit_hit(self, reason: str, code: int, text: str) -> None:
-        session = self._session
-        self.close_channel(code, text)
-        if session is not None:
-            session.websocket_lost(self, reason)
-
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._lost = True
         session = self._session
         if session is None:
             return
         why = REASON_TRANSPORT_CLOSE
-        if self.wasMaxMessagePayloadSizeExceeded or self.wasMaxFramePayloadSizeExceeded:
-            why = REASON_PAYLOAD_LIMIT
-            self._log.warn(
+        if self._limit_hit is not None:
+            why = self._limit_hit + " exceeded"
+        elif self.wasMaxFramePayloadSizeExceeded:
+            why = "max_frame_bytes exceeded"
+            self.factory.engine.rejections.warn(
+                self._log,
+                "max_frame_bytes",
                 "engine session {engine_sid} closed: {limit} exceeded",
                 engine_sid=session.sid,
-                limit="max_payload",
+                limit="max_frame_bytes",
+                transport=WEBSOCKET,
             )
         session.websocket_lost(self, why)
 
     # -- WebSocketChannel -------------------------------------------------
 
     def send_packets(self, outgoing: Sequence[packets.Packet]) -> None:
-        """Write each packet as one frame, then enforce C{max_outbound_buffer}."""
+        """Write each packet as one frame, all in one write, then enforce
+        C{max_outbound_buffer}."""
         if self.state != self.STATE_OPEN:
             return
         encode = packets.encode_websocket
-        send = self.sendMessage
-        for packet in outgoing:
-            data, binary = encode(packet)
-            send(data, binary)
+        if self._perMessageCompress is None:
+            # Compression is never negotiated, so every frame is a plain
+            # unmasked server frame; building them here costs a fraction of
+            # sendMessage per message and makes one write per turn.
+            self.sendData(b"".join([server_frame(*encode(p)) for p in outgoing]))
+        else:  # pragma: no cover - compression is refused in apply_limits
+            for packet in outgoing:
+                self.sendMessage(*encode(packet))
         buffered = outbound_buffer_size(self.transport)
         if buffered > self.factory.engine.settings.max_outbound_buffer:
             session = self._session
-            self._log.warn(
+            self.factory.engine.rejections.warn(
+                self._log,
+                "max_outbound_buffer",
                 "engine session {engine_sid} dropped: {limit} exceeded ({size} bytes)",
                 engine_sid=session.sid if session else None,
                 limit="max_outbound_buffer",
                 size=buffered,
+                transport=WEBSOCKET,
             )
             # The peer is not reading: a close frame would only queue behind
             # the rest, so the connection is aborted.
@@ -249,7 +298,7 @@ class EngineWebSocketFactory(WebSocketServerFactory):
     @ivar engine: the Engine.IO server sessions are registered with.
     """
 
-    protocol = EngineWebSocketProtocol
+    protocol = EngineWebSocketProtocol  # type: ignore[assignment]
 
     def __init__(self, engine: EngineServer) -> None:
         # server=None: no Server header naming the software and version.
@@ -265,10 +314,14 @@ def apply_limits(factory: WebSocketServerFactory, settings: EngineSettings) -> N
         versions=WEBSOCKET_VERSIONS,
         webStatus=False,
         maxFramePayloadSize=frame,
-        maxMessagePayloadSize=settings.max_payload,
+        # Incoming messages are capped in onMessageFrameBegin (max_payload);
+        # Autobahn's own message cap would also apply to outgoing messages.
+        maxMessagePayloadSize=0,
         utf8validateIncoming=True,
         requireMaskedClientFrames=True,
-        failByDrop=True,
+        # Send the close frame (1009 names the size limit) before dropping;
+        # closeHandshakeTimeout bounds the wait for the client's answer.
+        failByDrop=False,
         openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT_S,
         closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT_S,
         # Origins are checked by the Engine.IO request checks in onConnect,

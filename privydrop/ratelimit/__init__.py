@@ -5,7 +5,12 @@ and interprets its answer; L{privydrop.ratelimit.budget} counts in memory.
 """
 
 from privydrop.ratelimit.budget import BudgetDecision, CallBudget
-from privydrop.ratelimit.join import RateDecision, decide, join_window, rate_limit_message
+from privydrop.ratelimit.join import (
+    RateDecision,
+    decide,
+    join_window,
+    rate_limit_message,
+)
 
 __all__ = [
     "BudgetDecision",

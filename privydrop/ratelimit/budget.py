@@ -7,12 +7,14 @@ it with a C{Clock}.
 
 Two modes:
 
- - fixed: windows aligned on multiples of S; at most N calls in each.
+ - fixed: windows aligned on multiples of S; at most N calls in each, so up
+   to 2N in a burst straddling a boundary.
  - sliding (default): the previous window's count, weighted by how much of
    it still overlaps the last S seconds, plus the current window's count
-   (the usual two-counter approximation of a sliding log; it never lets a
-   client burst 2N calls across a window boundary, and costs two integers
-   per key instead of N timestamps).
+   (the usual two-counter approximation of a sliding log). Still at most N
+   per aligned window, and always fewer than 2N in any S seconds; right
+   after a full window only the overlap-weighted remainder is allowed. It
+   costs two integers per key instead of N timestamps.
 
 Memory is bounded: keys idle for two windows are pruned (at most once per
 window, by the call that notices), and at most C{max_keys} keys are kept; when

@@ -17,7 +17,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from privydrop.config import RoomSettings
-from privydrop.ratelimit.join import RateDecision, decide, join_window, rate_limit_message
+from privydrop.ratelimit.join import (
+    RateDecision,
+    decide,
+    join_window,
+    rate_limit_message,
+)
 from privydrop.rooms import ids
 from privydrop.rooms.ids import RandomSource, RoomId, validate_room_id
 from privydrop.store.interface import IStore, JoinOutcome, LeaveResult

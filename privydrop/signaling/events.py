@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import enum
 from collections import Counter
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import orjson
@@ -61,6 +62,8 @@ class Reason(enum.Enum):
     NOT_JSON = "not_json"
     #: A room id the room rules refuse (control characters, ``:``).
     REFUSED_ROOM_ID = "refused_room_id"
+    #: A join sent while the same socket already had too many joins waiting.
+    BUSY = "busy"
 
 
 class InvalidPayload(Exception):
@@ -93,7 +96,7 @@ class EventLimits:
     max_peer_id_length: int = MAX_PEER_ID_LENGTH
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "EventLimits":
+    def from_settings(cls, settings: Settings) -> EventLimits:
         """The limits configured in C{settings} (rooms and API slices)."""
         return cls(
             max_room_id_length=settings.rooms.max_room_id_length,

@@ -71,7 +71,8 @@ knows nothing of Engine.IO, HTTP or the store's backends.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
@@ -90,6 +91,10 @@ _log = Logger()
 JOIN_RESPONSE = "joinResponse"
 READY = "ready"
 PEER_DISCONNECTED = "peer-disconnected"
+
+#: Joins of one socket waiting behind the one in progress; more are dropped.
+#: An honest client has one join in flight at a time.
+MAX_WAITING_JOINS = 4
 
 INVALID_ROOM_ID = "Invalid roomId"
 SERVER_ERROR = "Server error while joining room"
@@ -131,7 +136,7 @@ class _SocketState:
     @ivar lock: serialises its joins and its disconnect clean-up.
     """
 
-    __slots__ = ("room", "lock")
+    __slots__ = ("lock", "room")
 
     def __init__(self) -> None:
         self.room: str | None = None
@@ -168,7 +173,6 @@ class Signaling:
     def install(self) -> None:
         """Register every handler on the namespace."""
         ns = self._namespace
-        ns.on_connect(self._connected)
         ns.on(events.JOIN, self._join)
         ns.on(events.OFFER, self._offer)
         ns.on(events.ANSWER, self._answer)
@@ -202,11 +206,12 @@ class Signaling:
             state = self._sockets[socket.id] = _SocketState()
         return state
 
-    def _connected(self, socket: Socket, auth: Any) -> None:
-        self._state(socket)
-
     async def _disconnected(self, socket: Socket, reason: str) -> None:
-        state = self._state(socket)
+        # State exists from a socket's first join on; a socket that never
+        # asked to join cannot be bound anywhere.
+        state = self._sockets.get(socket.id)
+        if state is None:
+            return
         async with state.lock:
             try:
                 await self._leave_after_disconnect(socket.id, state.room)
@@ -254,6 +259,11 @@ class Signaling:
         if not socket.connected:
             return
         state = self._state(socket)
+        if len(state.lock.waiting) >= MAX_WAITING_JOINS:
+            # Each join costs a store round trip; a client cannot queue
+            # them without bound.
+            self._drop(socket, events.JOIN, InvalidPayload(events.Reason.BUSY))
+            return
         async with state.lock:
             if socket.connected:
                 await self._join_locked(socket, state, request.room_id)
@@ -275,7 +285,7 @@ class Signaling:
             )
             socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
             return
-        except Exception:
+        except Exception:  # noqa: BLE001 - error boundary: log, answer, go on
             _log.failure(
                 "join of socket {sid} to room {room_id} failed", sid=socket.id, room_id=room_id
             )
@@ -311,7 +321,7 @@ class Signaling:
                     # Unbound meanwhile by POST /api/leave_room.
                     socket.leave(state.room)
                 socket.join(room_id)
-            except Exception:
+            except Exception:  # noqa: BLE001 - undone below, then answered
                 _log.failure(
                     "socket {sid} could not enter room {room_id}", sid=socket.id, room_id=room_id
                 )
@@ -327,9 +337,9 @@ class Signaling:
     async def _undo_binding(self, socket_id: str, room_id: str) -> None:
         try:
             await self._rooms.leave(socket_id, room_id)
-        except Exception:
+        except Exception:  # noqa: BLE001 - best effort; the key's TTL is the backstop
             _log.failure(
-                "could not unbind socket {sid} from room {room_id}; its TTL will",
+                "could not unbind socket {sid} from room {room_id}; it expires with its TTL",
                 sid=socket_id,
                 room_id=room_id,
             )

@@ -7,7 +7,10 @@ without bound.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import inspect
+from typing import Any, Awaitable, Callable, Sequence
+
+from twisted.internet.defer import Deferred
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
@@ -96,8 +99,33 @@ class PendingAcks:
                 _call_logged(item.on_drop)
 
 
+async def _await_any(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def as_deferred_if_awaitable(result: Any) -> Any:
+    """A handler's result: coroutines and other awaitables become Deferreds
+    (started at once), Deferreds and plain values are returned unchanged."""
+    if isinstance(result, Deferred):
+        return result
+    if inspect.iscoroutine(result):
+        return Deferred.fromCoroutine(result)
+    if inspect.isawaitable(result):
+        return Deferred.fromCoroutine(_await_any(result))
+    return result
+
+
 def _call_logged(fn: Callable[..., Any], *args: Any) -> None:
+    """Run a callback (a coroutine function too); log what it raises."""
     try:
-        fn(*args)
+        result = fn(*args)
     except Exception:
         _log.failure("acknowledgement callback {callback!r} failed", callback=fn)
+        return
+    d = as_deferred_if_awaitable(result)
+    if isinstance(d, Deferred):
+        d.addErrback(
+            lambda failure: _log.failure(
+                "acknowledgement callback {callback!r} failed", failure=failure, callback=fn
+            )
+        )

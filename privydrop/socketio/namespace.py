@@ -8,14 +8,14 @@ but the event that raised.
 
 from __future__ import annotations
 
-import inspect
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar, Union
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from privydrop.socketio.acks import as_deferred_if_awaitable
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Packet, PacketType
@@ -39,11 +39,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _awaited(result: Any) -> Union[Deferred[Any], Any]:
     """Turn a coroutine or other awaitable into a Deferred; leave values alone."""
-    if isinstance(result, Deferred):
-        return result
-    if inspect.isawaitable(result):
-        return ensureDeferred(result)
-    return result
+    return as_deferred_if_awaitable(result)
 
 
 def ack_arguments(result: Any) -> list[Any]:
@@ -205,7 +201,9 @@ class Namespace:
             )
             refusal = ConnectionRefused("Server error")
         if socket.state is not SocketState.CONNECTING:
-            # Disconnected by a handler, or the client went away meanwhile.
+            # Disconnected by a handler (the client is told, as for a refusal),
+            # or the client went away meanwhile (then nothing is sent).
+            socket._client.refuse(socket, ConnectionRefused("Not authorized"))
             self._forget(socket)
             return False
         if refusal is not None:

@@ -53,6 +53,30 @@ CLOSE_CONNECT_TIMEOUT = "connect timeout"
 CLOSE_FORCED = "forced server close"
 
 
+class _WarningThrottle:
+    """At most one warning per cause per interval, so a flood of bad clients
+    cannot flood the log; the next warning says how many were left out."""
+
+    def __init__(self, clock: IReactorTime, interval_s: float) -> None:
+        self._clock = clock
+        self._interval_s = interval_s
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def admit(self, cause: str) -> int | None:
+        """None to stay quiet; else how many warnings of this cause were skipped."""
+        now = self._clock.seconds()
+        last = self._last.get(cause)
+        if last is not None and now - last < self._interval_s:
+            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
+            return None
+        if len(self._last) > 1000:
+            # Causes are a small fixed set of messages; this only bounds memory.
+            self._last.clear()
+        self._last[cause] = now
+        return self._suppressed.pop(cause, 0)
+
+
 class _Client:
     """One Engine.IO connection and the sockets it has in each namespace."""
 
@@ -83,6 +107,8 @@ class _Client:
             self.connection.send_many(messages)
 
     def refuse(self, socket: Socket, refusal: ConnectionRefused) -> None:
+        if self.closed:
+            return
         data: dict[str, Any] = {"message": refusal.message}
         if refusal.data is not None:
             data["data"] = refusal.data
@@ -147,6 +173,7 @@ class SocketIOServer:
         self._adapter.attach(self)
         self._namespaces: dict[str, Namespace] = {}
         self._clients: dict[EngineSid, _Client] = {}
+        self._warnings = _WarningThrottle(clock, settings.rejection_log_interval_s)
         self.of(MAIN_NAMESPACE)
 
     @property
@@ -208,11 +235,14 @@ class SocketIOServer:
             if packet is not None:
                 self._on_packet(client, packet)
         except SocketIOProtocolError as e:
-            _log.warn(
-                "closing client {engine_sid}: {error}",
-                engine_sid=connection.sid,
-                error=str(e),
-            )
+            suppressed = self._warnings.admit(str(e))
+            if suppressed is not None:
+                _log.warn(
+                    "closing client {engine_sid}: {error} ({suppressed} similar not logged)",
+                    engine_sid=connection.sid,
+                    error=str(e),
+                    suppressed=suppressed,
+                )
             self._close_client(client, CLOSE_PARSE_ERROR)
         except Exception:
             _log.failure("error handling a packet from {engine_sid}", engine_sid=connection.sid)
@@ -303,6 +333,8 @@ class SocketIOServer:
             self._adapter,
             PendingAcks(self._clock, self._settings.max_pending_acks),
             self._settings.max_rooms_per_socket,
+            self._clock,
+            self._settings.connect_answer_gap_ms / 1000.0,
         )
         client.connecting[name] = socket
         d = namespace._begin(socket, auth)

@@ -4,7 +4,7 @@ A L{Socket} is created when a client asks to connect to a namespace, becomes
 connected once every connect handler accepted it, and is disconnected for
 good afterwards (a reconnecting client gets a new socket and a new id).
 Whatever a connect handler emits before the acceptance is held back and sent
-right after the CONNECT answer, so the client sees it in order.
+after the CONNECT answer, so the client sees it in order.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from privydrop.socketio.acks import PendingAcks
@@ -138,6 +139,8 @@ class Socket:
         adapter: Adapter,
         acks: PendingAcks,
         max_rooms: int,
+        clock: IReactorTime,
+        connect_answer_gap_s: float = 0.0,
     ) -> None:
         self.id = socket_id
         self.namespace = namespace
@@ -146,8 +149,13 @@ class Socket:
         self._adapter = adapter
         self._acks = acks
         self._max_rooms = max_rooms
+        self._clock = clock
+        self._connect_answer_gap_s = connect_answer_gap_s
         self._state = SocketState.CONNECTING
-        self._held: list[Message] = []
+        self._closing = False
+        # Messages wait here while connect handlers run, and until the turn
+        # after the CONNECT answer (see _accept).
+        self._held: list[Message] | None = []
 
     def __repr__(self) -> str:
         return "<Socket {} {} {}>".format(self.namespace.name, self.id, self._state.value)
@@ -269,6 +277,8 @@ class Socket:
         if self._state is SocketState.DISCONNECTED:
             return
         if self._state is SocketState.CONNECTED:
+            # What was held for after the CONNECT answer goes first.
+            self._release_held()
             self._send(Packet(PacketType.DISCONNECT, self.namespace.name))
         self._on_close("server namespace disconnect")
 
@@ -278,23 +288,39 @@ class Socket:
         self._deliver(encode(packet))
 
     def _deliver(self, messages: Sequence[Message]) -> None:
-        state = self._state
-        if state is SocketState.CONNECTED:
-            self._client.send(messages)
-        elif state is SocketState.CONNECTING:
+        if self._state is SocketState.DISCONNECTED:
+            return
+        if self._held is not None:
             self._held.extend(messages)
+        else:
+            self._client.send(messages)
 
     def _accept(self) -> None:
-        """All connect handlers accepted: answer CONNECT, then what was held."""
+        """All connect handlers accepted: answer CONNECT now, and what was
+        held (or arrives meanwhile) on the next reactor turn.
+
+        Sending the CONNECT answer in a write of its own is what the
+        reference server does in effect (its WebSocket transport writes one
+        packet at a time), and clients that attach a listener per message,
+        like the official socket.io-protocol test-suite, rely on it: two
+        messages in one TCP read reach such a client in the same tick and the
+        second one is missed.
+        """
         self._state = SocketState.CONNECTED
-        held, self._held = self._held, []
-        first = encode(Packet(PacketType.CONNECT, self.namespace.name, {"sid": self.id}))
-        self._client.send([*first, *held])
+        self._client.send(
+            encode(Packet(PacketType.CONNECT, self.namespace.name, {"sid": self.id}))
+        )
+        self._clock.callLater(self._connect_answer_gap_s, self._release_held)
+
+    def _release_held(self) -> None:
+        held, self._held = self._held, None
+        if held and self._state is SocketState.CONNECTED:
+            self._client.send(held)
 
     def _discard(self) -> None:
         """Refused or abandoned before connecting: undo without handlers."""
         self._state = SocketState.DISCONNECTED
-        self._held = []
+        self._held = None
         self._adapter.remove_socket(self.namespace.name, self.id)
         self._acks.drop_all()
 
@@ -315,8 +341,10 @@ class Socket:
             self.namespace._forget(self)
             self._client._forget(self)
             return
-        if self._state is not SocketState.CONNECTED:
+        if self._state is not SocketState.CONNECTED or self._closing:
+            # Also when a disconnecting handler disconnects the socket again.
             return
+        self._closing = True
         self.namespace._run_disconnecting(self, reason)
         self._state = SocketState.DISCONNECTED
         self._adapter.remove_socket(self.namespace.name, self.id)

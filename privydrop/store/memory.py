@@ -19,7 +19,7 @@ Socket.IO.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger

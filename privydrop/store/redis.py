@@ -10,15 +10,17 @@ Bounded waits. txredisapi waits for a reply for ever, so each operation gets
 a deadline (C{RedisSettings.command_timeout}) covering both waiting for a
 free connection and waiting for the reply; past it the caller gets
 L{StoreUnavailable}. A connection is checked out for exactly one command at a
-time, and the connection whose command timed out is aborted, never put back:
-Redis replies in order, so a late reply on a reused connection would be
-taken as the answer to the next command. The pool (txredisapi's, one
+time, and a connection that still owes a reply (its command timed out or was
+cancelled) is aborted, never put back: Redis replies in order, so the next
+command on it would queue behind the stalled one, and any bookkeeping slip
+would hand it the late reply as its answer. The pool (txredisapi's, one
 C{ClientService} per slot) reconnects by itself with a backoff.
 
 Handshake. Our protocol does ``AUTH`` and ``SELECT`` itself so that a server
 rejecting them (wrong password, bad db index) is reported loudly: waiting
-callers fail at once with "Redis authentication failed: ...". A connection
-lost or stalled during the handshake is only dropped and retried.
+callers fail at once with "Redis at <host>:<port>: authentication failed
+(<the server's reply>)". A connection lost during the handshake, or stalled
+for longer than C{connect_timeout}, is only dropped and retried.
 
 Reactor. Deadlines use the reactor given to L{RedisStore}; txredisapi's pool
 slots use the global reactor (the same one in production and under
@@ -32,13 +34,18 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import txredisapi
 from twisted.internet import defer
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IDelayedCall, IReactorTCP, IReactorTime, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IReactorTCP,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -76,7 +83,7 @@ class Script:
     sha: str
 
     @classmethod
-    def load(cls, name: str, *prelude: str) -> "Script":
+    def load(cls, name: str, *prelude: str) -> Script:
         """Read ``scripts/<name>.lua``, with shared snippets prepended."""
         directory = importlib.resources.files("privydrop.store") / "scripts"
         parts = [(directory / f"{part}.lua").read_bytes() for part in (*prelude, name)]
@@ -114,7 +121,8 @@ class _StoreProtocol(txredisapi.RedisProtocol):
     its pool slot reconnects.
     """
 
-    factory: "_StoreFactory"
+    factory: _StoreFactory
+    _waiting_for_connect: list[defer.Deferred[Any]]
 
     @defer.inlineCallbacks
     def connectionMade(self) -> Any:
@@ -131,7 +139,7 @@ class _StoreProtocol(txredisapi.RedisProtocol):
             factory.handshake_rejected(str(e))
             self.transport.loseConnection()
             return None
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any other failure is transient here
             _log.debug("redis handshake interrupted: {error}", error=str(e))
             self.transport.abortConnection()
             return None
@@ -143,7 +151,8 @@ class _StoreProtocol(txredisapi.RedisProtocol):
         factory.handshake_succeeded()
         # What txredisapi's own handshake does once it succeeds.
         self._ready = True
-        self._waiting_for_connect, waiting = [], self._waiting_for_connect
+        waiting: list[defer.Deferred[Any]] = self._waiting_for_connect
+        self._waiting_for_connect = []
         for d in waiting:
             d.callback(self)
         return None
@@ -188,9 +197,13 @@ class _StoreFactory(txredisapi.RedisFactory):
                 "redis refused the connection handshake: {error}", error=message
             )
         self.handshake_error = message
+        self.fail_waiting(_HandshakeRejected(message))
+
+    def fail_waiting(self, error: Exception) -> None:
+        """Fail every caller waiting for a free connection with C{error}."""
         waiting, self.connectionQueue.waiting = list(self.connectionQueue.waiting), []
         for d in waiting:
-            d.errback(_HandshakeRejected(message))
+            d.errback(error)
 
     def handshake_succeeded(self) -> None:
         if self.handshake_error is not None:
@@ -237,7 +250,7 @@ class RedisStore:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings: RedisSettings, reactor: Any) -> "RedisStore":
+    def from_settings(cls, settings: RedisSettings, reactor: Any) -> RedisStore:
         """A store for these settings; connections open on first use or L{connect}."""
         return cls(settings, reactor)
 
@@ -265,10 +278,10 @@ class RedisStore:
             authentication failed, no answer in time).
         """
         self.start()
-        timeout = self._settings.connect_timeout
-        await self._command(("PING",), timeout)
+        deadline = self._reactor.seconds() + self._settings.connect_timeout
+        await self._command(("PING",), deadline)
         for script in ALL_SCRIPTS:
-            await self._command(("SCRIPT", "LOAD", script.source), timeout)
+            await self._command(("SCRIPT", "LOAD", script.source), deadline)
         _log.info(
             "connected to redis {host}:{port} db {db}",
             host=self._settings.host,
@@ -307,8 +320,14 @@ class RedisStore:
         except txredisapi.ConnectionError as e:
             raise self._unavailable(f"not connected ({e})") from None
 
-    async def _command(self, args: Sequence[Any], timeout: float | None = None) -> Any:
-        """Send one command on a connection of its own, within the deadline.
+    def _deadline(self) -> float:
+        return self._reactor.seconds() + self._settings.command_timeout
+
+    async def _command(self, args: Sequence[Any], deadline: float | None = None) -> Any:
+        """Send one command on a connection of its own, before the deadline.
+
+        @param deadline: the reactor time by which the reply must be in
+            (by default C{command_timeout} from now).
 
         @raise StoreUnavailable: on timeout, lost connection, or refusal.
         @raise txredisapi.ResponseError: for ``NOSCRIPT`` (the caller retries
@@ -317,9 +336,8 @@ class RedisStore:
         if self._closed:
             raise self._unavailable("the store is closed")
         self.start()
-        if timeout is None:
-            timeout = self._settings.command_timeout
-        deadline = self._reactor.seconds() + timeout
+        if deadline is None:
+            deadline = self._deadline()
         conn = await self._acquire(deadline)
         # Only a connection whose reply has arrived may serve another command;
         # on any other way out (timeout, loss, cancellation) a reply may still
@@ -332,12 +350,16 @@ class RedisStore:
             return result
         except defer.TimeoutError:
             conn.transport.abortConnection()
+            timeout = self._settings.command_timeout
             _log.warn(
-                "redis command {command} timed out after {timeout}s; connection dropped",
+                "redis command {command} timed out (command timeout {timeout}s);"
+                " connection dropped",
                 command=_text(args[0]),
                 timeout=timeout,
             )
-            raise self._unavailable(f"no answer within {timeout}s") from None
+            raise self._unavailable(
+                f"no answer in time (command timeout {timeout}s)"
+            ) from None
         except txredisapi.ResponseError as e:
             reusable = True
             message = str(e)
@@ -361,15 +383,20 @@ class RedisStore:
     async def _script(
         self, script: Script, script_keys: Sequence[str], args: Sequence[Any]
     ) -> Any:
-        """Run a script: one round trip, two when Redis has to be sent its source."""
+        """Run a script: one round trip, two when Redis has to be sent its source.
+
+        Both share one deadline, so the caller still waits at most
+        C{command_timeout}.
+        """
+        deadline = self._deadline()
         tail = (len(script_keys), *script_keys, *args)
         try:
-            return await self._command(("EVALSHA", script.sha, *tail))
+            return await self._command(("EVALSHA", script.sha, *tail), deadline)
         except txredisapi.ResponseError:
             # NOSCRIPT: Redis restarted or its script cache was flushed.
             _log.debug("redis script {name} not cached; sending it", name=script.name)
         try:
-            return await self._command(("EVAL", script.source, *tail))
+            return await self._command(("EVAL", script.source, *tail), deadline)
         except txredisapi.ResponseError as e:  # pragma: no cover - only NOSCRIPT is re-raised
             raise self._unavailable(f"error reply ({e})") from None
 
@@ -502,10 +529,15 @@ class RedisStore:
         return None if reply == -2 else reply
 
     async def close(self) -> None:
-        """Close every connection and stop reconnecting (idempotent)."""
+        """Close every connection and stop reconnecting (idempotent).
+
+        Callers still waiting for a connection fail at once rather than at
+        their deadline, so no timer outlives the store.
+        """
         if self._closed:
             return
         self._closed = True
+        self._factory.fail_waiting(txredisapi.ConnectionError("the store is closed"))
         if self._started:
             await self._factory.disconnect()
 
@@ -514,11 +546,14 @@ class RedisSubscriberFactory(txredisapi.SubscriberFactory):
     """Builds pub/sub connections to the store's Redis (for the cluster adapter).
 
     Set C{protocol} to a C{txredisapi.SubscriberProtocol} subclass (its
-    C{messageReceived(pattern, channel, message)} receives publications and
-    its C{connectionMade} must chain up, which performs ``AUTH``), then call
-    C{startConnecting(endpoint)}: the pool slot reconnects by itself, so
-    subscriptions must be renewed in every C{connectionMade}. Publishing is
-    done on a normal connection, not this one.
+    C{messageReceived(pattern, channel, message)} receives publications),
+    then call C{startConnecting(endpoint)}. The pool slot reconnects by
+    itself, so subscriptions must be renewed on every connection: chain up
+    in C{connectionMade} (that performs ``AUTH`` and returns a Deferred) and
+    subscribe when it fires, or subscribe on C{factory.getConnection()} as
+    the contract test does. Publishing is
+    done on a normal connection, not this one. Messages arrive as text
+    (UTF-8); set C{charset = None} on the factory to receive bytes.
     """
 
     def __init__(self, settings: RedisSettings) -> None:

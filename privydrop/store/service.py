@@ -35,8 +35,6 @@ class StoreService(Service):
     @ivar store: the store, usable (for wiring) right after construction.
     """
 
-    name = "store"
-
     def __init__(
         self,
         settings: Settings,
@@ -49,6 +47,7 @@ class StoreService(Service):
             C{IReactorTime}, such as a C{Clock} in tests).
         @param sweep_interval_s: seconds between memory store sweeps.
         """
+        self.setName("store")
         self._reactor = reactor
         self._sweep_interval_s = sweep_interval_s
         self._sweeper: task.LoopingCall | None = None
@@ -78,8 +77,10 @@ class StoreService(Service):
     def _connect_failed(self, failure: Any) -> None:
         # Development keeps running and retries on each command; production
         # start-up has already refused to start through verify_store().
-        failure.trap(StoreUnavailable)
-        _log.error("store not reachable yet: {error}", error=str(failure.value))
+        if failure.check(StoreUnavailable):
+            _log.error("store not reachable yet: {error}", error=str(failure.value))
+        else:
+            _log.failure("connecting the store failed", failure=failure)
 
     def _sweep(self) -> None:
         memory = self._memory
@@ -87,7 +88,7 @@ class StoreService(Service):
             return
         try:
             memory.sweep()
-        except Exception:
+        except Exception:  # noqa: BLE001 - a timer callback is an error boundary
             _log.failure("memory store sweep failed")
 
     def stopService(self) -> defer.Deferred[None]:

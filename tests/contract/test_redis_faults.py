@@ -9,17 +9,19 @@ object works again once Redis does.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import AsyncIterator, Awaitable, Callable, Iterator, TypeVar
+from typing import TypeVar
 
 import pytest
 import pytest_twisted
+from twisted.internet import defer
 from twisted.internet import reactor as _reactor
 
 from privydrop.store.interface import StoreUnavailable
 from privydrop.store.redis import RedisStore
 from tests.conftest import redis_settings
-from tests.redis_server import RedisServer, free_port
+from tests.redis_server import BINARY_VARIABLE, RedisServer, RedisServerError, free_port
 
 NOW = 1_700_000_000_000
 COMMAND_TIMEOUT = 0.5
@@ -114,7 +116,7 @@ async def test_stalled_redis_fails_within_the_timeout_and_late_replies_are_not_m
 
     private_redis.pause()
     started = time.monotonic()
-    with pytest.raises(StoreUnavailable, match="no answer within"):
+    with pytest.raises(StoreUnavailable, match="no answer in time"):
         await store.room_of_socket("s-A")
     elapsed = time.monotonic() - started
     assert COMMAND_TIMEOUT - 0.05 <= elapsed <= COMMAND_TIMEOUT + SLACK
@@ -235,3 +237,46 @@ async def test_closed_store_refuses_at_once(private_redis: RedisServer) -> None:
     with pytest.raises(StoreUnavailable, match="closed"):
         await store.ping()
     assert time.monotonic() - started < 0.5
+
+
+def test_missing_redis_binary_fails_loudly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without redis-server the Redis tests fail with a clear message instead of being skipped."""
+    monkeypatch.setenv(BINARY_VARIABLE, str(tmp_path / "no-such-redis-server"))
+    with pytest.raises(RedisServerError, match=BINARY_VARIABLE):
+        RedisServer(tmp_path / "never")
+
+
+@pytest_twisted.ensureDeferred
+async def test_start_against_a_frozen_redis_fails_in_time_then_recovers(
+    private_redis: RedisServer,
+) -> None:
+    """Starting while Redis hangs reports it within the connect timeout; no restart needed after."""
+    private_redis.pause()
+    store = make_store(private_redis, connect_timeout=0.5)
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            await store.connect()
+        assert time.monotonic() - started <= 0.5 + SLACK
+        private_redis.resume()
+        await eventually(store.ping)
+        assert await store.create_room("R", NOW, 60)
+    finally:
+        private_redis.resume()
+        await store.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_closing_fails_callers_waiting_for_a_connection_at_once(tmp_path: Path) -> None:
+    """Shutdown does not hang on requests that are waiting for an unreachable Redis."""
+    server = RedisServer(tmp_path / "absent")
+    server.port = free_port()
+    store = make_store(server, command_timeout=30.0)
+    waiting = defer.Deferred.fromCoroutine(store.ping())
+    started = time.monotonic()
+    await store.close()
+    with pytest.raises(StoreUnavailable, match="closed"):
+        await waiting
+    assert time.monotonic() - started < 1.0

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import random
 
-import pytest
 import attrs
+import pytest
 import pytest_twisted
 from twisted.internet import defer
 from twisted.internet.task import Clock

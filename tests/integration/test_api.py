@@ -29,6 +29,9 @@ class Server:
     base: str
     service: Any
     pool: HTTPConnectionPool
+    #: The Redis behind the store (None for the memory store).
+    redis: RedisServer | None = None
+    db: int = 0
 
     async def request(self, method: str, path: str, body: Any = None,
                       raw: bytes | None = None) -> tuple[int, Any]:
@@ -67,6 +70,9 @@ async def server(request: pytest.FixtureRequest) -> AsyncIterator[Server]:
         redis = redis_settings(request.getfixturevalue("redis_server"),
                                db=request.getfixturevalue("redis_db"))
     started = await start_server(Settings(listen=LISTEN, redis=redis))
+    if redis is not None:
+        started.redis = request.getfixturevalue("redis_server")
+        started.db = redis.db
     try:
         yield started
     finally:
@@ -122,9 +128,15 @@ async def test_key_schema_collision_refused(server: Server) -> None:
 @pytest_twisted.ensureDeferred
 async def test_set_track_and_health(server: Server) -> None:
     """Tracking counts, and the detailed health check reports the store as connected."""
-    assert await server.request("POST", "/api/set_track",
-                                {"ref": "twitter", "timestamp": 1_710_460_800_000,
-                                 "path": "/"}) == (200, {"success": True})
+    for _ in range(2):
+        assert await server.request("POST", "/api/set_track",
+                                    {"ref": "twitter", "timestamp": 1_710_460_800_000,
+                                     "path": "/"}) == (200, {"success": True})
+    assert 0 < await server.store.ttl("referrers:daily:2024-03-15") <= 30 * 24 * 3600
+    if server.redis is not None:
+        # Read back with an independent client: the key schema is a public contract.
+        count = server.redis.command("HGET", "referrers:daily:2024-03-15", "twitter", db=server.db)
+        assert count in (b"2", "2")
     code, body = await server.request("GET", "/health/detailed")
     assert code == 200
     assert body["dependencies"]["redis"]["status"] == "connected"
@@ -182,3 +194,18 @@ async def test_stalled_redis_gives_503_then_recovers(tmp_path: Path) -> None:
             await stop_server(server)
     finally:
         redis.kill()
+
+
+@pytest_twisted.ensureDeferred
+async def test_socketio_is_mounted_beside_the_api(server: Server) -> None:
+    """The same port serves Socket.IO at /socket.io/, and health counts its connections."""
+    response = await treq.get(server.base + "/socket.io/?EIO=4&transport=polling",
+                              pool=server.pool)
+    body = await treq.content(response)
+    assert response.code == 200
+    assert body.startswith(b"0{")
+    assert b'"sid"' in body
+    code, health = await server.request("GET", "/health/detailed")
+    assert code == 200
+    assert health["dependencies"]["socketio"]["status"] == "running"
+    assert health["dependencies"]["socketio"]["connections"] >= 1

@@ -7,7 +7,8 @@ session and client and stops listening.
 
 from __future__ import annotations
 
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import attrs
 import orjson
@@ -16,8 +17,9 @@ import pytest_twisted
 import treq
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
-from twisted.internet.defer import Deferred, DeferredList, DeferredQueue
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.defer import Deferred, DeferredList, DeferredQueue, maybeDeferred
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
@@ -173,12 +175,15 @@ async def engine() -> AsyncIterator[Callable[..., Awaitable[Running]]]:
 
     for running, port in started:
         running.server.close_all()
+        # Polling sessions without a pending GET would otherwise wait for one.
+        for session in running.server.sessions():
+            session.force_close("test teardown")
         for client in running._clients:
             if client.transport is not None:
                 client.transport.resumeProducing()
                 client.dropConnection(abort=True)
         await DeferredList([c.closed for c in running._clients])
-        await port.stopListening()
+        await maybeDeferred(port.stopListening)
     await pool.closeCachedConnections()
 
 
@@ -400,6 +405,69 @@ async def test_allowed_origin_gets_cors_and_websocket(engine: Any) -> None:
     client = await running.websocket("EIO=4&transport=websocket", origin="http://allowed.example")
     await client.opened
     assert (await client.next_text()).startswith("0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_message_split_into_too_many_fragments_closes_session(engine: Any) -> None:
+    """Thousands of tiny fragments would let a client burn CPU and memory per message."""
+    running = await engine(max_fragments=8)
+    client = await running.websocket("EIO=4&transport=websocket")
+    sid = orjson.loads((await client.next_text())[1:])["sid"]
+    # Autobahn ends a message fragmented by 1 byte with an empty final frame.
+    client.sendMessage(b"4abcdef", fragmentSize=1)  # 8 frames: allowed
+    assert await client.next_text() == "4abcdef"
+    client.sendMessage(b"4abcdefg", fragmentSize=1)  # 9 frames
+    _, code = await client.closed
+    assert code == 1009
+    assert await running.app.closed(sid) == "max_fragments exceeded"
+
+
+class _RawHTTP(Protocol):
+    """Reads one HTTP response head from a raw connection."""
+
+    def __init__(self) -> None:
+        self.buffer = b""
+        self.head: Deferred[bytes] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.buffer += data
+        if b"\r\n\r\n" in self.buffer and not self.head.called:
+            self.head.callback(self.buffer.split(b"\r\n\r\n", 1)[0])
+
+    def connectionLost(self, reason: Any = None) -> None:
+        if not self.head.called:
+            self.head.callback(self.buffer)
+
+
+async def _raw_upgrade(running: Running, version: str) -> bytes:
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", running.port)
+    protocol = await connectProtocol(endpoint, _RawHTTP())
+    lines = [
+        f"GET {PATH}?EIO=4&transport=websocket HTTP/1.1",
+        f"Host: 127.0.0.1:{running.port}",
+        *(f"{k}: {v}" for k, v in {**_UPGRADE, "Sec-WebSocket-Version": version}.items()),
+    ]
+    protocol.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+    head = await protocol.head
+    done: Deferred[None] = Deferred()
+    protocol.connectionLost = lambda reason=None: done.callback(None)  # type: ignore[method-assign]
+    protocol.transport.abortConnection()
+    await done
+    return head
+
+
+@pytest_twisted.ensureDeferred
+async def test_websocket_handshake_hides_version_and_accepts_only_rfc6455(engine: Any) -> None:
+    """Old draft protocols widen the attack surface; a version banner helps attackers."""
+    running = await engine()
+    accepted = await _raw_upgrade(running, "13")
+    assert accepted.startswith(b"HTTP/1.1 101")
+    assert b"server:" not in accepted.lower()
+    refused = await _raw_upgrade(running, "8")
+    assert refused.startswith(b"HTTP/1.1 400")
+    closing = [running.app.closed(sid) for sid in list(running.app.connections)]
+    await DeferredList(closing)
+    assert running.server.clients_count == 0
 
 
 # -- slow readers ----------------------------------------------------------------

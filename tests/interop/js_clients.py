@@ -51,9 +51,7 @@ def require_node_package(name: str) -> None:
         if (base / "node_modules" / name / "package.json").exists():
             return
     raise JsError(
-        "Node package {} is not installed: run `npm ci` in {} (.ci/run does)".format(
-            name, JS_DIR
-        )
+        f"Node package {name} is not installed: run `npm ci` in {JS_DIR} (.ci/run does)"
     )
 
 
@@ -68,15 +66,25 @@ class JsClients(protocol.ProcessProtocol):
         self.ended: Deferred[int | None] = Deferred()
 
     @classmethod
-    def spawn(cls, reactor: Any) -> "JsClients":
+    def spawn(cls, reactor: Any, client_dir: Path | None = None) -> JsClients:
+        """Start the Node process.
+
+        @param client_dir: the socket.io-client package to use (its folder
+            under some C{node_modules}); the one C{js/} resolves by default.
+        """
         require_node_package("socket.io-client")
         clients = cls()
         node = node_binary()
+        env = node_env()
+        if client_dir is not None:
+            if not (client_dir / "package.json").exists():
+                raise JsError(f"no socket.io-client in {client_dir}: run `npm ci` there")
+            env["SOCKET_IO_CLIENT_DIR"] = str(client_dir)
         reactor.spawnProcess(
             clients,
             node,
             [node, str(JS_DIR / "signaling_clients.js")],
-            env=node_env(),
+            env=env,
             path=str(JS_DIR),
         )
         return clients
@@ -88,8 +96,9 @@ class JsClients(protocol.ProcessProtocol):
         d: Deferred[dict[str, Any]] = Deferred()
         self._pending[seq] = d
         line = json.dumps({"cmd": cmd, "seq": seq, **fields}).encode("utf-8") + b"\n"
-        assert self.transport is not None
-        self.transport.write(line)
+        transport: Any = self.transport
+        assert transport is not None
+        transport.write(line)
         return d
 
     async def connect(
@@ -120,9 +129,10 @@ class JsClients(protocol.ProcessProtocol):
 
     async def quit(self) -> None:
         """Disconnect every client and wait for the process to exit."""
-        if self.transport is not None and not self.ended.called:
-            self.call("quit")
-            self.transport.closeStdin()
+        transport: Any = self.transport
+        if transport is not None and not self.ended.called:
+            self.call("quit").addErrback(lambda _: None)
+            transport.closeStdin()
         await self.ended
 
     # ProcessProtocol

@@ -9,6 +9,10 @@ plus a few handlers the client scenarios use:
                    acknowledgement's arguments
     disconnect-me  C{socket.disconnect()} (a server-side namespace disconnect)
     drop-me        every Engine.IO session is closed, as on a server restart
+    cut-me         every TCP connection is aborted, as when the network drops
+                   (python-socketio, unlike the JavaScript client, does not
+                   reconnect after an Engine.IO close packet, which is what a
+                   pending poll receives on a clean server close)
 
 Client processes are spawned with C{reactor.spawnProcess}; they print one
 JSON object per line, which L{run_client} collects.
@@ -19,7 +23,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import orjson
@@ -32,7 +36,12 @@ from twisted.internet.protocol import ProcessProtocol
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 
-from examples.socketio_echo import build_echo_server
+from examples.socketio_echo import (
+    SUITE_ENGINE_SETTINGS,
+    SUITE_SOCKETIO_SETTINGS,
+    build_echo_server,
+)
+from privydrop.config import EngineSettings, SocketIOSettings
 from privydrop.engineio.server import EngineServer
 from privydrop.socketio.server import SocketIOServer
 from privydrop.socketio.sockets import Socket
@@ -45,15 +54,19 @@ class _TrackingFactory(WrappingFactory):
     """Knows the server's open TCP connections, to wait until all are gone."""
 
     def __init__(self, wrapped: Any) -> None:
-        super().__init__(wrapped)
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
         self._empty: list[Deferred[None]] = []
 
     def unregisterProtocol(self, p: Any) -> None:
-        super().unregisterProtocol(p)
+        super().unregisterProtocol(p)  # type: ignore[no-untyped-call]
         if not self.protocols:
             waiting, self._empty = self._empty, []
             for d in waiting:
                 d.callback(None)
+
+    def abort_all(self) -> None:
+        for protocol in list(self.protocols):
+            protocol.transport.abortConnection()
 
     def close_all_connections(self) -> Deferred[None]:
         d: Deferred[None] = Deferred()
@@ -61,8 +74,7 @@ class _TrackingFactory(WrappingFactory):
             d.callback(None)
             return d
         self._empty.append(d)
-        for protocol in list(self.protocols):
-            protocol.transport.abortConnection()
+        self.abort_all()
         return d
 
 
@@ -77,7 +89,7 @@ class RunningServer:
 
     @property
     def url(self) -> str:
-        return "http://127.0.0.1:{}".format(self.port.getHost().port)
+        return "http://127.0.0.1:{}".format(cast(Any, self.port.getHost()).port)
 
 
 def _install_test_handlers(running: RunningServer) -> None:
@@ -95,17 +107,21 @@ def _install_test_handlers(running: RunningServer) -> None:
     main.on("disconnect-me", lambda socket: socket.disconnect())
     # Closed on the next turn so the client's own packet is handled first.
     main.on("drop-me", lambda socket: reactor.callLater(0, engine.close_all))
+    main.on("cut-me", lambda socket: reactor.callLater(0, running.factory.abort_all))
     for name in ("/", "/custom"):
         sio.of(name).on_disconnect(
             lambda socket, reason: running.disconnects.append((socket.namespace.name, reason))
         )
 
 
-async def start_server() -> RunningServer:
-    """Listen on an ephemeral 127.0.0.1 port."""
-    sio, engine, site = build_echo_server(reactor)  # type: ignore[arg-type]
+async def start_server(
+    engine_settings: EngineSettings = SUITE_ENGINE_SETTINGS,
+    socketio_settings: SocketIOSettings = SUITE_SOCKETIO_SETTINGS,
+) -> RunningServer:
+    """Listen on an ephemeral 127.0.0.1 port (the suite's settings by default)."""
+    sio, engine, site = build_echo_server(cast(Any, reactor), engine_settings, socketio_settings)
     factory = _TrackingFactory(site)
-    endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")
+    endpoint = serverFromString(reactor, "tcp:0:interface=127.0.0.1")  # type: ignore[no-untyped-call]
     port = await endpoint.listen(factory)
     running = RunningServer(sio, engine, port, factory)
     _install_test_handlers(running)
@@ -115,7 +131,7 @@ async def start_server() -> RunningServer:
 async def stop_server(running: RunningServer) -> None:
     """Close every session and connection, stop listening, and wait for it."""
     running.engine.close_all()
-    await running.port.stopListening()
+    await cast(Any, running.port.stopListening())
     await running.factory.close_all_connections()
 
 
@@ -149,9 +165,10 @@ class _Collector(ProcessProtocol):
 
     def processEnded(self, reason: Failure) -> None:
         code = 0
-        if reason.check(ProcessTerminated):
-            code = reason.value.exitCode if reason.value.exitCode is not None else -1
-        elif not reason.check(ProcessDone):
+        value = cast(Any, reason.value)
+        if isinstance(value, ProcessTerminated):
+            code = value.exitCode if value.exitCode is not None else -1
+        elif not isinstance(value, ProcessDone):
             code = -1
         lines = [orjson.loads(line) for line in self._out.splitlines() if line.strip()]
         self.done.callback(ClientRun(code, lines, self._err.decode("utf-8", "replace")))
@@ -162,7 +179,7 @@ def run_client(executable: str, args: list[str], cwd: Path) -> Deferred[ClientRu
     collector = _Collector()
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT)
-    reactor.spawnProcess(  # type: ignore[attr-defined]
+    cast(Any, reactor).spawnProcess(
         collector, executable, [executable, *args], env=env, path=str(cwd)
     )
     return collector.done

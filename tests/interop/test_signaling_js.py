@@ -14,13 +14,15 @@ proves the join rate limit keys on the forwarded address.
 from __future__ import annotations
 
 import re
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.interop.js_clients import JsClients
+from tests.interop.js_clients import BROWSER_DIR, JS_DIR, JsClients
 from tests.interop.service_tree import RunningTree, start_tree, tree_settings
 from tests.redis_server import RedisServer
 
@@ -47,9 +49,22 @@ async def tree(redis_server: RedisServer, redis_db: int) -> AsyncIterator[Runnin
         await running.stop()
 
 
+#: socket.io-client copies: the PrivyDrop frontend's 4.7 line (pinned by the
+#: browser test's package.json) and the newer one of tests/interop/js/.
+CLIENTS = {
+    "client-4.7": (BROWSER_DIR / "node_modules" / "socket.io-client", "4.7."),
+    "client-js-dir": (JS_DIR / "node_modules" / "socket.io-client", "4."),
+}
+
+
+@pytest.fixture(params=sorted(CLIENTS))
+def client_copy(request: pytest.FixtureRequest) -> tuple[Path, str]:
+    return CLIENTS[request.param]
+
+
 @pytest_twisted.async_yield_fixture
-async def js() -> AsyncIterator[JsClients]:
-    clients = JsClients.spawn(reactor)
+async def js(client_copy: tuple[Path, str]) -> AsyncIterator[JsClients]:
+    clients = JsClients.spawn(reactor, client_copy[0])
     try:
         yield clients
     finally:
@@ -62,8 +77,13 @@ def _redis(server: RedisServer, db: int, *args: Any) -> Any:
 
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 @pytest_twisted.ensureDeferred
-async def test_two_browsers_signal_a_transfer_through_rooms(
-    transport: str, tree: RunningTree, js: JsClients, redis_server: RedisServer, redis_db: int
+async def test_two_users_signal_a_transfer_through_rooms(
+    transport: str,
+    tree: RunningTree,
+    js: JsClients,
+    client_copy: tuple[Path, str],
+    redis_server: RedisServer,
+    redis_db: int,
 ) -> None:
     """The PrivyDrop frontend's whole signaling conversation works against this server.
 
@@ -79,7 +99,9 @@ async def test_two_browsers_signal_a_transfer_through_rooms(
     created = await js.fetch("POST", url + "/api/create_room", {"roomId": other_room})
     assert created["body"] == {"success": True, "message": "create room success"}
 
-    a = (await js.connect("a", url, transport, HOME))["id"]
+    a_connected = await js.connect("a", url, transport, HOME)
+    assert a_connected["version"].startswith(client_copy[1])
+    a = a_connected["id"]
     b_connected = await js.connect("b", url, transport, HOME)
     b = b_connected["id"]
     assert b_connected["transport"] == transport

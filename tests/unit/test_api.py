@@ -366,3 +366,19 @@ def test_cors_preflight(client: Client) -> None:
     assert h.getRawHeaders("access-control-allow-methods") == ["GET,POST,OPTIONS"]
     assert h.getRawHeaders("access-control-allow-headers") == ["Content-Type,Authorization"]
     assert h.getRawHeaders("access-control-allow-credentials") == ["true"]
+
+
+def test_rejections_are_logged_once_per_cause_per_interval(client: Client) -> None:
+    """A flood of bad requests gives one warning (with a count later), not a flood of log lines."""
+    with capturedLogs() as events:
+        for _ in range(20):
+            client.post("/api/check_room", raw=b"{broken")
+        client.post("/api/check_room", {"roomId": "a:b"})
+    refused = [e for e in events if e.get("code") == 400]
+    assert [e["error"] for e in refused] == ["Malformed JSON body", "Room ID must not contain ':'"]
+    client.clock.advance(11)
+    with capturedLogs() as events:
+        client.post("/api/check_room", raw=b"{broken")
+    refused = [e for e in events if e.get("code") == 400]
+    assert len(refused) == 1 and refused[0]["suppressed"] == 19
+

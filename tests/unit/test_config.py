@@ -215,3 +215,34 @@ def test_every_variable_has_an_option_or_env_name_and_help() -> None:
         assert variable.help
         if variable.option:
             assert variable.option in documented
+
+
+def test_readme_documents_every_setting() -> None:
+    """An operator reading the README's configuration table finds every variable and option."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    for variable in VARIABLES:
+        if variable.env:
+            assert "`%s`" % variable.env in readme
+        if variable.option:
+            assert "`--%s`" % variable.option in readme
+
+
+def test_realtime_limits_are_settable_and_validated() -> None:
+    """Operators can tune Engine.IO/Socket.IO limits, and a bad value names the variable."""
+    s = settings({"ENGINE_MAX_PACKETS_PER_PAYLOAD": "50", "ENGINE_UPGRADE_TIMEOUT": "2.5"},
+                 ["--socketio-max-attachments", "3"])
+    assert s.engine.max_packets_per_payload == 50
+    assert s.engine.upgrade_timeout_s == 2.5
+    assert s.socketio.max_attachments == 3
+    assert s.engine.origins == s.origins
+    with pytest.raises(ConfigError, match="SOCKETIO_MAX_PENDING_ACKS.*'many'"):
+        settings({"SOCKETIO_MAX_PENDING_ACKS": "many"})
+
+
+def test_join_rate_limit_setting() -> None:
+    """JOIN_RATE_LIMIT tunes the Node backend's 2 joins per 5 s; nonsense is refused."""
+    assert (settings().rooms.join_limit, settings().rooms.join_window_s) == (2, 5)
+    s = settings({"JOIN_RATE_LIMIT": "4/10"})
+    assert (s.rooms.join_limit, s.rooms.join_window_s) == (4, 10)
+    with pytest.raises(ConfigError, match="JOIN_RATE_LIMIT"):
+        settings({"JOIN_RATE_LIMIT": "0"})

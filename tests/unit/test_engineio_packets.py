@@ -35,7 +35,7 @@ PAYLOAD_EXAMPLES = [
     (b"6", [Packet(PacketType.NOOP)]),
     (b"1", [Packet(PacketType.CLOSE)]),
     (b"5", [Packet(PacketType.UPGRADE)]),
-    ("4€".encode("utf-8"), [Packet(PacketType.MESSAGE, "€")]),
+    ("4€".encode(), [Packet(PacketType.MESSAGE, "€")]),
     (b"4", [Packet(PacketType.MESSAGE, "")]),
 ]
 
@@ -57,7 +57,7 @@ WEBSOCKET_EXAMPLES = [
     (Packet(PacketType.MESSAGE, b"\x01\x02\x03\x04"), b"\x01\x02\x03\x04", True),
     (Packet(PacketType.PONG, "probe"), b"3probe", False),
     (Packet(PacketType.PING), b"2", False),
-    (Packet(PacketType.MESSAGE, "é"), "4é".encode("utf-8"), False),
+    (Packet(PacketType.MESSAGE, "é"), "4é".encode(), False),
 ]
 
 

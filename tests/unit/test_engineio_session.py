@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import attrs
 import orjson
@@ -217,9 +218,8 @@ def test_pending_sessions_are_capped_until_clients_speak(clock: Clock, app: Reco
     query = {"EIO": "4", "transport": "polling"}
     first, _ = open_polling(server)
     open_polling(server)
-    with capturedLogs() as events:
-        with pytest.raises(TooManyPendingSessions) as raised:
-            server.verify(query, "GET", False, None)
+    with capturedLogs() as events, pytest.raises(TooManyPendingSessions) as raised:
+        server.verify(query, "GET", False, None)
     assert raised.value.status == 503
     assert [e.get("limit") for e in events] == ["max_pending_sessions"]
     first.receive(msg("hi"))
@@ -233,12 +233,27 @@ def test_close_all_closes_every_session(clock: Clock, app: RecordingApp) -> None
     polling, _ = open_polling(server)
     poll = FakePoll()
     polling.attach_poll(poll)
-    ws, channel = open_websocket(server)
+    _ws, channel = open_websocket(server)
     server.close_all()
     assert poll.packets == [packets.CLOSE]
     assert channel.closed is not None and channel.closed[0] == 1001
     assert server.clients_count == 0
     assert sorted(reason for _, reason in app.closed) == ["server shutting down"] * 2
+
+
+def test_close_all_tells_idle_polling_client_on_its_next_get(clock: Clock, app: RecordingApp) -> None:
+    """A polling client between two GETs must learn of a shutdown from a close
+    packet (and reconnect), not from a 400 it reports as a transport error."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    session.send("last words")
+    server.close_all()
+    assert server.get_session(session.sid) is session
+    poll = FakePoll()
+    session.attach_poll(poll)
+    assert poll.packets == [msg("last words"), packets.CLOSE]
+    assert server.clients_count == 0
+    assert app.closed == [(session.sid, "server shutting down")]
 
 
 # -- outbound queue ----------------------------------------------------------
@@ -531,3 +546,32 @@ def test_lost_websocket_closes_upgraded_session(clock: Clock, app: RecordingApp)
     session.websocket_lost(channel)
     assert app.closed == [(session.sid, REASON_TRANSPORT_CLOSE)]
 
+
+
+# -- rejection warnings --------------------------------------------------------------
+
+
+def test_rejection_warnings_are_rate_limited_per_cause(clock: Clock) -> None:
+    """A client hammering the server with bad input must not flood the logs,
+    and one noisy cause must not silence another."""
+    from twisted.logger import Logger
+
+    from privydrop.engineio.rejections import RejectionLog
+
+    log = Logger()
+    rejections = RejectionLog(clock, burst=2, window_s=60.0)
+    with capturedLogs() as events:
+        results = [rejections.warn(log, "bad payload", "bad {n}", n=i) for i in range(5)]
+        assert rejections.warn(log, "overlapping GET", "overlap")
+        clock.advance(60.0)
+        assert rejections.warn(log, "bad payload", "bad again")
+    assert results == [True, True, False, False, False]
+    assert [e.get("cause") for e in events] == [
+        "bad payload",
+        "bad payload",
+        "overlapping GET",
+        "bad payload",  # the summary of the 3 suppressed warnings
+        "bad payload",
+    ]
+    assert events[3]["suppressed"] == 3
+    assert all(e["log_level"].name == "warn" for e in events)

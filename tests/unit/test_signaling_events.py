@@ -127,6 +127,7 @@ def test_signal_size_is_measured_as_encoded_json() -> None:
 def test_initiator_online_needs_a_room_id() -> None:
     """initiator-online without a usable roomId is dropped."""
     assert parse_initiator_online(({"roomId": "r1"},), LIMITS).room_id == "r1"
+    payload: Any
     for payload in ({}, {"roomId": 5}, [], {"roomId": "r" * 65}):
         with pytest.raises(InvalidPayload):
             parse_initiator_online((payload,), LIMITS)

@@ -10,14 +10,17 @@ memory store behind a gate the test opens.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from privydrop.config import SocketIOSettings, Settings
+from privydrop.adapter.bus import MemoryBus
+from privydrop.adapter.redis import RedisAdapter
+from privydrop.config import Settings, SocketIOSettings
 from privydrop.engineio.interface import EngineSid, Handshake, Message
 from privydrop.rooms import Rooms
 from privydrop.signaling import events
@@ -80,11 +83,15 @@ class FakeEngineConnection:
 class Client:
     """One browser's Socket.IO client, speaking packets to the server."""
 
-    def __init__(self, app: SocketIOServer, sid: str, address: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, app: SocketIOServer, clock: Clock, sid: str, address: str, headers: dict[str, str]
+    ) -> None:
         self.app = app
         self.connection = FakeEngineConnection(app, sid, address, headers)
         app.on_open(self.connection)
         self.app.on_message(self.connection, "0")
+        # The server releases what follows the CONNECT answer on the next turn.
+        clock.advance(0)
         first = self.connection.sent[0]
         assert isinstance(first, str) and first.startswith("0")
         self.id: str = json.loads(first[1:])["sid"]
@@ -105,7 +112,7 @@ class Client:
 
     def last(self, event: str) -> Any:
         got = self.received(event)
-        assert got, "no {} received".format(event)
+        assert got, f"no {event} received"
         return got[-1]
 
     def disconnect(self) -> None:
@@ -145,7 +152,7 @@ class World:
 
     def client(self, address: str = "198.51.100.1", headers: dict[str, str] | None = None) -> Client:
         self._count += 1
-        return Client(self.app, "engine-{}".format(self._count), address, headers or {})
+        return Client(self.app, self.clock, f"engine-{self._count}", address, headers or {})
 
     def create_room(self, room_id: str) -> None:
         created = self.rooms.create(room_id)
@@ -160,6 +167,13 @@ class World:
 
     def stored(self, coroutine: Any) -> Any:
         return _result(Deferred.fromCoroutine(coroutine))
+
+
+def rooms_of(world: World, socket_id: str) -> frozenset[str]:
+    """The Socket.IO rooms of a connected socket, as the server keeps them."""
+    socket = world.app.of("/").get_socket(socket_id)
+    assert socket is not None
+    return socket.rooms
 
 
 def _result(d: Deferred[Any]) -> Any:
@@ -259,7 +273,7 @@ def test_second_room_for_the_same_socket_is_refused(world: World) -> None:
         "message": "Socket is already bound to another room",
         "roomId": OTHER_ROOM,
     }
-    assert world.app.of("/").get_socket(a.id).rooms == {ROOM}
+    assert rooms_of(world, a.id) == {ROOM}
     assert world.stored(world.store.room_of_socket(a.id)) == ROOM
     assert world.stored(world.store.room_sockets(OTHER_ROOM)) == set()
 
@@ -407,7 +421,7 @@ def test_store_failure_during_join_answers_server_error_and_binds_nothing(world:
         {"success": False, "message": "Server error while joining room", "roomId": ROOM}
     ]
     assert a.received("ready") == []
-    assert world.app.of("/").get_socket(c.id).rooms == frozenset()
+    assert rooms_of(world, c.id) == frozenset()
     a.emit("initiator-online", {"roomId": ROOM})
     c.emit("offer", {"peerId": a.id, "offer": {}})
     assert c.received("initiator-online") == a.received("offer") == []
@@ -454,3 +468,82 @@ def test_leave_room_hook_tells_the_room_before_unbinding(world: World) -> None:
     notify: Callable[[str, str], None] = peer_left_notifier(world.app.of("/"))
     notify(ROOM, b.id)
     assert a.received("peer-disconnected") == [{"peerId": b.id}]
+
+
+def test_shutdown_waits_until_every_socket_was_cleaned_up(world: World) -> None:
+    """A restart does not leave departed users bound to rooms for a day."""
+    assert _result(world.signaling.wait_idle()) is None
+    a = world.joined(ROOM)
+    b = world.joined(ROOM, address="198.51.100.2")
+    idle = world.signaling.wait_idle()
+    fired: list[object] = []
+    idle.addCallback(fired.append)
+    a.disconnect()
+    assert fired == []
+    b.disconnect()
+    assert fired == [None]
+    assert world.stored(world.store.room_sockets(ROOM)) == set()
+
+
+def test_signaling_crosses_processes_that_share_the_store_and_the_bus() -> None:
+    """Two users served by different server processes still find each other.
+
+    Two Socket.IO servers (two processes of a cluster) share one store and
+    one publish/subscribe bus (Redis' role); only the bus connects them.
+    """
+    settings = Settings()
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    store = GatedStore(clock)
+    bus = MemoryBus()
+    worlds = []
+    for node in ("node-1", "node-2"):
+        adapter = RedisAdapter(node, bus.publish, clock=clock)
+        bus.subscribe(adapter.channel_prefix + "#", adapter.receive)
+        app = SocketIOServer(clock, settings.socketio, adapter=adapter)
+        rooms = Rooms(store, settings.rooms, clock)
+        worlds.append(World(clock, store, rooms, app, install_signaling(app.of("/"), rooms, settings)))
+    one, two = worlds
+    one.create_room(ROOM)
+    one.create_room(OTHER_ROOM)
+    a = one.joined(ROOM, address="198.51.100.1")
+    b = two.joined(ROOM, address="198.51.100.2")
+    stranger = two.joined(OTHER_ROOM, address="198.51.100.3")
+    bus.flush()
+    assert a.received("ready") == [{"peerId": b.id}]
+
+    a.emit("offer", {"peerId": b.id, "offer": {"sdp": "o"}, "from": "forged"})
+    stranger.emit("offer", {"peerId": a.id, "offer": {"sdp": "x"}})
+    b.emit("answer", {"peerId": a.id, "answer": {"sdp": "a"}})
+    bus.flush()
+    assert b.received("offer") == [{"offer": {"sdp": "o"}, "from": a.id, "peerId": a.id}]
+    assert a.received("offer") == []
+    assert a.received("answer") == [{"answer": {"sdp": "a"}, "from": b.id, "peerId": b.id}]
+
+    b.emit("recipient-ready", {"roomId": ROOM, "peerId": b.id})
+    bus.flush()
+    assert a.received("recipient-ready") == [{"peerId": b.id}]
+
+    # The REST API of process one tells the room about a peer of process two.
+    peer_left_notifier(one.app.of("/"))(ROOM, b.id)
+    bus.flush()
+    assert a.received("peer-disconnected") == [{"peerId": b.id}]
+    b.disconnect()
+    bus.flush()
+    assert a.received("peer-disconnected") == [{"peerId": b.id}, {"peerId": b.id}]
+    assert one.stored(store.room_sockets(ROOM)) == {a.id}
+
+
+def test_join_flood_from_one_socket_is_not_queued_without_bound(world: World) -> None:
+    """A client spamming joins while the store is slow cannot pile up work on the server."""
+    world.store.gate = Deferred()
+    c = world.client()
+    for _ in range(50):
+        c.emit("join", {"roomId": ROOM})
+    assert world.signaling.dropped.count(events.JOIN, events.Reason.BUSY) == 50 - 1 - 4
+    gate, world.store.gate = world.store.gate, None
+    gate.callback(None)
+    answers = c.received("joinResponse")
+    assert len(answers) == 5
+    assert answers[0]["success"] is True
+    assert all(answer["success"] is True for answer in answers[1:])

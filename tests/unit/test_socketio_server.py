@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
@@ -24,8 +27,6 @@ from privydrop.socketio.errors import (
 )
 from privydrop.socketio.server import SocketIOServer
 from privydrop.socketio.sockets import Socket
-
-import orjson
 
 
 class FakeConnection:
@@ -70,6 +71,12 @@ class FakeConnection:
         sent, self.sent = self.sent, []
         return sent
 
+    def take_text(self) -> list[str]:
+        """Like take(), for a test that expects text messages only."""
+        sent = self.take()
+        assert all(isinstance(m, str) for m in sent), sent
+        return [m for m in sent if isinstance(m, str)]
+
 
 def connect_engine(server: SocketIOServer, sid: str = "e1") -> FakeConnection:
     conn = FakeConnection(server, sid)
@@ -82,8 +89,10 @@ def join(server: SocketIOServer, sid: str, namespace: str = "/", auth: str = "")
     conn = connect_engine(server, sid)
     prefix = "" if namespace == "/" else namespace + ","
     conn.receive("0" + prefix + auth)
-    first = conn.take()[0]
-    assert isinstance(first, str) and first.startswith("0" + prefix)
+    # What follows the CONNECT answer goes out one reactor turn later.
+    server._clock.advance(0)  # type: ignore[attr-defined]
+    first = conn.take_text()[0]
+    assert first.startswith("0" + prefix)
     return conn, orjson.loads(first[1 + len(prefix):])["sid"]
 
 
@@ -115,6 +124,7 @@ def test_each_namespace_socket_gets_its_own_id(server: SocketIOServer) -> None:
     server.of("/custom")
     conn, main_id = join(server, "e1")
     conn.receive("0/custom,")
+    server._clock.advance(0)  # type: ignore[attr-defined]
     custom_first = conn.take()[0]
     custom_id = orjson.loads(custom_first[len("0/custom,"):])["sid"]
     assert custom_id != main_id
@@ -133,8 +143,12 @@ def test_connect_handler_receives_auth_and_handshake(server: SocketIOServer) -> 
     assert seen == [({"token": "123"}, {"token": "123"}, "test", "127.0.0.1", "4")]
 
 
-def test_events_emitted_in_connect_handler_follow_connect_answer(server: SocketIOServer) -> None:
-    """A client must see CONNECT first; an event before it would be lost."""
+def test_events_emitted_in_connect_handler_follow_connect_answer(
+    server: SocketIOServer, clock: Clock
+) -> None:
+    """A client must see CONNECT first (an event before it would be lost),
+    and in a write of its own (clients reading one message per listener, such
+    as the official test-suite, would miss the next one otherwise)."""
 
     @server.of("/").on_connect
     def connected(socket: Socket, auth: Any) -> None:
@@ -142,10 +156,13 @@ def test_events_emitted_in_connect_handler_follow_connect_answer(server: SocketI
 
     conn = connect_engine(server)
     conn.receive('0{"token":"abc"}')
-    out = conn.take()
-    assert out[0].startswith('0{"sid":')
-    assert out[1:] == ['2["auth",{"token":"abc"}]']
-    assert conn.writes == 1
+    out = conn.take_text()
+    assert len(out) == 1 and out[0].startswith('0{"sid":')
+    socket = server.of("/").get_socket(orjson.loads(out[0][1:])["sid"])
+    assert socket is not None
+    socket.emit("later", 1)  # sent meanwhile: still after "auth"
+    clock.advance(0)
+    assert conn.take() == ['2["auth",{"token":"abc"}]', '2["later",1]']
 
 
 def test_unknown_namespace_gets_connect_error(server: SocketIOServer) -> None:
@@ -191,7 +208,7 @@ def test_async_connect_handler_is_awaited(server: SocketIOServer) -> None:
     conn.receive("0")
     assert conn.take() == []
     gate.callback(True)
-    assert conn.take()[0].startswith('0{"sid":')
+    assert conn.take_text()[0].startswith('0{"sid":')
     assert len(server.of("/").sockets) == 1
 
 
@@ -453,11 +470,13 @@ def test_reserved_event_names_from_client_close_connection(server: SocketIOServe
 
 
 def test_registering_reserved_event_is_refused(server: SocketIOServer) -> None:
-    """Server code cannot accidentally listen to names clients may not send."""
+    """Server code cannot listen to names clients may not send, nor silently
+    replace another module's handler."""
     with pytest.raises(ValueError):
         server.of("/").on("disconnect", lambda socket: None)
+    server.of("/").on("x", lambda socket: None)
     with pytest.raises(ValueError):
-        server.of("/").on("x", lambda socket: None) and server.of("/").on("x", lambda s: None)
+        server.of("/").on("x", lambda socket: None)
 
 
 # Malformed input
@@ -646,6 +665,7 @@ def test_client_namespace_disconnect_keeps_connection(server: SocketIOServer) ->
     ns.on_disconnect(lambda socket, reason: reasons.append(reason))
     conn, _ = join(server, "e1")
     conn.receive("0/custom,")
+    server._clock.advance(0)  # type: ignore[attr-defined]
     conn.take()
     conn.receive("1/custom")
     assert reasons == ["client namespace disconnect"]
@@ -696,6 +716,7 @@ def test_disconnect_with_close_closes_connection(server: SocketIOServer) -> None
     server.of("/custom")
     conn, sid = join(server, "e1")
     conn.receive("0/custom,")
+    server._clock.advance(0)  # type: ignore[attr-defined]
     conn.take()
     s = server.of("/").get_socket(sid)
     assert s is not None
@@ -715,3 +736,100 @@ def test_connection_count_tracks_open_clients(server: SocketIOServer) -> None:
     server.on_close(a, "transport close")
     server.on_close(b, "transport close")
     assert server.connection_count() == 0
+
+
+def test_protocol_error_warnings_are_throttled_per_cause(server: SocketIOServer, clock: Clock) -> None:
+    """A flood of broken clients leaves one warning per cause and interval in
+    the log, with a count of what was left out, instead of one per client."""
+    with capturedLogs() as events:
+        for i in range(5):
+            conn, _ = join(server, "bad" + str(i))
+            conn.receive("2{}")
+            assert conn.closed == "parse error"
+        clock.advance(11)
+        conn, _ = join(server, "late")
+        conn.receive("2{}")
+    warnings = [e for e in events if e.get("error") is not None]
+    assert [(w["engine_sid"], w["suppressed"]) for w in warnings] == [("bad0", 0), ("late", 4)]
+
+
+def test_disconnect_from_disconnecting_handler_runs_handlers_once(server: SocketIOServer) -> None:
+    """Cleanup code that disconnects again doesn't run the cleanup twice."""
+    ns = server.of("/")
+    calls: list[str] = []
+
+    def disconnecting(socket: Socket, reason: str) -> None:
+        calls.append("disconnecting")
+        socket.disconnect()
+
+    ns.on_disconnecting(disconnecting)
+    ns.on_disconnect(lambda socket, reason: calls.append("disconnect:" + reason))
+    conn, _ = join(server, "e1")
+    server.on_close(conn, "transport close")
+    assert calls == ["disconnecting", "disconnect:transport close"]
+
+
+def test_disconnect_in_connect_handler_refuses(server: SocketIOServer) -> None:
+    """A connect handler that disconnects the socket leaves the client with a
+    clear refusal instead of a connection that never answers."""
+    server.of("/").on_connect(lambda socket, auth: socket.disconnect())
+    conn = connect_engine(server)
+    conn.receive("0")
+    assert conn.take() == ['4{"message":"Not authorized"}']
+    assert len(server.of("/").sockets) == 0
+
+
+def test_server_disconnect_right_after_connect_keeps_order(server: SocketIOServer, clock: Clock) -> None:
+    """Events from the connect handler still arrive, before the DISCONNECT,
+    even when the server disconnects in the same turn."""
+    ns = server.of("/")
+    ns.on_connect(lambda socket, auth: socket.emit("welcome"))
+    conn = connect_engine(server)
+    conn.receive("0")
+    sid = orjson.loads(conn.take_text()[0][1:])["sid"]
+    socket = ns.get_socket(sid)
+    assert socket is not None
+    socket.disconnect()
+    clock.advance(0)
+    assert conn.take() == ['2["welcome"]', "1"]
+
+
+client_frames = st.lists(
+    st.one_of(
+        st.text(max_size=40),
+        st.binary(max_size=8),
+        st.sampled_from(
+            [
+                "0", "0/custom,", "1", "40", '2["m",1]', "21[\"m\"]", "30[]",
+                '51-["m",{"_placeholder":true,"num":0}]', "0/nope", '2["m",{"_placeholder":true}]',
+            ]
+        ),
+        st.builds(lambda t, a: t + a, st.sampled_from(["0", "1", "2", "3", "4", "5", "6"]), st.text(max_size=20)),
+    ),
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=client_frames)
+def test_arbitrary_client_input_never_escapes_the_server(frames: list[Message]) -> None:
+    """Whatever a client sends, the server either handles it or closes that
+    client; nothing raises into Engine.IO, no bug of ours is hit, and a
+    bystander is unaffected."""
+    clock = Clock()
+    server = SocketIOServer(clock, SocketIOSettings())
+    server.of("/custom")
+    server.of("/").on("m", lambda socket, *args: args)
+    bystander, _ = join(server, "bystander")
+    conn = connect_engine(server, "fuzz")
+    with capturedLogs() as events:
+        for frame in frames:
+            conn.receive(frame)
+            clock.advance(0)
+    # Client errors are warnings; a logged failure would be a bug of ours.
+    assert [e for e in events if e.get("log_failure")] == []
+    assert bystander.closed is None
+    bystander.receive('21["m","still here"]')
+    assert bystander.take() == ['31["still here"]']
+    if conn.closed is not None:
+        assert server.connection_count() == 1

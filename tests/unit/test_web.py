@@ -10,9 +10,13 @@ import json
 
 import attrs
 import pytest
+from twisted.internet import defer
 from twisted.internet.address import IPv4Address
+from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.logger import capturedLogs
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from privydrop.api.routes import PrivyDropAPI
@@ -210,3 +214,30 @@ def test_health_over_site(path: bytes) -> None:
     assert code == 200
     assert headers[b"content-type"].startswith(b"application/json")
     assert json.loads(body)["status"] == "healthy"
+
+
+def test_client_going_away_mid_request_is_not_logged_as_a_bug() -> None:
+    """A browser tab closed while the store is slow leaves no error in the log."""
+    pending: list[defer.Deferred[None]] = []
+
+    class SlowStore(MemoryStore):
+        async def room_exists(self, room_id: str) -> bool:
+            d: defer.Deferred[None] = defer.Deferred()
+            pending.append(d)
+            await d
+            return False
+
+    clock = Clock()
+    api = PrivyDropAPI(SETTINGS, SlowStore(clock), clock)
+    site = build_site(SETTINGS, clock, api.resource())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.makeConnection(transport)
+    with capturedLogs() as events:
+        channel.dataReceived(post(b"/api/check_room", b'{"roomId":"1234"}'))
+        assert len(pending) == 1 and transport.value() == b""
+        channel.connectionLost(Failure(ConnectionLost("client went away")))
+        clock.advance(60)
+    failures = [e for e in events if e.get("log_failure") is not None]
+    assert failures == []
+    assert transport.value() == b""

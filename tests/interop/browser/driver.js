@@ -72,8 +72,11 @@ async function main(options) {
     const run = async function () {
       const senderConnected = await senderPage.evaluate(function (o) { return window.privydropTest.connect(o); }, connectOptions);
       const roomId = await senderPage.evaluate(function () { return window.privydropTest.createRoom(); });
+      // The sender is in the room before the receiver arrives, so the
+      // receiver's join makes the server tell the sender `ready`.
+      await senderPage.evaluate(function (id) { return window.privydropTest.join(id); }, roomId);
       const sending = senderPage.evaluate(function (o) { return window.privydropTest.send(o); },
-        { roomId: roomId, size: options.size, seed: options.seed });
+        { size: options.size, seed: options.seed });
       const receiverConnected = await receiverPage.evaluate(function (o) { return window.privydropTest.connect(o); }, connectOptions);
       const receiving = receiverPage.evaluate(function (o) { return window.privydropTest.receive(o); }, { roomId: roomId });
       const [sender, receiver] = await Promise.all([sending, receiving]);

@@ -6,7 +6,7 @@
  * line on stdout carrying the command's `seq`. Commands:
  *
  *   {"cmd":"connect","name":N,"url":U,"transport":"websocket"|"polling","headers":{...}}
- *        -> {"id": <socket id>, "transport": <engine transport>}
+ *        -> {"id": <socket id>, "transport": <engine transport>, "version": <client version>}
  *   {"cmd":"emit","name":N,"event":E,"args":[...],"ack":true|false}
  *        -> {"ack": [...]} once the server acknowledged (ack:true), or {} at once
  *   {"cmd":"next","name":N,"event":E,"timeoutMs":T}
@@ -23,8 +23,14 @@
  */
 "use strict";
 
+const path = require("path");
 const readline = require("readline");
-const { io } = require("socket.io-client");
+
+// SOCKET_IO_CLIENT_DIR picks one installed copy of socket.io-client (the
+// test runs the PrivyDrop frontend's 4.7 and this folder's newer one).
+const clientDir = process.env.SOCKET_IO_CLIENT_DIR || path.dirname(require.resolve("socket.io-client/package.json"));
+const { io } = require(clientDir);
+const clientVersion = require(path.join(clientDir, "package.json")).version;
 
 const SIGNALING_EVENTS = [
   "joinResponse", "ready", "offer", "answer", "ice-candidate",
@@ -70,7 +76,7 @@ function connect(command) {
     }
     clients.set(command.name, entry);
     socket.once("connect", function () {
-      resolve({ id: socket.id, transport: socket.io.engine.transport.name });
+      resolve({ id: socket.id, transport: socket.io.engine.transport.name, version: clientVersion });
     });
     socket.once("connect_error", function (err) { reject(new Error("connect_error: " + err.message)); });
   });

@@ -73,6 +73,10 @@ async function exchange() {
   await upgraded(socket);
   result.transport = socket.io.engine.transport.name;
   out({ step: "connected", id: socket.id, transport: result.transport });
+  result.engineId = socket.io.engine.id;
+  // Knowing a socket id must not give access to the session behind it.
+  result.pollWithSocketIdStatus = (await fetch(
+    baseUrl + "/socket.io/?EIO=4&transport=polling&sid=" + encodeURIComponent(socket.id))).status;
 
   const back = once(socket, "message-back");
   socket.emit("message", 1, "2", { 3: [true] }, Buffer.from([1, 2, 3]));

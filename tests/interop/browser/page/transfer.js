@@ -30,6 +30,8 @@
     candidatesSent: 0,
     candidatesReceived: 0,
     peerDisconnected: null,
+    readyPeers: [],
+    readyWaiters: [],
   };
 
   function note(name, fields) {
@@ -102,6 +104,17 @@
         state.pendingCandidates.push(payload.candidate);
       }
     });
+    // Kept from the moment of connecting: the other page may join before
+    // this one starts sending.
+    socket.on("ready", function (payload) {
+      note("ready", { peerId: payload.peerId });
+      const waiter = state.readyWaiters.shift();
+      if (waiter) {
+        waiter(payload.peerId);
+      } else {
+        state.readyPeers.push(payload.peerId);
+      }
+    });
     socket.on("peer-disconnected", function (payload) {
       state.peerDisconnected = payload;
       note("peer-disconnected", { peerId: payload.peerId });
@@ -138,6 +151,7 @@
     return body.roomId;
   }
 
+  /* Join a room; resolves with the successful joinResponse. */
   async function join(roomId) {
     const answer = waitFor(state.socket, "joinResponse", function (p) { return p.roomId === roomId; });
     state.socket.emit("join", { roomId: roomId });
@@ -145,6 +159,7 @@
     if (!response.success) {
       throw new Error("join refused: " + response.message);
     }
+    note("joined");
     return response;
   }
 
@@ -177,18 +192,21 @@
   }
 
   /*
-   * Sender: join the room, wait for the receiver's `ready`, offer, send the
+   * Sender (after join): wait for the receiver's `ready`, offer, send the
    * file over a data channel, wait for the receiver's acknowledgement.
    */
+  function nextReadyPeer() {
+    if (state.readyPeers.length > 0) {
+      return Promise.resolve(state.readyPeers.shift());
+    }
+    return new Promise(function (resolve) { state.readyWaiters.push(resolve); });
+  }
+
   async function send(options) {
     const socket = state.socket;
     const bytes = generate(options.size, options.seed);
     const sentHash = await sha256Hex(bytes);
-    const ready = waitFor(socket, "ready");
-    await join(options.roomId);
-    note("joined");
-    const peerId = (await ready).peerId;
-    note("ready", { peerId: peerId });
+    const peerId = await nextReadyPeer();
 
     const pc = newPeerConnection(peerId);
     const channel = pc.createDataChannel("file", { ordered: true });
@@ -235,7 +253,6 @@
     const socket = state.socket;
     const offerArrived = waitFor(socket, "offer");
     await join(options.roomId);
-    note("joined");
     const offer = await offerArrived;
     note("offer", { from: offer.from, peerId: offer.peerId });
 
@@ -309,6 +326,7 @@
   window.privydropTest = {
     connect: connect,
     createRoom: createRoom,
+    join: join,
     send: send,
     receive: receive,
     peerDisconnected: peerDisconnected,

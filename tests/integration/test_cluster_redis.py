@@ -1,0 +1,437 @@
+"""Two server processes' worth of Socket.IO, sharing one real Redis.
+
+Each node is a real L{SocketIOServer} + L{EngineServer} site on its own
+loopback port, with a L{RedisAdapter} whose L{AdapterService} holds real
+txredisapi connections. Clients are raw Autobahn WebSocket clients speaking
+Engine.IO v4 / Socket.IO v5 (C{0} open, C{40} connect, C{42[...]} events,
+C{43} acks), so what is asserted is what a browser would receive.
+
+Pub/sub ignores Redis database indexes, so every test uses a channel prefix
+of its own. The restart test runs its own redis-server: restarting the
+shared one would pull it from under other tests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import attrs
+import orjson
+import pytest
+import pytest_twisted
+from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, DeferredList, DeferredQueue
+from twisted.internet.endpoints import TCP4ClientEndpoint, serverFromString
+from twisted.internet.interfaces import IListeningPort
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from privydrop.adapter.messages import channel_name
+from privydrop.adapter.redis import (
+    AdapterService,
+    PublishError,
+    RedisAdapter,
+    RedisPublisher,
+)
+from privydrop.config import EngineSettings, OriginSettings, SocketIOSettings
+from privydrop.engineio.resource import build_engineio_resource
+from privydrop.engineio.server import EngineServer
+from privydrop.socketio.packets import Packet, PacketType
+from privydrop.socketio.server import SocketIOServer
+from tests.conftest import redis_settings
+from tests.redis_server import RedisServer
+
+ENGINE_SETTINGS = EngineSettings(path="/socket.io/", origins=OriginSettings(allow_any=True))
+
+#: Longest wait for anything a test expects; a failure, not a hang, past it.
+WAIT_S = 10.0
+
+
+def within(d: Deferred[Any]) -> Deferred[Any]:
+    """C{d}, failing with TimeoutError if it has not fired within L{WAIT_S}."""
+    return d.addTimeout(WAIT_S, reactor)
+
+
+class SocketIOClient(WebSocketClientProtocol):
+    """A minimal Socket.IO v5 client over the Engine.IO v4 WebSocket transport.
+
+    Events (text header plus any binary attachments) are queued raw; acks
+    are matched by id.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: DeferredQueue[list[str | bytes]] = DeferredQueue()
+        self.sio_connected: Deferred[str] = Deferred()
+        self.sio_closed: Deferred[None] = Deferred()
+        self._acks: dict[int, Deferred[Any]] = {}
+        self._ack_ids = itertools.count()
+        self._partial: list[str | bytes] | None = None
+        self._missing = 0
+
+    def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            assert self._partial is not None and self._missing > 0
+            self._partial.append(payload)
+            self._missing -= 1
+            if self._missing == 0:
+                self.events.put(self._partial)
+                self._partial = None
+            return
+        text = payload.decode("utf-8")
+        if text.startswith("0"):  # Engine.IO open: connect to "/"
+            self.sendMessage(b"40")
+        elif text == "2":  # Engine.IO ping
+            self.sendMessage(b"3")
+        elif text.startswith("40"):
+            self.sio_connected.callback(orjson.loads(text[2:])["sid"])
+        elif text.startswith("42"):
+            self.events.put([text[1:]])
+        elif text.startswith("45"):
+            self._missing = int(text[2 : text.index("-")])
+            self._partial = [text[1:]]
+        elif text.startswith("43"):
+            body = text[2:]
+            split = body.index("[")
+            self._acks.pop(int(body[:split])).callback(orjson.loads(body[split:]))
+
+    def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        if not self.sio_connected.called:
+            self.sio_connected.errback(ConnectionError(f"closed before connecting: {reason}"))
+        for d in self._acks.values():
+            d.errback(ConnectionError("closed"))
+        self._acks = {}
+        self.sio_closed.callback(None)
+
+    def emit(self, event: str, *args: Any) -> None:
+        self.sendMessage(b"42" + orjson.dumps([event, *args]))
+
+    def call(self, event: str, *args: Any) -> Deferred[Any]:
+        """Emit with an ack; fires with the ack's arguments."""
+        ack_id = next(self._ack_ids)
+        d: Deferred[Any] = Deferred()
+        self._acks[ack_id] = d
+        self.sendMessage(b"42%d" % ack_id + orjson.dumps([event, *args]))
+        return within(d)
+
+    async def next_event(self) -> list[str | bytes]:
+        event: list[str | bytes] = await within(self.events.get())
+        return event
+
+    def pending_events(self) -> list[list[str | bytes]]:
+        return list(self.events.pending)
+
+
+@attrs.define
+class Node:
+    """One process of the cluster: Socket.IO, Engine.IO, a site, the adapter service."""
+
+    sio: SocketIOServer
+    engine: EngineServer
+    service: AdapterService
+    port: IListeningPort
+    clients: list[SocketIOClient] = attrs.Factory(list)
+
+    async def client(self) -> tuple[SocketIOClient, str]:
+        number = self.port.getHost().port
+        factory = WebSocketClientFactory(
+            f"ws://127.0.0.1:{number}/socket.io/?EIO=4&transport=websocket"
+        )
+        factory.protocol = SocketIOClient
+        client: SocketIOClient = await TCP4ClientEndpoint(reactor, "127.0.0.1", number).connect(
+            factory
+        )
+        self.clients.append(client)
+        socket_id = await within(client.sio_connected)
+        return client, socket_id
+
+
+def _install_handlers(sio: SocketIOServer) -> None:
+    ns = sio.of("/")
+
+    def join(socket: Any, room: str) -> bool:
+        socket.join(room)
+        return True
+
+    ns.on("join", join)
+    ns.on("ping-me", lambda socket: True)
+    ns.on("to-room", lambda socket, room, *args: socket.to(room).emit("room-event", *args))
+    ns.on(
+        "to-peer",
+        lambda socket, room, target, *args: ns.emit_to_socket(
+            target, "direct", *args, only_if_in_room=room
+        ),
+    )
+
+
+StartNode = Callable[[RedisServer, str], Awaitable[Node]]
+
+
+@pytest_twisted.async_yield_fixture
+async def start_node() -> AsyncIterator[StartNode]:
+    nodes: list[Node] = []
+
+    async def start(server: RedisServer, prefix: str) -> Node:
+        service = AdapterService(
+            redis_settings(server),
+            reactor,
+            channel_prefix=prefix,
+            reconnect_initial_delay=0.05,
+            reconnect_max_delay=0.5,
+        )
+        sio = SocketIOServer(reactor, SocketIOSettings(), adapter=service.adapter)
+        _install_handlers(sio)
+        engine = EngineServer(reactor, ENGINE_SETTINGS, sio)
+        root = Resource()
+        root.putChild(b"socket.io", build_engineio_resource(engine))
+        site = Site(root)
+        site.noisy = False
+        port = await serverFromString(reactor, "tcp:0:interface=127.0.0.1").listen(site)
+        node = Node(sio, engine, service, port)
+        nodes.append(node)
+        service.startService()
+        await within(service.wait_subscribed())
+        return node
+
+    yield start
+
+    for node in nodes:
+        node.engine.close_all()
+        for client in node.clients:
+            if client.transport is not None:
+                client.dropConnection(abort=True)
+        await DeferredList([c.sio_closed for c in node.clients])
+        await node.port.stopListening()
+        if node.service.running:
+            await node.service.stopService()
+
+
+@pytest.fixture
+def prefix() -> str:
+    return "test-" + secrets.token_hex(4)
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis-private")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path / "redis-auth", password="s3cret-pw")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+async def roundtrip(client: SocketIOClient) -> None:
+    """Everything the server sent this client before now has arrived."""
+    assert await client.call("ping-me") == [True]
+
+
+@pytest_twisted.ensureDeferred
+async def test_room_event_from_node_a_reaches_socket_on_node_b(
+    redis_server: RedisServer, start_node: StartNode, prefix: str
+) -> None:
+    """Two peers whose browsers landed on different processes could not
+    signal each other at all."""
+    a = await start_node(redis_server, prefix)
+    b = await start_node(redis_server, prefix)
+    alice, _ = await a.client()
+    bob, _ = await b.client()
+    carol, _ = await b.client()
+    assert await alice.call("join", "room-1") == [True]
+    assert await bob.call("join", "room-1") == [True]
+
+    alice.emit("to-room", "room-1", {"type": "offer", "n": 1})
+    assert await bob.next_event() == ['2["room-event",{"type":"offer","n":1}]']
+    await roundtrip(alice)
+    await roundtrip(carol)
+    assert alice.pending_events() == [] and carol.pending_events() == []
+    assert a.service.adapter.published >= 1 and a.service.adapter.publish_failures == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_send_to_socket_id_on_the_other_node(
+    redis_server: RedisServer, start_node: StartNode, prefix: str
+) -> None:
+    """An answer addressed to one peer reaches it on another process, and
+    only when that peer is in the room the sender names."""
+    a = await start_node(redis_server, prefix)
+    b = await start_node(redis_server, prefix)
+    alice, _ = await a.client()
+    bob, bob_id = await b.client()
+    assert await alice.call("join", "r") == [True]
+
+    assert await bob.call("join", "lobby") == [True]
+
+    alice.emit("to-peer", "r", bob_id, "too early")  # bob is not in "r" yet
+    # Node A publishes in order, so once the marker arrived, node B has
+    # already decided about the message before it.
+    alice.emit("to-room", "lobby", "marker")
+    assert await bob.next_event() == ['2["room-event","marker"]']
+    assert await bob.call("join", "r") == [True]
+    alice.emit("to-peer", "r", bob_id, {"type": "answer"})
+    assert await bob.next_event() == ['2["direct",{"type":"answer"}]']
+    assert bob.pending_events() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_binary_event_crosses_nodes_intact(
+    redis_server: RedisServer, start_node: StartNode, prefix: str
+) -> None:
+    """Binary data emitted on one process reaches clients of another byte for byte."""
+    a = await start_node(redis_server, prefix)
+    b = await start_node(redis_server, prefix)
+    bob, _ = await b.client()
+    assert await bob.call("join", "r") == [True]
+    blob = bytes(range(256))
+    a.sio.of("/").to("r").emit("blob", blob, "tail")
+    assert await bob.next_event() == [
+        '51-["blob",{"_placeholder":true,"num":0},"tail"]',
+        blob,
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_garbage_on_the_channel_does_not_stop_delivery(
+    redis_server: RedisServer, start_node: StartNode, prefix: str
+) -> None:
+    """Something else publishing on our channel must not break signaling."""
+    a = await start_node(redis_server, prefix)
+    b = await start_node(redis_server, prefix)
+    alice, _ = await a.client()
+    bob, _ = await b.client()
+    assert await bob.call("join", "r") == [True]
+    receivers = redis_server.command("PUBLISH", channel_name(prefix, "/"), "junk")
+    assert receivers == 2
+    alice.emit("to-room", "r", "after junk")
+    assert await bob.next_event() == ['2["room-event","after junk"]']
+    assert b.service.adapter.dropped == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_a_node_unsubscribes_it(
+    redis_server: RedisServer, start_node: StartNode, prefix: str
+) -> None:
+    """A stopped process must not stay subscribed (Redis would keep sending
+    it every message of the cluster)."""
+    a = await start_node(redis_server, prefix)
+    b = await start_node(redis_server, prefix)
+    channel = channel_name(prefix, "/")
+    assert redis_server.command("PUBLISH", channel, "probe") == 2
+    await b.service.stopService()
+    assert not b.service.subscribed
+    assert redis_server.command("PUBLISH", channel, "probe") == 1
+    await a.service.stopService()
+    assert redis_server.command("PUBLISH", channel, "probe") == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_delivery_resumes_after_redis_restart(
+    private_redis: RedisServer, start_node: StartNode, prefix: str
+) -> None:
+    """After a Redis restart (failover, upgrade) processes must subscribe
+    again by themselves; otherwise cross-process signaling would stay
+    silently dead until the servers were restarted."""
+    a = await start_node(private_redis, prefix)
+    b = await start_node(private_redis, prefix)
+    alice, _ = await a.client()
+    bob, bob_id = await b.client()
+    assert await bob.call("join", "r") == [True]
+    alice.emit("to-room", "r", "before")
+    assert await bob.next_event() == ['2["room-event","before"]']
+
+    seen_a, seen_b = a.service.subscriptions, b.service.subscriptions
+    private_redis.restart()
+    assert await within(a.service.wait_subscribed(seen_a)) == seen_a + 1
+    assert await within(b.service.wait_subscribed(seen_b)) == seen_b + 1
+
+    alice.emit("to-room", "r", "after")
+    assert await bob.next_event() == ['2["room-event","after"]']
+    a.sio.of("/").emit_to_socket(bob_id, "direct", "after restart")
+    assert await bob.next_event() == ['2["direct","after restart"]']
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_gives_up_within_its_deadline_when_redis_is_down(tmp_path: Path) -> None:
+    """With Redis unreachable, an emit must not leave work queued for ever:
+    each publication fails after its deadline and is counted as lost."""
+    down = RedisServer(tmp_path / "never-started")  # a free port, nothing listening
+    publisher = RedisPublisher(
+        redis_settings(down, connect_timeout=0.5), reactor, timeout=0.3,
+        reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
+    )
+    publications: list[Deferred[Any]] = []
+
+    def publish(channel: str, payload: bytes) -> Deferred[Any]:
+        publications.append(publisher.publish(channel, payload))
+        return publications[-1]
+
+    adapter = RedisAdapter("lonely", publish, clock=reactor)
+    publisher.start()
+    try:
+        with pytest.raises(PublishError, match="no Redis connection within 0.3s"):
+            await within(publisher.publish(channel_name("p", "/"), b"{}"))
+        adapter.broadcast(Packet(PacketType.EVENT, "/", ["x"]), frozenset(), frozenset())
+        # The adapter's errback has handled the loss once this fires.
+        assert await within(publications[0]) is None
+        assert adapter.publish_failures == 1
+    finally:
+        await publisher.close()
+    with pytest.raises(PublishError, match="not running"):
+        await publisher.publish("p#/#", b"{}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_publish_to_a_stalled_redis_times_out_and_recovers(
+    private_redis: RedisServer,
+) -> None:
+    """A Redis that hangs (paused, swapping, partitioned) costs each
+    publication at most its deadline, and publishing works again once Redis
+    answers, on a fresh connection (a late reply cannot be mistaken for the
+    next one's)."""
+    publisher = RedisPublisher(
+        redis_settings(private_redis), reactor, timeout=0.3,
+        reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
+    )
+    publisher.start()
+    try:
+        assert await within(publisher.publish("p#/#", b"{}")) == 0
+        private_redis.pause()
+        try:
+            with pytest.raises(PublishError, match="no answer to PUBLISH within 0.3s"):
+                await within(publisher.publish("p#/#", b"{}"))
+        finally:
+            private_redis.resume()
+        assert private_redis.command("PING") == "PONG"
+        assert await within(publisher.publish("p#/#", b"{}")) == 0
+    finally:
+        await publisher.close()
+
+
+@pytest_twisted.ensureDeferred
+async def test_nodes_authenticate_to_a_password_protected_redis(
+    password_redis: RedisServer, start_node: StartNode, prefix: str
+) -> None:
+    """Production Redis requires a password; both the publishing and the
+    subscribing connection must authenticate or nothing crosses processes."""
+    a = await start_node(password_redis, prefix)
+    b = await start_node(password_redis, prefix)
+    alice, _ = await a.client()
+    bob, _ = await b.client()
+    assert await bob.call("join", "r") == [True]
+    alice.emit("to-room", "r", "authenticated")
+    assert await bob.next_event() == ['2["room-event","authenticated"]']

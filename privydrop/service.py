@@ -5,6 +5,8 @@
     MultiService "privydrop"
       store      StoreService     Redis pool, or the in-memory store (which
                                   also sweeps its expired keys on a timer)
+      adapter    AdapterService   with Redis only: pub/sub between processes,
+                                  so rooms and sends by socket id span hosts
       realtime   RealtimeService  Engine.IO + Socket.IO + signaling; on stop,
                                   ends every session and waits for clean-up
       http       StreamServerEndpointService(settings.listen, site)
@@ -12,9 +14,9 @@
 Children start in order and stop in reverse: the listener stops first, then
 the open sessions end, and the store stops last. The REST API reaches
 Socket.IO only through the C{leave_room} and health hooks handed to it here.
-A cluster adapter (Redis pub/sub between processes) is not wired yet: each
-process delivers Socket.IO events to its own sockets only. This module
-receives settings and a reactor and reads no environment.
+With Redis configured, every process sharing it routes Socket.IO events to the
+others through the adapter; without Redis (development) delivery stays in the
+process. This module receives settings and a reactor and reads no environment.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
+from privydrop.adapter.redis import AdapterService
 from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
 from privydrop.config import ConfigError, Settings
 from privydrop.realtime import build_realtime
@@ -71,8 +74,19 @@ def build_service(
     notify_peer_left: PeerLeftHook | None = None
     connection_count: Callable[[], int] | None = None
     if realtime:
+        adapter = None
+        if settings.redis is not None:
+            # Before "realtime", so it stops after it: disconnect notices sent
+            # while sessions close on shutdown still reach other processes.
+            adapter_service = AdapterService(settings.redis, reactor)
+            adapter_service.setName("adapter")
+            adapter_service.setServiceParent(top)
+            adapter = adapter_service.adapter
         layer = build_realtime(
-            settings, reactor, Rooms(store_service.store, settings.rooms, reactor)
+            settings,
+            reactor,
+            Rooms(store_service.store, settings.rooms, reactor),
+            adapter=adapter,
         )
         realtime_service = layer.service()
         realtime_service.setName("realtime")

@@ -383,6 +383,9 @@ class RedisPublisher:
     most C{timeout} seconds each, then fail with L{PublishError}. A PUBLISH
     whose answer does not come in time aborts the connection (it reconnects
     by itself), so later publications do not queue behind a stalled server.
+    Delivery is at most once: a publication whose fate is unknown (connection
+    lost before the answer) is reported as failed and not retried, since
+    Redis may already have delivered it.
     """
 
     def __init__(

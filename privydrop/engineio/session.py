@@ -276,7 +276,13 @@ class Session:
                     self._finish(self.close_reason or REASON_FORCED, notify=None)
                 responder.respond(packets.encode_payload(queue))
                 return
-        if self.state is SessionState.CLOSING and not self._queue:
+        if (
+            self.state is SessionState.CLOSING
+            and not self._queue
+            and (self._ws is not None or self._poll is not None)
+        ):
+            # Without a transport now (polling between two GETs) the close
+            # packet waits for the next GET, or the close timeout.
             self._finish(
                 self.close_reason or REASON_FORCED,
                 notify=packets.CLOSE,

@@ -43,13 +43,22 @@ from privydrop.engineio.session import (
     Session,
 )
 
-try:  # optional speedup for masking and UTF-8 validation
-    import wsaccel
+try:
+    from autobahn.websocket import USES_NVX as _AUTOBAHN_NVX
+except ImportError:  # pragma: no cover - older Autobahn
+    _AUTOBAHN_NVX = False
 
-    wsaccel.patch_autobahn()
-    WSACCEL = True
-except ImportError:  # pragma: no cover - depends on the environment
-    WSACCEL = False
+#: Whether frame masking and UTF-8 validation run in compiled code: Autobahn's
+#: own NVX accelerators, or else wsaccel (optional, C{privydrop[speed]}).
+ACCELERATED = bool(_AUTOBAHN_NVX)
+if not ACCELERATED:  # pragma: no cover - depends on the environment
+    try:
+        import wsaccel
+
+        wsaccel.patch_autobahn()
+        ACCELERATED = True
+    except ImportError:
+        pass
 
 #: The only WebSocket protocol version accepted (RFC 6455).
 WEBSOCKET_VERSIONS = [13]
@@ -193,6 +202,13 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         # The same path Autobahn takes for its own size limits: close code
         # 1009 and every further frame of the message ignored.
         self._fail_connection(WS_TOO_BIG, limit + " exceeded")
+
+    def onMessageEnd(self) -> None:
+        # Autobahn's version also fires a "message" observer event, which
+        # allocates a Deferred per message; nothing here observes it.
+        if not self.failedByMe:
+            self.onMessage(b"".join(self.message_data), self.message_is_binary)
+        self.message_data = None  # type: ignore[assignment]  # as Autobahn does
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         session = self._session

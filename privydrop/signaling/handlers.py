@@ -25,7 +25,10 @@ Event table (client -> server, then what the server sends):
         other socket of the room ``ready {peerId: <joiner's socket id>}``.
     A store failure: ``joinResponse {success:false, message:"Server error
     while joining room", roomId}`` I{(differs: no internal error text)}, and
-    the socket is in no Socket.IO room it was not in before.
+    the socket is in no Socket.IO room it was not in before. A timed-out
+    store call may still be carried out by Redis afterwards; such a binding
+    makes the client's retry a rejoin, and goes away when the socket
+    disconnects (the clean-up always asks the store).
 
 ``offer {peerId, offer, from?}``, ``answer {peerId, answer, from?}``, ``ice-candidate {peerId, candidate, from?}``
     Forwarded to socket C{peerId} as the same event with ``{offer|answer|
@@ -63,7 +66,9 @@ itself, so every join could claim a fresh address and escape the limit.
 
 Per socket, joins and the disconnect clean-up run one at a time (a
 L{DeferredLock}), so a disconnect that arrives while a join waits for the
-store unbinds I{after} that join was written, never before it.
+store unbinds I{after} that join was written, never before it. At most
+L{MAX_WAITING_JOINS} joins of one socket wait behind the one in progress;
+further ones are dropped and counted (reason C{busy}).
 
 This module uses the Socket.IO layer's public API and the room rules; it
 knows nothing of Engine.IO, HTTP or the store's backends.

@@ -202,3 +202,58 @@ async def test_two_users_signal_a_transfer_through_rooms(
     assert 890 < _redis(redis_server, redis_db, "TTL", "room:" + room) <= 900
     # The other room was created but never joined: its 24 h TTL is untouched.
     assert 86_000 < _redis(redis_server, redis_db, "TTL", "room:" + other_room) <= 86_400
+
+
+@pytest_twisted.ensureDeferred
+async def test_join_while_redis_stalls_answers_server_error_and_binds_nothing_for_good(
+    redis_server: RedisServer, redis_db: int
+) -> None:
+    """While Redis hangs, a joining user is told so at once, and nobody ends up half in a room.
+
+    If this breaks, users wait for ever on a stalled Redis, or a failed join
+    leaves a ghost member that the room's peers see as ready.
+    """
+    settings = tree_settings(redis_server, redis_db, REDIS_COMMAND_TIMEOUT="0.3")
+    running = await start_tree(settings, reactor)
+    js = JsClients.spawn(reactor, CLIENTS["client-4.7"][0])
+    try:
+        url = running.url
+        room = (await js.fetch("GET", url + "/api/get_room"))["body"]["roomId"]
+        a = (await js.connect("a", url, "websocket", HOME))["id"]
+        c = (await js.connect("c", url, "websocket", ELSEWHERE))["id"]
+        await js.emit("a", "join", {"roomId": room})
+        assert (await js.next("a", "joinResponse"))["success"] is True
+
+        redis_server.pause()
+        try:
+            await js.emit("c", "join", {"roomId": room})
+            assert await js.next("c", "joinResponse") == {
+                "success": False,
+                "message": "Server error while joining room",
+                "roomId": room,
+            }
+        finally:
+            redis_server.resume()
+
+        # C is in no Socket.IO room: A's broadcast does not reach it.
+        await js.emit("a", "initiator-online", {"roomId": room}, ack=True)
+        # Retrying works once Redis is back (the stalled script may have run
+        # by then; the retry then counts as a rejoin).
+        await js.emit("c", "join", {"roomId": room})
+        assert (await js.next("c", "joinResponse"))["success"] is True
+        assert await js.received("c", "initiator-online") == []
+        assert await js.next("a", "ready") == {"peerId": c}
+        await js.emit("c", "initiator-online", {"roomId": room}, ack=True)
+        assert await js.next("a", "initiator-online") == {"roomId": room}
+        assert await js.received("a", "ready") == []
+
+        for name in ("a", "c"):
+            await js.call("disconnect", name=name)
+        await running.realtime.signaling.wait_idle()
+        assert _redis(redis_server, redis_db, "EXISTS", "socket:" + a) == 0
+        assert _redis(redis_server, redis_db, "EXISTS", "socket:" + c) == 0
+        assert _redis(redis_server, redis_db, "EXISTS", "room:" + room + ":sockets") == 0
+        assert 890 < _redis(redis_server, redis_db, "TTL", "room:" + room) <= 900
+    finally:
+        await js.quit()
+        await running.stop()

@@ -256,6 +256,22 @@ def test_close_all_tells_idle_polling_client_on_its_next_get(clock: Clock, app: 
     assert app.closed == [(session.sid, "server shutting down")]
 
 
+def test_server_close_with_nothing_queued_still_reaches_idle_polling_client(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A polling client between two GETs must get a close packet (and reconnect
+    cleanly) even when the server had nothing else to send."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    session.close("server disconnect")
+    assert server.get_session(session.sid) is session
+    assert app.closed == []
+    poll = FakePoll()
+    session.attach_poll(poll)
+    assert poll.packets == [packets.CLOSE]
+    assert app.closed == [(session.sid, "server disconnect")]
+
+
 # -- outbound queue ----------------------------------------------------------
 
 

@@ -73,7 +73,10 @@ def main(argv: list[str]) -> None:
     site.noisy = False
     reactor.listenTCP(args.port, site, interface="127.0.0.1")  # type: ignore[attr-defined,arg-type]
     reactor.addSystemEventTrigger("before", "shutdown", server.close_all)  # type: ignore[attr-defined]
-    print(f"engine.io echo listening on 127.0.0.1:{args.port}{SUITE_SETTINGS.path}", flush=True)
+    print(
+        f"engine.io echo listening on 127.0.0.1:{args.port}{SUITE_SETTINGS.path}",
+        flush=True,
+    )
     reactor.run()  # type: ignore[attr-defined]
 
 

@@ -76,10 +76,9 @@ class EngineSettings:
     #: Seconds a polling session closed by the server waits for the client's
     #: next GET to collect its last packets before it is dropped.
     polling_close_timeout_s: float = 30.0
-    #: Warnings about rejected client input logged per cause and window;
-    #: the rest are counted and summarised.
-    rejection_log_burst: int = 20
-    rejection_log_window_s: float = 60.0
+    #: Seconds between two warnings of the same cause about rejected client
+    #: input; the ones in between are counted (see privydrop.logthrottle).
+    rejection_log_interval_s: float = 10.0
     #: Largest number of packets accepted in one polling POST payload.
     max_packets_per_payload: int = 1_000
     #: Bytes queued for one session (server -> client) before it is closed.
@@ -92,6 +91,13 @@ class EngineSettings:
     max_fragments: int = 64
     #: Outbound bytes buffered on one WebSocket/TCP connection before it is dropped.
     max_outbound_buffer: int = 8_000_000
+    #: Seconds a client may take to finish the WebSocket opening handshake.
+    ws_open_handshake_timeout_s: float = 5.0
+    #: Seconds to wait for the client's close frame before dropping the connection.
+    ws_close_handshake_timeout_s: float = 1.0
+    #: Whether Engine.IO/Autobahn log lines may name the client's address
+    #: (mirror of HttpSettings.log_client_ips).
+    log_client_ips: bool = False
     origins: OriginSettings = OriginSettings(allow_any=True)
 
 

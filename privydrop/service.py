@@ -11,9 +11,11 @@
                                   ends every session and waits for clean-up
       http       StreamServerEndpointService(settings.listen, site)
 
-Children start in order and stop in reverse: the listener stops first, then
-the open sessions end, and the store stops last. The REST API reaches
-Socket.IO only through the C{leave_room} and health hooks handed to it here.
+Children start in order and stop in reverse, each only once the one before
+it has finished stopping (L{_StopInOrder}): the listener stops first, then
+the open sessions end and their sockets are unbound, and the store stops
+last. The REST API reaches Socket.IO only through the C{leave_room} and
+health hooks handed to it here.
 With Redis configured, every process sharing it routes Socket.IO events to the
 others through the adapter; without Redis (development) delivery stays in the
 process. This module receives settings and a reactor and reads no environment.
@@ -24,7 +26,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.resource import IResource
@@ -38,6 +41,33 @@ from privydrop.store.service import StoreService
 from privydrop.web import build_site
 
 _log = Logger()
+
+
+class _StopInOrder(MultiService):
+    """A MultiService whose children stop one after the other, in reverse.
+
+    C{MultiService.stopService} calls every child's C{stopService} in the
+    same turn and only then waits for them all. Here a child's stop begins
+    once the previous child's stop has finished, so the store is still open
+    while "realtime" waits for the disconnect clean-up of sessions that end
+    after a turn (a polling client's session closes when its pending GET has
+    carried the close packet), and the cluster adapter still publishes their
+    C{peer-disconnected}. Without this, the store closed under that clean-up
+    and such sockets stayed bound in Redis until their TTL; only the
+    adapter's own unsubscribe round trip kept it open long enough to publish
+    their notice.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        return Deferred.fromCoroutine(self._stop_children())
+
+    async def _stop_children(self) -> None:
+        for service in reversed(list(self)):
+            try:
+                await maybeDeferred(service.stopService)
+            except Exception:  # noqa: BLE001 - one child's failure must not keep the rest running
+                _log.failure("stopping service {name} failed", name=service.name)
 
 
 def build_service(
@@ -54,7 +84,7 @@ def build_service(
         the tree serves only the REST API (and that path answers 404).
     @raise ConfigError: when C{settings.listen} is not a valid endpoint.
     """
-    top = MultiService()
+    top = _StopInOrder()
     top.setName("privydrop")
 
     store_service = StoreService(settings, reactor)

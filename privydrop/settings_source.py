@@ -603,6 +603,8 @@ def settings_from_sources(
         ),
         ping_timeout_ms=sources.number("ENGINE_PING_TIMEOUT_MS", _ENGINE.ping_timeout_ms, int, 1),
         origins=origins,
+        # One switch for every layer that could log a peer's address.
+        log_client_ips=http.log_client_ips,
     )
     rooms = attrs.evolve(
         _ROOMS,

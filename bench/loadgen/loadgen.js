@@ -29,6 +29,7 @@ common options:
   --warmup S           unmeasured seconds before measuring (default 2)
   --label TEXT         copied into the JSON line
   --max-seconds S      watchdog (default 900)
+  --max-ops N          cap on messages / joins / requests per loop (default 20000000)
 relay / polling:
   --pairs P (default 50)  --window W (default 4)  --setup-concurrency N (default 50)
   --sweep-pairs a,b,..  --sweep-window x,y,..   run every combination, one JSON line each
@@ -78,6 +79,8 @@ const DURATION = num('duration', 5);
 const WARMUP = num('warmup', 2);
 const LABEL = args.label || null;
 const MAX_SECONDS = num('max-seconds', 900);
+// Hard caps on top of the time limits: no loop sends more than this many messages/requests.
+const MAX_OPS = num('max-ops', 20000000);
 
 const watchdog = setTimeout(() => {
   emitResult({ scenario, error: `watchdog: still running after ${MAX_SECONDS}s` }, 'watchdog fired');
@@ -192,6 +195,20 @@ async function setupPair(i, transport, agent, opts) {
   const b = newClient(transport, agent);
   attachInbox(a);
   attachInbox(b);
+  try {
+    await negotiatePair(a, b, roomId, opts);
+  } catch (e) {
+    a.close();
+    b.close();
+    throw e;
+  }
+  a.peer = b;
+  b.peer = a;
+  a.roomId = b.roomId = roomId;
+  return [a, b];
+}
+
+async function negotiatePair(a, b, roomId, opts) {
   await a.connect();
   await join(a, roomId);
   await b.connect();
@@ -209,10 +226,6 @@ async function setupPair(i, transport, agent, opts) {
   } else {
     b.peerId = a.sid;
   }
-  a.peer = b;
-  b.peer = a;
-  a.roomId = b.roomId = roomId;
-  return [a, b];
 }
 
 async function setupPairs(n, transport, agent, concurrency, opts) {
@@ -298,7 +311,7 @@ async function relayPoint(P, W, transport) {
       st.lat.push(t - sentAt);
     }
     if ((received & 1023) === 1) check(p, s);
-    if (st.sending) sendOne(s);
+    if (st.sending && sent < MAX_OPS) sendOne(s);
   };
   clients.forEach((c, i) => {
     c.prefix = candidatePrefix(c, i);
@@ -373,6 +386,24 @@ async function runRelay(transport) {
 }
 
 // ---------------------------------------------------------------- conns
+// Pairs that fail to join are counted and left out; the others are kept.
+async function setupPairsTolerant(n, firstIndex, concurrency) {
+  const clients = [];
+  let failures = 0;
+  const errors = {};
+  await pool(n, concurrency, async (i) => {
+    try {
+      const [a, b] = await setupPair(firstIndex + i, 'ws', null, { negotiate: false });
+      clients.push(a, b);
+    } catch (e) {
+      failures++;
+      const m = e.message.slice(0, 200);
+      errors[m] = (errors[m] || 0) + 1;
+    }
+  });
+  return { clients, failures, errors };
+}
+
 async function runConns() {
   const C = num('conns', 2000);
   const hold = num('hold', 20);
@@ -381,24 +412,20 @@ async function runConns() {
   // pools created), close them, then take the baseline: what follows is the marginal cost.
   const warmPairs = Math.min(pairs, Math.max(50, Math.floor(pairs / 10)));
   const rssCold = procRssKiB(PID);
-  try {
-    const warm = await setupPairs(warmPairs, 'ws', null, num('setup-concurrency', 100), { negotiate: false });
-    await closeAll(warm);
-  } catch (e) {
-    emitResult({ conns: C, error: 'warm-up: ' + e.message }, 'conns: ERROR ' + e.message);
-    return 1;
-  }
+  const warm = await setupPairsTolerant(warmPairs, 0, num('setup-concurrency', 100));
+  await closeAll(warm.clients);
   await sleep(2000);
   const rss0 = procRssKiB(PID);
   const t0 = now();
-  let clients;
-  try {
-    clients = await setupPairs(pairs, 'ws', null, num('setup-concurrency', 100), { negotiate: false });
-  } catch (e) {
-    emitResult({ conns: C, error: 'setup: ' + e.message }, 'conns: ERROR ' + e.message);
+  // A pair that fails to join is counted and left out; the others are still held and measured.
+  const { clients, failures: setupFailures, errors: setupErrors } =
+    await setupPairsTolerant(pairs, warmPairs, num('setup-concurrency', 100));
+  const setupS = (now() - t0) / 1000;
+  if (clients.length === 0) {
+    emitResult({ conns: 0, conns_wanted: 2 * pairs, setup_failures: setupFailures, setup_errors: setupErrors,
+      error: 'setup: no pair joined' }, 'conns: ERROR no pair joined: ' + Object.keys(setupErrors)[0]);
     return 1;
   }
-  const setupS = (now() - t0) / 1000;
   let closedDuringHold = 0;
   const reasons = {};
   for (const c of clients) {
@@ -436,16 +463,18 @@ async function runConns() {
   await closeAll(clients);
   const perConn = rss0 === null ? null : (rss2 - rss0) / clients.length;
   const r = {
-    conns: clients.length, hold_s: hold, setup_s: round(setupS, 2), warmup_conns: 2 * warmPairs,
+    conns: clients.length, conns_wanted: 2 * pairs, setup_failures: setupFailures, setup_errors: setupErrors,
+    hold_s: hold, setup_s: round(setupS, 2), warmup_conns: 2 * warmPairs,
     alive_open: open, alive_verified: verified, closed_during_hold: closedDuringHold, close_reasons: reasons,
     pings_answered: pings, clients_pinged: withPing,
     rss_before_kib: rss0, rss_after_setup_kib: rss1, rss_end_kib: rss2,
     rss_per_conn_kib: round(perConn, 2),
     rss_cold_kib: rssCold,
     rss_per_conn_from_cold_kib: rssCold === null ? null : round((rss2 - rssCold) / clients.length, 2),
-    error: verified < clients.length ? `${clients.length - verified} connections not verified alive` : undefined,
+    error: verified < 2 * pairs ? `${2 * pairs - verified} of ${2 * pairs} connections not verified alive` +
+      (setupFailures ? ` (${setupFailures} pairs failed to join)` : '') : undefined,
   };
-  emitResult(r, `conns ${r.conns} held ${hold}s: ${open} open, ${verified} verified by a relay probe, ` +
+  emitResult(r, `conns ${r.conns}/${r.conns_wanted} joined (${setupFailures} pairs failed), held ${hold}s: ${open} open, ${verified} verified by a relay probe, ` +
     `${pings} pings answered; server RSS ${rss0} -> ${rss2} KiB = ${r.rss_per_conn_kib} KiB/conn ` +
     `(${r.rss_per_conn_from_cold_kib} KiB/conn from the cold ${rssCold} KiB; setup ${r.setup_s}s)`);
   return r.error ? 1 : 0;
@@ -484,7 +513,7 @@ async function runJoins() {
   }, (WARMUP + DURATION) * 1000);
 
   const worker = async (k) => {
-    while (now() < tEnd) {
+    while (now() < tEnd && total < MAX_OPS) {
       const c = new WsClient(HOST, PORT);
       attachInbox(c);
       const t0 = now();
@@ -568,7 +597,7 @@ async function restPhase(name, K, maxCount, makeReq, isOk) {
   const t0 = now();
   const tEnd = t0 + DURATION * 1000;
   const worker = async () => {
-    while (now() < tEnd && issued < maxCount) {
+    while (now() < tEnd && issued < Math.min(maxCount, MAX_OPS)) {
       const i = issued++;
       const s = now();
       try {

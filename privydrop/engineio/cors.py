@@ -17,7 +17,9 @@ from privydrop.origins import origin_allowed
 ALLOWED_METHODS = b"GET, POST, OPTIONS"
 
 
-def cors_headers(settings: OriginSettings, origin: str | None) -> list[tuple[bytes, bytes]]:
+def cors_headers(
+    settings: OriginSettings, origin: str | None
+) -> list[tuple[bytes, bytes]]:
     """Response headers for a polling request from C{origin}.
 
     Like the reference server with C{cors: {origin: "*"}} when any origin is

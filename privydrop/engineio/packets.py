@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import binascii
 from base64 import b64decode, b64encode
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from enum import IntEnum
 
 import attrs
@@ -87,16 +87,6 @@ NOOP = Packet(PacketType.NOOP)
 UPGRADE = Packet(PacketType.UPGRADE)
 PING_PROBE = Packet(PacketType.PING, "probe")
 PONG_PROBE = Packet(PacketType.PONG, "probe")
-
-
-def encode_text(packet: Packet) -> str:
-    """Encode a text packet as C{<type>[<data>]}.
-
-    @raise EngineIOProtocolError: the packet carries binary data.
-    """
-    if isinstance(packet.data, bytes):
-        raise EngineIOProtocolError("binary packet has no text form")
-    return _TYPE_CHARS[packet.type] + packet.data
 
 
 def encode_websocket(packet: Packet) -> tuple[bytes, bool]:
@@ -180,12 +170,3 @@ def decode_payload(body: bytes, max_bytes: int, max_packets: int) -> list[Packet
     except UnicodeDecodeError as e:
         raise EngineIOProtocolError("payload is not UTF-8") from e
     return [_decode_text_packet(part) for part in text.split(SEPARATOR)]
-
-
-def packets_size(packets: Sequence[Packet]) -> int:
-    """Approximate wire size of packets: data length plus one per packet.
-
-    Text is counted in characters, which is what a cheap cap needs; a
-    multi-byte character counts once.
-    """
-    return sum(len(p.data) + 1 for p in packets)

@@ -56,7 +56,9 @@ def header(request: Request, name: bytes) -> str | None:
     return None if value is None else value.decode("latin-1")
 
 
-def handshake_of(request: Request, query: Mapping[str, str], issued_ms: int) -> Handshake:
+def handshake_of(
+    request: Request, query: Mapping[str, str], issued_ms: int
+) -> Handshake:
     """The L{Handshake} record of a twisted.web request."""
     headers = {
         k.decode("latin-1").lower(): v[-1].decode("latin-1")
@@ -125,7 +127,9 @@ class PollingTransport:
             session = self._server.verify(query, method, upgrade=False, origin=origin)
         except EngineRequestError as e:
             _log.debug(
-                "engine polling request refused: {code}", code=e.code.name, transport=POLLING
+                "engine polling request refused: {code}",
+                code=e.code.name,
+                transport=POLLING,
             )
             return answer_error(request, e)
         if session is None:
@@ -171,7 +175,9 @@ class PollingTransport:
         declared = request.getHeader(b"content-length")
         content = request.content
         body = b"" if content is None else content.read(limit + 1)
-        if len(body) > limit or (declared is not None and declared.isdigit() and int(declared) > limit):
+        if len(body) > limit or (
+            declared is not None and declared.isdigit() and int(declared) > limit
+        ):
             self._server.rejections.warn(
                 _log,
                 "max_payload",

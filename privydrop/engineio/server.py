@@ -79,9 +79,7 @@ class EngineServer:
         self._sessions: dict[EngineSid, Session] = {}
         self._pending: set[EngineSid] = set()
         #: Rate-limited warnings about rejected client input, for every transport.
-        self.rejections = RejectionLog(
-            clock, settings.rejection_log_burst, settings.rejection_log_window_s
-        )
+        self.rejections = RejectionLog(clock, settings.rejection_log_interval_s)
         self._handshake_json = {
             "pingInterval": settings.ping_interval_ms,
             "pingTimeout": settings.ping_timeout_ms,
@@ -125,7 +123,10 @@ class EngineServer:
         @raise EngineRequestError: with the wire code to answer.
         """
         transport = query.get("transport")
-        if transport not in (POLLING, WEBSOCKET) or transport not in self.settings.transports:
+        if (
+            transport not in (POLLING, WEBSOCKET)
+            or transport not in self.settings.transports
+        ):
             raise EngineRequestError(EngineError.UNKNOWN_TRANSPORT)
         if origin is not None and not origin_allowed(origin, self.settings.origins):
             raise EngineRequestError(EngineError.FORBIDDEN)
@@ -197,7 +198,10 @@ class EngineServer:
         try:
             self._application.on_open(session)
         except Exception:  # noqa: BLE001 - error boundary: log, close this session
-            _log.failure("application failed in on_open of engine session {engine_sid}", engine_sid=session.sid)
+            _log.failure(
+                "application failed in on_open of engine session {engine_sid}",
+                engine_sid=session.sid,
+            )
             session.force_close("forced close")
 
     def open_packet(self, session: Session) -> Packet:

@@ -133,7 +133,7 @@ class Session:
         self._on_closed = on_closed
         self._on_active = on_active
         self._rejections = rejections or RejectionLog(
-            clock, settings.rejection_log_burst, settings.rejection_log_window_s
+            clock, settings.rejection_log_interval_s
         )
         self.state = SessionState.OPEN
         self.upgraded = False
@@ -264,7 +264,8 @@ class Session:
                     self._ws.send_packets(self._take_queue())
                 except Exception:  # noqa: BLE001 - error boundary: log, close this session
                     _log.failure(
-                        "engine session {engine_sid} failed to write", engine_sid=self._sid
+                        "engine session {engine_sid} failed to write",
+                        engine_sid=self._sid,
                     )
                     self.force_close(REASON_TRANSPORT_ERROR)
                     return
@@ -451,7 +452,9 @@ class Session:
         self._upgrade_call = None
         probe = self._abandon_upgrade()
         if probe is not None:
-            _log.info("engine session {engine_sid} upgrade timed out", engine_sid=self._sid)
+            _log.info(
+                "engine session {engine_sid} upgrade timed out", engine_sid=self._sid
+            )
             probe.close_channel(WS_POLICY_VIOLATION, "upgrade timeout")
 
     def _abandon_upgrade(self) -> WebSocketChannel | None:
@@ -502,7 +505,9 @@ class Session:
         _log.debug("engine session {engine_sid} upgraded", engine_sid=self._sid)
         self._flush()
 
-    def websocket_lost(self, channel: WebSocketChannel, reason: str = REASON_TRANSPORT_CLOSE) -> None:
+    def websocket_lost(
+        self, channel: WebSocketChannel, reason: str = REASON_TRANSPORT_CLOSE
+    ) -> None:
         """WebSocket C{channel} closed (by the client, the network or a limit)."""
         if channel is self._ws:
             self._ws = None
@@ -546,4 +551,7 @@ class Session:
         try:
             self._application.on_close(self, reason)
         except Exception:  # noqa: BLE001 - error boundary: log, close this session
-            _log.failure("application failed in on_close of engine session {engine_sid}", engine_sid=self._sid)
+            _log.failure(
+                "application failed in on_close of engine session {engine_sid}",
+                engine_sid=self._sid,
+            )

@@ -62,10 +62,6 @@ if not ACCELERATED:  # pragma: no cover - depends on the environment
 
 #: The only WebSocket protocol version accepted (RFC 6455).
 WEBSOCKET_VERSIONS = [13]
-#: Seconds a client may take to complete the WebSocket opening handshake.
-OPEN_HANDSHAKE_TIMEOUT_S = 5
-#: Seconds to wait for the client's close frame before dropping the connection.
-CLOSE_HANDSHAKE_TIMEOUT_S = 1
 _REASON_BYTES = 123
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
@@ -84,7 +80,11 @@ def outbound_buffer_size(transport: Any) -> int:
     data = getattr(transport, "dataBuffer", None)
     if data is None:
         return 0
-    return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
+    return (
+        len(data)
+        - getattr(transport, "offset", 0)
+        + getattr(transport, "_tempDataLen", 0)
+    )
 
 
 _TEXT_FIN = 0x81
@@ -120,9 +120,15 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self._fragments = 0
         self._message_bytes = 0
         self._limit_hit: str | None = None
-        self._lost = False
 
     # -- opening ----------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if not self.factory.engine.settings.log_client_ips:
+            # Autobahn names the peer in some of its own warnings; keep client
+            # addresses out of the logs unless a setting allows them.
+            self.peer = "-"
 
     def onConnect(self, request: ConnectionRequest) -> None:
         server = self.factory.engine
@@ -133,7 +139,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             )
         except EngineRequestError as e:
             self._log.debug(
-                "engine websocket refused: {code}", code=e.code.name, transport=WEBSOCKET
+                "engine websocket refused: {code}",
+                code=e.code.name,
+                transport=WEBSOCKET,
             )
             raise ConnectionDeny(e.status, e.message)
         peer = self.transport.getPeer() if self.transport is not None else None
@@ -247,7 +255,6 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             self.close_channel(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        self._lost = True
         session = self._session
         if session is None:
             return
@@ -303,7 +310,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
     def close_channel(self, code: int, reason: str) -> None:
         """Start the closing handshake with C{code}, or drop a half-open connection."""
         if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:_REASON_BYTES])
+            self.sendCloseFrame(
+                code=code, reasonUtf8=reason.encode("utf-8")[:_REASON_BYTES]
+            )
         elif self.state not in (self.STATE_CLOSING, self.STATE_CLOSED):
             self.dropConnection(abort=True)
 
@@ -338,8 +347,8 @@ def apply_limits(factory: WebSocketServerFactory, settings: EngineSettings) -> N
         # Send the close frame (1009 names the size limit) before dropping;
         # closeHandshakeTimeout bounds the wait for the client's answer.
         failByDrop=False,
-        openHandshakeTimeout=OPEN_HANDSHAKE_TIMEOUT_S,
-        closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT_S,
+        openHandshakeTimeout=settings.ws_open_handshake_timeout_s,
+        closeHandshakeTimeout=settings.ws_close_handshake_timeout_s,
         # Origins are checked by the Engine.IO request checks in onConnect,
         # against the same allowlist as polling.
         allowedOrigins=["*"],

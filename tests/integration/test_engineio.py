@@ -21,6 +21,7 @@ from twisted.internet.defer import Deferred, DeferredList, DeferredQueue, maybeD
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
+from twisted.logger import capturedLogs, formatEvent
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
@@ -123,9 +124,15 @@ class Running:
         return self.base + "?" + query
 
     async def request(
-        self, method: str, query: str, data: bytes | None = None, headers: dict[str, str] | None = None
+        self,
+        method: str,
+        query: str,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, bytes, Any]:
-        response = await self.http.request(method, self.url(query), data=data, headers=headers)
+        response = await self.http.request(
+            method, self.url(query), data=data, headers=headers
+        )
         body = await response.content()
         return response.code, body, response.headers
 
@@ -135,7 +142,9 @@ class Running:
         return str(orjson.loads(body[1:])["sid"])
 
     async def websocket(self, query: str, origin: str | None = None) -> WSClient:
-        factory = WebSocketClientFactory(f"ws://127.0.0.1:{self.port}{PATH}?{query}", origin=origin)
+        factory = WebSocketClientFactory(
+            f"ws://127.0.0.1:{self.port}{PATH}?{query}", origin=origin
+        )
         factory.protocol = WSClient
         endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", self.port)
         client: WSClient = await endpoint.connect(factory)
@@ -195,9 +204,13 @@ async def test_polling_session_echoes_text_and_binary(engine: Any) -> None:
     """Clients on polling (the JS client's default start) could not exchange messages."""
     running = await engine()
     sid = await running.handshake_polling()
-    code, body, _ = await running.request("POST", f"EIO=4&transport=polling&sid={sid}", b"4hello\x1ebAQIDBA==")
+    code, body, _ = await running.request(
+        "POST", f"EIO=4&transport=polling&sid={sid}", b"4hello\x1ebAQIDBA=="
+    )
     assert (code, body) == (200, b"ok")
-    code, body, headers = await running.request("GET", f"EIO=4&transport=polling&sid={sid}")
+    code, body, headers = await running.request(
+        "GET", f"EIO=4&transport=polling&sid={sid}"
+    )
     assert (code, body) == (200, b"4hello\x1ebAQIDBA==")
     assert headers.getRawHeaders("content-type") == ["text/plain; charset=UTF-8"]
     assert headers.getRawHeaders("access-control-allow-origin") == ["*"]
@@ -286,7 +299,9 @@ async def test_polling_ping_timeout_closes_session(engine: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_websocket_session_handshakes_and_echoes_text_and_binary(engine: Any) -> None:
+async def test_websocket_session_handshakes_and_echoes_text_and_binary(
+    engine: Any,
+) -> None:
     """The PrivyDrop frontend starts on WebSocket; without this it cannot connect."""
     running = await engine()
     client = await running.websocket("EIO=4&transport=websocket")
@@ -330,7 +345,9 @@ async def test_oversize_websocket_message_closes_session(engine: Any) -> None:
 async def test_websocket_with_unknown_sid_is_refused(engine: Any) -> None:
     """A guessed or stale sid must not open a WebSocket onto anything."""
     running = await engine()
-    status, body, _ = await running.request("GET", "EIO=4&transport=websocket&sid=nope", headers=_UPGRADE)
+    status, body, _ = await running.request(
+        "GET", "EIO=4&transport=websocket&sid=nope", headers=_UPGRADE
+    )
     assert status == 400 and orjson.loads(body)["code"] == 1
 
 
@@ -374,14 +391,18 @@ async def test_foreign_origins_are_forbidden_on_both_transports(engine: Any) -> 
     """A page on another site must not open a session in a visitor's browser."""
     running = await engine(origins=OriginSettings(origins=("http://allowed.example",)))
     evil = {"Origin": "http://evil.example"}
-    status, body, headers = await running.request("GET", "EIO=4&transport=polling", headers=evil)
+    status, body, headers = await running.request(
+        "GET", "EIO=4&transport=polling", headers=evil
+    )
     assert status == 403 and orjson.loads(body) == {"code": 4, "message": "Forbidden"}
     assert headers.getRawHeaders("access-control-allow-origin") is None
     status, body, _ = await running.request(
         "GET", "EIO=4&transport=websocket", headers={**_UPGRADE, **evil}
     )
     assert status == 403 and orjson.loads(body)["code"] == 4
-    refused = await running.websocket("EIO=4&transport=websocket", origin="http://evil.example")
+    refused = await running.websocket(
+        "EIO=4&transport=websocket", origin="http://evil.example"
+    )
     with pytest.raises(ConnectionError):
         await refused.opened
     assert running.server.clients_count == 0
@@ -393,22 +414,34 @@ async def test_allowed_origin_gets_cors_and_websocket(engine: Any) -> None:
     running = await engine(origins=OriginSettings(origins=("http://allowed.example",)))
     good = {"Origin": "http://allowed.example"}
     status, _, headers = await running.request(
-        "OPTIONS", "EIO=4&transport=polling", headers={**good, "Access-Control-Request-Headers": "content-type"}
+        "OPTIONS",
+        "EIO=4&transport=polling",
+        headers={**good, "Access-Control-Request-Headers": "content-type"},
     )
     assert status == 204
-    assert headers.getRawHeaders("access-control-allow-origin") == ["http://allowed.example"]
+    assert headers.getRawHeaders("access-control-allow-origin") == [
+        "http://allowed.example"
+    ]
     assert headers.getRawHeaders("access-control-allow-credentials") == ["true"]
     assert headers.getRawHeaders("access-control-allow-headers") == ["content-type"]
-    status, body, headers = await running.request("GET", "EIO=4&transport=polling", headers=good)
+    status, body, headers = await running.request(
+        "GET", "EIO=4&transport=polling", headers=good
+    )
     assert status == 200 and body.startswith(b"0")
-    assert headers.getRawHeaders("access-control-allow-origin") == ["http://allowed.example"]
-    client = await running.websocket("EIO=4&transport=websocket", origin="http://allowed.example")
+    assert headers.getRawHeaders("access-control-allow-origin") == [
+        "http://allowed.example"
+    ]
+    client = await running.websocket(
+        "EIO=4&transport=websocket", origin="http://allowed.example"
+    )
     await client.opened
     assert (await client.next_text()).startswith("0")
 
 
 @pytest_twisted.ensureDeferred
-async def test_message_split_into_too_many_fragments_closes_session(engine: Any) -> None:
+async def test_message_split_into_too_many_fragments_closes_session(
+    engine: Any,
+) -> None:
     """Thousands of tiny fragments would let a client burn CPU and memory per message."""
     running = await engine(max_fragments=8)
     client = await running.websocket("EIO=4&transport=websocket")
@@ -445,7 +478,10 @@ async def _raw_upgrade(running: Running, version: str) -> bytes:
     lines = [
         f"GET {PATH}?EIO=4&transport=websocket HTTP/1.1",
         f"Host: 127.0.0.1:{running.port}",
-        *(f"{k}: {v}" for k, v in {**_UPGRADE, "Sec-WebSocket-Version": version}.items()),
+        *(
+            f"{k}: {v}"
+            for k, v in {**_UPGRADE, "Sec-WebSocket-Version": version}.items()
+        ),
     ]
     protocol.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
     head = await protocol.head
@@ -457,7 +493,9 @@ async def _raw_upgrade(running: Running, version: str) -> bytes:
 
 
 @pytest_twisted.ensureDeferred
-async def test_websocket_handshake_hides_version_and_accepts_only_rfc6455(engine: Any) -> None:
+async def test_websocket_handshake_hides_version_and_accepts_only_rfc6455(
+    engine: Any,
+) -> None:
     """Old draft protocols widen the attack surface; a version banner helps attackers."""
     running = await engine()
     accepted = await _raw_upgrade(running, "13")
@@ -474,7 +512,9 @@ async def test_websocket_handshake_hides_version_and_accepts_only_rfc6455(engine
 
 
 @pytest_twisted.ensureDeferred
-async def test_client_that_stops_reading_is_dropped_without_affecting_others(engine: Any) -> None:
+async def test_client_that_stops_reading_is_dropped_without_affecting_others(
+    engine: Any,
+) -> None:
     """One stalled client must not make the server buffer without bound or slow others."""
     running = await engine()
     stalled = await running.websocket("EIO=4&transport=websocket")
@@ -482,8 +522,12 @@ async def test_client_that_stops_reading_is_dropped_without_affecting_others(eng
     healthy = await running.websocket("EIO=4&transport=websocket")
     await healthy.next_text()
     stalled.transport.pauseProducing()  # stop reading from the socket
-    stalled.sendMessage(b"4flood")
-    assert await running.app.closed(stalled_sid) == REASON_OUTBOUND_LIMIT
+    with capturedLogs() as events:
+        stalled.sendMessage(b"4flood")
+        assert await running.app.closed(stalled_sid) == REASON_OUTBOUND_LIMIT
+    assert [e.get("limit") for e in events if "limit" in e] == ["max_outbound_buffer"]
+    # Client addresses stay out of the logs (log_client_ips is off).
+    assert not [e for e in events if "127.0.0.1" in (formatEvent(e) or "")]
     healthy.sendMessage(b"4still here")
     assert await healthy.next_text() == "4still here"
     assert running.server.clients_count == 1
@@ -512,7 +556,11 @@ async def test_python_engineio_client_interoperates(engine: Any) -> None:
             if len(got) == 2:
                 done.set()
 
-        client.connect(f"http://127.0.0.1:{running.port}", engineio_path=PATH, transports=transports)
+        client.connect(
+            f"http://127.0.0.1:{running.port}",
+            engineio_path=PATH,
+            transports=transports,
+        )
         client.send("héllo")
         client.send(b"\x00\xff")
         done.wait(5)

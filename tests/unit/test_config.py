@@ -246,3 +246,11 @@ def test_join_rate_limit_setting() -> None:
     assert (s.rooms.join_limit, s.rooms.join_window_s) == (4, 10)
     with pytest.raises(ConfigError, match="JOIN_RATE_LIMIT"):
         settings({"JOIN_RATE_LIMIT": "0"})
+
+
+def test_log_client_ips_reaches_every_layer_that_logs_peers() -> None:
+    """LOG_CLIENT_IPS=1 must show peer addresses in Engine.IO/WebSocket logs too, not only HTTP."""
+    assert settings().engine.log_client_ips is False
+    s = settings({"LOG_CLIENT_IPS": "1"})
+    assert s.http.log_client_ips is True
+    assert s.engine.log_client_ips is True

@@ -27,9 +27,15 @@ PAYLOAD_EXAMPLES = [
     ),
     (
         b"4hello\x1ebAQIDBA==",
-        [Packet(PacketType.MESSAGE, "hello"), Packet(PacketType.MESSAGE, b"\x01\x02\x03\x04")],
+        [
+            Packet(PacketType.MESSAGE, "hello"),
+            Packet(PacketType.MESSAGE, b"\x01\x02\x03\x04"),
+        ],
     ),
-    (b"4test1\x1e4test2\x1e4test3", [Packet(PacketType.MESSAGE, f"test{i}") for i in (1, 2, 3)]),
+    (
+        b"4test1\x1e4test2\x1e4test3",
+        [Packet(PacketType.MESSAGE, f"test{i}") for i in (1, 2, 3)],
+    ),
     (b"2probe", [Packet(PacketType.PING, "probe")]),
     (b"3", [Packet(PacketType.PONG)]),
     (b"6", [Packet(PacketType.NOOP)]),
@@ -41,13 +47,17 @@ PAYLOAD_EXAMPLES = [
 
 
 @pytest.mark.parametrize("wire, expected", PAYLOAD_EXAMPLES)
-def test_polling_payload_decodes_spec_examples(wire: bytes, expected: list[Packet]) -> None:
+def test_polling_payload_decodes_spec_examples(
+    wire: bytes, expected: list[Packet]
+) -> None:
     """Clients' polling POSTs would be misread if the spec's examples did not decode."""
     assert packets.decode_payload(wire, 1_000_000, 100) == expected
 
 
 @pytest.mark.parametrize("wire, expected", PAYLOAD_EXAMPLES)
-def test_polling_payload_encodes_spec_examples(wire: bytes, expected: list[Packet]) -> None:
+def test_polling_payload_encodes_spec_examples(
+    wire: bytes, expected: list[Packet]
+) -> None:
     """Clients could not parse our poll answers if encoding differed from the spec."""
     assert packets.encode_payload(expected) == wire
 
@@ -62,7 +72,9 @@ WEBSOCKET_EXAMPLES = [
 
 
 @pytest.mark.parametrize("packet, frame, binary", WEBSOCKET_EXAMPLES)
-def test_websocket_frames_follow_the_spec(packet: Packet, frame: bytes, binary: bool) -> None:
+def test_websocket_frames_follow_the_spec(
+    packet: Packet, frame: bytes, binary: bool
+) -> None:
     """WebSocket clients would get garbled frames (or text for binary) if this broke."""
     assert packets.encode_websocket(packet) == (frame, binary)
     assert packets.decode_websocket(frame, binary, 0) == packet
@@ -87,8 +99,12 @@ def test_malformed_polling_payloads_are_protocol_errors(wire: bytes) -> None:
         packets.decode_payload(wire, 1_000_000, 100)
 
 
-@pytest.mark.parametrize("frame, binary", [(b"", False), (b"x", False), (b"\xff", False), (b"9", False)])
-def test_malformed_websocket_frames_are_protocol_errors(frame: bytes, binary: bool) -> None:
+@pytest.mark.parametrize(
+    "frame, binary", [(b"", False), (b"x", False), (b"\xff", False), (b"9", False)]
+)
+def test_malformed_websocket_frames_are_protocol_errors(
+    frame: bytes, binary: bool
+) -> None:
     """A bad WebSocket frame must close the session rather than reach the application."""
     with pytest.raises(EngineIOProtocolError):
         packets.decode_websocket(frame, binary, 0)
@@ -120,7 +136,9 @@ def test_only_message_packets_carry_binary() -> None:
         Packet(PacketType.PING, b"\x00")
 
 
-_text = st.text(alphabet=st.characters(blacklist_characters="\x1e", blacklist_categories=("Cs",)))
+_text = st.text(
+    alphabet=st.characters(blacklist_characters="\x1e", blacklist_categories=("Cs",))
+)
 _packet = st.one_of(
     st.builds(Packet, st.sampled_from(list(PacketType)), _text),
     st.builds(lambda b: Packet(PacketType.MESSAGE, b), st.binary()),

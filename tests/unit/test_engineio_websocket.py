@@ -70,3 +70,5 @@ def test_factory_is_hardened_from_settings() -> None:
     assert factory.maxFramePayloadSize == 5_000
     assert factory.perMessageCompressionAccept([object()]) is None
     assert factory.failByDrop is False
+    assert factory.openHandshakeTimeout == settings.ws_open_handshake_timeout_s
+    assert factory.closeHandshakeTimeout == settings.ws_close_handshake_timeout_s

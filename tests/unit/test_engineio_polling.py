@@ -1,0 +1,140 @@
+"""The polling resource through twisted.web, in memory (StubTreq) on a fake clock."""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import attrs
+import orjson
+import pytest
+from treq.testing import StubTreq
+from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+from twisted.web.resource import Resource
+
+from privydrop.config import EngineSettings, OriginSettings
+from privydrop.engineio.interface import EngineConnection, Message
+from privydrop.engineio.resource import build_engineio_resource
+from privydrop.engineio.server import EngineServer
+
+T = TypeVar("T")
+BASE = "http://engine.example/engine.io/"
+
+
+def result_of(d: Deferred[T]) -> T:
+    """The result a Deferred already has (like trial's successResultOf)."""
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "Deferred has no result yet"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]  # type: ignore[no-any-return]
+
+
+class Echo:
+    def on_open(self, connection: EngineConnection) -> None:
+        pass
+
+    def on_message(self, connection: EngineConnection, message: Message) -> None:
+        connection.send(message)
+
+    def on_close(self, connection: EngineConnection, reason: str) -> None:
+        pass
+
+
+@attrs.define
+class Stub:
+    clock: Clock
+    server: EngineServer
+    http: StubTreq
+
+    def request(self, method: str, query: str, **kwargs: Any) -> Deferred[Any]:
+        return self.http.request(method, BASE + "?" + query, **kwargs)
+
+    def answer(self, d: Deferred[Any]) -> tuple[int, bytes, Any]:
+        self.http.flush()
+        response = result_of(d)
+        body = result_of(self.http.content(response))
+        return response.code, body, response.headers
+
+    def handshake(self) -> str:
+        code, body, _ = self.answer(self.request("GET", "EIO=4&transport=polling"))
+        assert code == 200
+        return str(orjson.loads(body[1:])["sid"])
+
+
+def make_stub(**changes: Any) -> Stub:
+    clock = Clock()
+    settings = attrs.evolve(
+        EngineSettings(path="/engine.io/", ping_interval_ms=1000, ping_timeout_ms=500),
+        **changes,
+    )
+    server = EngineServer(clock, settings, Echo())
+    root = Resource()
+    root.putChild(b"engine.io", build_engineio_resource(server))
+    return Stub(clock, server, StubTreq(root))
+
+
+def test_held_get_is_answered_by_the_ping_after_ping_interval() -> None:
+    """A long-poll must stay open until there is something to say (here the
+    heartbeat), or clients would hammer the server with empty polls."""
+    stub = make_stub()
+    sid = stub.handshake()
+    held = stub.request("GET", f"EIO=4&transport=polling&sid={sid}")
+    seen: list[Any] = []
+    held.addBoth(lambda r: seen.append(r) or r)
+    stub.http.flush()
+    stub.clock.advance(0.999)
+    stub.http.flush()
+    assert seen == []
+    stub.clock.advance(0.001)
+    stub.clock.advance(0)
+    assert stub.answer(held)[:2] == (200, b"2")
+
+
+def test_post_is_echoed_into_the_next_get() -> None:
+    """Messages posted by a polling client reach the application, and its
+    answers come back in the next poll."""
+    stub = make_stub()
+    sid = stub.handshake()
+    query = f"EIO=4&transport=polling&sid={sid}"
+    assert stub.answer(stub.request("POST", query, data=b"4a\x1e4b"))[:2] == (
+        200,
+        b"ok",
+    )
+    get = stub.request("GET", query)
+    stub.clock.advance(0)
+    assert stub.answer(get)[:2] == (200, b"4a\x1e4b")
+
+
+def test_missing_pong_makes_the_sid_unknown() -> None:
+    """After a ping timeout the client must be told its session is gone (code 1)."""
+    stub = make_stub()
+    sid = stub.handshake()
+    stub.clock.advance(1.0)
+    stub.clock.advance(0.5)
+    code, body, _ = stub.answer(
+        stub.request("GET", f"EIO=4&transport=polling&sid={sid}")
+    )
+    assert code == 400
+    assert orjson.loads(body) == {"code": 1, "message": "Session ID unknown"}
+
+
+@pytest.mark.parametrize(
+    "origin, expected",
+    [
+        ("https://privydrop.app", ["https://privydrop.app"]),
+        ("https://evil.example", None),
+    ],
+)
+def test_preflight_allows_only_configured_origins(
+    origin: str, expected: list[str] | None
+) -> None:
+    """Browsers on the PrivyDrop origin must pass CORS preflight; others must not."""
+    stub = make_stub(origins=OriginSettings(origins=("https://privydrop.app",)))
+    code, _, headers = stub.answer(
+        stub.request("OPTIONS", "EIO=4&transport=polling", headers={"Origin": origin})
+    )
+    assert code == 204
+    assert headers.getRawHeaders("access-control-allow-origin") == expected

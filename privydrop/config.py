@@ -58,6 +58,10 @@ class RedisSettings:
     #: Seconds to wait for the initial connection in production before giving up.
     connect_timeout: float = 5.0
     pool_size: int = 8
+    #: Pub/sub channels between processes are named ``<prefix>#<namespace>#``.
+    #: Pub/sub ignores the db index: deployments sharing one Redis server need
+    #: different prefixes.
+    channel_prefix: str = "privydrop"
 
 
 @attrs.frozen

@@ -104,7 +104,9 @@ class RealtimeService(Service):
 
     def stopService(self) -> Deferred[Any] | None:
         super().stopService()
-        self.realtime.engine_server.close_all()
+        # The listener stopped first (see service.py): no polling client can
+        # come back for a close packet, so end idle polling sessions now.
+        self.realtime.engine_server.close_all(linger=False)
         drained = self.realtime.signaling.wait_idle()
         drained.addTimeout(SHUTDOWN_DRAIN_S, self.realtime.clock)
         drained.addErrback(self._not_drained)

@@ -108,7 +108,9 @@ def build_service(
         if settings.redis is not None:
             # Before "realtime", so it stops after it: disconnect notices sent
             # while sessions close on shutdown still reach other processes.
-            adapter_service = AdapterService(settings.redis, reactor)
+            adapter_service = AdapterService(
+                settings.redis, reactor, channel_prefix=settings.redis.channel_prefix
+            )
             adapter_service.setName("adapter")
             adapter_service.setServiceParent(top)
             adapter = adapter_service.adapter

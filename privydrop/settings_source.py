@@ -105,6 +105,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds to wait for Redis at start-up."),
     Variable("REDIS_POOL_SIZE", "redis-pool-size", str(_REDIS.pool_size),
              "Connections in the Redis pool."),
+    Variable("REDIS_CHANNEL_PREFIX", "redis-channel-prefix", _REDIS.channel_prefix,
+             "Prefix of the pub/sub channels between processes. Pub/sub ignores the "
+             "database index, so deployments sharing one Redis server need different "
+             "prefixes; every process of one deployment needs the same."),
     Variable("DISABLE_JOIN_RATE_LIMIT", "disable-join-rate-limit", "0",
              "1 turns off the per-IP join rate limit (2 joins per 5 s).", flag=True),
     Variable("JOIN_RATE_LIMIT", "join-rate-limit",
@@ -429,8 +433,27 @@ def _redis(sources: _Sources) -> tuple[RedisSettings | None, str | None]:
             "REDIS_CONNECT_TIMEOUT", _REDIS.connect_timeout, float, 0.001
         ),
         pool_size=sources.number("REDIS_POOL_SIZE", _REDIS.pool_size, int, 1),
+        channel_prefix=_channel_prefix(sources),
     )
     return redis, found.label
+
+
+#: Characters a channel prefix cannot hold: the separator and glob syntax
+#: (the subscription is the pattern ``<prefix>#*``).
+_CHANNEL_PREFIX_FORBIDDEN = frozenset("#*?[]\\")
+
+
+def _channel_prefix(sources: _Sources) -> str:
+    found = sources.find("REDIS_CHANNEL_PREFIX")
+    if found is None:
+        return _REDIS.channel_prefix
+    prefix = found.value.strip()
+    if not prefix or _CHANNEL_PREFIX_FORBIDDEN & set(prefix):
+        raise ConfigError(
+            "%s: expected a non-empty name without # * ? [ ] or \\, got %r"
+            % (found.label, found.value)
+        )
+    return prefix
 
 
 _ORIGIN = re.compile(r"^https?://[^/\s?#]+$")

@@ -219,16 +219,23 @@ class EngineServer:
     def issued_ms(self) -> int:
         return int(self._wall_clock() * 1000)
 
-    def close_all(self, reason: str = REASON_SHUTDOWN) -> None:
+    def close_all(self, reason: str = REASON_SHUTDOWN, *, linger: bool = True) -> None:
         """Close every session (shutdown), as the reference server's C{close()}.
 
         Queued packets are still delivered: WebSockets get them and a
         going-away close now; a polling client gets them with a close packet
         in its pending or next GET (so it reconnects rather than reporting an
         error), within C{polling_close_timeout_s}.
+
+        @param linger: False when no further GET can arrive (the listener has
+            already stopped): polling sessions with no GET pending are then
+            ended at once, so the layer above cleans up now instead of after
+            C{polling_close_timeout_s}.
         """
         for session in list(self._sessions.values()):
             session.close(reason, WS_GOING_AWAY)
+            if not linger and session.state is not SessionState.CLOSED:
+                session.force_close(reason, WS_GOING_AWAY)
 
     def _session_closed(self, session: Session) -> None:
         self._sessions.pop(session.sid, None)

@@ -254,3 +254,15 @@ def test_log_client_ips_reaches_every_layer_that_logs_peers() -> None:
     s = settings({"LOG_CLIENT_IPS": "1"})
     assert s.http.log_client_ips is True
     assert s.engine.log_client_ips is True
+
+
+def test_redis_channel_prefix_is_settable_and_validated() -> None:
+    """Two deployments on one Redis server must be able to keep their signaling apart."""
+    base = {"REDIS_HOST": "127.0.0.1"}
+    assert settings(base).redis is not None
+    assert settings(base).redis.channel_prefix == "privydrop"  # type: ignore[union-attr]
+    s = settings({**base, "REDIS_CHANNEL_PREFIX": "staging"})
+    assert s.redis is not None and s.redis.channel_prefix == "staging"
+    for bad in ("", "a#b", "drop*"):
+        with pytest.raises(ConfigError, match="REDIS_CHANNEL_PREFIX"):
+            settings({**base, "REDIS_CHANNEL_PREFIX": bad})

@@ -692,3 +692,16 @@ def test_rejection_warnings_are_rate_limited_per_cause(clock: Clock) -> None:
         ("bad payload", 3),
     ]
     assert all(e["log_level"].name == "warn" for e in events)
+
+
+def test_close_all_without_linger_ends_idle_polling_sessions_now(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """On process shutdown (listener already gone) a polling user between two
+    GETs must be cleaned up at once, or their room binding outlives the process."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    server.close_all(linger=False)
+    assert server.get_session(session.sid) is None
+    assert server.clients_count == 0
+    assert app.closed == [(session.sid, "server shutting down")]

@@ -56,7 +56,14 @@ from typing import Any, Union
 
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    TimeoutError,
+    fail,
+    inlineCallbacks,
+    succeed,
+)
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
@@ -376,6 +383,59 @@ class PublishError(Exception):
     connection in time, no answer in time)."""
 
 
+@inlineCallbacks
+def _authenticate(protocol: Any) -> Any:
+    """The handshake of a cluster connection: C{AUTH} when a password is set.
+
+    txredisapi's own handshake, on any C{AUTH} failure, stops the connection
+    factory for good (this process would stay deaf to the cluster until a
+    restart, even once Redis accepts the password) and fails a Deferred that
+    nobody holds ("Unhandled error in Deferred"). Here a refusal is logged
+    (once per distinct answer) and the connection dropped; the factory keeps
+    reconnecting with its back-off, as the store's connections do
+    (L{privydrop.store.redis}).
+
+    @param protocol: a C{txredisapi.RedisProtocol} in its C{connectionMade}.
+    @return: a Deferred firing True once the connection is usable, False
+        when it was dropped.
+    """
+    factory = protocol.factory
+    if protocol.password is not None:
+        try:
+            reply = yield protocol.auth(protocol.password)
+            if isinstance(reply, Exception):
+                raise reply
+        except txredisapi.ResponseError as e:
+            message = str(e)
+            if getattr(factory, "auth_error", None) != message:
+                _log.error("redis refused the cluster connection's AUTH: {error}", error=message)
+            factory.auth_error = message
+            protocol.transport.loseConnection()
+            return False
+        except Exception as e:  # noqa: BLE001 - anything else is transient: reconnect
+            _log.debug("cluster connection handshake interrupted: {error}", error=str(e))
+            protocol.transport.abortConnection()
+            return False
+    if not protocol.connected:
+        return False
+    if getattr(factory, "auth_error", None) is not None:
+        _log.info("redis accepted the cluster connection's AUTH again")
+    factory.auth_error = None
+    # What txredisapi's own handshake does once it succeeds.
+    protocol._ready = True
+    waiting, protocol._waiting_for_connect = protocol._waiting_for_connect, []
+    for d in waiting:
+        d.callback(protocol)
+    return True
+
+
+class _PublisherProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
+    """txredisapi's protocol with L{_authenticate} as its handshake."""
+
+    def connectionMade(self) -> Any:
+        return _authenticate(self)
+
+
 class RedisPublisher:
     """One Redis connection that publishes, in order, with bounded waits.
 
@@ -429,6 +489,7 @@ class RedisPublisher:
             replyTimeout=None,
             convertNumbers=False,
         )
+        factory.protocol = _PublisherProtocol
         factory.initialDelay = self._initial_delay
         factory.maxDelay = self._max_delay
         factory.startConnecting(_endpoint(settings, self._reactor))
@@ -495,9 +556,9 @@ class _ClusterSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore
     factory: _ClusterSubscriberFactory
 
     def connectionMade(self) -> Any:
-        # txredisapi's handshake (AUTH when a password is set) runs first.
-        handshake = super().connectionMade()
-        handshake.addCallback(self._subscribe)
+        # The handshake (AUTH when a password is set) runs first.
+        handshake = _authenticate(self)
+        handshake.addCallback(lambda ready: self._subscribe(None) if ready else None)
         handshake.addErrback(
             lambda failure: _log.failure("cluster subscription failed", failure=failure)
         )

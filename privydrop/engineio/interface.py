@@ -24,7 +24,8 @@ Message = Union[str, bytes]
 class Handshake:
     """What the client's first request said, kept for the session's lifetime.
 
-    @ivar headers: request headers, lower-cased names, last value wins.
+    @ivar headers: request headers, lower-cased names; a header sent on
+        several lines is joined with C{", "}, whatever the transport.
     @ivar remote_address: the direct peer's IP address.
     @ivar query: query string parameters of the first request.
     @ivar url: the first request's path and query.

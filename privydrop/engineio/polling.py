@@ -60,8 +60,13 @@ def handshake_of(
     request: Request, query: Mapping[str, str], issued_ms: int
 ) -> Handshake:
     """The L{Handshake} record of a twisted.web request."""
+    # A header sent on several lines is joined with ", ", as Autobahn does
+    # for the WebSocket transport (and Node for the reference server): a
+    # socket's handshake must not depend on the transport it started on, and
+    # X-Forwarded-For must keep every hop for the client-IP rule
+    # (privydrop.clientip), not only the last line.
     headers = {
-        k.decode("latin-1").lower(): v[-1].decode("latin-1")
+        k.decode("latin-1").lower(): ", ".join(item.decode("latin-1") for item in v)
         for k, v in request.requestHeaders.getAllRawHeaders()
     }
     peer = request.getClientAddress()

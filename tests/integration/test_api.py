@@ -209,3 +209,36 @@ async def test_socketio_is_mounted_beside_the_api(server: Server) -> None:
     assert code == 200
     assert health["dependencies"]["socketio"]["status"] == "running"
     assert health["dependencies"]["socketio"]["connections"] >= 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrong_redis_password_shows_as_unhealthy_not_as_a_stall(tmp_path: Path) -> None:
+    """An operator who mistyped REDIS_PASSWORD sees it on /health/detailed
+    (503, Redis "disconnected", with the reason), and API calls answer 503
+    within the command timeout instead of hanging."""
+    redis = RedisServer(tmp_path / "auth", password="right one")
+    redis.start()
+    try:
+        settings = Settings(
+            listen=LISTEN, redis=redis_settings(redis, password="wrong", command_timeout=0.5)
+        )
+        service = build_service(settings, reactor)
+        service.startService()
+        try:
+            port = await service.getServiceNamed("http")._waitingForPort
+            pool = HTTPConnectionPool(reactor, persistent=False)
+            server = Server(f"http://127.0.0.1:{port.getHost().port}", service, pool)
+            started = reactor.seconds()
+            code, body = await server.request("GET", "/health/detailed")
+            assert code == 503
+            assert body["status"] == "unhealthy"
+            assert body["dependencies"]["redis"]["status"] == "disconnected"
+            assert "authentication" in body["dependencies"]["redis"]["error"]
+            code, body = await server.request("POST", "/api/check_room", {"roomId": "0427"})
+            assert code == 503 and isinstance(body["error"], str)
+            assert reactor.seconds() - started < 2 * 0.5 + 1
+            await pool.closeCachedConnections()
+        finally:
+            await service.stopService()
+    finally:
+        redis.kill()

@@ -435,3 +435,48 @@ async def test_nodes_authenticate_to_a_password_protected_redis(
     assert await bob.call("join", "r") == [True]
     alice.emit("to-room", "r", "authenticated")
     assert await bob.next_event() == ['2["room-event","authenticated"]']
+
+
+@pytest_twisted.ensureDeferred
+async def test_cluster_connections_recover_once_redis_accepts_the_password(
+    password_redis: RedisServer, prefix: str
+) -> None:
+    """A Redis password that is refused (mistyped, or rotated on the Redis
+    side first) is reported and retried: once Redis accepts it, this process
+    subscribes and publishes again by itself, without a restart, and the
+    refusal never surfaces as an "Unhandled error in Deferred"."""
+    import gc
+
+    from twisted.logger import globalLogPublisher
+
+    refused: Deferred[None] = Deferred()
+    events: list[dict[str, Any]] = []
+
+    def observe(event: dict[str, Any]) -> None:
+        events.append(event)
+        text = str(event.get("log_format", "")) + str(event.get("error", ""))
+        if "auth" in text.lower() and not refused.called:
+            refused.callback(None)
+
+    service = AdapterService(
+        redis_settings(password_redis, password="rotated-pw"),
+        reactor,
+        channel_prefix=prefix,
+        reconnect_initial_delay=0.05,
+        reconnect_max_delay=0.2,
+    )
+    globalLogPublisher.addObserver(observe)
+    try:
+        service.startService()
+        try:
+            await within(refused)
+            password_redis.command("CONFIG", "SET", "requirepass", "rotated-pw")
+            await within(service.wait_subscribed())
+            assert await within(service.publisher.publish(prefix + "#/#", b"{}")) >= 0
+        finally:
+            await service.stopService()
+        del service
+        gc.collect()
+    finally:
+        globalLogPublisher.removeObserver(observe)
+    assert not [e for e in events if "Unhandled error" in str(e.get("log_format", ""))]

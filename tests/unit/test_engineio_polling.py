@@ -138,3 +138,34 @@ def test_preflight_allows_only_configured_origins(
     )
     assert code == 204
     assert headers.getRawHeaders("access-control-allow-origin") == expected
+
+
+class _RecordHandshakes(Echo):
+    def __init__(self) -> None:
+        self.headers: list[Any] = []
+
+    def on_open(self, connection: EngineConnection) -> None:
+        self.headers.append(dict(connection.handshake.headers))
+
+
+def test_repeated_header_lines_reach_the_handshake_joined() -> None:
+    """A client that starts on polling behind a proxy that adds its own
+    X-Forwarded-For line keeps every hop in its handshake, as over WebSocket;
+    otherwise the join rate limit would count a different address depending
+    on the transport the client happened to start with."""
+    app = _RecordHandshakes()
+    clock = Clock()
+    server = EngineServer(clock, EngineSettings(path="/engine.io/"), app)
+    root = Resource()
+    root.putChild(b"engine.io", build_engineio_resource(server))
+    http = StubTreq(root)
+    d = http.request(
+        "GET",
+        BASE + "?EIO=4&transport=polling",
+        headers={"X-Forwarded-For": ["198.51.100.9", "203.0.113.5"]},
+    )
+    http.flush()
+    assert result_of(d).code == 200
+    assert app.headers[0]["x-forwarded-for"] == "198.51.100.9, 203.0.113.5"
+    server.close_all()
+    clock.advance(60)

@@ -47,7 +47,29 @@ def trusted_proxies(networks: tuple[str, ...]) -> TrustedProxies:
     return TrustedProxies(networks)
 
 
+#: Longest text whose parse is cached (an IPv6 address with a zone and port
+#: fits); longer claims from X-Forwarded-For are parsed each time, so a client
+#: cannot fill the cache with large strings.
+_CACHED_LENGTH = 64
+
+
 def _parse(address: str) -> _Address | None:
+    """An address (IPv4-mapped IPv6 as IPv4), or None.
+
+    Cached, since the same few peers and proxies are parsed on every request
+    and join.
+    """
+    if len(address) <= _CACHED_LENGTH:
+        return _parse_cached(address)
+    return _parse_text(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_cached(address: str) -> _Address | None:
+    return _parse_text(address)
+
+
+def _parse_text(address: str) -> _Address | None:
     text = address.strip()
     if text.startswith("[") and "]" in text:
         # "[2001:db8::1]:443" as some proxies write IPv6 with a port.

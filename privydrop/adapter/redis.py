@@ -88,7 +88,11 @@ from privydrop.config import RedisSettings
 from privydrop.logthrottle import ThrottledWarnings
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Message, Packet, encode
-from privydrop.store.redis import RedisSubscriberFactory
+from privydrop.store.redis import (
+    FastRepliesMixin,
+    PipelinedProtocol,
+    RedisSubscriberFactory,
+)
 
 _log = Logger()
 
@@ -429,8 +433,8 @@ def _authenticate(protocol: Any) -> Any:
     return True
 
 
-class _PublisherProtocol(txredisapi.RedisProtocol):  # type: ignore[misc]
-    """txredisapi's protocol with L{_authenticate} as its handshake."""
+class _PublisherProtocol(PipelinedProtocol):
+    """The store's pipelined protocol with L{_authenticate} as its handshake."""
 
     def connectionMade(self) -> Any:
         return _authenticate(self)
@@ -501,9 +505,14 @@ class RedisPublisher:
         @return: a Deferred firing with the number of subscribers Redis
             delivered it to, or failing with L{PublishError}.
         """
-        if self._factory is None:
+        factory = self._factory
+        if factory is None:
             return fail(PublishError("the cluster publisher is not running"))
-        return Deferred.fromCoroutine(self._publish(self._factory, channel, payload))
+        for conn in factory.pool:
+            if conn.usable:
+                # The common case, without a coroutine: the connection is up.
+                return self._send(conn, channel, payload, self._timeout)
+        return Deferred.fromCoroutine(self._publish(factory, channel, payload))
 
     def close(self) -> Deferred[Any]:
         """Close the connection and stop reconnecting (idempotent)."""
@@ -514,6 +523,7 @@ class RedisPublisher:
         return closed
 
     async def _publish(self, factory: Any, channel: str, payload: bytes) -> int:
+        """Wait (bounded) for the connection, then publish."""
         clock = self._reactor
         deadline = clock.seconds() + self._timeout
         try:
@@ -524,34 +534,51 @@ class RedisPublisher:
             raise PublishError(f"no Redis connection within {self._timeout}s") from None
         except txredisapi.ConnectionError as e:
             raise PublishError(f"not connected ({e})") from None
+        result: int = await self._send(
+            conn, channel, payload, max(0.0, deadline - clock.seconds())
+        )
+        return result
+
+    def _send(self, conn: Any, channel: str, payload: bytes, timeout: float) -> Deferred[int]:
+        """PUBLISH on C{conn}, answered within C{timeout} seconds."""
         try:
-            result = await conn.publish(channel, payload).addTimeout(
-                max(0.0, deadline - clock.seconds()), clock
-            )
-        except TimeoutError:
-            # A reply may still come; on this connection it would answer the
-            # next PUBLISH. Take the connection out of use at once (the abort
-            # itself completes on a later turn) so the next publication waits
-            # for a fresh one.
-            queue = factory.connectionQueue
+            reply = conn.send(("PUBLISH", channel, payload), None)
+        except txredisapi.ConnectionError as e:
+            return fail(PublishError(f"not connected ({e})"))
+        except txredisapi.InvalidData as e:
+            return fail(PublishError(f"cannot encode the publication ({e})"))
+        reply.addTimeout(timeout, self._reactor)
+        return reply.addCallbacks(int, self._send_failed, errbackArgs=(conn,))
+
+    def _send_failed(self, failure: Failure, conn: Any) -> Failure:
+        if failure.check(TimeoutError):
+            # A reply may still come; later publications must not queue
+            # behind a stalled server. Take the connection out of use at once
+            # (the abort itself completes on a later turn) so the next
+            # publication waits for a fresh one.
+            queue = conn.factory.connectionQueue
             if conn in queue.pending:
                 queue.remove(conn)
-            if conn.connected:
-                conn.transport.abortConnection()
-            raise PublishError(f"no answer to PUBLISH within {self._timeout}s") from None
-        except txredisapi.ConnectionError as e:
-            raise PublishError(f"connection lost ({e})") from None
-        except txredisapi.ResponseError as e:
-            raise PublishError(f"Redis refused PUBLISH ({e})") from None
-        return int(result)
+            if not conn.broken:
+                conn.give_up(reason="a PUBLISH was not answered in time")
+            raise PublishError(f"no answer to PUBLISH within {self._timeout}s")
+        if failure.check(txredisapi.ConnectionError):
+            raise PublishError(f"connection lost ({failure.value})")
+        if failure.check(txredisapi.ResponseError):
+            raise PublishError(f"Redis refused PUBLISH ({failure.value})")
+        return failure
 
 
 def _endpoint(settings: RedisSettings, reactor: Any) -> HostnameEndpoint:
     return HostnameEndpoint(reactor, settings.host, settings.port, timeout=settings.connect_timeout)
 
 
-class _ClusterSubscriberProtocol(txredisapi.SubscriberProtocol):  # type: ignore[misc]
-    """Subscribes after every (re)connection and hands publications on."""
+class _ClusterSubscriberProtocol(FastRepliesMixin, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+    """Subscribes after every (re)connection and hands publications on.
+
+    Replies are parsed by L{FastRepliesMixin}: every node reads every
+    publication of the cluster, its own included.
+    """
 
     factory: _ClusterSubscriberFactory
 

@@ -174,14 +174,13 @@ class Rooms:
         @raise StoreUnavailable: when the store cannot be reached.
         """
         settings = self._settings
+        # The letter batch is drawn only when the digit batch is all taken.
         batches = (
-            ("numeric", ids.numeric_candidates(self._rng, settings.numeric_id_attempts)),
-            (
-                "alphanumeric",
-                ids.alphanumeric_candidates(self._rng, settings.alphanumeric_id_attempts),
-            ),
+            ("numeric", ids.numeric_candidates, settings.numeric_id_attempts),
+            ("alphanumeric", ids.alphanumeric_candidates, settings.alphanumeric_id_attempts),
         )
-        for kind, candidates in batches:
+        for kind, draw, attempts in batches:
+            candidates = draw(self._rng, attempts)
             if not candidates:
                 continue
             room_id = await self._store.create_first_free_room(

@@ -78,4 +78,8 @@ _REFUSED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
 def contains_control_characters(text: str) -> bool:
     """Whether client-chosen text (a room id, a referrer) has characters we refuse in keys."""
+    if text.isascii() and text.isprintable():
+        # The common case, without a category lookup per character: printable
+        # ASCII (space to "~") holds none of the refused categories.
+        return False
     return any(unicodedata.category(char) in _REFUSED_CATEGORIES for char in text)

@@ -6,15 +6,28 @@ Every operation is one round trip: a plain command, or one Lua script
 again with ``EVAL``, which also caches it. Scripts make each operation atomic
 across processes sharing the Redis.
 
-Bounded waits. txredisapi waits for a reply for ever, so each operation gets
-a deadline (C{RedisSettings.command_timeout}) covering both waiting for a
-free connection and waiting for the reply; past it the caller gets
-L{StoreUnavailable}. A connection is checked out for exactly one command at a
-time, and a connection that still owes a reply (its command timed out or was
-cancelled) is aborted, never put back: Redis replies in order, so the next
-command on it would queue behind the stalled one, and any bookkeeping slip
-would hand it the late reply as its answer. The pool (txredisapi's, one
+Pipelining and bounded waits. Commands are written at once on a pool
+connection that is ready (the first one with fewer than L{PIPELINE_DEPTH}
+replies owed, else the least loaded), without waiting for the replies to
+earlier commands: Redis answers each connection's commands in order, and each
+connection keeps a FIFO of the Deferreds it owes, so a reply always goes to
+the command that was written in the same position. A caller that gives up
+(its route was cancelled) leaves its place in that FIFO, which swallows the
+late reply. txredisapi waits for a reply for ever, so each operation gets a
+deadline (C{RedisSettings.command_timeout}) covering both waiting for a ready
+connection and waiting for the reply; instead of one timer per command, one
+timer per store checks the replies owed every quarter of the timeout (at most
+0.1 s), so a failure comes at most that much after the deadline. When a
+reply is overdue its connection
+is aborted at once, never used again: every command still owed on it fails
+(the overdue ones with "no answer in time", the others with "connection
+lost") and callers get L{StoreUnavailable}. A stalled Redis thus costs at most
+the commands in flight on that connection, and a late reply can never be
+read as the answer to a newer command. The pool (txredisapi's, one
 C{ClientService} per slot) reconnects by itself with a backoff.
+
+Replies are parsed and commands encoded by L{privydrop.store.resp} rather
+than by txredisapi's line-by-line Python parser (see there for why).
 
 Handshake. Our protocol does ``AUTH`` and ``SELECT`` itself so that a server
 rejecting them (wrong password, bad db index) is reported loudly: waiting
@@ -34,6 +47,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
+from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +75,7 @@ from privydrop.store.interface import (
     StoreError,
     StoreUnavailable,
 )
+from privydrop.store.resp import ReplyParser, RESPProtocolError, encode_command
 
 _log = Logger()
 
@@ -68,6 +83,12 @@ _log = Logger()
 #: (WRONGPASS, NOAUTH, "AUTH <password> called without any password
 #: configured", "invalid password" of older servers).
 _AUTH_ERROR_MARKERS = ("WRONGPASS", "NOAUTH", "AUTH", "password")
+
+
+#: Commands one connection carries before the next one is preferred (see
+#: L{RedisStore._pick}). Not a limit: past it on every connection, commands
+#: go to the least loaded one.
+PIPELINE_DEPTH = 32
 
 
 def _is_auth_error(message: str) -> bool:
@@ -111,8 +132,157 @@ class _HandshakeRejected(txredisapi.ConnectionError):
     """Redis refused AUTH or SELECT: a configuration problem, not a blip."""
 
 
-class _StoreProtocol(txredisapi.RedisProtocol):
-    """txredisapi's protocol with a handshake that tells refusal from loss.
+class FastRepliesMixin:
+    """Parses replies with L{privydrop.store.resp} instead of txredisapi's parser.
+
+    Mix into a C{txredisapi.RedisProtocol} subclass (before it): every
+    complete reply is handed to C{replyReceived}, as the stock parser does,
+    so the protocol's own dispatch (the reply queue, or the pub/sub message
+    callbacks of C{SubscriberProtocol}) is unchanged. Bytes that are not RESP
+    drop the connection.
+    """
+
+    charset: str | None
+    transport: Any
+    transactions: int
+    inTransaction: bool
+    _resp_parser: ReplyParser | None = None
+
+    def dataReceived(self, data: bytes, unpause: bool = False) -> None:
+        parser = self._resp_parser
+        if parser is None:
+            parser = self._resp_parser = ReplyParser(self.charset)
+        try:
+            replies = parser.feed(data)
+        except RESPProtocolError as e:
+            _log.error("redis sent bytes that are not RESP ({error}); reconnecting", error=str(e))
+            self.transport.abortConnection()
+            return
+        for reply in replies:
+            if self.transport is None or self.transport.disconnecting:
+                return
+            if reply == "QUEUED":
+                self.transactions += 1
+            elif self.inTransaction and isinstance(reply, list):
+                reply = self.handleTransactionData(reply)  # type: ignore[attr-defined]
+            self.replyReceived(reply)  # type: ignore[attr-defined]
+
+
+class _Owed:
+    """One reply a connection owes: who waits for it, by when, for which command."""
+
+    __slots__ = ("command", "deadline", "deferred")
+
+    def __init__(self, deferred: defer.Deferred[Any], deadline: float | None, command: Any) -> None:
+        self.deferred = deferred
+        self.deadline = deadline
+        self.command = command
+
+
+class PipelinedProtocol(FastRepliesMixin, txredisapi.RedisProtocol):
+    """A txredisapi protocol that pipelines: commands are written at once and
+    a FIFO of the replies owed matches each reply to its command.
+
+    Redis answers a connection's commands in order, so the n-th reply is the
+    answer to the n-th command written. Every command written, txredisapi's
+    own (AUTH, SELECT, PUBLISH, ...) included, goes through L{send}, so the
+    FIFO holds exactly one entry per command. A caller that cancels its
+    Deferred keeps its entry, which absorbs the late reply. Used by the
+    store's pool and by the cluster adapter's publisher.
+
+    @ivar owed: the replies this connection still owes, oldest first.
+    @ivar broken: set once the connection was given up (L{give_up});
+        nothing is sent on it any more.
+    """
+
+    broken = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.owed: deque[_Owed] = deque()
+
+    @property
+    def usable(self) -> bool:
+        """Ready for commands: handshake done, connected, not given up."""
+        return self._ready and self.connected and not self.broken
+
+    def send(self, args: Sequence[Any], deadline: float | None) -> defer.Deferred[Any]:
+        """Write one command now; the Deferred fires with its reply.
+
+        An error reply fails it with C{txredisapi.ResponseError}; a lost or
+        given-up connection with C{txredisapi.ConnectionError}.
+
+        @param deadline: reactor time by which the reply is due (checked by
+            the store's timer), or None for none.
+        @raise txredisapi.InvalidData: an argument cannot be encoded;
+            nothing was written.
+        @raise txredisapi.ConnectionError: not connected.
+        """
+        if not self.connected or self.broken:
+            raise txredisapi.ConnectionError("Not connected")
+        self.transport.write(encode_command(args, self.charset or "utf-8"))
+        d: defer.Deferred[Any] = defer.Deferred()
+        self.owed.append(_Owed(d, deadline, args[0]))
+        return d
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> defer.Deferred[Any]:
+        # txredisapi's own command methods (AUTH, SELECT of the handshake)
+        # go through the same FIFO.
+        d = self.send(args, None)
+        post_proc = kwargs.get("post_proc")
+        if callable(post_proc):
+            d.addCallback(post_proc)
+        return d
+
+    def replyReceived(self, reply: Any) -> None:
+        if self.broken:
+            # Given up: what it owed has failed already.
+            return
+        if not self.owed:
+            _log.error("redis sent a reply nobody asked for; reconnecting")
+            self.give_up(reason="a reply nobody asked for")
+            return
+        d = self.owed.popleft().deferred
+        # A cancelled Deferred ignores this (its place in the FIFO consumed
+        # the reply, as it must).
+        if isinstance(reply, Exception):
+            d.errback(reply)
+        else:
+            d.callback(reply)
+
+    def overdue(self, now: float) -> list[_Owed]:
+        """The replies owed whose deadline has passed."""
+        return [o for o in self.owed if o.deadline is not None and o.deadline <= now]
+
+    def give_up(
+        self, overdue: Sequence[_Owed] = (), reason: str = "a reply on it was overdue"
+    ) -> None:
+        """Never use this connection again: fail what it owes, abort it.
+
+        @param overdue: entries to fail with C{defer.TimeoutError}; every
+            other one fails with C{txredisapi.ConnectionError} naming C{reason}.
+        """
+        self.broken = True
+        owed, self.owed = self.owed, deque()
+        late = {id(o) for o in overdue}
+        for o in owed:
+            if id(o) in late:
+                o.deferred.errback(defer.TimeoutError())
+            else:
+                o.deferred.errback(txredisapi.ConnectionError(f"connection dropped: {reason}"))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def connectionLost(self, why: Any) -> None:
+        super().connectionLost(why)
+        owed, self.owed = self.owed, deque()
+        for o in owed:
+            o.deferred.errback(txredisapi.ConnectionError("Lost connection"))
+
+
+class _StoreProtocol(PipelinedProtocol):
+    """The store's connections: L{PipelinedProtocol} with a handshake that
+    tells refusal from loss.
 
     The stock handshake stops the whole pool for good when AUTH or SELECT
     fails for any reason, a connection lost mid-handshake included. Here
@@ -163,9 +333,15 @@ class _StoreProtocol(txredisapi.RedisProtocol):
 
 
 class _StoreFactory(txredisapi.RedisFactory):
-    """txredisapi's pool factory, plus handshake bookkeeping."""
+    """txredisapi's pool factory, plus handshake bookkeeping.
+
+    Connections are not checked out of txredisapi's queue: the store picks
+    one of C{pool} for each command (L{RedisStore._pick}). Callers that find
+    none ready wait in C{ready_waiters}.
+    """
 
     protocol = _StoreProtocol
+    pool: list[_StoreProtocol]
 
     def __init__(
         self,
@@ -190,6 +366,21 @@ class _StoreFactory(txredisapi.RedisFactory):
         self.maxDelay = max_delay
         #: The server's last refusal of AUTH/SELECT, cleared by a success.
         self.handshake_error: str | None = None
+        #: Callers waiting for a connection to become ready.
+        self.ready_waiters: list[defer.Deferred[Any]] = []
+
+    def addConnection(self, conn: Any) -> None:
+        super().addConnection(conn)
+        # txredisapi queues the connection for getConnection(), which the
+        # store does not use; left there, every reconnection would leave a
+        # dead protocol behind.
+        queue = self.connectionQueue
+        if conn in queue.pending:
+            queue.remove(conn)
+        if conn in self.pool:
+            waiters, self.ready_waiters = self.ready_waiters, []
+            for d in waiters:
+                d.callback(conn)
 
     def handshake_rejected(self, message: str) -> None:
         if message != self.handshake_error:
@@ -200,8 +391,10 @@ class _StoreFactory(txredisapi.RedisFactory):
         self.fail_waiting(_HandshakeRejected(message))
 
     def fail_waiting(self, error: Exception) -> None:
-        """Fail every caller waiting for a free connection with C{error}."""
+        """Fail every caller waiting for a ready connection with C{error}."""
         waiting, self.connectionQueue.waiting = list(self.connectionQueue.waiting), []
+        waiting += self.ready_waiters
+        self.ready_waiters = []
         for d in waiting:
             d.errback(error)
 
@@ -248,6 +441,9 @@ class RedisStore:
         )
         self._started = False
         self._closed = False
+        #: The timer that looks for overdue replies while any are owed.
+        self._watchdog: Any = None
+        self._watch_interval = max(0.01, min(0.1, settings.command_timeout / 4))
 
     @classmethod
     def from_settings(cls, settings: RedisSettings, reactor: Any) -> RedisStore:
@@ -299,18 +495,37 @@ class RedisStore:
             return self._unavailable(f"authentication failed ({message})")
         return self._unavailable(f"connection handshake refused ({message})")
 
-    def _bounded(self, d: defer.Deferred[Any], seconds: float) -> defer.Deferred[Any]:
-        return d.addTimeout(max(0.0, seconds), self._reactor)
+    def _pick(self) -> _StoreProtocol | None:
+        """The connection for the next command, or None when none is ready.
 
-    async def _acquire(self, deadline: float) -> Any:
-        """Check one ready connection out of the pool, waiting until the deadline."""
+        The first ready one with fewer than L{PIPELINE_DEPTH} replies owed,
+        so a light load stays on few connections (fewer writes and reads per
+        reactor turn); past that depth, the least loaded.
+        """
+        best: _StoreProtocol | None = None
+        for conn in self._factory.pool:
+            if conn.usable:
+                owed = len(conn.owed)
+                if owed < PIPELINE_DEPTH:
+                    return conn
+                if best is None or owed < len(best.owed):
+                    best = conn
+        return best
+
+    async def _acquire(self, deadline: float) -> _StoreProtocol:
+        """A ready connection, waiting for one until the deadline."""
+        conn = self._pick()
+        if conn is not None:
+            return conn
         factory = self._factory
-        if factory.handshake_error is not None and not factory.connectionQueue.pending:
+        if factory.handshake_error is not None:
             raise self._refused(factory.handshake_error)
+        waiter: defer.Deferred[Any] = defer.Deferred(
+            lambda d: factory.ready_waiters.remove(d) if d in factory.ready_waiters else None
+        )
+        factory.ready_waiters.append(waiter)
         try:
-            return await self._bounded(
-                factory.getConnection(), deadline - self._reactor.seconds()
-            )
+            await waiter.addTimeout(max(0.0, deadline - self._reactor.seconds()), self._reactor)
         except _HandshakeRejected as e:
             raise self._refused(str(e)) from None
         except defer.TimeoutError:
@@ -319,12 +534,47 @@ class RedisStore:
             raise self._unavailable("no connection available in time") from None
         except txredisapi.ConnectionError as e:
             raise self._unavailable(f"not connected ({e})") from None
+        conn = self._pick()
+        if conn is None:
+            raise self._unavailable("not connected (the new connection was lost)")
+        return conn
 
     def _deadline(self) -> float:
         return self._reactor.seconds() + self._settings.command_timeout
 
+    def _watch(self) -> None:
+        """Make sure the overdue-reply check runs while replies are owed."""
+        if self._watchdog is None:
+            self._watchdog = self._reactor.callLater(self._watch_interval, self._check_overdue)
+
+    def _check_overdue(self) -> None:
+        """Give up the connections that owe an overdue reply (a timer callback)."""
+        self._watchdog = None
+        try:
+            now = self._reactor.seconds()
+            owing = False
+            for conn in list(self._factory.pool):
+                overdue = conn.overdue(now)
+                if overdue:
+                    _log.warn(
+                        "redis command {command} timed out (command timeout {timeout}s);"
+                        " connection dropped with {pending} replies owed",
+                        command=_text(overdue[0].command),
+                        timeout=self._settings.command_timeout,
+                        pending=len(conn.owed),
+                    )
+                    conn.give_up(overdue)
+                elif conn.owed:
+                    owing = True
+            if owing and not self._closed:
+                self._watch()
+        except Exception:  # noqa: BLE001 - a timer callback is an error boundary
+            _log.failure("checking redis replies for timeouts failed")
+            if not self._closed:
+                self._watch()
+
     async def _command(self, args: Sequence[Any], deadline: float | None = None) -> Any:
-        """Send one command on a connection of its own, before the deadline.
+        """Send one command, pipelined on a ready connection, before the deadline.
 
         @param deadline: the reactor time by which the reply must be in
             (by default C{command_timeout} from now).
@@ -335,33 +585,27 @@ class RedisStore:
         """
         if self._closed:
             raise self._unavailable("the store is closed")
-        self.start()
         if deadline is None:
-            deadline = self._deadline()
-        conn = await self._acquire(deadline)
-        # Only a connection whose reply has arrived may serve another command;
-        # on any other way out (timeout, loss, cancellation) a reply may still
-        # be on its way, and it would be read as the next command's answer.
-        reusable = False
+            deadline = self._reactor.seconds() + self._settings.command_timeout
+        conn = self._pick()
+        if conn is None:
+            self.start()
+            conn = await self._acquire(deadline)
         try:
-            reply = conn.execute_command(*args)
-            result = await self._bounded(reply, deadline - self._reactor.seconds())
-            reusable = True
-            return result
+            reply = conn.send(args, deadline)
+        except txredisapi.InvalidData as e:
+            raise StoreError(f"cannot encode a command argument: {e}") from None
+        except txredisapi.ConnectionError as e:
+            raise self._unavailable(f"not connected ({e})") from None
+        if self._watchdog is None:
+            self._watch()
+        try:
+            return await reply
         except defer.TimeoutError:
-            conn.transport.abortConnection()
-            timeout = self._settings.command_timeout
-            _log.warn(
-                "redis command {command} timed out (command timeout {timeout}s);"
-                " connection dropped",
-                command=_text(args[0]),
-                timeout=timeout,
-            )
             raise self._unavailable(
-                f"no answer in time (command timeout {timeout}s)"
+                f"no answer in time (command timeout {self._settings.command_timeout}s)"
             ) from None
         except txredisapi.ResponseError as e:
-            reusable = True
             message = str(e)
             if message.startswith("NOSCRIPT"):
                 raise
@@ -370,15 +614,6 @@ class RedisStore:
             raise self._unavailable(f"error reply ({message})") from None
         except txredisapi.ConnectionError as e:
             raise self._unavailable(f"connection lost ({e})") from None
-        except txredisapi.InvalidData as e:
-            # Raised before anything was written: the connection is intact.
-            reusable = True
-            raise StoreError(f"cannot encode a command argument: {e}") from None
-        finally:
-            if reusable and conn.connected:
-                self._factory.connectionQueue.put(conn)
-            elif conn.connected:
-                conn.transport.abortConnection()
 
     async def _script(
         self, script: Script, script_keys: Sequence[str], args: Sequence[Any]
@@ -537,6 +772,10 @@ class RedisStore:
         if self._closed:
             return
         self._closed = True
+        if self._watchdog is not None:
+            if self._watchdog.active():
+                self._watchdog.cancel()
+            self._watchdog = None
         self._factory.fail_waiting(txredisapi.ConnectionError("the store is closed"))
         if self._started:
             await self._factory.disconnect()

@@ -139,6 +139,41 @@ async def test_stalled_redis_fails_within_the_timeout_and_late_replies_are_not_m
 
 
 @pytest_twisted.ensureDeferred
+async def test_stall_with_many_commands_in_flight_fails_them_all_in_bounded_time(
+    private_redis: RedisServer, stalling_store: RedisStore
+) -> None:
+    """With many users' commands pipelined on one connection when Redis
+    freezes, every one of them gets a bounded 503 (none waits for ever), and
+    once Redis thaws each new caller reads its own answer."""
+    store = stalling_store
+    for room in ("A", "B"):
+        await store.create_room(room, NOW, 3600)
+        await store.join_room(f"s-{room}", room, NOW, 3600, 7200, None)
+    private_redis.pause()
+    started = time.monotonic()
+    outcomes = await defer.DeferredList(
+        [defer.Deferred.fromCoroutine(store.room_of_socket("s-A")) for _ in range(20)]
+        + [defer.Deferred.fromCoroutine(store.room_exists("B")) for _ in range(20)],
+        consumeErrors=True,
+    )
+    elapsed = time.monotonic() - started
+    assert all(not ok and failure.check(StoreUnavailable) for ok, failure in outcomes)
+    assert elapsed <= COMMAND_TIMEOUT + SLACK
+
+    private_redis.resume()
+    answers = await eventually(
+        lambda: defer.gatherResults(
+            [
+                defer.Deferred.fromCoroutine(store.room_of_socket("s-B")),
+                defer.Deferred.fromCoroutine(store.room_of_socket("s-A")),
+                defer.Deferred.fromCoroutine(store.room_exists("nowhere")),
+            ]
+        ).addErrback(lambda f: f.value.subFailure.raiseException())
+    )
+    assert answers == ["B", "A", False]
+
+
+@pytest_twisted.ensureDeferred
 async def test_store_reconnects_by_itself_after_redis_restarts(
     private_redis: RedisServer,
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -11,6 +12,8 @@ import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, reactor, task
+from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.protocol import Protocol
 from twisted.web.client import HTTPConnectionPool
 
 from privydrop.config import ApiSettings, RedisSettings, Settings
@@ -242,3 +245,39 @@ async def test_wrong_redis_password_shows_as_unhealthy_not_as_a_stall(tmp_path: 
             await service.stopService()
     finally:
         redis.kill()
+
+
+class _ClientThatNeverReads(Protocol):
+    """Pipelines many requests and never reads an answer."""
+
+    def __init__(self, requests: bytes) -> None:
+        self._requests = requests
+        self.lost: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.transport.pauseProducing()
+        self.transport.write(self._requests)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback(None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_pipelines_without_reading_is_dropped() -> None:
+    """A client that pipelines requests and never reads the answers is cut
+    off once the answers waiting for it pass the outbound cap, instead of
+    making the server hold them all in memory; other clients are served."""
+    settings = Settings(
+        listen=LISTEN,
+        engine=attrs.evolve(Settings().engine, max_outbound_buffer=64 * 1024),
+    )
+    server = await start_server(settings)
+    try:
+        port = int(server.base.rsplit(":", 1)[1])
+        hog = _ClientThatNeverReads(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" * 40_000)
+        await connectProtocol(TCP4ClientEndpoint(reactor, "127.0.0.1", port), hog)
+        await hog.lost.addTimeout(20, reactor)
+        assert (await server.request("GET", "/health"))[0] == 200
+    finally:
+        await stop_server(server)

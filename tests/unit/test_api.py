@@ -382,3 +382,28 @@ def test_rejections_are_logged_once_per_cause_per_interval(client: Client) -> No
     refused = [e for e in events if e.get("code") == 400]
     assert len(refused) == 1 and refused[0]["suppressed"] == 19
 
+
+@pytest.mark.parametrize("origin", ["http://localhost:3002", "https://evil.example", None])
+def test_cors_headers_match_the_node_cors_middleware(client: Client, origin: str | None) -> None:
+    """Answers carry exactly the CORS headers of the Node backend's cors
+    middleware, so a front-end or proxy set up for it sees no difference:
+    the origin is echoed only when allowed, the rest never depends on it."""
+    sent = {} if origin is None else {"Origin": origin}
+    allowed = ["http://localhost:3002"] if origin == "http://localhost:3002" else None
+
+    _, headers, _ = client.post("/api/check_room", {"roomId": "1"}, headers=sent)
+    assert headers.getRawHeaders("access-control-allow-origin") == allowed
+    assert headers.getRawHeaders("access-control-allow-credentials") == ["true"]
+    assert headers.getRawHeaders("vary") == ["Origin"]
+    assert headers.getRawHeaders("access-control-allow-methods") is None
+
+    d = client.stub.request("OPTIONS", BASE + "/api/check_room", headers={
+        **sent, "Access-Control-Request-Method": "POST"})
+    client.stub.flush()
+    response = result_of(d)
+    assert response.code == 204
+    h = response.headers
+    assert h.getRawHeaders("access-control-allow-origin") == allowed
+    assert h.getRawHeaders("access-control-allow-credentials") == ["true"]
+    assert h.getRawHeaders("access-control-allow-methods") == ["GET,POST,OPTIONS"]
+    assert h.getRawHeaders("access-control-allow-headers") == ["Content-Type,Authorization"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 import pytest
 from hypothesis import given
@@ -10,9 +11,12 @@ from hypothesis import strategies as st
 
 from privydrop.rooms.ids import (
     ALPHANUMERIC_ALPHABET,
+    NUMERIC_ALPHABET,
     InvalidRoomId,
+    UrandomSource,
     alphanumeric_candidates,
     alphanumeric_id,
+    default_random,
     numeric_candidates,
     numeric_id,
     validate_room_id,
@@ -112,3 +116,30 @@ def test_validation_accepts_exactly_the_safe_ids(text: str) -> None:
     else:
         with pytest.raises(InvalidRoomId):
             validate_room_id(text, MAX)
+
+
+def test_default_source_draws_ids_of_the_documented_shape() -> None:
+    """Production room codes are four digits, or four letters/digits, never repeated in a batch."""
+    rng = default_random()
+    digits = numeric_candidates(rng, 10)
+    letters = alphanumeric_candidates(rng, 50)
+    assert digits and all(len(c) == 4 and c.isdigit() for c in digits)
+    assert letters and all(len(c) == 4 and c.isalnum() and c.isascii() for c in letters)
+    assert len(set(digits)) == len(digits) and len(set(letters)) == len(letters)
+
+
+def test_block_source_maps_bytes_without_bias() -> None:
+    """Every character of the alphabet is equally likely: a byte is used only
+    below the largest multiple of the alphabet's size (248 for 62 symbols,
+    250 for 10), so a guesser gains nothing from the byte-to-character map."""
+    source = UrandomSource()
+    # Each byte value once: the first 248 map 4 times onto each of 62 symbols.
+    source._pool = bytes(range(256)) * 2
+    drawn = source.strings(ALPHANUMERIC_ALPHABET, 4, 62)
+    counts = Counter("".join(drawn))
+    assert set(counts) == set(ALPHANUMERIC_ALPHABET)
+    assert set(counts.values()) == {4}
+    source._pool = bytes(range(256))
+    digits = "".join(source.strings(NUMERIC_ALPHABET, 5, 50))
+    assert Counter(digits) == {d: 25 for d in NUMERIC_ALPHABET}
+    assert source.choice("abc") in "abc" and 0.0 <= source.random() < 1.0

@@ -241,3 +241,67 @@ def test_client_going_away_mid_request_is_not_logged_as_a_bug() -> None:
     failures = [e for e in events if e.get("log_failure") is not None]
     assert failures == []
     assert transport.value() == b""
+
+
+def test_json_answers_carry_their_length() -> None:
+    """API answers are sent with Content-Length, as the express backend sends
+    them, not in chunks; keep-alive clients read them the same way."""
+    conn = connect()
+    conn.send(post(b"/api/create_room", b'{"roomId":"abcd"}'))
+    code, headers, body = conn.response()
+    assert code == 200
+    assert b"transfer-encoding" not in headers
+    assert int(headers[b"content-length"]) == len(body)
+    assert json.loads(body) == {"success": True, "message": "create room success"}
+
+
+def test_a_form_body_is_not_parsed_into_arguments() -> None:
+    """A body sent as a form never becomes request arguments: a client cannot
+    override a query argument (Engine.IO's ``sid``) through the body, and no
+    CPU goes into parsing forms nobody reads."""
+    seen: list[dict[bytes, list[bytes]]] = []
+
+    class ArgsStub(Resource):
+        isLeaf = True
+
+        def render(self, request):  # type: ignore[no-untyped-def]
+            seen.append(dict(request.args))
+            return b"ok"
+
+    conn = connect(engine=ArgsStub())
+    body = b"sid=forged"
+    conn.send(
+        b"POST /socket.io/?EIO=4&transport=polling&sid=real HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+    )
+    assert seen and seen[0][b"sid"] == [b"real"]
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "code"),
+    [
+        (b"GET /api/check_room HTTP/1.1\r\nHost: x\r\n\r\n", 405),
+        (b"POST /api/get_room HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", 405),
+        (b"GET /api/get_room/ HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+        (b"GET /api/nothing HTTP/1.1\r\nHost: x\r\n\r\n", 404),
+    ],
+)
+def test_routing_errors_are_still_klein_s(request_bytes: bytes, code: int) -> None:
+    """Paths and methods outside the routes get Klein's routing answers as
+    JSON, next to the direct dispatch of exact routes."""
+    conn = connect()
+    conn.send(request_bytes)
+    got, headers, body = conn.response()
+    assert got == code
+    assert headers[b"content-type"].startswith(b"application/json")
+    assert "error" in json.loads(body)
+
+
+def test_an_encoded_route_path_still_reaches_its_route() -> None:
+    """A percent-encoded path (taken through Klein's own matching) answers
+    like the plain one."""
+    conn = connect()
+    conn.send(post(b"/api/check%5Froom", b'{"roomId":"1234"}'))
+    code, _, answer = conn.response()
+    assert code == 200 and json.loads(answer) == {"available": True}

@@ -225,6 +225,13 @@ class PollingTransport:
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", _JSON)
             return error_body(EngineError.BAD_REQUEST)
-        session.receive_many(received)
+        # What the packets send to other sessions is written (pending GETs
+        # answered) when this POST is handled, not a reactor turn later.
+        flushes = self._server.flushes
+        flushes.hold()
+        try:
+            session.receive_many(received)
+        finally:
+            flushes.release()
         request.setHeader(b"Content-Type", _TEXT)
         return _OK

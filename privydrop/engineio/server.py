@@ -27,6 +27,7 @@ from privydrop.engineio.session import (
     REASON_SHUTDOWN,
     WEBSOCKET,
     WS_GOING_AWAY,
+    FlushQueue,
     Session,
     SessionState,
 )
@@ -80,6 +81,9 @@ class EngineServer:
         self._pending: set[EngineSid] = set()
         #: Rate-limited warnings about rejected client input, for every transport.
         self.rejections = RejectionLog(clock, settings.rejection_log_interval_s)
+        #: Sessions with packets to write; transports hold it while they
+        #: handle a read, so what the read caused is written right after it.
+        self.flushes = FlushQueue(clock)
         self._handshake_json = {
             "pingInterval": settings.ping_interval_ms,
             "pingTimeout": settings.ping_timeout_ms,
@@ -180,6 +184,7 @@ class EngineServer:
             on_closed=self._session_closed,
             on_active=self._session_active,
             rejections=self.rejections,
+            flushes=self.flushes,
         )
         self._sessions[sid] = session
         self._pending.add(sid)

@@ -12,7 +12,10 @@ Rules (engine.io-protocol v4):
     arrives within C{pingTimeout} the session closes with C{"ping timeout"}.
   - Outbound packets are queued and flushed once per reactor turn: over
     polling as one payload answering the pending GET, over WebSocket as one
-    frame each, written in the same turn.
+    frame each, written in the same turn. Every session of a server shares
+    one L{FlushQueue}, so a turn costs one timer however many sessions it
+    wrote to, and a transport that holds the queue while it handles a read
+    flushes right after that read.
   - Upgrade: a WebSocket opened with the session's sid sends C{2probe}
     (answered C{3probe}); from then on a GET that would otherwise wait is
     answered with a noop, so the client can pause polling. C{5} switches the
@@ -86,6 +89,77 @@ class WebSocketChannel(Protocol):
         """Close the connection (idempotent)."""
 
 
+class FlushQueue:
+    """The sessions with packets waiting to be written, flushed together.
+
+    One timer (C{callLater(0)}) per reactor turn flushes every session that
+    queued something, instead of one timer per session and turn. A
+    transport that is handling a read calls L{hold} first and L{release}
+    after: sessions queued meanwhile are flushed at the end of the read,
+    without a timer and without waiting for the next turn.
+    """
+
+    __slots__ = ("_clock", "_sessions", "_call", "_held")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._sessions: list[Session] = []
+        self._call: IDelayedCall | None = None
+        self._held = 0
+
+    def add(self, session: Session) -> None:
+        """Flush C{session} at the end of this read, or else of this turn."""
+        self._sessions.append(session)
+        if self._call is None and not self._held:
+            self._call = self._clock.callLater(0, self._run)
+
+    def discard(self, session: Session) -> None:
+        """Forget C{session} (it closed); the timer goes when nothing is left.
+
+        A long list is left as it is (a closed session's flush does nothing),
+        so closing many sessions in one turn stays linear.
+        """
+        sessions = self._sessions
+        if len(sessions) <= 64:
+            self._sessions = sessions = [s for s in sessions if s is not session]
+        if not sessions and self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+    def hold(self) -> None:
+        """A read is being handled: queue flushes until L{release}."""
+        self._held += 1
+
+    def release(self) -> None:
+        """The read is handled: flush what it queued, now."""
+        self._held -= 1
+        if not self._held and self._sessions:
+            self._run()
+
+    def _run(self) -> None:
+        call, self._call = self._call, None
+        if call is not None and call.active():
+            call.cancel()
+        # Flushing may queue more (a session closing another one); those
+        # are taken by the next pass of this loop, still in this turn.
+        while self._sessions:
+            sessions, self._sessions = self._sessions, []
+            for session in sessions:
+                try:
+                    session._scheduled_flush()
+                except Exception:  # noqa: BLE001 - error boundary: one session only
+                    _log.failure(
+                        "engine session {engine_sid} failed to flush",
+                        engine_sid=session.sid,
+                    )
+                    session.force_close(REASON_TRANSPORT_ERROR)
+        if self._call is not None:
+            if self._call.active():
+                self._call.cancel()
+            self._call = None
+
+
 class SessionState(Enum):
     OPEN = "open"
     #: Closed by the server; waiting to deliver what is queued.
@@ -112,6 +186,7 @@ class Session:
         on_closed: Callable[[Session], None] = lambda session: None,
         on_active: Callable[[Session], None] = lambda session: None,
         rejections: RejectionLog | None = None,
+        flushes: FlushQueue | None = None,
     ) -> None:
         """
         @param sid: the session id sent in the handshake.
@@ -123,6 +198,7 @@ class Session:
         @param on_closed: called once when the session closes (registry cleanup).
         @param on_active: called once, on the first packet from the client.
         @param rejections: rate-limits warnings about this client's input.
+        @param flushes: shared by the server's sessions; one of its own when None.
         """
         self._sid = sid
         self._clock = clock
@@ -141,7 +217,8 @@ class Session:
         self.close_reason: str | None = None
         self._queue: list[Packet] = []
         self._queued_bytes = 0
-        self._flush_call: IDelayedCall | None = None
+        self._flushes = flushes if flushes is not None else FlushQueue(clock)
+        self._flush_pending = False
         self._poll: PollResponder | None = None
         self._ws: WebSocketChannel | None = None
         self._probe: WebSocketChannel | None = None
@@ -241,8 +318,9 @@ class Session:
             )
             self.force_close(REASON_BUFFER_LIMIT, WS_POLICY_VIOLATION)
             return
-        if self._flush_call is None:
-            self._flush_call = self._clock.callLater(0, self._flush)
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._flushes.add(self)
 
     def _take_queue(self) -> list[Packet]:
         queue = self._queue
@@ -250,12 +328,13 @@ class Session:
         self._queued_bytes = 0
         return queue
 
+    def _scheduled_flush(self) -> None:
+        if self._flush_pending:
+            self._flush()
+
     def _flush(self) -> None:
         """Write the queue to the active transport, if it can take it now."""
-        if self._flush_call is not None:
-            if self._flush_call.active():
-                self._flush_call.cancel()
-            self._flush_call = None
+        self._flush_pending = False
         if self.state is SessionState.CLOSED:
             return
         if self._queue:
@@ -335,16 +414,7 @@ class Session:
             self._on_active(self)
         kind = packet.type
         if kind is PacketType.MESSAGE:
-            if self.state is not SessionState.OPEN:
-                return
-            try:
-                self._application.on_message(self, packet.data)
-            except Exception:  # noqa: BLE001 - error boundary: log, close this session
-                _log.failure(
-                    "application failed on a message of engine session {engine_sid}",
-                    engine_sid=self._sid,
-                )
-                self.force_close(REASON_FORCED, WS_NORMAL)
+            self.receive_message(packet.data)
         elif kind is PacketType.PONG:
             self._on_pong()
         elif kind is PacketType.CLOSE:
@@ -362,6 +432,26 @@ class Session:
                 packet_type=kind.name,
             )
             self.force_close(REASON_PARSE_ERROR, WS_PROTOCOL_ERROR)
+
+    def receive_message(self, message: Message) -> None:
+        """Handle one message packet's data, sent on the active transport."""
+        state = self.state
+        if state is not SessionState.OPEN:
+            if state is not SessionState.CLOSED and self.pending:
+                self.pending = False
+                self._on_active(self)
+            return
+        if self.pending:
+            self.pending = False
+            self._on_active(self)
+        try:
+            self._application.on_message(self, message)
+        except Exception:  # noqa: BLE001 - error boundary: log, close this session
+            _log.failure(
+                "application failed on a message of engine session {engine_sid}",
+                engine_sid=self._sid,
+            )
+            self.force_close(REASON_FORCED, WS_NORMAL)
 
     def receive_many(self, received: Sequence[Packet]) -> None:
         """Handle the packets of one polling payload, in order."""
@@ -526,10 +616,13 @@ class Session:
         self.state = SessionState.CLOSED
         self.close_reason = reason
         self._cancel_heartbeat()
-        for call in (self._flush_call, self._close_call, self._upgrade_call):
+        if self._flush_pending:
+            self._flush_pending = False
+            self._flushes.discard(self)
+        for call in (self._close_call, self._upgrade_call):
             if call is not None and call.active():
                 call.cancel()
-        self._flush_call = self._close_call = self._upgrade_call = None
+        self._close_call = self._upgrade_call = None
         self._queue = []
         self._queued_bytes = 0
         if self._poll is not None and notify is not None:

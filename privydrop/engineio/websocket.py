@@ -25,6 +25,7 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet import tcp
 from twisted.logger import Logger
 
 from privydrop.config import EngineSettings
@@ -60,11 +61,35 @@ if not ACCELERATED:  # pragma: no cover - depends on the environment
     except ImportError:
         pass
 
+try:
+    from wsaccel.xormask import XorMaskerSimple as _WsaccelMasker
+except ImportError:  # pragma: no cover - depends on the environment
+    _WsaccelMasker = None
+
+
+def _unmask_int(payload: bytes, mask: bytes) -> bytes:
+    size = len(payload)
+    key = (mask * ((size >> 2) + 1))[:size]
+    return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
+        size, "little"
+    )
+
+
+def unmask(payload: bytes, mask: bytes) -> bytes:
+    """The payload of a masked frame, unmasked (RFC 6455, section 5.3)."""
+    if _WsaccelMasker is not None:
+        return _WsaccelMasker(mask).process(payload)  # type: ignore[no-any-return]
+    return _unmask_int(payload, mask)
+
+
 #: The only WebSocket protocol version accepted (RFC 6455).
 WEBSOCKET_VERSIONS = [13]
 _REASON_BYTES = 123
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
+
+
+_TCP_SERVER = tcp.Server
 
 
 def outbound_buffer_size(transport: Any) -> int:
@@ -74,6 +99,8 @@ def outbound_buffer_size(transport: Any) -> int:
     (TCP and UNIX); a TLS transport is measured on the connection below it.
     Unknown transports count as empty.
     """
+    if type(transport) is _TCP_SERVER:
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
     inner = getattr(transport, "transport", None)
     if inner is not None and not hasattr(transport, "dataBuffer"):
         transport = inner
@@ -89,6 +116,40 @@ def outbound_buffer_size(transport: Any) -> int:
 
 _TEXT_FIN = 0x81
 _BINARY_FIN = 0x82
+_MASKED = 0x80
+_STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
+
+
+def write_now(transport: Any, data: bytes) -> None:
+    """Write C{data}, sending it on the socket at once when nothing is buffered.
+
+    Twisted's TCP transport only buffers a write and registers for
+    writability; the bytes leave on the next reactor iteration, which costs
+    two C{epoll_ctl} calls, a wake-up and a turn of latency per write. When
+    the transport's buffer is empty that send is what would happen next
+    anyway, so it is done here; whatever the kernel does not take (or any
+    other transport: TLS, tests' fakes) goes through C{transport.write}.
+    """
+    if (
+        type(transport) is _TCP_SERVER
+        and not transport.dataBuffer
+        and not transport._tempDataBuffer
+        and transport.connected
+        and not transport.disconnecting
+        and not transport._writeDisconnected
+        and not transport.TLS
+    ):
+        try:
+            sent = transport.socket.send(data)
+        except OSError:
+            # EAGAIN, or an error that the buffered write reports the
+            # Twisted way (the connection is lost on the next iteration).
+            sent = 0
+        if sent == len(data):
+            return
+        if sent:
+            data = data[sent:]
+    transport.write(data)
 
 
 def server_frame(payload: bytes, binary: bool) -> bytes:
@@ -120,6 +181,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self._fragments = 0
         self._message_bytes = 0
         self._limit_hit: str | None = None
+        self._fast_frames = False
+        self._fast_frame_limit = 0
+        self._log_octets = False
 
     # -- opening ----------------------------------------------------------
 
@@ -157,6 +221,20 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
 
     def onOpen(self) -> None:
         server = self.factory.engine
+        # Frames the receive fast path may take: what Autobahn would accept
+        # without a limit, logging or extension getting involved.
+        options: Any = self  # Autobahn sets these from the factory's options
+        self._log_octets = bool(options.logOctets)
+        self._fast_frames = (
+            self._perMessageCompress is None
+            and not options.logOctets
+            and not options.logFrames
+            and not self.trackedTimings
+            and self.autoPingTimeoutCall is None
+            and options.autoPingInterval == 0
+        )
+        limits = [server.settings.max_payload, options.maxFramePayloadSize]
+        self._fast_frame_limit = min(n for n in limits if n > 0) if any(limits) else 1 << 62
         try:
             if self._upgrade_sid is None:
                 if self._handshake is None:
@@ -177,6 +255,89 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             self.close_channel(WS_NORMAL, "internal error")
 
     # -- inbound ----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        """Frames from the client: the common ones parsed here, the rest by Autobahn.
+
+        Autobahn parses every frame in several Python calls, with a masker
+        object per frame and a debug log event per read whose fields it
+        formats eagerly. An open connection's reads are almost always whole,
+        final, masked text frames within the limits; those are unmasked and
+        decoded here. Anything else (control frames, fragments, a frame cut
+        by the read, invalid UTF-8, sizes over a limit, compression or
+        Autobahn's logging switched on) and everything after it in the read
+        goes to Autobahn's parser unchanged, which then behaves exactly as it
+        would have on its own.
+
+        What the read's packets queue for other sessions is written when the
+        read is handled (L{FlushQueue.hold}).
+        """
+        flushes = self.factory.engine.flushes
+        flushes.hold()
+        try:
+            if (
+                self._fast_frames
+                and self.state == _STATE_OPEN
+                and self.current_frame is None
+                and not self.data
+                and not self.inside_message
+            ):
+                whole = self._receive_frames(data)
+            else:
+                self._dataReceived(data)
+                whole = False
+        finally:
+            flushes.release()
+        # Autobahn answers every ping frame with a pong on its own: a client
+        # that floods pings and never reads would otherwise queue pongs
+        # without end, past the cap that send_packets enforces. (A read
+        # handled whole by the fast path had no control frame.)
+        if not whole and self.state == _STATE_OPEN:
+            self._enforce_outbound_cap()
+
+    def _receive_frames(self, data: bytes) -> bool:
+        """Take the read's leading data frames; give the rest to Autobahn.
+
+        @return: whether the whole read was taken here.
+        """
+        end = len(data)
+        limit = self._fast_frame_limit
+        i = 0
+        while end - i >= 6:  # the shortest masked frame
+            head = data[i]
+            second = data[i + 1]
+            if (head != _TEXT_FIN and head != _BINARY_FIN) or second < _MASKED:
+                break
+            size = second & 0x7F
+            if size < 126:
+                start = i + 6
+            elif size == 126 and end - i >= 8:
+                size = (data[i + 2] << 8) | data[i + 3]
+                if size < 126:
+                    break  # not minimal; Autobahn refuses it
+                start = i + 8
+            else:
+                break
+            stop = start + size
+            if stop > end or size > limit:
+                break
+            payload = unmask(data[start:stop], data[start - 4 : start])
+            if head == _TEXT_FIN:
+                try:
+                    message: str | bytes = payload.decode("utf-8")
+                except UnicodeDecodeError:
+                    break
+            else:
+                message = payload
+            i = stop
+            self._receive(message)
+            if self.state != _STATE_OPEN:
+                break
+        if i < end:
+            self.data = data[i:] if i else data
+            self.consumeData()
+            return False
+        return True
 
     def onMessageBegin(self, isBinary: bool) -> None:
         self._fragments = 0
@@ -219,23 +380,38 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self.message_data = None  # type: ignore[assignment]  # as Autobahn does
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if isBinary:
+            self._receive(bytes(payload))
+            return
+        try:
+            text = payload.decode("utf-8")
+        except UnicodeDecodeError:
+            # Autobahn validates text frames; this only guards the setting.
+            if self._session is not None:
+                self._bad_frame(self._session, "text frame is not UTF-8")
+            return
+        self._receive(text)
+
+    def _receive(self, message: str | bytes) -> None:
+        """One whole message from the client: a text (decoded) or binary packet.
+
+        Its size was checked frame by frame (L{onMessageFrameBegin}, or the
+        limit of the fast path).
+        """
         session = self._session
         if session is None:
             return
+        if message.__class__ is str and message[:1] == "4" and session.uses(self):
+            # A message packet on the session's own transport, the hot path:
+            # no packet object on the way.
+            session.receive_message(message[1:])  # type: ignore[index]
+            return
         try:
-            packet = packets.decode_websocket(
-                payload, isBinary, self.factory.engine.settings.max_payload
+            packet = packets.decode_websocket_message(
+                message, self.factory.engine.settings.max_payload
             )
         except packets.EngineIOProtocolError as e:
-            self.factory.engine.rejections.warn(
-                self._log,
-                "bad frame",
-                "engine session {engine_sid} sent a bad frame ({error})",
-                engine_sid=session.sid,
-                error=str(e),
-                transport=WEBSOCKET,
-            )
-            self._drop_session(session, REASON_PARSE_ERROR, WS_PROTOCOL_ERROR)
+            self._bad_frame(session, str(e))
             return
         try:
             session.receive_websocket(self, packet)
@@ -244,6 +420,17 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 "engine session {engine_sid} failed on a frame", engine_sid=session.sid
             )
             self._drop_session(session, REASON_PARSE_ERROR, WS_NORMAL)
+
+    def _bad_frame(self, session: Session, error: str) -> None:
+        self.factory.engine.rejections.warn(
+            self._log,
+            "bad frame",
+            "engine session {engine_sid} sent a bad frame ({error})",
+            engine_sid=session.sid,
+            error=error,
+            transport=WEBSOCKET,
+        )
+        self._drop_session(session, REASON_PARSE_ERROR, WS_PROTOCOL_ERROR)
 
     def _drop_session(self, session: Session, reason: str, code: int) -> None:
         # A bad frame on the session's own transport ends the session; on an
@@ -285,10 +472,22 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             # Compression is never negotiated, so every frame is a plain
             # unmasked server frame; building them here costs a fraction of
             # sendMessage per message and makes one write per turn.
-            self.sendData(b"".join([server_frame(*encode(p)) for p in outgoing]))
+            if len(outgoing) == 1:
+                data = server_frame(*encode(outgoing[0]))
+            else:
+                data = b"".join([server_frame(*encode(p)) for p in outgoing])
+            if self.send_queue or self._log_octets:
+                self.sendData(data)
+            else:
+                # sendData's debug event formats its fields on every call.
+                write_now(self.transport, data)
         else:  # pragma: no cover - compression is refused in apply_limits
             for packet in outgoing:
                 self.sendMessage(*encode(packet))
+        self._enforce_outbound_cap()
+
+    def _enforce_outbound_cap(self) -> None:
+        """Abort the connection when C{max_outbound_buffer} bytes wait to be sent."""
         buffered = outbound_buffer_size(self.transport)
         if buffered > self.factory.engine.settings.max_outbound_buffer:
             session = self._session

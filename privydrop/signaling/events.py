@@ -23,7 +23,7 @@ from __future__ import annotations
 import enum
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import orjson
@@ -111,9 +111,11 @@ class JoinRequest:
     room_id: str
 
 
-@attrs.frozen
-class SignalRequest:
+class SignalRequest(NamedTuple):
     """``offer``, ``answer`` or ``ice-candidate``: a description for one peer.
+
+    A named tuple rather than a frozen attrs class: one is built for every
+    relayed message, and a tuple is the cheapest immutable value to build.
 
     @ivar event: which of the three.
     @ivar peer_id: the socket id of the target.

@@ -231,14 +231,28 @@ class Namespace:
             )
             return
         try:
-            result = _awaited(handler(socket, *args))
+            result = handler(socket, *args)
+            if result is not None:
+                result = _awaited(result)
         except Exception:
             _log.failure(
                 "handler for {event!r} failed on socket {sid}", event=event, sid=socket.id
             )
             return
         ack_id = packet.ack_id
-        if isinstance(result, Deferred):
+        if result is None:
+            # The usual case (relay handlers return nothing), decided
+            # without the isinstance check against Deferred's generic ABC.
+            if ack_id is not None:
+                try:
+                    self._ack(socket, ack_id, None)
+                except Exception:
+                    _log.failure(
+                        "could not acknowledge {event!r} on socket {sid}",
+                        event=event,
+                        sid=socket.id,
+                    )
+        elif isinstance(result, Deferred):
             if ack_id is not None:
                 result.addCallback(lambda value: self._ack(socket, ack_id, value))
             result.addErrback(self._log_handler_failure, event, socket.id)

@@ -18,6 +18,7 @@ Wire format::
 from __future__ import annotations
 
 import enum
+from operator import itemgetter
 from typing import Any, Sequence, Union
 
 import attrs
@@ -71,6 +72,7 @@ class PacketType(enum.IntEnum):
 
 _BINARY_TYPES = frozenset({PacketType.BINARY_EVENT, PacketType.BINARY_ACK})
 _TYPE_BY_CHAR = {str(int(t)): t for t in PacketType}
+_TYPE_CHARS: tuple[str, ...] = tuple(str(int(t)) for t in PacketType)
 
 
 @attrs.frozen
@@ -88,9 +90,12 @@ class PacketLimits:
     max_packet_bytes: int = 1_000_000
 
 
-@attrs.frozen
-class Packet:
+class Packet(tuple):  # type: ignore[type-arg]
     """One Socket.IO packet.
+
+    An immutable tuple rather than a frozen attrs class: one is built for
+    every packet received and every event emitted, and a tuple costs a
+    third of the attrs constructor.
 
     @ivar type: the packet type. L{encode} chooses the BINARY_ variant itself
         when C{data} contains bytes, so callers build EVENT and ACK packets.
@@ -102,11 +107,28 @@ class Packet:
         messages follow. Zero in complete packets.
     """
 
-    type: PacketType
-    namespace: str = MAIN_NAMESPACE
-    data: Any = None
-    ack_id: int | None = None
-    attachments: int = 0
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        type: PacketType,
+        namespace: str = MAIN_NAMESPACE,
+        data: Any = None,
+        ack_id: int | None = None,
+        attachments: int = 0,
+    ) -> Packet:
+        return tuple.__new__(cls, (type, namespace, data, ack_id, attachments))
+
+    type: PacketType = property(itemgetter(0))  # type: ignore[assignment]
+    namespace: str = property(itemgetter(1))  # type: ignore[assignment]
+    data: Any = property(itemgetter(2))
+    ack_id: int | None = property(itemgetter(3))  # type: ignore[assignment]
+    attachments: int = property(itemgetter(4))  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (
+            "Packet(type={!r}, namespace={!r}, data={!r}, ack_id={!r}, attachments={!r})"
+        ).format(*self)
 
 
 def _json_default(value: Any) -> Any:
@@ -147,11 +169,25 @@ def encode(packet: Packet) -> list[Message]:
         not the peer's).
     @raise ValueError: the payload is too deeply nested to encode.
     """
-    packet_type = packet.type
-    data = packet.data
+    packet_type, namespace, data, ack_id, _ = packet
     buffers: list[bytes] = []
-    if data is not None and packet_type in (PacketType.EVENT, PacketType.ACK):
-        if _has_binary(data):
+    body = ""
+    if data is not None:
+        try:
+            # orjson refuses bytes, bytearray and memoryview, so a payload
+            # that encodes has no attachments: most packets are encoded
+            # without walking them in Python first.
+            body = orjson.dumps(data).decode("utf-8")
+        except TypeError:
+            if packet_type not in (PacketType.EVENT, PacketType.ACK) or not _has_binary(
+                data
+            ):
+                try:
+                    # Again, for the error message naming the type.
+                    orjson.dumps(data, default=_json_default)
+                except orjson.JSONEncodeError as e:
+                    raise TypeError(str(e)) from None
+                raise  # pragma: no cover - the second attempt fails too
             packet_type = (
                 PacketType.BINARY_EVENT
                 if packet_type is PacketType.EVENT
@@ -161,20 +197,22 @@ def encode(packet: Packet) -> list[Message]:
                 data = _deconstruct(data, buffers)
             except RecursionError:
                 raise ValueError("payload nested too deeply to encode") from None
-    parts = [str(int(packet_type))]
+            try:
+                body = orjson.dumps(data, default=_json_default).decode("utf-8")
+            except orjson.JSONEncodeError as e:
+                raise TypeError(str(e)) from None
+    if namespace == MAIN_NAMESPACE and ack_id is None and not buffers:
+        return [_TYPE_CHARS[packet_type] + body]
+    parts = [_TYPE_CHARS[packet_type]]
     if packet_type in _BINARY_TYPES:
         parts.append(str(len(buffers)))
         parts.append("-")
-    if packet.namespace != MAIN_NAMESPACE:
-        parts.append(packet.namespace)
+    if namespace != MAIN_NAMESPACE:
+        parts.append(namespace)
         parts.append(",")
-    if packet.ack_id is not None:
-        parts.append(str(packet.ack_id))
-    if data is not None:
-        try:
-            parts.append(orjson.dumps(data, default=_json_default).decode("utf-8"))
-        except orjson.JSONEncodeError as e:
-            raise TypeError(str(e)) from None
+    if ack_id is not None:
+        parts.append(str(ack_id))
+    parts.append(body)
     messages: list[Message] = ["".join(parts)]
     messages.extend(buffers)
     return messages
@@ -220,6 +258,18 @@ def decode(text: str, limits: PacketLimits) -> Packet:
     """
     if _utf8_length_exceeds(text, limits.max_packet_bytes):
         raise SocketIOProtocolError("packet larger than max_packet_bytes")
+    if text[:2] == "2[":
+        # The usual packet, an event without namespace or ack id:
+        # C{2["name",...]}.
+        try:
+            event: Any = orjson.loads(text[1:])
+        except orjson.JSONDecodeError:
+            raise SocketIOProtocolError("invalid JSON payload") from None
+        if event.__class__ is not list or not event or event[0].__class__ is not str:
+            raise SocketIOProtocolError("invalid payload for packet type")
+        if event[0] in RESERVED_EVENTS:
+            raise SocketIOProtocolError("reserved event name")
+        return Packet(PacketType.EVENT, MAIN_NAMESPACE, event)
     if not text:
         raise SocketIOProtocolError("empty packet")
     packet_type = _TYPE_BY_CHAR.get(text[0])
@@ -323,7 +373,7 @@ def reconstruct(header: Packet, buffers: Sequence[bytes]) -> Packet:
         raise SocketIOProtocolError("payload nested too deeply") from None
     if sorted(used) != list(range(len(buffers))):
         raise SocketIOProtocolError("attachment count mismatch")
-    return attrs.evolve(header, data=data, attachments=0)
+    return Packet(header.type, header.namespace, data, header.ack_id, 0)
 
 
 class BinaryReassembler:

@@ -7,6 +7,7 @@ session and client and stops listening.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -528,6 +529,26 @@ async def test_client_that_stops_reading_is_dropped_without_affecting_others(
     assert [e.get("limit") for e in events if "limit" in e] == ["max_outbound_buffer"]
     # Client addresses stay out of the logs (log_client_ips is off).
     assert not [e for e in events if "127.0.0.1" in (formatEvent(e) or "")]
+    healthy.sendMessage(b"4still here")
+    assert await healthy.next_text() == "4still here"
+    assert running.server.clients_count == 1
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_flooding_pings_without_reading_is_dropped(engine: Any) -> None:
+    """A client that sends WebSocket pings and never reads the pongs must
+    not make the server queue pongs without bound: it is cut off at the
+    outbound cap like any client that stops reading, and others go on."""
+    running = await engine()
+    stalled = await running.websocket("EIO=4&transport=websocket")
+    stalled_sid = orjson.loads((await stalled.next_text())[1:])["sid"]
+    healthy = await running.websocket("EIO=4&transport=websocket")
+    await healthy.next_text()
+    stalled.transport.getHandle().setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.transport.pauseProducing()  # stop reading from the socket
+    for _ in range(80_000):
+        stalled.sendPing(b"p" * 125)
+    assert await running.app.closed(stalled_sid) == REASON_OUTBOUND_LIMIT
     healthy.sendMessage(b"4still here")
     assert await healthy.next_text() == "4still here"
     assert running.server.clients_count == 1

@@ -705,3 +705,80 @@ def test_close_all_without_linger_ends_idle_polling_sessions_now(
     assert server.get_session(session.sid) is None
     assert server.clients_count == 0
     assert app.closed == [(session.sid, "server shutting down")]
+
+
+# -- flushing many sessions ----------------------------------------------------
+
+
+def test_one_timer_flushes_every_session_written_to_in_a_turn(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A timer per session and turn made every relayed message pay for a
+    DelayedCall; a broadcast to many sessions must still leave in one turn."""
+    server = make_server(clock, app)
+    opened = [open_websocket(server) for _ in range(3)]
+    clock.advance(0)
+    before = [channel.writes for _, channel in opened]
+    for session, _ in opened:
+        session.send("x")
+        session.send("y")
+    assert len(clock.getDelayedCalls()) == len(opened) + 1  # pings + one flush
+    clock.advance(0)
+    assert [channel.writes for _, channel in opened] == [n + 1 for n in before]
+    assert [[p.data for p in channel.sent[-2:]] for _, channel in opened] == [["x", "y"]] * 3
+
+
+def test_held_flushes_are_written_when_the_read_is_handled(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """What a client's read makes the server send must leave right after that
+    read, without waiting a reactor turn (latency under load)."""
+    server = make_server(clock, app)
+    session, channel = open_websocket(server)
+    clock.advance(0)
+    calls = len(clock.getDelayedCalls())
+    server.flushes.hold()
+    session.send("a")
+    session.send("b")
+    assert len(clock.getDelayedCalls()) == calls  # no timer while held
+    assert [p.data for p in channel.sent[1:]] == []
+    server.flushes.release()
+    assert [p.data for p in channel.sent[1:]] == ["a", "b"]
+    clock.advance(0)
+    assert [p.data for p in channel.sent[1:]] == ["a", "b"]
+
+
+def test_closed_session_leaves_no_flush_timer_behind(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A session closed with packets queued must not be flushed (or keep a
+    timer) afterwards."""
+    server = make_server(clock, app)
+    session, channel = open_websocket(server)
+    clock.advance(0)
+    session.send("late")
+    session.force_close("test")
+    assert clock.getDelayedCalls() == []
+    assert [p.data for p in channel.sent[1:]] == []
+
+
+def test_a_failing_flush_closes_only_its_own_session(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """One broken transport must not stop the others' writes of the turn."""
+    server = make_server(clock, app)
+    (broken, broken_channel), (healthy, healthy_channel) = (
+        open_websocket(server),
+        open_websocket(server),
+    )
+    clock.advance(0)
+
+    def explode(outgoing: Sequence[Packet]) -> None:
+        raise OSError("gone")
+
+    broken_channel.send_packets = explode  # type: ignore[method-assign]
+    broken.send("x")
+    healthy.send("y")
+    clock.advance(0)
+    assert broken.state is SessionState.CLOSED
+    assert [p.data for p in healthy_channel.sent[1:]] == ["y"]

@@ -119,6 +119,9 @@ def test_connect_payload_is_the_auth_object() -> None:
         "2",  # EVENT without payload
         '2abc["message-with-ack",1]',  # invalid ack id -> invalid JSON
         '2["a"',  # invalid JSON
+        '2["a"]x',  # trailing garbage
+        "2[null]",  # EVENT name not a string
+        "2[[]]",
         "0[]",  # CONNECT payload not an object
         '1{"a":1}',  # DISCONNECT with payload
         "3[]",  # ACK without id
@@ -227,6 +230,21 @@ def test_encode_refuses_values_json_cannot_carry() -> None:
     """Emitting an unsupported Python object is our bug and is reported as such."""
     with pytest.raises(TypeError):
         encode(Packet(PacketType.EVENT, "/", ["m", object()]))
+    with pytest.raises(TypeError):
+        encode(Packet(PacketType.EVENT, "/", ["m", b"bytes", object()]))
+    with pytest.raises(TypeError):
+        encode(Packet(PacketType.CONNECT, "/", {"sid": b"bytes"}))
+
+
+@pytest.mark.parametrize("blob", [b"\x00\x01", bytearray(b"\x00\x01"), memoryview(b"\x00\x01")])
+def test_bytes_anywhere_become_attachments(blob: Any) -> None:
+    """Binary data the encoder missed would fail to encode or reach the
+    client as text; every bytes-like value, at any depth, is an attachment."""
+    messages = encode(Packet(PacketType.EVENT, "/", ["m", {"a": [1, (2, blob)]}], 7))
+    assert messages == [
+        '51-7["m",{"a":[1,[2,{"_placeholder":true,"num":0}]]}]',
+        b"\x00\x01",
+    ]
 
 
 # Property tests

@@ -71,13 +71,13 @@ def main(argv: list[str]) -> None:
     server = EngineServer(reactor, SUITE_SETTINGS, Echo())
     site = build_site(server)
     site.noisy = False
-    reactor.listenTCP(args.port, site, interface="127.0.0.1")  # type: ignore[attr-defined,arg-type]
-    reactor.addSystemEventTrigger("before", "shutdown", server.close_all)  # type: ignore[attr-defined]
+    reactor.listenTCP(args.port, site, interface="127.0.0.1")  # type: ignore[arg-type]
+    reactor.addSystemEventTrigger("before", "shutdown", server.close_all)
     print(
         f"engine.io echo listening on 127.0.0.1:{args.port}{SUITE_SETTINGS.path}",
         flush=True,
     )
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.run()
 
 
 if __name__ == "__main__":

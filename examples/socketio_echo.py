@@ -63,9 +63,9 @@ def install_echo(server: SocketIOServer) -> None:
 
 def build_site(engine: EngineServer) -> Site:
     """A site with the Engine.IO resource at C{/socket.io/}."""
-    root = Resource()  # type: ignore[no-untyped-call]
+    root = Resource()
     root.putChild(b"socket.io", build_engineio_resource(engine))
-    site = Site(root)  # type: ignore[no-untyped-call]
+    site = Site(root)
     site.noisy = False
     return site
 

@@ -573,7 +573,7 @@ def _endpoint(settings: RedisSettings, reactor: Any) -> HostnameEndpoint:
     return HostnameEndpoint(reactor, settings.host, settings.port, timeout=settings.connect_timeout)
 
 
-class _ClusterSubscriberProtocol(FastRepliesMixin, txredisapi.SubscriberProtocol):  # type: ignore[misc]
+class _ClusterSubscriberProtocol(FastRepliesMixin, txredisapi.SubscriberProtocol):
     """Subscribes after every (re)connection and hands publications on.
 
     Replies are parsed by L{FastRepliesMixin}: every node reads every

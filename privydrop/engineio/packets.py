@@ -57,7 +57,7 @@ class TooManyPackets(EngineIOProtocolError):
     """A polling payload carries more packets than allowed."""
 
 
-class Packet(tuple):  # type: ignore[type-arg]
+class Packet(tuple):
     """One Engine.IO packet.
 
     An immutable tuple rather than a frozen attrs class: one is built for

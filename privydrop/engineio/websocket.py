@@ -78,7 +78,7 @@ def _unmask_int(payload: bytes, mask: bytes) -> bytes:
 def unmask(payload: bytes, mask: bytes) -> bytes:
     """The payload of a masked frame, unmasked (RFC 6455, section 5.3)."""
     if _WsaccelMasker is not None:
-        return _WsaccelMasker(mask).process(payload)  # type: ignore[no-any-return]
+        return _WsaccelMasker(mask).process(payload)
     return _unmask_int(payload, mask)
 
 
@@ -404,7 +404,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         if message.__class__ is str and message[:1] == "4" and session.uses(self):
             # A message packet on the session's own transport, the hot path:
             # no packet object on the way.
-            session.receive_message(message[1:])  # type: ignore[index]
+            session.receive_message(message[1:])
             return
         try:
             packet = packets.decode_websocket_message(

@@ -90,7 +90,7 @@ class PacketLimits:
     max_packet_bytes: int = 1_000_000
 
 
-class Packet(tuple):  # type: ignore[type-arg]
+class Packet(tuple):
     """One Socket.IO packet.
 
     An immutable tuple rather than a frozen attrs class: one is built for

@@ -108,17 +108,17 @@ class LeaveResult:
 class IStore(Interface):
     """PrivyDrop's shared state. See the module docstring for conventions."""
 
-    async def room_exists(room_id: str) -> bool:  # type: ignore[misc]
+    async def room_exists(room_id: str) -> bool:
         """Whether ``room:<id>`` exists (has ``created_at``)."""
 
-    async def create_room(room_id: str, now_ms: int, ttl_s: int) -> bool:  # type: ignore[misc]
+    async def create_room(room_id: str, now_ms: int, ttl_s: int) -> bool:
         """Create the room if absent: ``created_at`` = now_ms, TTL on both keys.
 
         @return: True when this call created it, False when it existed (its TTL
             is then left alone).
         """
 
-    async def create_first_free_room(  # type: ignore[misc]
+    async def create_first_free_room(
         candidates: Sequence[str], now_ms: int, ttl_s: int
     ) -> str | None:
         """Atomically create the first candidate id that is not a room yet.
@@ -126,7 +126,7 @@ class IStore(Interface):
         @return: the id created, or None when every candidate was taken.
         """
 
-    async def join_room(  # type: ignore[misc]
+    async def join_room(
         socket_id: str,
         room_id: str,
         now_ms: int,
@@ -146,7 +146,7 @@ class IStore(Interface):
            TTL on both keys -> JOINED.
         """
 
-    async def leave_room(  # type: ignore[misc]
+    async def leave_room(
         socket_id: str, room_id: str | None, empty_ttl_s: int
     ) -> LeaveResult:
         """Unbind a socket; when the room is left empty its keys get empty_ttl_s.
@@ -156,16 +156,16 @@ class IStore(Interface):
         and ``room_id`` of the result is None.
         """
 
-    async def room_of_socket(socket_id: str) -> str | None:  # type: ignore[misc]
+    async def room_of_socket(socket_id: str) -> str | None:
         """The room id a socket is bound to."""
 
-    async def room_sockets(room_id: str) -> set[str]:  # type: ignore[misc]
+    async def room_sockets(room_id: str) -> set[str]:
         """Socket ids bound to a room."""
 
-    async def record_attempt(rate: RateWindow, now_ms: int) -> RateResult:  # type: ignore[misc]
+    async def record_attempt(rate: RateWindow, now_ms: int) -> RateResult:
         """Record one attempt in a sliding window (without joining anything)."""
 
-    async def track_referrer(  # type: ignore[misc]
+    async def track_referrer(
         day: str, ref: str, ttl_s: int, max_referrers: int
     ) -> bool:
         """HINCRBY ``referrers:daily:<day>`` ref 1 and set its TTL.
@@ -174,11 +174,11 @@ class IStore(Interface):
             max_referrers distinct referrers and ``ref`` is not one of them.
         """
 
-    async def ping() -> None:  # type: ignore[misc]
+    async def ping() -> None:
         """Round trip to the backend; raises L{StoreUnavailable} when down."""
 
-    async def ttl(key: str) -> int | None:  # type: ignore[misc]
+    async def ttl(key: str) -> int | None:
         """Seconds left on a key (None: no such key; -1: no TTL). For tests and operators."""
 
-    async def close() -> None:  # type: ignore[misc]
+    async def close() -> None:
         """Release connections."""

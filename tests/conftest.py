@@ -49,6 +49,32 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 
 
 @pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that stop, pause or restart it."""
+    server = RedisServer(tmp_path / "redis-private")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+#: The password of L{password_redis} (with a space, as real passwords may have).
+TEST_REDIS_PASSWORD = "s3cret pass"
+
+
+@pytest.fixture
+def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own that requires L{TEST_REDIS_PASSWORD}."""
+    server = RedisServer(tmp_path / "redis-auth", password=TEST_REDIS_PASSWORD)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture
 def redis_db(redis_server: RedisServer) -> Iterator[int]:
     redis_server.command("FLUSHDB", db=TEST_DB)
     yield TEST_DB

@@ -9,7 +9,7 @@ object works again once Redis does.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -67,26 +67,6 @@ def client_addresses(server: RedisServer) -> set[str]:
         for field in line.split()
         if field.startswith("addr=")
     }
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis-auth", password="s3cret pass")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 @pytest_twisted.async_yield_fixture

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -214,26 +214,6 @@ async def start_node() -> AsyncIterator[StartNode]:
 @pytest.fixture
 def prefix() -> str:
     return "test-" + secrets.token_hex(4)
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis-private")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-@pytest.fixture
-def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis-auth", password="s3cret-pw")
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
 
 
 async def roundtrip(client: SocketIOClient) -> None:

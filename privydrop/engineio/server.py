@@ -17,6 +17,7 @@ import orjson
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
+from privydrop import loglevels
 from privydrop.config import EngineSettings
 from privydrop.engineio.errors import EngineError, EngineRequestError
 from privydrop.engineio.interface import EngineApplication, EngineSid, Handshake
@@ -193,11 +194,15 @@ class EngineServer:
     def open(self, session: Session) -> None:
         """Send the handshake packet and tell the application the session opened."""
         session.start(self.open_packet(session))
-        _log.info(
-            "engine session {engine_sid} opened over {transport}",
-            engine_sid=session.sid,
-            transport=session.transport_name,
-        )
+        # Per-connection lifecycle at debug: the reference logs only room joins and
+        # leaves; these four events per connection cost ~20 % of a join's CPU
+        # (docs/performance.md). Room join/leave stay at info (signaling/handlers.py).
+        if loglevels.debug:
+            _log.debug(
+                "engine session {engine_sid} opened over {transport}",
+                engine_sid=session.sid,
+                transport=session.transport_name,
+            )
         if session.state is not SessionState.OPEN:
             return
         try:

@@ -36,6 +36,7 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from privydrop import loglevels
 from privydrop.config import EngineSettings
 from privydrop.engineio import packets
 from privydrop.engineio.interface import (
@@ -592,7 +593,8 @@ class Session:
         self._ws = channel
         self._transport_name = WEBSOCKET
         self.upgraded = True
-        _log.debug("engine session {engine_sid} upgraded", engine_sid=self._sid)
+        if loglevels.debug:
+            _log.debug("engine session {engine_sid} upgraded", engine_sid=self._sid)
         self._flush()
 
     def websocket_lost(
@@ -635,11 +637,15 @@ class Session:
         probe, self._probe = self._probe, None
         if probe is not None:
             probe.close_channel(WS_NORMAL, reason)
-        _log.info(
-            "engine session {engine_sid} closed ({reason})",
-            engine_sid=self._sid,
-            reason=reason,
-        )
+        # Per-connection lifecycle at debug: the reference logs only room joins and
+        # leaves; these four events per connection cost ~20 % of a join's CPU
+        # (docs/performance.md). Room join/leave stay at info (signaling/handlers.py).
+        if loglevels.debug:
+            _log.debug(
+                "engine session {engine_sid} closed ({reason})",
+                engine_sid=self._sid,
+                reason=reason,
+            )
         self._on_closed(self)
         try:
             self._application.on_close(self, reason)

@@ -16,14 +16,18 @@ request checks.
 
 from __future__ import annotations
 
+import pprint as _pprint
 import struct
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from autobahn.twisted import websocket as _autobahn_twisted_websocket
 from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
+from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet import tcp
 from twisted.logger import Logger
@@ -50,7 +54,7 @@ except ImportError:  # pragma: no cover - older Autobahn
     _AUTOBAHN_NVX = False
 
 #: Whether frame masking and UTF-8 validation run in compiled code: Autobahn's
-#: own NVX accelerators, or else wsaccel (optional, C{privydrop[speed]}).
+#: own NVX accelerators, or else wsaccel (installed with the package on CPython).
 ACCELERATED = bool(_AUTOBAHN_NVX)
 if not ACCELERATED:  # pragma: no cover - depends on the environment
     try:
@@ -60,6 +64,68 @@ if not ACCELERATED:  # pragma: no cover - depends on the environment
         ACCELERATED = True
     except ImportError:
         pass
+
+class _DeferredText:
+    """C{function(value)}, computed only when formatted as text."""
+
+    __slots__ = ("_function", "_value")
+
+    def __init__(self, function: Callable[[Any], str], value: object) -> None:
+        self._function = function
+        self._value = value
+
+    def __str__(self) -> str:
+        return str(self._function(self._value))
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def _install_lazy_debug_text() -> None:
+    """Stop Autobahn building debug text on every connection that nobody logs.
+
+    Autobahn evaluates the fields of its debug events even when its logger
+    drops debug: C{WebSocketProtocol._connectionMade} passes C{pformat(<every
+    config attribute>)} (about 100 µs, 9 % of a join's server CPU), and about
+    a dozen calls per connection pass C{hltype(...)}/C{hlval(...)}, which
+    colour text through click (about 5 µs each). See C{docs/performance.md}.
+
+    In the two Autobahn modules the server runs, those helpers now return a
+    L{_DeferredText} that renders the same text when an event is formatted.
+    Every use of C{hltype}/C{hlval} there is a field of a C{log.debug} call
+    (the one C{log.error} among them is in the client protocol, which this
+    server never runs). C{pformat} is deferred only for C{_connectionMade}; its
+    other callers (C{Timings.__str__} must return a C{str}) get text at once.
+    """
+    protocol_module = _autobahn_protocol
+    if getattr(protocol_module.pformat, "_privydrop", False):
+        return
+    target = protocol_module.WebSocketProtocol._connectionMade.__code__
+    getframe = sys._getframe
+    pformat = _pprint.pformat
+
+    def _pformat(value: object, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs and getframe(1).f_code is target:
+            return _DeferredText(pformat, value)
+        return pformat(value, *args, **kwargs)
+
+    def _lazy(function: Callable[[Any], str]) -> Callable[[Any], Any]:
+        def lazy(value: object) -> Any:
+            return _DeferredText(function, value)
+
+        return lazy
+
+    for module in (protocol_module, _autobahn_twisted_websocket):
+        for name in ("hltype", "hlval"):
+            setattr(module, name, _lazy(getattr(module, name)))
+    _pformat._privydrop = True  # type: ignore[attr-defined]
+    setattr(protocol_module, "pformat", _pformat)  # noqa: B010 - typed as pprint.pformat
+
+
+_install_lazy_debug_text()
+
 
 try:
     from wsaccel.xormask import XorMaskerSimple as _WsaccelMasker

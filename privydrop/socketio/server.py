@@ -24,6 +24,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from privydrop import loglevels
 from privydrop.adapter.interface import Adapter
 from privydrop.adapter.local import LocalAdapter
 from privydrop.config import SocketIOSettings
@@ -352,11 +353,15 @@ class SocketIOServer:
             return
         client.sockets[name] = socket
         client.cancel_connect_timer()
-        _log.info(
-            "socket {sid} joined namespace {namespace}",
-            sid=socket.id,
-            namespace=name,
-        )
+        # Per-connection lifecycle at debug: the reference logs only room joins and
+        # leaves; these four events per connection cost ~20 % of a join's CPU
+        # (docs/performance.md). Room join/leave stay at info (signaling/handlers.py).
+        if loglevels.debug:
+            _log.debug(
+                "socket {sid} joined namespace {namespace}",
+                sid=socket.id,
+                namespace=name,
+            )
 
     def _connect_failed(self, failure: Failure, client: _Client, socket: Socket) -> None:
         _log.failure(

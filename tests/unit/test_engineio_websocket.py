@@ -221,3 +221,52 @@ def test_replies_to_a_read_are_written_when_the_read_is_handled() -> None:
     transport.clear()
     protocol.dataReceived(_client_frame(b"4one") + _client_frame(b"4two"))
     assert transport.value() == server_frame(b"4one", False) + server_frame(b"4two", False)
+
+
+def test_autobahn_debug_text_is_built_only_when_logged() -> None:
+    """Autobahn's per-connection debug events still render as before, but their
+    text (pretty-printed settings, coloured names) is built only if an event is
+    formatted; other callers of the module's pformat get text at once."""
+    from autobahn.websocket import protocol as autobahn_protocol
+    from twisted.logger import formatEvent
+
+    import privydrop.engineio.websocket  # noqa: F401 - installs the lazy pformat
+
+    events: list[dict[str, object]] = []
+    factory = WebSocketServerFactory()
+    factory.protocol = WebSocketServerProtocol
+    protocol = factory.buildProtocol(None)
+    protocol.log = _RecordingLog(events)
+    protocol.makeConnection(_Transport())
+    settings = [e for e in events if e["format"] == "\n{attrs}"]
+    assert len(settings) == 1
+    attrs = settings[0]["attrs"]
+    assert not isinstance(attrs, str)
+    text = formatEvent({"log_format": "\n{attrs}", "attrs": attrs})
+    assert text.startswith("\n[(") and "'openHandshakeTimeout'" in text
+    assert text == "\n" + str(attrs) == "\n" + repr(attrs)
+    assert autobahn_protocol.pformat({"a": 1}) == "{'a': 1}"
+    assert autobahn_protocol.pformat([1, 2], width=1) == "[1,\n 2]"
+    established = [e for e in events if "connection accepted" in str(e["format"])]
+    assert len(established) == 1 and not isinstance(established[0]["func"], str)
+
+    from autobahn import util
+    from autobahn.twisted import websocket as autobahn_websocket
+
+    for module in (autobahn_protocol, autobahn_websocket):
+        for name, original in (("hltype", util.hltype), ("hlval", util.hlval)):
+            lazy = getattr(module, name)(WebSocketServerProtocol.onConnect)
+            assert not isinstance(lazy, str)
+            expected = original(WebSocketServerProtocol.onConnect)
+            assert str(lazy) == repr(lazy) == f"{lazy}" == expected
+
+
+class _RecordingLog:
+    def __init__(self, events: list[dict[str, object]]) -> None:
+        self._events = events
+
+    def debug(self, format: str, **fields: object) -> None:
+        self._events.append(dict(fields, format=format))
+
+    def __getattr__(self, name: str) -> object:
+        return lambda *args, **kwargs: None

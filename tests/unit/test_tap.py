@@ -46,3 +46,19 @@ def test_plugin_is_discoverable() -> None:
     """twistd finds "privydrop" among its plugins."""
     names = {getattr(p, "tapname", None) for p in getPlugins(IPlugin)}
     assert "privydrop" in names
+
+
+def test_garbage_collector_is_tuned_for_a_server() -> None:
+    """Start-up objects are frozen and young collections are rarer than CPython's default."""
+    import gc
+
+    from privydrop.tap import GC_YOUNG_THRESHOLD, tune_garbage_collector
+
+    before = gc.get_threshold()
+    try:
+        tune_garbage_collector()
+        assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD > before[0]
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)

@@ -161,6 +161,9 @@ class RedisAdapter:
         self.published = 0
         self.publish_failures = 0
         self.dropped = 0
+        #: Publications of other nodes handled here (delivered or not).
+        self.received = 0
+        self._received_waiters: list[tuple[int, Deferred[int]]] = []
 
     @property
     def channel_prefix(self) -> str:
@@ -301,6 +304,33 @@ class RedisAdapter:
             )
         else:
             self._deliver_send(message)
+        self.received += 1
+        if self._received_waiters:
+            self._fire_received_waiters()
+
+    def wait_received(self, after: int) -> Deferred[int]:
+        """Fires with L{received} once it exceeds C{after}.
+
+        Room membership of a remote broadcast is decided when it arrives, so
+        a socket that joins a room here while another node's broadcast to
+        that room is still on its way may receive it. Tests that need a
+        broadcast to be settled before the next join wait for it with this.
+        """
+        if self.received > after:
+            return succeed(self.received)
+        d: Deferred[int] = Deferred()
+        self._received_waiters.append((after, d))
+        return d
+
+    def _fire_received_waiters(self) -> None:
+        ready = [(after, d) for after, d in self._received_waiters if self.received > after]
+        if not ready:
+            return
+        self._received_waiters = [
+            (after, d) for after, d in self._received_waiters if self.received <= after
+        ]
+        for _, d in ready:
+            d.callback(self.received)
 
     # Internals
 

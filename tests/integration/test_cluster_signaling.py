@@ -161,7 +161,12 @@ async def _pair(
     sender_id, receiver_id = sender["id"], receiver["id"]
     assert sender_id != receiver_id
 
+    heard_on_b = cluster.b.service.getServiceNamed("adapter").adapter.received
     assert await _join(js, "sender", room) == {"success": True, "message": JOINED, "roomId": room}
+    # The sender's "ready" (to nobody yet) is published to node B, which
+    # decides room membership when it arrives: let it arrive before the
+    # receiver joins there, as it does when two people join a room in turn.
+    await within(cluster.b.service.getServiceNamed("adapter").adapter.wait_received(heard_on_b))
     # Node B finds the room node A created: the store is shared.
     assert await _join(js, "receiver", room) == {
         "success": True,

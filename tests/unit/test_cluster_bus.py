@@ -449,3 +449,22 @@ def test_adapter_service_connects_to_the_configured_redis_and_stops_cleanly() ->
     stopped = service.stopService()
     assert stopped.called
     assert not service.publisher.running
+
+
+def test_wait_received_fires_once_another_nodes_publication_is_handled(
+    cluster: Cluster,
+) -> None:
+    """A node can tell when another node's broadcast has been settled there;
+    if this broke, waiting on it would hang or fire before the broadcast."""
+    a1, _ = cluster.a.connect("a1")
+    cluster.b.connect("b1")
+    before = cluster.b.adapter.received
+    waited = cluster.b.adapter.wait_received(before)
+    later = cluster.b.adapter.wait_received(before + 1)
+    emit(a1, "to-room", "r1", "hello")
+    cluster.a.clock.advance(0)
+    assert not waited.called
+    cluster.bus.flush()
+    assert waited.called and cluster.b.adapter.received == before + 1
+    assert not later.called
+    assert cluster.b.adapter.wait_received(before).called

@@ -10,6 +10,8 @@ server does.
 
 from __future__ import annotations
 
+from typing import Any
+
 from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
@@ -46,13 +48,37 @@ class EngineIOResource(Resource):
                     )
                 except EngineRequestError as e:
                     return answer_error(request, e)
+                channel = getattr(request, "channel", None)
+                transport = getattr(request, "transport", None)
                 result: bytes | int = self._websocket.render(request)
+                _release_channel(channel, transport)
                 return result
             return self._polling.render(request, query)
         except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure("engine request failed")
             request.setResponseCode(500)
             return b""
+
+
+def _release_channel(channel: Any, transport: Any) -> None:
+    """Let the HTTP channel of an upgraded connection be collected.
+
+    Autobahn's C{WebSocketResource} takes the TCP transport from the channel
+    (C{channel.transport} becomes C{None}) but the channel stays the
+    transport's registered push producer, which kept the channel, its
+    unfinished request (headers, body buffer, C{notifyFinish} Deferreds) and
+    its line buffer alive for the life of the WebSocket: about 3 KiB per
+    connection. For such a channel the producer calls are no-ops (its request
+    is being handled, so it never pauses the transport, and no request
+    producer is registered), so unregistering it changes nothing else.
+    """
+    if (
+        transport is not None
+        and getattr(channel, "transport", True) is None
+        and getattr(transport, "producer", None) is channel
+        and getattr(channel, "_requestProducer", None) is None
+    ):
+        transport.unregisterProducer()
 
 
 def build_engineio_resource(server: EngineServer) -> IResource:

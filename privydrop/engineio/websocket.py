@@ -594,7 +594,45 @@ class EngineWebSocketFactory(WebSocketServerFactory):
         # server=None: no Server header naming the software and version.
         super().__init__(server=None)
         self.engine = engine
+        self._option_class: tuple[Any, tuple[Any, ...], type] | None = None
         apply_limits(self, engine.settings)
+
+    def buildProtocol(self, addr: Any) -> Any:
+        """Build a protocol whose class carries this factory's options.
+
+        Autobahn's C{_connectionMade} copies each of its ~35 protocol options
+        (C{CONFIG_ATTRS}) from the factory into the new instance's C{__dict__}
+        unless the instance already has the attribute: about 1.6 KiB per
+        connection (the instance dict halved). Here the protocol is an
+        instance of a subclass of C{self.protocol} whose class attributes are
+        the factory's current option values, so the copy is skipped and every
+        connection reads the same objects as before (Autobahn copied
+        references, not copies). The subclass is rebuilt when
+        C{self.protocol} or an option value changes.
+        """
+        base = self.protocol
+        names = getattr(base, "CONFIG_ATTRS", None)
+        if names is None:
+            return super().buildProtocol(addr)
+        values = tuple([getattr(self, name) for name in names])
+        cached = self._option_class
+        if cached is not None and cached[0] is base and cached[1] == values:
+            cls = cached[2]
+        else:
+            # A value that is a descriptor (a function such as
+            # perMessageCompressionAccept) would bind to the instance as a
+            # class attribute; staticmethod hands back the value itself.
+            namespace: dict[str, Any] = {
+                name: staticmethod(value) if hasattr(type(value), "__get__") else value
+                for name, value in zip(names, values)
+            }
+            namespace["__module__"] = base.__module__
+            namespace["__qualname__"] = base.__qualname__
+            cls = type(base.__name__, (base,), namespace)
+            self._option_class = (base, values, cls)
+        protocol = cls()
+        protocol.factory = self
+        return protocol
 
 
 def apply_limits(factory: WebSocketServerFactory, settings: EngineSettings) -> None:

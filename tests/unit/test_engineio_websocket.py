@@ -11,6 +11,7 @@ from privydrop.config import EngineSettings
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.websocket import (
     EngineWebSocketFactory,
+    EngineWebSocketProtocol,
     outbound_buffer_size,
     server_frame,
 )
@@ -270,3 +271,64 @@ class _RecordingLog:
 
     def __getattr__(self, name: str) -> object:
         return lambda *args, **kwargs: None
+
+
+def test_protocol_options_are_shared_class_attributes() -> None:
+    """Each connection reads the factory's option values from its class, so
+    Autobahn's per-connection copy into the instance dict is skipped; a later
+    change of the factory's options (or of its protocol class) is honoured."""
+    server = EngineServer(Clock(), EngineSettings(), _Recorder())  # type: ignore[arg-type]
+    factory = EngineWebSocketFactory(server)
+    first = factory.buildProtocol(None)
+    first.makeConnection(_Transport())
+    names = first.CONFIG_ATTRS
+    assert names
+    for name in names:
+        assert name not in first.__dict__
+        assert getattr(first, name) is getattr(factory, name)
+    assert isinstance(first, EngineWebSocketProtocol)
+    assert factory.buildProtocol(None).__class__ is first.__class__
+
+    factory.setProtocolOptions(openHandshakeTimeout=123.0)
+    changed = factory.buildProtocol(None)
+    changed.makeConnection(_Transport())
+    assert changed.openHandshakeTimeout == 123.0
+    assert first.openHandshakeTimeout != 123.0
+
+    factory.protocol = WebSocketServerProtocol
+    plain = factory.buildProtocol(None)
+    assert isinstance(plain, WebSocketServerProtocol)
+    assert not isinstance(plain, EngineWebSocketProtocol)
+    assert plain.factory is factory
+
+
+def test_upgraded_channel_is_no_longer_the_transports_producer() -> None:
+    """After Autobahn takes a transport from its HTTP channel, the channel stops
+    being the transport's producer (which kept it and its request alive); a
+    channel that still owns its transport, or a transport with another
+    producer, is left alone."""
+    from privydrop.engineio.resource import _release_channel
+
+    class Channel:
+        transport: object = None
+        _requestProducer = None
+
+    channel = Channel()
+    transport = StringTransport()
+    transport.registerProducer(channel, True)
+    _release_channel(channel, transport)
+    assert transport.producer is None
+
+    owner = Channel()
+    owned = StringTransport()
+    owner.transport = owned
+    owned.registerProducer(owner, True)
+    _release_channel(owner, owned)
+    assert owned.producer is owner
+
+    other = StringTransport()
+    producer = object()
+    other.registerProducer(producer, True)
+    _release_channel(channel, other)
+    assert other.producer is producer
+    _release_channel(channel, None)

@@ -9,7 +9,7 @@ but the event that raised.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, Union
 
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger

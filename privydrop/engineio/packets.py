@@ -121,26 +121,6 @@ def _decode_text_packet(text: str) -> Packet:
     return Packet(packet_type, text[1:])
 
 
-def decode_websocket(payload: bytes, is_binary: bool, max_bytes: int) -> Packet:
-    """Decode the payload of one WebSocket message.
-
-    @param payload: the whole message.
-    @param is_binary: whether it arrived as a binary message.
-    @param max_bytes: largest accepted message; 0 means no limit.
-    @raise PayloadTooLarge: the message is larger than C{max_bytes}.
-    @raise EngineIOProtocolError: the message is not a valid packet.
-    """
-    if max_bytes and len(payload) > max_bytes:
-        raise PayloadTooLarge("message larger than max_payload")
-    if is_binary:
-        return Packet(PacketType.MESSAGE, bytes(payload))
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise EngineIOProtocolError("text frame is not UTF-8") from e
-    return _decode_text_packet(text)
-
-
 def decode_websocket_message(message: str | bytes, max_bytes: int) -> Packet:
     """Decode a WebSocket message already read as text (str) or binary (bytes).
 

@@ -16,10 +16,10 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from privydrop.config import EngineSettings, OriginSettings
 from privydrop.engineio.interface import EngineConnection, Message
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
+from privydrop.settings import EngineSettings, OriginSettings
 
 _log = Logger()
 

@@ -28,9 +28,9 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from privydrop.config import EngineSettings, OriginSettings, SocketIOSettings
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
+from privydrop.settings import EngineSettings, OriginSettings, SocketIOSettings
 from privydrop.socketio.server import SocketIOServer
 from privydrop.socketio.sockets import Socket
 

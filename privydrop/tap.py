@@ -2,7 +2,7 @@
 
 L{Options} only parses the command line; L{makeService} turns options, the
 process environment and the C{.env} file into validated
-L{privydrop.config.Settings} and builds the service tree. This is the one
+L{privydrop.settings.Settings} and builds the service tree. This is the one
 module (with the plugin file) that reads C{os.environ}.
 
 Start-up failures that an operator must fix (an invalid value, production
@@ -23,10 +23,11 @@ from twisted.application.service import IService
 from twisted.logger import Logger, LogLevel
 from twisted.python import usage
 
-from privydrop import __version__, loglevels
-from privydrop.config import ConfigError, Settings
-from privydrop.redis_probe import RedisProbeError, probe_redis
-from privydrop.settings_source import VARIABLES
+from privydrop import __version__
+from privydrop.logs import levels as loglevels
+from privydrop.redis.probe import RedisProbeError, probe_redis
+from privydrop.settings import ConfigError, Settings
+from privydrop.settings.sources import VARIABLES, settings_from_options
 
 _log = Logger()
 _LEVELS = frozenset(LogLevel.iterconstants())
@@ -71,7 +72,7 @@ def settings_for(options: Any, environ: Any = None) -> Settings:
         Redis configured.
     """
     try:
-        settings = Settings.from_options(options, os.environ if environ is None else environ)
+        settings = settings_from_options(options, os.environ if environ is None else environ)
     except ConfigError as e:
         _fatal("invalid configuration: %s" % (e,))
     if settings.production and settings.redis is None:

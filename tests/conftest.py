@@ -28,7 +28,7 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
-from privydrop.config import RedisSettings
+from privydrop.settings import RedisSettings
 from privydrop.store.interface import IStore
 from privydrop.store.memory import MemoryStore
 from privydrop.store.redis import RedisStore

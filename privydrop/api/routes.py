@@ -44,16 +44,13 @@ from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from privydrop import __version__
-from privydrop.api.cors import cors_headers, preflight_headers
 from privydrop.api.errors import (
     LEAVE_FIELDS_REQUIRED,
     ROOM_ID_REQUIRED,
     APIError,
     bad_request,
 )
-from privydrop.clientip import client_ip, trusted_proxies
-from privydrop.config import Settings
-from privydrop.logthrottle import ThrottledWarnings
+from privydrop.logs.throttle import WarningThrottle
 from privydrop.ratelimit import CallBudget
 from privydrop.rooms import (
     InvalidRoomId,
@@ -62,9 +59,12 @@ from privydrop.rooms import (
     Rooms,
     validate_room_id,
 )
+from privydrop.settings import Settings
 from privydrop.store import keys
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.tracking import InvalidTrack, ReferrerTracker
+from privydrop.web.clientip import client_ip, trusted_proxies
+from privydrop.web.cors import api_headers, api_preflight_headers
 
 _log = Logger()
 
@@ -165,16 +165,19 @@ def _json_endpoint(
         except APIError as e:
             code, result, headers = e.code, e.body(), e.headers
             self._warnings.warn(
+                _log,
                 e.message, "API request refused ({code}): {error}", code=code, error=e.message
             )
         except (InvalidRoomId, InvalidTrack) as e:
             code, result = 400, {"error": str(e)}
             self._warnings.warn(
+                _log,
                 str(e), "API request refused ({code}): {error}", code=code, error=str(e)
             )
         except StoreUnavailable as e:
             code, result = 503, {"error": _STORE_DOWN}
             self._warnings.warn(
+                _log,
                 "store", "store unavailable, answering 503: {error}", error=str(e)
             )
         except RoomIdsExhausted as e:
@@ -212,6 +215,7 @@ class PrivyDropAPI:
         store: IStore,
         clock: IReactorTime,
         *,
+        rooms: Rooms | None = None,
         notify_peer_left: PeerLeftHook | None = None,
         connection_count: Callable[[], int] | None = None,
         redis_address: str | None = None,
@@ -221,6 +225,8 @@ class PrivyDropAPI:
             C{origins}, C{http.trusted_proxies}, C{environment}).
         @param store: where rooms and statistics live.
         @param clock: "now" for rules, rate budgets and health figures.
+        @param rooms: the room rules, shared with signaling (the service tree
+            builds one); one over C{store} when None.
         @param notify_peer_left: awaited with C{(room_id, socket_id)} before
             C{leave_room} unbinds the socket, so the room's peers hear of it
             (Socket.IO's C{peer-disconnected}); None until Socket.IO exists.
@@ -232,7 +238,7 @@ class PrivyDropAPI:
         self._settings = settings
         self._store = store
         self._clock = clock
-        self._rooms = Rooms(store, settings.rooms, clock)
+        self._rooms = rooms if rooms is not None else Rooms(store, settings.rooms, clock)
         self._tracker = ReferrerTracker(store, settings.tracking)
         self._budget = CallBudget(
             settings.api.rate_limit_calls, settings.api.rate_limit_window_s, clock
@@ -242,7 +248,7 @@ class PrivyDropAPI:
         self._connection_count = connection_count
         self._redis_address = redis_address
         self._started = clock.seconds()
-        self._warnings = ThrottledWarnings(_log, clock)
+        self._warnings = WarningThrottle(clock)
 
     def resource(self) -> IResource:
         """The API as a resource: CORS and call budget, then Klein's routing."""
@@ -251,7 +257,7 @@ class PrivyDropAPI:
     # -- things _APIResource needs ------------------------------------------
 
     def client_address(self, request: IRequest) -> str:
-        """The client's IP under the trusted-proxy rule (L{privydrop.clientip})."""
+        """The client's IP under the trusted-proxy rule (L{privydrop.web.clientip})."""
         peer = request.getClientAddress()
         host = getattr(peer, "host", None) or str(peer)
         forwarded = [
@@ -405,11 +411,6 @@ class PrivyDropAPI:
         return orjson.dumps({"error": "Method not allowed"})
 
 
-#: Distinct Origin values whose CORS headers are kept ready (see
-#: L{_APIResource._cors}); the cache starts over when it is full.
-_CORS_CACHE_SIZE = 256
-
-
 class _APIResource(Resource):
     """CORS, preflight and the per-IP call budget in front of Klein's routing.
 
@@ -445,19 +446,6 @@ class _APIResource(Resource):
             for method in rule.methods or ():
                 if method in ("GET", "POST"):
                     self._hot[(method.encode("ascii"), path)] = (rule.endpoint, segments)
-        self._cors_cache: dict[str | None, list[tuple[bytes, bytes]]] = {}
-
-    def _cors(self, origin: str | None) -> list[tuple[bytes, bytes]]:
-        """The CORS header pairs for an answer to C{origin}, encoded once per origin."""
-        cached = self._cors_cache.get(origin)
-        if cached is None:
-            if len(self._cors_cache) >= _CORS_CACHE_SIZE:
-                self._cors_cache.clear()
-            cached = self._cors_cache[origin] = [
-                (name.encode("latin-1"), value.encode("latin-1"))
-                for name, value in cors_headers(origin, self._api._settings.origins)
-            ]
-        return cached
 
     def render(self, request: IRequest) -> bytes | int:
         api = self._api
@@ -465,18 +453,19 @@ class _APIResource(Resource):
         origin = origin_raw.decode("latin-1") if origin_raw is not None else None
         if request.method == b"OPTIONS":
             # Every OPTIONS is a preflight, as the cors middleware treats it.
-            for name, value in preflight_headers(origin, api._settings.origins):
-                request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+            for name, value in api_preflight_headers(origin, api._settings.origins):
+                request.setHeader(name, value)
             request.setResponseCode(204)
             request.setHeader(b"content-length", b"0")
             return b""
-        for name_b, value_b in self._cors(origin):
+        for name_b, value_b in api_headers(origin, api._settings.origins):
             request.setHeader(name_b, value_b)
         if api._budget.enabled and request.path not in HEALTH_PATHS:
             client = api.client_address(request)
             decision = api._budget.spend(client)
             if not decision.allowed:
                 api._warnings.warn(
+                    _log,
                     "budget",
                     "API call budget exhausted for {client}",
                     client=client if api._settings.http.log_client_ips else "a client",

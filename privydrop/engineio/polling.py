@@ -21,7 +21,6 @@ from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 from privydrop.engineio import packets
-from privydrop.engineio.cors import ALLOWED_METHODS, cors_headers
 from privydrop.engineio.errors import EngineError, EngineRequestError, error_body
 from privydrop.engineio.interface import Handshake
 from privydrop.engineio.server import EngineServer
@@ -33,6 +32,7 @@ from privydrop.engineio.session import (
     WS_POLICY_VIOLATION,
     Session,
 )
+from privydrop.web.cors import POLLING_ALLOWED_METHODS, polling_headers
 
 _log = Logger()
 
@@ -64,7 +64,7 @@ def handshake_of(
     # for the WebSocket transport (and Node for the reference server): a
     # socket's handshake must not depend on the transport it started on, and
     # X-Forwarded-For must keep every hop for the client-IP rule
-    # (privydrop.clientip), not only the last line.
+    # (privydrop.web.clientip), not only the last line.
     headers = {
         k.decode("latin-1").lower(): ", ".join(item.decode("latin-1") for item in v)
         for k, v in request.requestHeaders.getAllRawHeaders()
@@ -123,7 +123,7 @@ class PollingTransport:
     def render(self, request: Request, query: Mapping[str, str]) -> bytes | int:
         """Answer a GET, POST or OPTIONS on the polling transport."""
         origin = header(request, b"origin")
-        for name, value in cors_headers(self._settings.origins, origin):
+        for name, value in polling_headers(origin, self._settings.origins):
             request.setHeader(name, value)
         method = request.method.decode("ascii", "replace")
         if method == "OPTIONS":
@@ -147,7 +147,7 @@ class PollingTransport:
 
     def _preflight(self, request: Request) -> bytes:
         request.setResponseCode(204)
-        request.setHeader(b"Access-Control-Allow-Methods", ALLOWED_METHODS)
+        request.setHeader(b"Access-Control-Allow-Methods", POLLING_ALLOWED_METHODS)
         wanted = request.getHeader(b"access-control-request-headers")
         if wanted:
             request.setHeader(b"Access-Control-Allow-Headers", wanted)

@@ -17,12 +17,9 @@ import orjson
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from privydrop import loglevels
-from privydrop.config import EngineSettings
 from privydrop.engineio.errors import EngineError, EngineRequestError
 from privydrop.engineio.interface import EngineApplication, EngineSid, Handshake
 from privydrop.engineio.packets import Packet, PacketType
-from privydrop.engineio.rejections import RejectionLog
 from privydrop.engineio.session import (
     POLLING,
     REASON_SHUTDOWN,
@@ -32,7 +29,10 @@ from privydrop.engineio.session import (
     Session,
     SessionState,
 )
-from privydrop.origins import origin_allowed
+from privydrop.logs import levels as loglevels
+from privydrop.logs.throttle import WarningThrottle
+from privydrop.settings import EngineSettings
+from privydrop.web.origins import origin_allowed
 
 _log = Logger()
 
@@ -81,7 +81,7 @@ class EngineServer:
         self._sessions: dict[EngineSid, Session] = {}
         self._pending: set[EngineSid] = set()
         #: Rate-limited warnings about rejected client input, for every transport.
-        self.rejections = RejectionLog(clock, settings.rejection_log_interval_s)
+        self.rejections = WarningThrottle(clock, settings.rejection_log_interval_s)
         #: Sessions with packets to write; transports hold it while they
         #: handle a read, so what the read caused is written right after it.
         self.flushes = FlushQueue(clock)

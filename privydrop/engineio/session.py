@@ -36,8 +36,6 @@ from typing import Protocol
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-from privydrop import loglevels
-from privydrop.config import EngineSettings
 from privydrop.engineio import packets
 from privydrop.engineio.interface import (
     EngineApplication,
@@ -46,7 +44,9 @@ from privydrop.engineio.interface import (
     Message,
 )
 from privydrop.engineio.packets import Packet, PacketType
-from privydrop.engineio.rejections import RejectionLog
+from privydrop.logs import levels as loglevels
+from privydrop.logs.throttle import WarningThrottle
+from privydrop.settings import EngineSettings
 
 _log = Logger()
 
@@ -186,7 +186,7 @@ class Session:
         transport_name: str,
         on_closed: Callable[[Session], None] = lambda session: None,
         on_active: Callable[[Session], None] = lambda session: None,
-        rejections: RejectionLog | None = None,
+        rejections: WarningThrottle | None = None,
         flushes: FlushQueue | None = None,
     ) -> None:
         """
@@ -209,7 +209,7 @@ class Session:
         self._transport_name = transport_name
         self._on_closed = on_closed
         self._on_active = on_active
-        self._rejections = rejections or RejectionLog(
+        self._rejections = rejections or WarningThrottle(
             clock, settings.rejection_log_interval_s
         )
         self.state = SessionState.OPEN

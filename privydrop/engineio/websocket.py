@@ -29,10 +29,9 @@ from autobahn.twisted.websocket import (
 )
 from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.internet import tcp
 from twisted.logger import Logger
 
-from privydrop.config import EngineSettings
+from privydrop.compat.twisted import outbound_buffer_size, write_now
 from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineRequestError
 from privydrop.engineio.interface import EngineSid, Handshake
@@ -47,6 +46,7 @@ from privydrop.engineio.session import (
     WS_TOO_BIG,
     Session,
 )
+from privydrop.settings import EngineSettings
 
 try:
     from autobahn.websocket import USES_NVX as _AUTOBAHN_NVX
@@ -155,67 +155,10 @@ _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
 
 
-_TCP_SERVER = tcp.Server
-
-
-def outbound_buffer_size(transport: Any) -> int:
-    """Bytes written to C{transport} that the peer has not taken yet.
-
-    Reads the buffer bookkeeping of Twisted's file-descriptor transports
-    (TCP and UNIX); a TLS transport is measured on the connection below it.
-    Unknown transports count as empty.
-    """
-    if type(transport) is _TCP_SERVER:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    inner = getattr(transport, "transport", None)
-    if inner is not None and not hasattr(transport, "dataBuffer"):
-        transport = inner
-    data = getattr(transport, "dataBuffer", None)
-    if data is None:
-        return 0
-    return (
-        len(data)
-        - getattr(transport, "offset", 0)
-        + getattr(transport, "_tempDataLen", 0)
-    )
-
-
 _TEXT_FIN = 0x81
 _BINARY_FIN = 0x82
 _MASKED = 0x80
 _STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
-
-
-def write_now(transport: Any, data: bytes) -> None:
-    """Write C{data}, sending it on the socket at once when nothing is buffered.
-
-    Twisted's TCP transport only buffers a write and registers for
-    writability; the bytes leave on the next reactor iteration, which costs
-    two C{epoll_ctl} calls, a wake-up and a turn of latency per write. When
-    the transport's buffer is empty that send is what would happen next
-    anyway, so it is done here; whatever the kernel does not take (or any
-    other transport: TLS, tests' fakes) goes through C{transport.write}.
-    """
-    if (
-        type(transport) is _TCP_SERVER
-        and not transport.dataBuffer
-        and not transport._tempDataBuffer
-        and transport.connected
-        and not transport.disconnecting
-        and not transport._writeDisconnected
-        and not transport.TLS
-    ):
-        try:
-            sent = transport.socket.send(data)
-        except OSError:
-            # EAGAIN, or an error that the buffered write reports the
-            # Twisted way (the connection is lost on the next iteration).
-            sent = 0
-        if sent == len(data):
-            return
-        if sent:
-            data = data[sent:]
-    transport.write(data)
 
 
 def server_frame(payload: bytes, binary: bool) -> bytes:

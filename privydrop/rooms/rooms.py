@@ -16,7 +16,6 @@ import attrs
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from privydrop.config import RoomSettings
 from privydrop.ratelimit.join import (
     RateDecision,
     decide,
@@ -25,6 +24,7 @@ from privydrop.ratelimit.join import (
 )
 from privydrop.rooms import ids
 from privydrop.rooms.ids import RandomSource, RoomId, validate_room_id
+from privydrop.settings import RoomSettings
 from privydrop.store.interface import IStore, JoinOutcome, LeaveResult
 
 _log = Logger()

@@ -28,7 +28,7 @@ from typing import Any, NamedTuple
 import attrs
 import orjson
 
-from privydrop.config import Settings
+from privydrop.settings import Settings
 
 #: Socket ids our server hands out are 20 characters; anything longer than
 #: this cannot name a socket and is refused before it reaches a lookup.

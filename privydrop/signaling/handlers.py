@@ -59,7 +59,7 @@ dropped with a debug log and counted in L{Signaling.dropped}; nothing of
 them is broadcast.
 
 The join rate limit keys on the client IP under the REST API's rule
-(L{privydrop.clientip}): the direct peer, or behind a trusted proxy the
+(L{privydrop.web.clientip}): the direct peer, or behind a trusted proxy the
 right-most X-Forwarded-For address that is not a trusted proxy. The Node
 backend takes the first X-Forwarded-For address, which the client writes
 itself, so every join could claim a fresh address and escape the limit.
@@ -82,14 +82,14 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import Logger
 
-from privydrop.clientip import client_ip, trusted_proxies
-from privydrop.config import Settings
 from privydrop.rooms import InvalidRoomId, Rooms
+from privydrop.settings import Settings
 from privydrop.signaling import events
 from privydrop.signaling.events import EventLimits, InvalidPayload
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.sockets import Socket
 from privydrop.store.interface import StoreUnavailable
+from privydrop.web.clientip import client_ip, trusted_proxies
 
 _log = Logger()
 

@@ -11,7 +11,6 @@ import inspect
 from typing import Any, Awaitable, Callable, Sequence
 
 from twisted.internet.defer import Deferred
-
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 

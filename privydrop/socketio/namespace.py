@@ -19,10 +19,15 @@ from privydrop.socketio.acks import as_deferred_if_awaitable
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Packet, PacketType
-from privydrop.socketio.sockets import BroadcastOperator, Socket, SocketState, check_event_name
+from privydrop.socketio.sockets import (
+    BroadcastOperator,
+    Socket,
+    SocketState,
+    check_event_name,
+)
 
 if TYPE_CHECKING:
-    from privydrop.adapter.interface import Adapter
+    from privydrop.socketio.adapter import Adapter
 
 _log = Logger()
 

@@ -5,7 +5,7 @@ L{SocketIOServer} receives whole Engine.IO messages from each client
 with L{privydrop.socketio.packets.BinaryReassembler}, and routes them to the
 client's socket in the packet's namespace. Room membership and delivery by
 room or by id go through an adapter
-(L{privydrop.adapter.interface.Adapter}; in-process by default).
+(L{privydrop.socketio.adapter.Adapter}; in-process by default).
 
 This layer knows nothing of PrivyDrop; the layers above use L{SocketIOServer.of},
 L{Namespace} and L{Socket}. It knows Engine.IO only through
@@ -20,22 +20,21 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from privydrop import loglevels
-from privydrop.adapter.interface import Adapter
-from privydrop.adapter.local import LocalAdapter
-from privydrop.config import SocketIOSettings
 from privydrop.engineio.interface import EngineConnection, EngineSid, Message
+from privydrop.logs import levels as loglevels
+from privydrop.logs.throttle import WarningThrottle
+from privydrop.settings import SocketIOSettings
 from privydrop.socketio.acks import PendingAcks
-from privydrop.socketio.errors import ConnectionRefused
+from privydrop.socketio.adapter import Adapter, LocalAdapter
+from privydrop.socketio.client import Client
 from privydrop.socketio.ids import SocketId, new_socket_id
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.packets import (
     MAIN_NAMESPACE,
-    BinaryReassembler,
     Packet,
     PacketLimits,
     PacketType,
@@ -50,103 +49,6 @@ _log = Logger()
 CLOSE_PARSE_ERROR = "parse error"
 #: Engine.IO close reason when no namespace was joined within connect_timeout_ms.
 CLOSE_CONNECT_TIMEOUT = "connect timeout"
-#: Engine.IO close reason when the server disconnects a client on purpose.
-CLOSE_FORCED = "forced server close"
-
-
-class _WarningThrottle:
-    """At most one warning per cause per interval, so a flood of bad clients
-    cannot flood the log; the next warning says how many were left out."""
-
-    def __init__(self, clock: IReactorTime, interval_s: float) -> None:
-        self._clock = clock
-        self._interval_s = interval_s
-        self._last: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
-
-    def admit(self, cause: str) -> int | None:
-        """None to stay quiet; else how many warnings of this cause were skipped."""
-        now = self._clock.seconds()
-        last = self._last.get(cause)
-        if last is not None and now - last < self._interval_s:
-            self._suppressed[cause] = self._suppressed.get(cause, 0) + 1
-            return None
-        if len(self._last) > 1000:
-            # Causes are a small fixed set of messages; this only bounds memory.
-            self._last.clear()
-        self._last[cause] = now
-        return self._suppressed.pop(cause, 0)
-
-
-class _Client:
-    """One Engine.IO connection and the sockets it has in each namespace."""
-
-    def __init__(
-        self,
-        server: SocketIOServer,
-        connection: EngineConnection,
-        limits: PacketLimits,
-    ) -> None:
-        self.server = server
-        self.connection = connection
-        self.reassembler = BinaryReassembler(limits)
-        self.sockets: dict[str, Socket] = {}
-        self.connecting: dict[str, Socket] = {}
-        self.closed = False
-        self.connect_timer: IDelayedCall | None = None
-
-    @property
-    def transport_name(self) -> str:
-        return self.connection.transport_name
-
-    def send(self, messages: Sequence[Message]) -> None:
-        if self.closed:
-            return
-        if len(messages) == 1:
-            self.connection.send(messages[0])
-        else:
-            self.connection.send_many(messages)
-
-    def refuse(self, socket: Socket, refusal: ConnectionRefused) -> None:
-        if self.closed:
-            return
-        data: dict[str, Any] = {"message": refusal.message}
-        if refusal.data is not None:
-            data["data"] = refusal.data
-        _log.info(
-            "connection to {namespace} refused: {message}",
-            namespace=socket.namespace.name,
-            message=refusal.message,
-        )
-        self.send(encode(Packet(PacketType.CONNECT_ERROR, socket.namespace.name, data)))
-
-    def _forget(self, socket: Socket) -> None:
-        name = socket.namespace.name
-        if self.sockets.get(name) is socket:
-            del self.sockets[name]
-        if self.connecting.get(name) is socket:
-            del self.connecting[name]
-
-    def cancel_connect_timer(self) -> None:
-        timer, self.connect_timer = self.connect_timer, None
-        if timer is not None and timer.active():
-            timer.cancel()
-
-    def close_sockets(self, reason: str) -> None:
-        """The connection ended: every socket leaves with C{reason}."""
-        self.closed = True
-        self.cancel_connect_timer()
-        for socket in [*self.connecting.values(), *self.sockets.values()]:
-            socket._on_close(reason)
-
-    def disconnect_all(self) -> None:
-        """Server-side close: tell each namespace, then close the connection."""
-        if self.closed:
-            return
-        for socket in list(self.sockets.values()):
-            socket.disconnect()
-        self.server._drop_client(self, "server namespace disconnect")
-        self.connection.close(CLOSE_FORCED)
 
 
 class SocketIOServer:
@@ -173,8 +75,8 @@ class SocketIOServer:
         self._adapter: Adapter = adapter if adapter is not None else LocalAdapter()
         self._adapter.attach(self)
         self._namespaces: dict[str, Namespace] = {}
-        self._clients: dict[EngineSid, _Client] = {}
-        self._warnings = _WarningThrottle(clock, settings.rejection_log_interval_s)
+        self._clients: dict[EngineSid, Client] = {}
+        self._warnings = WarningThrottle(clock, settings.rejection_log_interval_s)
         self.of(MAIN_NAMESPACE)
 
     @property
@@ -221,7 +123,7 @@ class SocketIOServer:
     # EngineApplication
 
     def on_open(self, connection: EngineConnection) -> None:
-        client = _Client(self, connection, self._limits)
+        client = Client(self, connection, self._limits)
         self._clients[connection.sid] = client
         client.connect_timer = self._clock.callLater(
             self._settings.connect_timeout_ms / 1000.0, self._connect_timeout, client
@@ -236,14 +138,13 @@ class SocketIOServer:
             if packet is not None:
                 self._on_packet(client, packet)
         except SocketIOProtocolError as e:
-            suppressed = self._warnings.admit(str(e))
-            if suppressed is not None:
-                _log.warn(
-                    "closing client {engine_sid}: {error} ({suppressed} similar not logged)",
-                    engine_sid=connection.sid,
-                    error=str(e),
-                    suppressed=suppressed,
-                )
+            self._warnings.warn(
+                _log,
+                str(e),
+                "closing client {engine_sid}: {error} ({suppressed} similar not logged)",
+                engine_sid=connection.sid,
+                error=str(e),
+            )
             self._close_client(client, CLOSE_PARSE_ERROR)
         except Exception:
             _log.failure("error handling a packet from {engine_sid}", engine_sid=connection.sid)
@@ -257,16 +158,16 @@ class SocketIOServer:
 
     # Internals
 
-    def _drop_client(self, client: _Client, reason: str) -> None:
+    def _drop_client(self, client: Client, reason: str) -> None:
         if self._clients.get(client.connection.sid) is client:
             del self._clients[client.connection.sid]
         client.close_sockets(reason)
 
-    def _close_client(self, client: _Client, reason: str) -> None:
+    def _close_client(self, client: Client, reason: str) -> None:
         self._drop_client(client, reason)
         client.connection.close(reason)
 
-    def _connect_timeout(self, client: _Client) -> None:
+    def _connect_timeout(self, client: Client) -> None:
         client.connect_timer = None
         if client.closed or client.sockets:
             return
@@ -277,7 +178,7 @@ class SocketIOServer:
         )
         self._close_client(client, CLOSE_CONNECT_TIMEOUT)
 
-    def _on_packet(self, client: _Client, packet: Packet) -> None:
+    def _on_packet(self, client: Client, packet: Packet) -> None:
         packet_type = packet.type
         if packet_type is PacketType.CONNECT:
             self._connect(client, packet)
@@ -300,7 +201,7 @@ class SocketIOServer:
         else:  # DISCONNECT
             socket._on_close("client namespace disconnect")
 
-    def _connect(self, client: _Client, packet: Packet) -> None:
+    def _connect(self, client: Client, packet: Packet) -> None:
         name = packet.namespace
         namespace = self._namespaces.get(name)
         if namespace is None:
@@ -342,7 +243,7 @@ class SocketIOServer:
         d.addCallback(self._connected, client, socket)
         d.addErrback(self._connect_failed, client, socket)
 
-    def _connected(self, accepted: bool, client: _Client, socket: Socket) -> None:
+    def _connected(self, accepted: bool, client: Client, socket: Socket) -> None:
         name = socket.namespace.name
         if client.connecting.get(name) is socket:
             del client.connecting[name]
@@ -363,7 +264,7 @@ class SocketIOServer:
                 namespace=name,
             )
 
-    def _connect_failed(self, failure: Failure, client: _Client, socket: Socket) -> None:
+    def _connect_failed(self, failure: Failure, client: Client, socket: Socket) -> None:
         _log.failure(
             "connecting socket {sid} failed", failure=failure, sid=socket.id
         )

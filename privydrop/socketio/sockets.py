@@ -17,7 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from privydrop import loglevels
+from privydrop.logs import levels as loglevels
 from privydrop.socketio.acks import PendingAcks
 from privydrop.socketio.errors import (
     AckTimeout,
@@ -34,9 +34,9 @@ from privydrop.socketio.packets import (
 )
 
 if TYPE_CHECKING:
-    from privydrop.adapter.interface import Adapter
+    from privydrop.socketio.adapter import Adapter
+    from privydrop.socketio.client import Client
     from privydrop.socketio.namespace import Namespace
-    from privydrop.socketio.server import _Client
 
 _log = Logger()
 
@@ -135,7 +135,7 @@ class Socket:
         self,
         socket_id: SocketId,
         namespace: Namespace,
-        client: _Client,
+        client: Client,
         handshake: SocketHandshake,
         adapter: Adapter,
         acks: PendingAcks,

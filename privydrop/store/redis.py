@@ -26,7 +26,7 @@ the commands in flight on that connection, and a late reply can never be
 read as the answer to a newer command. The pool (txredisapi's, one
 C{ClientService} per slot) reconnects by itself with a backoff.
 
-Replies are parsed and commands encoded by L{privydrop.store.resp} rather
+Replies are parsed and commands encoded by L{privydrop.redis.resp} rather
 than by txredisapi's line-by-line Python parser (see there for why).
 
 Handshake. Our protocol does ``AUTH`` and ``SELECT`` itself so that a server
@@ -63,7 +63,8 @@ from twisted.internet.interfaces import (
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from privydrop.config import RedisSettings
+from privydrop.redis.resp import ReplyParser, RESPProtocolError, encode_command
+from privydrop.settings import RedisSettings
 from privydrop.store import keys
 from privydrop.store.interface import (
     IStore,
@@ -75,7 +76,6 @@ from privydrop.store.interface import (
     StoreError,
     StoreUnavailable,
 )
-from privydrop.store.resp import ReplyParser, RESPProtocolError, encode_command
 
 _log = Logger()
 
@@ -133,7 +133,7 @@ class _HandshakeRejected(txredisapi.ConnectionError):
 
 
 class FastRepliesMixin:
-    """Parses replies with L{privydrop.store.resp} instead of txredisapi's parser.
+    """Parses replies with L{privydrop.redis.resp} instead of txredisapi's parser.
 
     Mix into a C{txredisapi.RedisProtocol} subclass (before it): every
     complete reply is handed to C{replyReceived}, as the stock parser does,

@@ -18,7 +18,7 @@ from twisted.application.service import Service
 from twisted.internet import defer, task
 from twisted.logger import Logger
 
-from privydrop.config import Settings
+from privydrop.settings import Settings
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.store.memory import MemoryStore
 from privydrop.store.redis import RedisStore

@@ -14,7 +14,7 @@ import math
 
 from twisted.logger import Logger
 
-from privydrop.config import TrackingSettings
+from privydrop.settings import TrackingSettings
 from privydrop.store import keys
 from privydrop.store.interface import IStore
 

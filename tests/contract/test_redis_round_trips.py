@@ -22,11 +22,11 @@ from twisted.internet.defer import Deferred, gatherResults
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 
-from privydrop.config import RoomSettings
+from privydrop.redis.resp import ReplyParser, encode_command
 from privydrop.rooms import Rooms
+from privydrop.settings import RoomSettings
 from privydrop.store.interface import JoinOutcome
 from privydrop.store.redis import RedisStore
-from privydrop.store.resp import ReplyParser, encode_command
 from tests.conftest import redis_settings
 from tests.redis_server import RedisServer
 

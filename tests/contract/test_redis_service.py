@@ -9,7 +9,7 @@ import pytest_twisted
 import txredisapi
 from twisted.internet import defer, reactor
 
-from privydrop.config import Settings
+from privydrop.settings import Settings
 from privydrop.store.interface import StoreUnavailable
 from privydrop.store.redis import RedisStore, subscriber_factory
 from privydrop.store.service import StoreService, verify_store

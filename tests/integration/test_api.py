@@ -16,8 +16,8 @@ from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
 from twisted.internet.protocol import Protocol
 from twisted.web.client import HTTPConnectionPool
 
-from privydrop.config import ApiSettings, RedisSettings, Settings
 from privydrop.service import build_service
+from privydrop.settings import ApiSettings, RedisSettings, Settings
 from privydrop.store.service import verify_store
 from tests.conftest import redis_settings
 from tests.redis_server import RedisServer

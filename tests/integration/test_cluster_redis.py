@@ -31,16 +31,16 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from privydrop.adapter.messages import channel_name
-from privydrop.adapter.redis import (
+from privydrop.cluster.messages import channel_name
+from privydrop.cluster.redis import (
     AdapterService,
     PublishError,
     RedisAdapter,
     RedisPublisher,
 )
-from privydrop.config import EngineSettings, OriginSettings, SocketIOSettings
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
+from privydrop.settings import EngineSettings, OriginSettings, SocketIOSettings
 from privydrop.socketio.packets import Packet, PacketType
 from privydrop.socketio.server import SocketIOServer
 from tests.conftest import redis_settings

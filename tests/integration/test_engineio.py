@@ -27,7 +27,6 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from privydrop.config import EngineSettings, OriginSettings
 from privydrop.engineio.interface import EngineConnection, Message
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
@@ -36,6 +35,7 @@ from privydrop.engineio.session import (
     REASON_PAYLOAD_LIMIT,
     REASON_PING_TIMEOUT,
 )
+from privydrop.settings import EngineSettings, OriginSettings
 
 PATH = "/engine.io/"
 FLOOD_CHUNK = "x" * 131_072

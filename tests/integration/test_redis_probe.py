@@ -7,8 +7,8 @@ from typing import Iterator
 
 import pytest
 
-from privydrop.config import RedisSettings
-from privydrop.redis_probe import RedisProbeError, probe_redis
+from privydrop.redis.probe import RedisProbeError, probe_redis
+from privydrop.settings import RedisSettings
 from tests.redis_server import RedisServer, free_port
 
 

@@ -14,9 +14,10 @@ from typing import Any
 import attrs
 from twisted.application.service import MultiService
 
-from privydrop.config import Settings
-from privydrop.realtime import Realtime
 from privydrop.service import build_service
+from privydrop.service.realtime import Realtime
+from privydrop.settings import Settings
+from privydrop.settings.sources import settings_from_options
 from privydrop.store.interface import IStore
 from tests.redis_server import RedisServer
 
@@ -42,7 +43,7 @@ def tree_settings(
         variables["CORS_ORIGIN"] = cors_origin
     variables.update(environ)
     # cwd: a folder without .env.* files, so nothing but these variables counts.
-    return Settings.from_options({"listen": LISTEN}, variables, cwd=str(Path(__file__).parent))
+    return settings_from_options({"listen": LISTEN}, variables, cwd=str(Path(__file__).parent))
 
 
 @attrs.define

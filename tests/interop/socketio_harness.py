@@ -41,8 +41,8 @@ from examples.socketio_echo import (
     SUITE_SOCKETIO_SETTINGS,
     build_echo_server,
 )
-from privydrop.config import EngineSettings, SocketIOSettings
 from privydrop.engineio.server import EngineServer
+from privydrop.settings import EngineSettings, SocketIOSettings
 from privydrop.socketio.server import SocketIOServer
 from privydrop.socketio.sockets import Socket
 

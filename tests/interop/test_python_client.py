@@ -13,7 +13,12 @@ from typing import AsyncIterator
 import pytest
 import pytest_twisted
 
-from tests.interop.socketio_harness import RunningServer, run_python, start_server, stop_server
+from tests.interop.socketio_harness import (
+    RunningServer,
+    run_python,
+    start_server,
+    stop_server,
+)
 
 SCRIPT = Path(__file__).resolve().parent / "python_client_scenarios.py"
 MODES = ["websocket", "polling", "upgrade"]

@@ -21,7 +21,7 @@ from twisted.internet.defer import Deferred, DeferredQueue
 from twisted.internet.endpoints import TCP4ClientEndpoint
 
 from examples.socketio_echo import SUITE_ENGINE_SETTINGS
-from privydrop.config import SocketIOSettings
+from privydrop.settings import SocketIOSettings
 from tests.interop.socketio_harness import RunningServer, start_server, stop_server
 
 ENGINE_SETTINGS = attrs.evolve(SUITE_ENGINE_SETTINGS, ping_interval_ms=25_000, ping_timeout_ms=20_000)

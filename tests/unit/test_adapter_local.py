@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from privydrop.adapter.local import LocalAdapter
+from privydrop.socketio.adapter import LocalAdapter
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Message, Packet, PacketType
 

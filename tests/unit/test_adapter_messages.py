@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from privydrop.adapter.messages import (
+from privydrop.cluster.messages import (
     DEFAULT_CHANNEL_PREFIX,
     VERSION,
     ClusterBroadcast,

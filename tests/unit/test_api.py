@@ -13,7 +13,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from privydrop.api.routes import PrivyDropAPI
-from privydrop.config import ApiSettings, HttpSettings, RoomSettings, Settings
+from privydrop.settings import ApiSettings, HttpSettings, RoomSettings, Settings
 from privydrop.store import keys
 from privydrop.store.interface import StoreUnavailable
 from privydrop.store.memory import MemoryStore

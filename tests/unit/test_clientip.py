@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from privydrop.clientip import TrustedProxies, client_ip, normalize
+from privydrop.web.clientip import TrustedProxies, client_ip, normalize
 
 LOOPBACK = TrustedProxies(["127.0.0.0/8", "::1/128"])
 PROXIES = TrustedProxies(["127.0.0.0/8", "10.0.0.0/8"])

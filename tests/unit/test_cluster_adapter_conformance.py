@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from privydrop.adapter.bus import MemoryBus
-from privydrop.adapter.redis import RedisAdapter
-from privydrop.config import SocketIOSettings
+from privydrop.cluster.bus import MemoryBus
+from privydrop.cluster.redis import RedisAdapter
+from privydrop.settings import SocketIOSettings
 from privydrop.socketio.server import SocketIOServer
 from tests.unit import test_socketio_server as _base
 

@@ -18,11 +18,11 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
-from privydrop.adapter.bus import MemoryBus
-from privydrop.adapter.messages import ClusterSend, channel_name, encode_message
-from privydrop.adapter.redis import RedisAdapter
-from privydrop.config import SocketIOSettings
+from privydrop.cluster.bus import MemoryBus
+from privydrop.cluster.messages import ClusterSend, channel_name, encode_message
+from privydrop.cluster.redis import RedisAdapter
 from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.settings import SocketIOSettings
 from privydrop.socketio.ids import SocketId
 from privydrop.socketio.server import SocketIOServer
 from privydrop.socketio.sockets import Socket
@@ -431,8 +431,8 @@ def test_adapter_service_connects_to_the_configured_redis_and_stops_cleanly() ->
     shutdown when Redis never answered."""
     from twisted.internet.testing import MemoryReactorClock
 
-    from privydrop.adapter.redis import AdapterService
-    from privydrop.config import RedisSettings
+    from privydrop.cluster.redis import AdapterService
+    from privydrop.settings import RedisSettings
 
     reactor = MemoryReactorClock()
     service = AdapterService(

@@ -6,17 +6,22 @@ from pathlib import Path
 
 import pytest
 
-from privydrop.config import ConfigError, Settings
-from privydrop.origins import origin_allowed
-from privydrop.settings_source import VARIABLES, parse_env_file, parse_redis_url
+from privydrop.settings import ConfigError, Settings
+from privydrop.settings.sources import (
+    VARIABLES,
+    parse_env_file,
+    parse_redis_url,
+    settings_from_options,
+)
 from privydrop.tap import Options
+from privydrop.web.origins import origin_allowed
 
 
 def settings(environ: dict[str, str] | None = None, argv: list[str] | None = None,
              cwd: Path | None = None) -> Settings:
     options = Options()
     options.parseOptions(argv or [])
-    return Settings.from_options(options, environ or {}, str(cwd) if cwd else "/nonexistent")
+    return settings_from_options(options, environ or {}, str(cwd) if cwd else "/nonexistent")
 
 
 def test_defaults_match_the_node_backend() -> None:

@@ -13,10 +13,10 @@ from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
-from privydrop.config import EngineSettings, OriginSettings
 from privydrop.engineio.interface import EngineConnection, Message
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
+from privydrop.settings import EngineSettings, OriginSettings
 
 T = TypeVar("T")
 BASE = "http://engine.example/engine.io/"

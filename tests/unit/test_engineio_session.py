@@ -11,7 +11,6 @@ import pytest
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from privydrop.config import EngineSettings, OriginSettings
 from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineError, EngineRequestError
 from privydrop.engineio.interface import EngineConnection, Handshake, Message
@@ -25,6 +24,7 @@ from privydrop.engineio.session import (
     Session,
     SessionState,
 )
+from privydrop.settings import EngineSettings, OriginSettings
 
 SETTINGS = EngineSettings(
     ping_interval_ms=1000, ping_timeout_ms=500, upgrade_timeout_s=3.0
@@ -674,10 +674,10 @@ def test_rejection_warnings_are_rate_limited_per_cause(clock: Clock) -> None:
     and one noisy cause must not silence another."""
     from twisted.logger import Logger
 
-    from privydrop.engineio.rejections import RejectionLog
+    from privydrop.logs.throttle import WarningThrottle
 
     log = Logger()
-    rejections = RejectionLog(clock, interval_s=10.0)
+    rejections = WarningThrottle(clock, interval_s=10.0)
     with capturedLogs() as events:
         results = [
             rejections.warn(log, "bad payload", "bad {n}", n=i) for i in range(4)

@@ -7,7 +7,6 @@ from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerPr
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from privydrop.config import EngineSettings
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.websocket import (
     EngineWebSocketFactory,
@@ -15,6 +14,7 @@ from privydrop.engineio.websocket import (
     outbound_buffer_size,
     server_frame,
 )
+from privydrop.settings import EngineSettings
 
 
 def _autobahn_frame(payload: bytes, binary: bool) -> bytes:

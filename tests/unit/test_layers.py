@@ -1,20 +1,27 @@
-"""The layering of ARCHITECTURE.md, checked by reading every module's imports.
+"""The layering of docs/architecture.md, checked by reading every module's imports.
 
-Lower layers never import upper ones; only the top (C{tap}, C{service}) reads
-the environment or imports the global reactor. Imports inside functions count.
+The layer table lives in the project's own documentation; this test parses
+it, so the document and the code cannot drift apart. A package may import
+only packages of lower layers (and its own modules); only the top reads the
+environment or imports the global reactor. Imports inside functions count.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[2] / "privydrop"
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "privydrop"
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
-#: Modules allowed to read os.environ and import the global reactor.
-TOP = {"privydrop.tap", "privydrop.service"}
+#: Modules allowed to read os.environ.
+READS_ENVIRONMENT = {"privydrop.tap"}
+#: Packages allowed to import the global reactor.
+IMPORTS_REACTOR = ("privydrop.tap", "privydrop.service")
 
 
 def module_name(path: Path) -> str:
@@ -28,10 +35,10 @@ def modules() -> dict[str, ast.Module]:
     return {module_name(p): ast.parse(p.read_text(), str(p)) for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def imports_of(name: str, tree: ast.Module) -> set[str]:
+def imports_of(name: str, tree: ast.Module, is_package: bool = False) -> set[str]:
     """Every module name imported anywhere in the tree, resolved to absolute names."""
     found: set[str] = set()
-    package = name if name.count(".") == 0 else name.rsplit(".", 1)[0]
+    package = name if is_package or "." not in name else name.rsplit(".", 1)[0]
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
@@ -50,62 +57,57 @@ def within(imported: str, prefix: str) -> bool:
     return imported == prefix or imported.startswith(prefix + ".")
 
 
+def documented_layers(text: str) -> list[tuple[int, str]]:
+    """The (layer, package) rows between the layer markers of architecture.md."""
+    section = text.split("<!-- layers", 1)[1].split("<!-- /layers -->", 1)[0]
+    rows = re.findall(r"^\|\s*(\d+)\s*\|\s*`([\w.]+)`\s*\|", section, re.MULTILINE)
+    return [(int(layer), package) for layer, package in rows]
+
+
 ALL = modules()
-
-#: (layer prefix, prefixes it must never import)
-FORBIDDEN = [
-    ("privydrop.engineio", ["privydrop.socketio", "privydrop.signaling", "privydrop.api",
-                            "privydrop.web", "privydrop.service", "privydrop.tap",
-                            "privydrop.store", "privydrop.rooms"]),
-    ("privydrop.socketio", ["privydrop.signaling", "privydrop.api", "privydrop.web",
-                            "privydrop.service", "privydrop.tap"]),
-    ("privydrop.store", ["privydrop.rooms", "privydrop.ratelimit", "privydrop.tracking",
-                         "privydrop.api", "privydrop.web", "privydrop.service", "privydrop.tap",
-                         "privydrop.engineio", "privydrop.socketio", "privydrop.signaling",
-                         "privydrop.adapter"]),
-    ("privydrop.rooms", ["privydrop.api", "privydrop.web", "privydrop.service", "privydrop.tap",
-                         "privydrop.engineio", "privydrop.socketio", "privydrop.signaling",
-                         "privydrop.store.redis", "privydrop.store.memory",
-                         "privydrop.store.service"]),
-    ("privydrop.ratelimit", ["privydrop.api", "privydrop.web", "privydrop.service",
-                             "privydrop.tap", "privydrop.engineio", "privydrop.socketio",
-                             "privydrop.signaling", "privydrop.store.redis",
-                             "privydrop.store.memory", "privydrop.store.service"]),
-    ("privydrop.tracking", ["privydrop.api", "privydrop.web", "privydrop.service",
-                            "privydrop.tap", "privydrop.engineio", "privydrop.socketio",
-                            "privydrop.signaling", "privydrop.store.redis",
-                            "privydrop.store.memory", "privydrop.store.service"]),
-    ("privydrop.api", ["privydrop.engineio", "privydrop.socketio", "privydrop.signaling",
-                       "privydrop.web", "privydrop.service", "privydrop.tap"]),
-    ("privydrop.signaling", ["privydrop.api", "privydrop.web", "privydrop.service",
-                             "privydrop.tap"]),
-    ("privydrop.adapter", ["privydrop.signaling", "privydrop.api", "privydrop.web",
-                           "privydrop.service", "privydrop.tap"]),
-    ("privydrop.config", ["privydrop.store", "privydrop.rooms", "privydrop.api",
-                          "privydrop.engineio", "privydrop.socketio", "privydrop.web"]),
-    ("privydrop.clientip", ["privydrop"]),
-    ("privydrop.origins", ["privydrop.api", "privydrop.web", "privydrop.engineio",
-                           "privydrop.socketio"]),
-]
+LAYERS = documented_layers(ARCHITECTURE.read_text())
+RANK = {package: layer for layer, package in LAYERS}
 
 
-def test_the_package_was_found() -> None:
+def owner(module: str) -> str | None:
+    """The documented package a module belongs to (None: not ours, or undocumented)."""
+    best = None
+    for package in RANK:
+        if within(module, package) and (best is None or len(package) > len(best)):
+            best = package
+    return best
+
+
+def test_the_package_and_the_table_were_found() -> None:
     """The walk sees the modules it is meant to police (an empty walk proves nothing)."""
-    assert {"privydrop.config", "privydrop.tap", "privydrop.store.interface"} <= set(ALL)
+    assert {"privydrop.settings", "privydrop.tap", "privydrop.store.interface"} <= set(ALL)
+    assert len(LAYERS) >= 10
+    assert sorted(layer for layer, _ in LAYERS) == [layer for layer, _ in LAYERS]
 
 
-@pytest.mark.parametrize("layer, forbidden", FORBIDDEN, ids=[f[0] for f in FORBIDDEN])
-def test_lower_layers_never_import_upper_ones(layer: str, forbidden: list[str]) -> None:
-    """Each layer can be understood and tested without the ones above it."""
+def test_every_module_belongs_to_a_documented_layer() -> None:
+    """A new package gets a row in docs/architecture.md before it gets code."""
+    orphans = [name for name in ALL if name != "privydrop" and owner(name) is None]
+    assert orphans == []
+
+
+@pytest.mark.parametrize("package", [p for _, p in LAYERS])
+def test_packages_import_only_lower_layers(package: str) -> None:
+    """Each layer can be understood and tested without the ones above it, and
+    no two packages import each other."""
     offences = []
     for name, tree in ALL.items():
-        if not within(name, layer):
+        if owner(name) != package:
             continue
-        for imported in imports_of(name, tree):
-            for bad in forbidden:
-                # privydrop.clientip may import nothing of ours at all.
-                if within(imported, bad) and not (bad == "privydrop" and imported == layer):
-                    offences.append(f"{name} imports {imported}")
+        is_package = (PACKAGE.parent / name.replace(".", "/") / "__init__.py").exists()
+        for imported in imports_of(name, tree, is_package):
+            if not within(imported, "privydrop") or imported == "privydrop":
+                continue
+            target = owner(imported)
+            if target is None or target == package:
+                continue
+            if RANK[target] >= RANK[package]:
+                offences.append(f"{name} imports {imported} (layer {RANK[target]})")
     assert offences == []
 
 
@@ -122,7 +124,10 @@ def _reads_environment(tree: ast.Module) -> bool:
 
 def test_only_the_top_reads_the_environment() -> None:
     """Configuration is read once, so every component sees the same validated values."""
-    readers = [name for name, tree in ALL.items() if name not in TOP and _reads_environment(tree)]
+    readers = [
+        name for name, tree in ALL.items()
+        if name not in READS_ENVIRONMENT and _reads_environment(tree)
+    ]
     assert readers == []
 
 
@@ -130,7 +135,8 @@ def test_only_the_top_imports_the_global_reactor() -> None:
     """Components take a reactor or clock, so tests can drive time instead of waiting."""
     importers = [
         name for name, tree in ALL.items()
-        if name not in TOP and "twisted.internet.reactor" in imports_of(name, tree)
+        if not any(within(name, top) for top in IMPORTS_REACTOR)
+        and "twisted.internet.reactor" in imports_of(name, tree)
     ]
     assert importers == []
 
@@ -141,3 +147,4 @@ def test_import_walker_catches_a_violation() -> None:
                      "    return os.environ['X']\n")
     assert "privydrop.signaling.handlers" in imports_of("privydrop.socketio.server", tree)
     assert _reads_environment(tree)
+    assert RANK[owner("privydrop.signaling.handlers") or ""] > RANK["privydrop.socketio"]

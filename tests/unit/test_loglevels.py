@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 from twisted.logger import LogLevel
 
-from privydrop import loglevels
+from privydrop.logs import levels as loglevels
 from privydrop.tap import Options, _twist_log_level
 
 

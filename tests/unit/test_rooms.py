@@ -9,7 +9,6 @@ import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from privydrop.config import RoomSettings
 from privydrop.rooms import (
     CreateOutcome,
     InvalidRoomId,
@@ -17,6 +16,7 @@ from privydrop.rooms import (
     RoomIdsExhausted,
     Rooms,
 )
+from privydrop.settings import RoomSettings
 from privydrop.store import keys
 from privydrop.store.interface import LeaveResult
 from privydrop.store.memory import MemoryStore

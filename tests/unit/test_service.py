@@ -6,9 +6,9 @@ import pytest
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
-from privydrop.config import ConfigError, Settings
 from privydrop.service import build_service
-from privydrop.web import PrivyDropSite
+from privydrop.settings import ConfigError, Settings
+from privydrop.web.site import PrivyDropSite
 
 
 def test_tree_has_store_then_realtime_then_http() -> None:

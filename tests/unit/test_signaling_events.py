@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from privydrop.config import Settings
+from privydrop.settings import Settings
 from privydrop.signaling import events
 from privydrop.signaling.events import (
     EventLimits,

@@ -18,11 +18,11 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from privydrop.adapter.bus import MemoryBus
-from privydrop.adapter.redis import RedisAdapter
-from privydrop.config import Settings, SocketIOSettings
+from privydrop.cluster.bus import MemoryBus
+from privydrop.cluster.redis import RedisAdapter
 from privydrop.engineio.interface import EngineSid, Handshake, Message
 from privydrop.rooms import Rooms
+from privydrop.settings import Settings, SocketIOSettings
 from privydrop.signaling import events
 from privydrop.signaling.handlers import (
     Signaling,

@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from privydrop.config import SocketIOSettings
 from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.settings import SocketIOSettings
 from privydrop.socketio.errors import (
     AckLimitError,
     AckTimeout,

@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 
-from privydrop.store.resp import ReplyParser, RESPProtocolError, encode_command
+from privydrop.redis.resp import ReplyParser, RESPProtocolError, encode_command
 
 
 def stock_replies(data: bytes, charset: str | None = "utf-8") -> list[Any]:

@@ -10,7 +10,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from privydrop.config import Settings
+from privydrop.settings import Settings
 from privydrop.store.memory import MemoryStore
 from privydrop.store.service import StoreService, verify_store
 

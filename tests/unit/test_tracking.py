@@ -9,7 +9,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from privydrop.config import TrackingSettings
+from privydrop.settings import TrackingSettings
 from privydrop.store import keys
 from privydrop.store.memory import MemoryStore
 from privydrop.tracking import InvalidTrack, ReferrerTracker, utc_day, validate_ref

@@ -20,9 +20,9 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from privydrop.api.routes import PrivyDropAPI
-from privydrop.config import ApiSettings, EngineSettings, HttpSettings, Settings
+from privydrop.settings import ApiSettings, EngineSettings, HttpSettings, Settings
 from privydrop.store.memory import MemoryStore
-from privydrop.web import HardenedChannel, PrivyDropSite, build_site
+from privydrop.web.site import HardenedChannel, PrivyDropSite, build_site
 
 SETTINGS = Settings(
     api=ApiSettings(max_body_bytes=1000),

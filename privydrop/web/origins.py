@@ -1,6 +1,6 @@
 """Which browser origins may call the API and open sockets.
 
-A pure decision over L{privydrop.config.OriginSettings}, shared by the REST
+A pure decision over L{privydrop.settings.OriginSettings}, shared by the REST
 API's CORS handling and Engine.IO's handshake check. It knows nothing of HTTP.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import re
 
-from privydrop.config import OriginSettings
+from privydrop.settings import OriginSettings
 
 
 @functools.lru_cache(maxsize=64)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import socket
 from typing import BinaryIO
 
-from privydrop.config import RedisSettings
+from privydrop.settings import RedisSettings
 
 
 class RedisProbeError(Exception):

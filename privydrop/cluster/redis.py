@@ -3,14 +3,14 @@ Socket.IO broadcasts and sends to each other's sockets.
 
 Three parts:
 
-  - L{RedisAdapter} implements L{privydrop.adapter.interface.Adapter}. It
+  - L{RedisAdapter} implements L{privydrop.socketio.adapter.Adapter}. It
     keeps this process's rooms in a L{LocalAdapter} and delivers to this
     process's sockets as that does; in addition, every broadcast is published
     once, and a send to a socket that is not connected here is published
     instead of delivered. It talks to the outside world through two plain
     callables, C{publish(channel, payload)} and L{RedisAdapter.receive}, so
     the same adapter runs over Redis (below) or over the in-memory bus of
-    L{privydrop.adapter.bus} in unit tests.
+    L{privydrop.cluster.bus} in unit tests.
   - L{RedisPublisher}: one txredisapi connection that publishes, with a
     bounded wait for each publication. One connection, not a pool, so this
     process's messages reach Redis (and every other process) in the order
@@ -18,7 +18,7 @@ Three parts:
     candidates.
   - L{AdapterService}: the Twisted service that owns the publisher and the
     subscriber connection. The subscriber subscribes to C{<prefix>#*} (see
-    L{privydrop.adapter.messages} for channel names and the message format)
+    L{privydrop.cluster.messages} for channel names and the message format)
     every time its connection is (re)established, since Redis forgets
     subscriptions with the connection.
 
@@ -69,9 +69,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from privydrop.adapter.interface import SocketDelivery
-from privydrop.adapter.local import LocalAdapter
-from privydrop.adapter.messages import (
+from privydrop.cluster.messages import (
     DEFAULT_CHANNEL_PREFIX,
     DEFAULT_MAX_MESSAGE_BYTES,
     ClusterBroadcast,
@@ -84,8 +82,9 @@ from privydrop.adapter.messages import (
     decode_message,
     encode_message,
 )
-from privydrop.config import RedisSettings
-from privydrop.logthrottle import ThrottledWarnings
+from privydrop.logs.throttle import WarningThrottle
+from privydrop.settings import RedisSettings
+from privydrop.socketio.adapter import LocalAdapter, SocketDelivery
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Message, Packet, encode
 from privydrop.store.redis import (
@@ -116,7 +115,7 @@ def new_node_id() -> str:
 
 
 class RedisAdapter:
-    """Implements L{privydrop.adapter.interface.Adapter} for a cluster.
+    """Implements L{privydrop.socketio.adapter.Adapter} for a cluster.
 
     @ivar node_id: this process's id; it marks what this process publishes.
     @ivar published: publications handed to C{publish} so far.
@@ -136,8 +135,8 @@ class RedisAdapter:
         """
         @param node_id: unique per process (see L{new_node_id}).
         @param publish: sends a publication to every node (L{RedisPublisher.publish},
-            or L{privydrop.adapter.bus.MemoryBus.publish}).
-        @param channel_prefix: see L{privydrop.adapter.messages}; every node of
+            or L{privydrop.cluster.bus.MemoryBus.publish}).
+        @param channel_prefix: see L{privydrop.cluster.messages}; every node of
             a cluster must use the same one.
         @param clock: for throttling warnings; without one, every warning is logged.
         @param max_message_bytes: received publications larger than this are dropped.
@@ -156,7 +155,7 @@ class RedisAdapter:
         self._sockets: dict[str, set[SocketId]] = {}
         self._delivery: SocketDelivery | None = None
         self._warnings = (
-            None if clock is None else ThrottledWarnings(_log, clock, WARNING_INTERVAL_S)
+            None if clock is None else WarningThrottle(clock, WARNING_INTERVAL_S)
         )
         self.published = 0
         self.publish_failures = 0
@@ -409,7 +408,7 @@ class RedisAdapter:
         if self._warnings is None:
             _log.warn(fmt, cause=cause, suppressed=0, **fields)
         else:
-            self._warnings.warn(cause, fmt, **fields)
+            self._warnings.warn(_log, cause, fmt, **fields)
 
 
 class PublishError(Exception):

@@ -32,13 +32,13 @@ from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
-from privydrop.adapter.redis import AdapterService
 from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
-from privydrop.config import ConfigError, Settings
-from privydrop.realtime import build_realtime
+from privydrop.cluster.redis import AdapterService
 from privydrop.rooms import Rooms
+from privydrop.service.realtime import build_realtime
+from privydrop.settings import ConfigError, Settings
 from privydrop.store.service import StoreService
-from privydrop.web import build_site
+from privydrop.web.site import build_site
 
 _log = Logger()
 
@@ -100,6 +100,7 @@ def build_service(
     else:
         redis_address = "%s:%d" % (settings.redis.host, settings.redis.port)
 
+    rooms = Rooms(store_service.store, settings.rooms, reactor)
     engineio_resource: IResource | None = None
     notify_peer_left: PeerLeftHook | None = None
     connection_count: Callable[[], int] | None = None
@@ -117,7 +118,7 @@ def build_service(
         layer = build_realtime(
             settings,
             reactor,
-            Rooms(store_service.store, settings.rooms, reactor),
+            rooms,
             adapter=adapter,
         )
         realtime_service = layer.service()
@@ -131,6 +132,7 @@ def build_service(
         settings,
         store_service.store,
         reactor,
+        rooms=rooms,
         notify_peer_left=notify_peer_left,
         connection_count=connection_count,
         redis_address=redis_address,

@@ -1,17 +1,85 @@
-"""The in-process adapter: rooms and delivery for one process's sockets.
+"""The adapter seam: room membership and delivery of packets to sockets.
 
-Two indexes per namespace, kept in step: room -> socket ids (to find a
-broadcast's recipients) and socket id -> rooms (to answer C{rooms_of} and
-to clean up on disconnect without scanning every room).
+An adapter keeps, per namespace, which of this process's sockets are in which
+rooms, and delivers packets to sockets chosen by room or by id. The in-process
+L{LocalAdapter} below is the default; the cluster adapter
+(L{privydrop.cluster}) implements the same methods and, in addition, forwards
+broadcasts and sends to other processes, each of which delivers to its own
+sockets. The Socket.IO layer owns this interface and never imports the
+cluster package.
+
+L{LocalAdapter} keeps two indexes per namespace, in step: room -> socket ids
+(to find a broadcast's recipients) and socket id -> rooms (to answer
+C{rooms_of} and to clean up on disconnect without scanning every room).
+
+Adapters know Socket.IO packets (they encode a broadcast once for all its
+recipients) but nothing of sockets as objects, handlers, or transports: they
+hand encoded messages to a L{SocketDelivery}.
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Protocol, Sequence
 
-from privydrop.adapter.interface import SocketDelivery
 from privydrop.socketio.ids import RoomId, SocketId
-from privydrop.socketio.packets import Packet, encode
+from privydrop.socketio.packets import Message, Packet, encode
+
+
+class SocketDelivery(Protocol):
+    """What an adapter delivers to: the sockets connected to this process."""
+
+    def deliver(
+        self, namespace: str, socket_id: SocketId, messages: Sequence[Message]
+    ) -> None:
+        """Send already encoded messages (one packet) to one local socket.
+
+        Does nothing when the socket is not (or no longer) connected here.
+        """
+
+
+class Adapter(Protocol):
+    """Rooms and delivery for all namespaces of one server."""
+
+    def attach(self, delivery: SocketDelivery) -> None:
+        """Called once by the server, before any other method."""
+
+    def add_socket(self, namespace: str, socket_id: SocketId) -> None:
+        """A socket connected to the namespace (it is in no room yet)."""
+
+    def remove_socket(self, namespace: str, socket_id: SocketId) -> None:
+        """A socket left the namespace: forget it and take it out of every room."""
+
+    def add(self, namespace: str, socket_id: SocketId, room: RoomId) -> None:
+        """Put a connected socket into a room."""
+
+    def remove(self, namespace: str, socket_id: SocketId, room: RoomId) -> None:
+        """Take a socket out of a room (nothing happens if it is not in it)."""
+
+    def rooms_of(self, namespace: str, socket_id: SocketId) -> frozenset[RoomId]:
+        """The rooms a local socket is in."""
+
+    def broadcast(
+        self,
+        packet: Packet,
+        rooms: frozenset[RoomId],
+        exclude: frozenset[SocketId],
+    ) -> None:
+        """Deliver a packet to every socket of C{packet.namespace} that is in
+        any of C{rooms} (all its sockets when C{rooms} is empty), each once,
+        except those in C{exclude}."""
+
+    def send_to_socket(
+        self,
+        packet: Packet,
+        socket_id: SocketId,
+        only_if_in_room: RoomId | None = None,
+    ) -> None:
+        """Deliver a packet to one socket of C{packet.namespace}, by id.
+
+        With C{only_if_in_room}, only when that socket is in that room.
+        Room names play no part otherwise: a room named like a socket id is
+        just a room.
+        """
 
 
 class _NamespaceRooms:
@@ -23,7 +91,7 @@ class _NamespaceRooms:
 
 
 class LocalAdapter:
-    """Implements L{privydrop.adapter.interface.Adapter} for one process."""
+    """Implements L{Adapter} for one process."""
 
     def __init__(self) -> None:
         self._namespaces: dict[str, _NamespaceRooms] = {}

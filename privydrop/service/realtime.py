@@ -20,17 +20,17 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
-from privydrop.adapter.interface import Adapter
-from privydrop.config import Settings
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
 from privydrop.rooms import Rooms
+from privydrop.settings import Settings
 from privydrop.signaling.handlers import (
     NotifyPeerLeft,
     Signaling,
     install_signaling,
     peer_left_notifier,
 )
+from privydrop.socketio.adapter import Adapter
 from privydrop.socketio.server import SocketIOServer
 
 _log = Logger()
@@ -43,7 +43,7 @@ SHUTDOWN_DRAIN_S = 5.0
 class Realtime:
     """The assembled real-time layer.
 
-    @ivar engine_resource: mount at C{settings.engine.path} (L{privydrop.web.build_site}).
+    @ivar engine_resource: mount at C{settings.engine.path} (L{privydrop.web.site.build_site}).
     @ivar sio_server: the Socket.IO server (C{connection_count} for health).
     @ivar notify_peer_left: the REST API's C{leave_room} hook.
     @ivar signaling: the installed handlers (drop counters).

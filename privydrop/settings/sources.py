@@ -1,6 +1,6 @@
 """Where settings come from: defaults < ``.env`` file < environment < twistd options.
 
-This module turns those sources into one validated L{privydrop.config.Settings}.
+This module turns those sources into one validated L{privydrop.settings.Settings}.
 The variables are the Node backend's (``PORT``/``BACKEND_PORT``, ``NODE_ENV``,
 ``CORS_ORIGIN``, ``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_PASSWORD``,
 ``DISABLE_JOIN_RATE_LIMIT``) so an operator's existing ``.env`` keeps working,
@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import attrs
 
-from privydrop.config import (
+from privydrop.settings.sections import (
     DEV_EXTRA_ORIGINS,
     DEV_ORIGIN_PATTERNS,
     ApiSettings,
@@ -159,7 +159,7 @@ VARIABLES: tuple[Variable, ...] = (
 class Limit:
     """A numeric limit of one settings section, settable by variable and option.
 
-    Its type and default are the field's (L{privydrop.config}); adding a limit
+    Its type and default are the field's (L{privydrop.settings}); adding a limit
     here is all it takes to make it configurable and documented.
     """
 
@@ -561,10 +561,20 @@ def _read_env_file(path: str, label: str) -> dict[str, str]:
     return parse_env_file(text, path)
 
 
-def settings_from_sources(
+def settings_from_options(
     options: Mapping[str, Any], environ: Mapping[str, str], cwd: str | None = None
 ) -> Settings:
-    """Build validated Settings; see L{Settings.from_options}."""
+    """Validate defaults, a C{.env} file, the environment and options into Settings.
+
+    Precedence rises in that order.
+
+    @param options: parsed twistd options (L{privydrop.tap.Options}).
+    @param environ: the process environment (only C{tap} passes
+        C{os.environ}; tests pass plain dicts).
+    @param cwd: where to look for C{.env.<NODE_ENV>}; the working directory
+        when None.
+    @raise ConfigError: naming the variable and value that are wrong.
+    """
     option_layer = ("{name}", _option_layer(options))
     # Option labels: the variable's option name, not its environment name.
     labels = {v.env: "--" + v.option for v in VARIABLES if v.env and v.option}

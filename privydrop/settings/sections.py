@@ -5,14 +5,14 @@ the slice it needs (``settings.engine``, ``settings.redis`` ...), so lower
 layers never see settings that belong to upper ones.
 
 The shapes and defaults live here; parsing the environment, ``.env`` files and
-twistd options into them is done by L{Settings.from_options} (see
-``privydrop/settings_source.py``), which validates every value once and names
-the variable and the value when one is wrong.
+twistd options into them is done by L{privydrop.settings.sources.settings_from_options},
+which validates every value once and names the variable and the value when one
+is wrong. This module imports nothing of the package.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal, Mapping
+from typing import Literal
 
 import attrs
 
@@ -81,7 +81,7 @@ class EngineSettings:
     #: next GET to collect its last packets before it is dropped.
     polling_close_timeout_s: float = 30.0
     #: Seconds between two warnings of the same cause about rejected client
-    #: input; the ones in between are counted (see privydrop.logthrottle).
+    #: input; the ones in between are counted (see privydrop.logs.throttle).
     rejection_log_interval_s: float = 10.0
     #: Largest number of packets accepted in one polling POST payload.
     max_packets_per_payload: int = 1_000
@@ -209,25 +209,3 @@ class Settings:
     @property
     def production(self) -> bool:
         return self.environment == "production"
-
-    @classmethod
-    def from_options(
-        cls,
-        options: Mapping[str, Any],
-        environ: Mapping[str, str],
-        cwd: str | None = None,
-    ) -> "Settings":
-        """Validate defaults, a C{.env} file, the environment and options into Settings.
-
-        Precedence rises in that order. See L{privydrop.settings_source}.
-
-        @param options: parsed twistd options (L{privydrop.tap.Options}).
-        @param environ: the process environment (only C{tap} passes
-            C{os.environ}; tests pass plain dicts).
-        @param cwd: where to look for C{.env.<NODE_ENV>}; the working directory
-            when None.
-        @raise ConfigError: naming the variable and value that are wrong.
-        """
-        from privydrop.settings_source import settings_from_sources
-
-        return settings_from_sources(options, environ, cwd)

@@ -37,11 +37,11 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from privydrop import loglevels
-from privydrop.api.cors import cors_headers
-from privydrop.config import Settings
-from privydrop.engineio.websocket import outbound_buffer_size
-from privydrop.logthrottle import ThrottledWarnings
+from privydrop.compat.twisted import outbound_buffer_size
+from privydrop.logs import levels as loglevels
+from privydrop.logs.throttle import WarningThrottle
+from privydrop.settings import Settings
+from privydrop.web.cors import api_headers
 
 _log = Logger()
 
@@ -121,6 +121,7 @@ class HardenedChannel(http.HTTPChannel):
             # Checked per read (and per pipelined request played back from
             # the channel's buffer), so the overshoot is one read's answers.
             self.site.warnings.warn(
+                _log,
                 "slow-reader",
                 "dropping a client that does not read its answers ({limit} exceeded)",
                 limit="max_outbound_buffer",
@@ -173,6 +174,7 @@ class HardenedChannel(http.HTTPChannel):
         self._cancel("_body_deadline")
         self.setTimeout(None)
         self.site.warnings.warn(
+                _log,
             "too-large",
             "request body over {limit} bytes refused",
             limit=getattr(request, "body_limit", None),
@@ -185,8 +187,8 @@ class HardenedChannel(http.HTTPChannel):
             b"Connection: close",
         ]
         text_origin = origin.decode("latin-1") if origin is not None else None
-        for name, value in cors_headers(text_origin, self.site.settings.origins):
-            lines.append(name.encode("latin-1") + b": " + value.encode("latin-1"))
+        for name, value in api_headers(text_origin, self.site.settings.origins):
+            lines.append(name + b": " + value)
         if self.transport is not None:
             self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + _TOO_LARGE_BODY)
             self.loseConnection()
@@ -220,6 +222,7 @@ class HardenedChannel(http.HTTPChannel):
         if self.transport is None:
             return
         self.site.warnings.warn(
+                _log,
             "slow-" + what, "dropping a client too slow to send its {what}", what=what
         )
         self.transport.abortConnection()
@@ -240,7 +243,7 @@ class PrivyDropSite(server.Site):
         )
         self.settings = settings
         #: Rejections of clients, logged at most once per cause per interval.
-        self.warnings = ThrottledWarnings(_log, reactor)
+        self.warnings = WarningThrottle(reactor)
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
 

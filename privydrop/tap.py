@@ -105,14 +105,14 @@ def tune_garbage_collector() -> None:
     """Make the cycle collector cheaper for a long-running server.
 
     Every connection allocates many short-lived container objects (Deferreds,
-    requests, protocol state), so with CPython's defaults the collector ran
-    about 150 times a second under the joins benchmark and took about 10 % of
-    the server's CPU. Moving everything alive at start-up (modules, classes,
-    settings) out of the collector's view (C{gc.freeze}) and collecting the
-    young generation every 10,000 net allocations instead of 700 (older
-    generations every 20 younger collections instead of 10) cut that to
-    about 4 % (C{docs/performance.md}). Cyclic garbage is still collected,
-    only a little later; nothing relies on when.
+    requests, protocol state), so with CPython's defaults the young
+    generation is collected very often under load. Everything alive at
+    start-up (modules, classes, settings) is moved out of the collector's
+    view (C{gc.freeze}), and the young generation is collected every 10,000
+    net allocations instead of 700 (older generations every 20 younger
+    collections instead of 10); C{docs/performance.md} has the measurements.
+    Cyclic garbage is still collected, only a little later; nothing relies
+    on when.
     """
     gc.freeze()
     gc.set_threshold(GC_YOUNG_THRESHOLD, 20, 20)

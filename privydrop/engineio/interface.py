@@ -1,8 +1,8 @@
 """The seam between Engine.IO and whatever runs on top of it.
 
 Engine.IO delivers whole messages (text or binary) of one client session and
-knows nothing of Socket.IO. The layer above (``privydrop.socketio``, or the
-plain echo in ``examples/engineio_echo.py``) implements L{EngineApplication};
+knows nothing of Socket.IO. The layer above (C{privydrop.socketio}, or the
+plain echo in C{examples/engineio_echo.py}) implements L{EngineApplication};
 Engine.IO hands it an L{EngineConnection} for each session.
 """
 
@@ -13,7 +13,7 @@ from typing import NewType, Protocol, Union
 
 import attrs
 
-#: The Engine.IO session id (``sid`` of the handshake). Never shown to other clients.
+#: The Engine.IO session id (C{sid} of the handshake). Never shown to other clients.
 EngineSid = NewType("EngineSid", str)
 
 #: One Engine.IO message payload: text, or binary.
@@ -52,7 +52,7 @@ class EngineConnection(Protocol):
 
     @property
     def transport_name(self) -> str:
-        """``"polling"`` or ``"websocket"`` (changes after an upgrade)."""
+        """C{"polling"} or C{"websocket"} (changes after an upgrade)."""
 
     def send(self, message: Message) -> None:
         """Queue one message; it is flushed with others queued in the same turn."""

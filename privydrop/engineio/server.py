@@ -194,9 +194,9 @@ class EngineServer:
     def open(self, session: Session) -> None:
         """Send the handshake packet and tell the application the session opened."""
         session.start(self.open_packet(session))
-        # Per-connection lifecycle at debug: the reference logs only room joins and
-        # leaves; these four events per connection cost ~20 % of a join's CPU
-        # (docs/performance.md). Room join/leave stay at info (signaling/handlers.py).
+        # Per-connection lifecycle is debug (room joins and leaves are info):
+        # building these events is a measurable share of a join's CPU
+        # (docs/performance.md).
         if loglevels.debug:
             _log.debug(
                 "engine session {engine_sid} opened over {transport}",

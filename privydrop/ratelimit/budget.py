@@ -1,6 +1,6 @@
 """An in-process call budget: N calls per S seconds per client key.
 
-Used by the REST API (``API_RATE_LIMIT``). It lives in the process, not in
+Used by the REST API (C{API_RATE_LIMIT}). It lives in the process, not in
 the store: it protects this process from floods, and a wrong count across
 processes costs nothing. Time comes from an C{IReactorTime} so tests drive
 it with a C{Clock}.

@@ -39,10 +39,10 @@ def join_window(
     """The sliding-window check for one join attempt.
 
     @param client_ip: the client's address; it becomes the key suffix
-        (``ratelimit:join:<ip>``).
+        (C{ratelimit:join:<ip>}).
     @param now_ms: the attempt's time.
     @param nonce: makes the member unique when two attempts share a
-        millisecond (``<now_ms>-<nonce>``; the Node backend uses a random
+        millisecond (C{<now_ms>-<nonce>}; the Node backend uses a random
         fraction).
     @param window_s: the window's length (and the key's TTL).
     @param limit: attempts allowed inside the window.
@@ -76,7 +76,7 @@ def decide(result: RateResult, window: RateWindow, now_ms: int) -> RateDecision:
 
 
 def rate_limit_message(decision: RateDecision) -> str:
-    """The Node backend's ``joinResponse`` message for a refused attempt."""
+    """The Node backend's C{joinResponse} message for a refused attempt."""
     return (
         f"Rate limit exceeded. Try again in {decision.reset_after_s}s."
         f" Attempts left: {decision.remaining}."

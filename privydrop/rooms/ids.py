@@ -2,13 +2,13 @@
 
 Pure functions with an injectable random source, so tests can seed it and
 force collisions. Generated ids follow the Node backend: four decimal digits
-first (easy to read out loud), four characters of ``[A-Za-z0-9]`` when the
+first (easy to read out loud), four characters of C{[A-Za-z0-9]} when the
 numeric space is crowded.
 
 Validation is ours (the Node backend accepted anything truthy): ids end up in
 Redis keys, log lines and Socket.IO room names, so they must be bounded, free
-of control characters, and free of ``:`` (a room named ``abc:sockets`` would
-otherwise be the member set of room ``abc``; see L{privydrop.store.keys}).
+of control characters, and free of C{:} (a room named C{abc:sockets} would
+otherwise be the member set of room C{abc}; see L{privydrop.store.keys}).
 """
 
 from __future__ import annotations
@@ -138,26 +138,26 @@ class InvalidRoomId(ValueError):
 
 
 def numeric_id(rng: RandomSource) -> str:
-    """A random id of four decimal digits (leading zeros kept: ``"0427"``)."""
+    """A random id of four decimal digits (leading zeros kept: C{"0427"})."""
     return "".join(rng.choice(NUMERIC_ALPHABET) for _ in range(GENERATED_ID_LENGTH))
 
 
 def alphanumeric_id(rng: RandomSource) -> str:
-    """A random id of four characters from ``[A-Za-z0-9]``."""
+    """A random id of four characters from C{[A-Za-z0-9]}."""
     return "".join(
         rng.choice(ALPHANUMERIC_ALPHABET) for _ in range(GENERATED_ID_LENGTH)
     )
 
 
 def numeric_candidates(rng: RandomSource, count: int) -> list[str]:
-    """``count`` numeric ids, duplicates removed (order kept)."""
+    """C{count} numeric ids, duplicates removed (order kept)."""
     if isinstance(rng, UrandomSource):
         return list(dict.fromkeys(rng.strings(NUMERIC_ALPHABET, GENERATED_ID_LENGTH, count)))
     return list(dict.fromkeys(numeric_id(rng) for _ in range(count)))
 
 
 def alphanumeric_candidates(rng: RandomSource, count: int) -> list[str]:
-    """``count`` alphanumeric ids, duplicates removed (order kept)."""
+    """C{count} alphanumeric ids, duplicates removed (order kept)."""
     if isinstance(rng, UrandomSource):
         return list(
             dict.fromkeys(rng.strings(ALPHANUMERIC_ALPHABET, GENERATED_ID_LENGTH, count))
@@ -173,7 +173,7 @@ def validate_room_id(value: object, max_length: int) -> RoomId:
         (C{RoomSettings.max_room_id_length}).
     @return: the id, unchanged.
     @raise InvalidRoomId: when it is not a non-empty string of at most
-        C{max_length} characters without control characters or ``:``.
+        C{max_length} characters without control characters or C{:}.
     """
     if not isinstance(value, str):
         raise InvalidRoomId("Room ID must be a string")

@@ -1,11 +1,35 @@
 """PrivyDrop's room rules over the store.
 
-L{Rooms} decides what creating, allocating, joining and leaving a room mean
-(the Node backend's behaviour) and hands each decision to the store as one
-atomic operation. It does no I/O of its own beyond calling the store, and
-knows nothing of HTTP or Socket.IO: the API and signaling layers turn its
-results into their answers (the Node messages are provided here, since both
-layers use the same words).
+L{Rooms} states what creating, allocating, joining and leaving a room mean
+(the Node backend's behaviour) and hands each to the store as one atomic
+operation. It does no I/O of its own beyond calling the store, and knows
+nothing of HTTP or Socket.IO: the API and signaling layers turn its results
+into their answers (the Node messages are provided here, since both layers
+use the same words).
+
+The join rule
+=============
+This is the one statement of it; the store backends execute it atomically
+(C{privydrop/store/scripts/join_room.lua} in Redis, L{MemoryStore.join_room}
+in memory), so two processes can never interleave a check with its act.
+A socket asks to join room R:
+
+ 1. The socket is bound to another room: refused (C{OTHER_ROOM}); nothing
+    is written.
+ 2. Unless the socket is already bound to R (a rejoin), and unless the join
+    rate limit is off, the attempt is recorded in the client address's
+    sliding window; over the limit: refused (C{RATE_LIMITED}). Refused
+    attempts count too, as with the Node backend.
+ 3. R does not exist: refused (C{NO_ROOM}); a rejoin of a room that expired
+    too.
+ 4. A rejoin refreshes the TTLs of R's keys and of the socket's binding
+    (C{REJOINED}).
+ 5. Otherwise the socket is bound to R (C{socket:<sid>}, with the room TTL
+    plus one hour), added to R's member set, and R's TTLs are refreshed
+    (C{JOINED}).
+
+L{Rooms.join} computes the inputs (now, the window, the TTLs) and interprets
+the store's answer; L{JoinDecision.message} gives the Node backend's words.
 """
 
 from __future__ import annotations
@@ -51,12 +75,12 @@ class CreateOutcome(enum.Enum):
 
     @property
     def success(self) -> bool:
-        """The ``success`` field of the API answer."""
+        """The C{success} field of the API answer."""
         return self is not CreateOutcome.EXISTS
 
     @property
     def message(self) -> str:
-        """The ``message`` field of the API answer (Node wording, typo included)."""
+        """The C{message} field of the API answer (Node wording, typo included)."""
         return _CREATE_MESSAGES[self]
 
 
@@ -66,7 +90,7 @@ _CREATE_MESSAGES = {
     CreateOutcome.REJOIN_ALLOWED: "room exists (rejoin allowed)",
 }
 
-#: The ``joinResponse`` messages of the Node backend, by outcome (rate
+#: The C{joinResponse} messages of the Node backend, by outcome (rate
 #: limiting has its own, computed message).
 _JOIN_MESSAGES = {
     JoinOutcome.JOINED: "Successfully joined room",
@@ -78,7 +102,7 @@ _JOIN_MESSAGES = {
 
 @attrs.frozen
 class JoinDecision:
-    """What happened to one ``join`` request.
+    """What happened to one C{join} request.
 
     @ivar outcome: the store's decision.
     @ivar room_id: the room asked for.
@@ -94,7 +118,7 @@ class JoinDecision:
 
     @property
     def success(self) -> bool:
-        """The ``success`` field of ``joinResponse``."""
+        """The C{success} field of C{joinResponse}."""
         return self.outcome in (JoinOutcome.JOINED, JoinOutcome.REJOINED)
 
     @property
@@ -104,7 +128,7 @@ class JoinDecision:
 
     @property
     def message(self) -> str:
-        """The ``message`` field of ``joinResponse``, in the Node backend's words."""
+        """The C{message} field of C{joinResponse}, in the Node backend's words."""
         if self.outcome is JoinOutcome.RATE_LIMITED:
             # Rooms.join always sets rate for this outcome.
             rate = self.rate or RateDecision(allowed=False, remaining=0, reset_after_s=0)
@@ -141,7 +165,7 @@ class Rooms:
         return validate_room_id(room_id, self._settings.max_room_id_length)
 
     async def create(self, room_id: str) -> CreateOutcome:
-        """Create a room with a client-chosen id (``POST /api/create_room``).
+        """Create a room with a client-chosen id (C{POST /api/create_room}).
 
         One store round trip. An existing id shorter than
         C{rejoin_id_length} is refused; a longer one is reported as
@@ -163,7 +187,7 @@ class Rooms:
         return CreateOutcome.EXISTS
 
     async def allocate(self) -> RoomId:
-        """Create a room with a fresh id (``GET /api/get_room``).
+        """Create a room with a fresh id (C{GET /api/get_room}).
 
         First one batch of C{numeric_id_attempts} four-digit candidates, then
         one batch of C{alphanumeric_id_attempts} four-character ones; each
@@ -198,20 +222,16 @@ class Rooms:
         raise RoomIdsExhausted("Failed to generate a unique room ID.")
 
     async def is_available(self, room_id: str) -> bool:
-        """Whether no room has this id (``POST /api/check_room``). One round trip.
+        """Whether no room has this id (C{POST /api/check_room}). One round trip.
 
         @raise InvalidRoomId: for an id the client may not use.
         """
         return not await self._store.room_exists(self._validate(room_id))
 
     async def join(self, socket_id: str, room_id: str, client_ip: str) -> JoinDecision:
-        """Decide a Socket.IO ``join``, in the Node backend's order. One round trip.
+        """Decide a Socket.IO C{join} under the join rule (module docstring).
 
-        A socket already bound to another room is refused; a rejoin of the
-        socket's own room skips the rate limit; otherwise the attempt counts
-        against the client IP's window (unless C{join_rate_limit_enabled} is
-        off); a missing room is refused; a successful (re)join refreshes the
-        room's TTL.
+        One store round trip.
 
         @raise InvalidRoomId: for an id the client may not use.
         @raise StoreUnavailable: when the store cannot be reached.
@@ -247,7 +267,7 @@ class Rooms:
         )
 
     async def leave(self, socket_id: str, room_id: str | None = None) -> LeaveResult:
-        """Unbind a socket (disconnect, or ``POST /api/leave_room``). One round trip.
+        """Unbind a socket (disconnect, or C{POST /api/leave_room}). One round trip.
 
         With no C{room_id} the socket's own room is left. A room left empty
         expires after C{empty_room_ttl_s}.

@@ -1,10 +1,10 @@
 """Settings: one immutable object, read once at start-up.
 
 Nothing else in the package reads the environment. Each component receives
-the slice it needs (``settings.engine``, ``settings.redis`` ...), so lower
+the slice it needs (C{settings.engine}, C{settings.redis} ...), so lower
 layers never see settings that belong to upper ones.
 
-The shapes and defaults live here; parsing the environment, ``.env`` files and
+The shapes and defaults live here; parsing the environment, C{.env} files and
 twistd options into them is done by L{privydrop.settings.sources.settings_from_options},
 which validates every value once and names the variable and the value when one
 is wrong. This module imports nothing of the package.
@@ -36,7 +36,7 @@ DEV_ORIGIN_PATTERNS: tuple[str, ...] = (r"http://192\.168\.\d{1,3}\.\d{1,3}:3002
 class OriginSettings:
     """Which browser origins may call the API and open sockets.
 
-    ``allow_any`` is for the protocol test servers (CORS ``*``); PrivyDrop
+    C{allow_any} is for the protocol test servers (CORS C{*}); PrivyDrop
     itself always runs with an explicit list.
     """
 
@@ -58,7 +58,7 @@ class RedisSettings:
     #: Seconds to wait for the initial connection in production before giving up.
     connect_timeout: float = 5.0
     pool_size: int = 8
-    #: Pub/sub channels between processes are named ``<prefix>#<namespace>#``.
+    #: Pub/sub channels between processes are named C{<prefix>#<namespace>#}.
     #: Pub/sub ignores the db index: deployments sharing one Redis server need
     #: different prefixes.
     channel_prefix: str = "privydrop"

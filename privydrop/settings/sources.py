@@ -1,9 +1,9 @@
-"""Where settings come from: defaults < ``.env`` file < environment < twistd options.
+"""Where settings come from: defaults < C{.env} file < environment < twistd options.
 
 This module turns those sources into one validated L{privydrop.settings.Settings}.
-The variables are the Node backend's (``PORT``/``BACKEND_PORT``, ``NODE_ENV``,
-``CORS_ORIGIN``, ``REDIS_HOST``, ``REDIS_PORT``, ``REDIS_PASSWORD``,
-``DISABLE_JOIN_RATE_LIMIT``) so an operator's existing ``.env`` keeps working,
+The variables are the Node backend's (C{PORT}/C{BACKEND_PORT}, C{NODE_ENV},
+C{CORS_ORIGIN}, C{REDIS_HOST}, C{REDIS_PORT}, C{REDIS_PASSWORD},
+C{DISABLE_JOIN_RATE_LIMIT}) so an operator's existing C{.env} keeps working,
 plus one named variable per limit. L{VARIABLES} is the single table of them:
 L{privydrop.tap.Options} builds its options from it and the README's
 configuration table mirrors it.
@@ -224,7 +224,7 @@ def parse_env_file(text: str, name: str = ".env") -> dict[str, str]:
     Supported, as dotenv writes them: blank lines and C{#} comments, an
     optional C{export } prefix, single-quoted values (literal), double-quoted
     values (with C{\\n}, C{\\t}, C{\\"} escapes), and unquoted values ending at
-    an inline `` #`` comment. A later line wins over an earlier one.
+    an inline C{ #} comment. A later line wins over an earlier one.
 
     @param text: the file's contents.
     @param name: the file's name, for error messages.
@@ -287,7 +287,7 @@ def _closing_quote(raw: str, quote: str) -> int:
 @attrs.frozen
 class _Found:
     value: str
-    #: How to name it in an error: ``PORT``, ``--port``, ``PORT (in .env.production)``.
+    #: How to name it in an error: C{PORT}, C{--port}, C{PORT (in .env.production)}.
     label: str
     name: str
 
@@ -300,7 +300,7 @@ class _Sources:
         self._layers = list(reversed(layers))
 
     def find(self, *names: str) -> _Found | None:
-        """The value of the first of ``names`` set in the highest layer.
+        """The value of the first of C{names} set in the highest layer.
 
         Names are aliases in preference order: in one layer the first wins; a
         higher layer always wins over a lower one.
@@ -439,7 +439,7 @@ def _redis(sources: _Sources) -> tuple[RedisSettings | None, str | None]:
 
 
 #: Characters a channel prefix cannot hold: the separator and glob syntax
-#: (the subscription is the pattern ``<prefix>#*``).
+#: (the subscription is the pattern C{<prefix>#*}).
 _CHANNEL_PREFIX_FORBIDDEN = frozenset("#*?[]\\")
 
 
@@ -538,7 +538,7 @@ def _listen(sources: _Sources) -> str:
 def _option_layer(options: Mapping[str, Any]) -> dict[str, str]:
     """Options given on the command line, keyed by their variable's name.
 
-    Option-only settings are keyed ``--<option>``.
+    Option-only settings are keyed C{--<option>}.
     """
     values: dict[str, str] = {}
     for option, variable in _VARIABLE_BY_OPTION.items():
@@ -676,7 +676,7 @@ def settings_from_options(
 
 
 class _LabelledSources(_Sources):
-    """L{_Sources} that names option values by their option (``--port``)."""
+    """L{_Sources} that names option values by their option (C{--port})."""
 
     def __init__(
         self,

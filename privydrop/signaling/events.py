@@ -3,17 +3,17 @@
 Pure functions: the arguments of one Socket.IO event in, a frozen request
 object out, or L{InvalidPayload} naming why the payload was refused. Nothing
 here touches a socket, the store or the clock, so the rules are table-tested
-without any I/O (``tests/unit/test_signaling_events.py``).
+without any I/O (C{tests/unit/test_signaling_events.py}).
 
 What is checked is the I{shape} a handler relies on: the payload is a JSON
-object; ``roomId`` and ``peerId`` are non-empty strings no longer than their
+object; C{roomId} and C{peerId} are non-empty strings no longer than their
 limits; the forwarded SDP or ICE candidate, encoded as JSON, is no larger than
 C{ApiSettings.max_signal_bytes}. Whether a room id may name a room at all
-(control characters, ``:``) is the room rules' decision
+(control characters, C{:}) is the room rules' decision
 (L{privydrop.rooms.validate_room_id}), not this module's.
 
-Fields a handler overwrites (``from``, and the ``peerId`` of
-``recipient-ready`` that the server sets to the sender's socket id) are
+Fields a handler overwrites (C{from}, and the C{peerId} of
+C{recipient-ready} that the server sets to the sender's socket id) are
 checked no further than the Node backend's types require, and never
 forwarded as received.
 """
@@ -60,18 +60,18 @@ class Reason(enum.Enum):
     TOO_LONG = "too_long"
     TOO_LARGE = "too_large"
     NOT_JSON = "not_json"
-    #: A room id the room rules refuse (control characters, ``:``).
+    #: A room id the room rules refuse (control characters, C{:}).
     REFUSED_ROOM_ID = "refused_room_id"
     #: A join sent while the same socket already had too many joins waiting.
     BUSY = "busy"
 
 
 class InvalidPayload(Exception):
-    """A payload that a handler must drop (or, for ``join``, refuse).
+    """A payload that a handler must drop (or, for C{join}, refuse).
 
     @ivar reason: why, for the counter and the debug log.
     @ivar field: the offending field, when one is to blame.
-    @ivar room_id: the ``roomId`` as received when it was a string (``join``
+    @ivar room_id: the C{roomId} as received when it was a string (C{join}
         echoes it in its refusal, as the Node backend echoes what it got).
     """
 
@@ -86,9 +86,9 @@ class InvalidPayload(Exception):
 class EventLimits:
     """The limits the validators enforce.
 
-    @ivar max_room_id_length: longest ``roomId`` accepted, characters.
+    @ivar max_room_id_length: longest C{roomId} accepted, characters.
     @ivar max_signal_bytes: largest SDP or candidate, bytes of encoded JSON.
-    @ivar max_peer_id_length: longest ``peerId`` accepted, characters.
+    @ivar max_peer_id_length: longest C{peerId} accepted, characters.
     """
 
     max_room_id_length: int
@@ -106,13 +106,13 @@ class EventLimits:
 
 @attrs.frozen
 class JoinRequest:
-    """``join {roomId}``."""
+    """C{join {roomId}}."""
 
     room_id: str
 
 
 class SignalRequest(NamedTuple):
-    """``offer``, ``answer`` or ``ice-candidate``: a description for one peer.
+    """C{offer}, C{answer} or C{ice-candidate}: a description for one peer.
 
     A named tuple rather than a frozen attrs class: one is built for every
     relayed message, and a tuple is the cheapest immutable value to build.
@@ -128,13 +128,13 @@ class SignalRequest(NamedTuple):
 
     @property
     def field(self) -> str:
-        """The payload field that carries C{value} (``offer``/``answer``/``candidate``)."""
+        """The payload field that carries C{value} (C{offer}/C{answer}/C{candidate})."""
         return SIGNAL_FIELDS[self.event]
 
 
 @attrs.frozen
 class RoomAnnouncement:
-    """``initiator-online {roomId}`` or ``recipient-ready {roomId, peerId}``."""
+    """C{initiator-online {roomId}} or C{recipient-ready {roomId, peerId}}."""
 
     event: str
     room_id: str
@@ -173,10 +173,10 @@ def encoded_size(value: Any) -> int:
 
 
 def parse_join(args: Sequence[Any], limits: EventLimits) -> JoinRequest:
-    """Validate the arguments of a ``join`` event.
+    """Validate the arguments of a C{join} event.
 
     @param args: the event's arguments, as the Socket.IO layer decoded them.
-    @raise InvalidPayload: the caller answers ``Invalid roomId``, echoing
+    @raise InvalidPayload: the caller answers C{Invalid roomId}, echoing
         L{InvalidPayload.room_id}.
     """
     payload = _payload(args)
@@ -190,10 +190,10 @@ def parse_join(args: Sequence[Any], limits: EventLimits) -> JoinRequest:
 
 
 def parse_signal(event: str, args: Sequence[Any], limits: EventLimits) -> SignalRequest:
-    """Validate the arguments of ``offer``, ``answer`` or ``ice-candidate``.
+    """Validate the arguments of C{offer}, C{answer} or C{ice-candidate}.
 
     The description field must be present; its value is forwarded as it
-    came (``null`` included, which some clients send as end-of-candidates),
+    came (C{null} included, which some clients send as end-of-candidates),
     provided its JSON encoding is within C{limits.max_signal_bytes}.
 
     @param event: one of L{OFFER}, L{ANSWER}, L{ICE_CANDIDATE}.
@@ -220,7 +220,7 @@ def parse_signal(event: str, args: Sequence[Any], limits: EventLimits) -> Signal
 
 
 def parse_initiator_online(args: Sequence[Any], limits: EventLimits) -> RoomAnnouncement:
-    """Validate ``initiator-online {roomId}``.
+    """Validate C{initiator-online {roomId}}.
 
     @raise InvalidPayload: the caller drops the message.
     """
@@ -230,9 +230,9 @@ def parse_initiator_online(args: Sequence[Any], limits: EventLimits) -> RoomAnno
 
 
 def parse_recipient_ready(args: Sequence[Any], limits: EventLimits) -> RoomAnnouncement:
-    """Validate ``recipient-ready {roomId, peerId}``.
+    """Validate C{recipient-ready {roomId, peerId}}.
 
-    ``peerId`` must be there as the Node backend's type says, but its value
+    C{peerId} must be there as the Node backend's type says, but its value
     is replaced by the sender's socket id before the event goes on.
 
     @raise InvalidPayload: the caller drops the message.

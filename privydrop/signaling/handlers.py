@@ -1,57 +1,57 @@
 """PrivyDrop's signaling events on the main Socket.IO namespace.
 
-The PrivyDrop frontend (``socket.io-client`` 4.7) talks to these handlers
+The PrivyDrop frontend (C{socket.io-client} 4.7) talks to these handlers
 unchanged; payloads and messages are the Node backend's, with the
 differences marked I{(differs)}.
 
 Event table (client -> server, then what the server sends):
 
-``join {roomId}``
-    A malformed payload or room id: the joiner gets ``joinResponse
-    {success:false, message:"Invalid roomId", roomId}``. Otherwise one atomic
+C{join {roomId}}
+    A malformed payload or room id: the joiner gets C{joinResponse
+    {success:false, message:"Invalid roomId", roomId}}. Otherwise one atomic
     store call (L{privydrop.rooms.Rooms.join}) decides, in the Node order:
-     1. bound to another room: ``joinResponse {success:false, message:"Socket
-        is already bound to another room", roomId}``;
+     1. bound to another room: C{joinResponse {success:false, message:"Socket
+        is already bound to another room", roomId}};
      2. unless it is a rejoin of the socket's own room (or the rate limit is
-        off, ``DISABLE_JOIN_RATE_LIMIT=1``), the attempt counts against the
-        client IP's window; over it: ``joinResponse {success:false,
+        off, C{DISABLE_JOIN_RATE_LIMIT=1}), the attempt counts against the
+        client IP's window; over it: C{joinResponse {success:false,
         message:"Rate limit exceeded. Try again in Ns. Attempts left: M.",
-        roomId}``;
-     3. no such room: ``joinResponse {success:false, message:"Room does not
-        exist", roomId}``;
+        roomId}};
+     3. no such room: C{joinResponse {success:false, message:"Room does not
+        exist", roomId}};
      4. otherwise the socket is in the room (Socket.IO room and store, once),
-        the room's TTL is refreshed, the joiner gets ``joinResponse
-        {success:true, message:"Successfully joined room", roomId}`` and every
-        other socket of the room ``ready {peerId: <joiner's socket id>}``.
-    A store failure: ``joinResponse {success:false, message:"Server error
-    while joining room", roomId}`` I{(differs: no internal error text)}, and
+        the room's TTL is refreshed, the joiner gets C{joinResponse
+        {success:true, message:"Successfully joined room", roomId}} and every
+        other socket of the room C{ready {peerId: <joiner's socket id>}}.
+    A store failure: C{joinResponse {success:false, message:"Server error
+    while joining room", roomId}} I{(differs: no internal error text)}, and
     the socket is in no Socket.IO room it was not in before. A timed-out
     store call may still be carried out by Redis afterwards; such a binding
     makes the client's retry a rejoin, and goes away when the socket
     disconnects (the clean-up always asks the store).
 
-``offer {peerId, offer, from?}``, ``answer {peerId, answer, from?}``, ``ice-candidate {peerId, candidate, from?}``
-    Forwarded to socket C{peerId} as the same event with ``{offer|answer|
-    candidate, from: <sender id>, peerId: <sender id>}``, only when sender and
+C{offer {peerId, offer, from?}}, C{answer {peerId, answer, from?}}, C{ice-candidate {peerId, candidate, from?}}
+    Forwarded to socket C{peerId} as the same event with C{{offer|answer|
+    candidate, from: <sender id>, peerId: <sender id>}}, only when sender and
     target are in the same room I{(differs: the Node backend forwards to any
     socket id, and forwards C{from} as written by the sender)}. This is the
     hot path: no store round trip, only the sender's room as this process
     knows it and the adapter's membership check.
 
-``initiator-online {roomId}``
-    To the others in that room: ``initiator-online {roomId}``; only when the
+C{initiator-online {roomId}}
+    To the others in that room: C{initiator-online {roomId}}; only when the
     sender is in that room I{(differs)}.
 
-``recipient-ready {roomId, peerId}``
-    To the others in that room: ``recipient-ready {peerId: <sender id>}``;
+C{recipient-ready {roomId, peerId}}
+    To the others in that room: C{recipient-ready {peerId: <sender id>}};
     only when the sender is in that room I{(differs: C{peerId} is the
     sender's id, not what it wrote)}.
 
 disconnect
-    ``peer-disconnected {peerId: <socket id>}`` to the room, then the socket
+    C{peer-disconnected {peerId: <socket id>}} to the room, then the socket
     is unbound in the store; a room left empty expires after 900 s.
 
-``POST /api/leave_room`` sends the same ``peer-disconnected`` to the room
+C{POST /api/leave_room} sends the same C{peer-disconnected} to the room
 before unbinding, through L{peer_left_notifier}.
 
 Malformed payloads of the relayed events (L{privydrop.signaling.events}) are
@@ -453,7 +453,7 @@ def peer_left_notifier(namespace: Namespace) -> NotifyPeerLeft:
     """The hook C{POST /api/leave_room} calls before it unbinds a socket.
 
     @return: C{notify_peer_left(room_id, socket_id)}, which sends
-        ``peer-disconnected {peerId: socket_id}`` to everyone in the room
+        C{peer-disconnected {peerId: socket_id}} to everyone in the room
         (in every process, through the adapter), as the Node backend does.
     """
 

@@ -352,9 +352,9 @@ class Socket:
         self.namespace._forget(self)
         self._client._forget(self)
         self._acks.drop_all()
-        # Per-connection lifecycle at debug: the reference logs only room joins and
-        # leaves; these four events per connection cost ~20 % of a join's CPU
-        # (docs/performance.md). Room join/leave stay at info (signaling/handlers.py).
+        # Per-connection lifecycle is debug (room joins and leaves are info):
+        # building these events is a measurable share of a join's CPU
+        # (docs/performance.md).
         if loglevels.debug:
             _log.debug(
                 "socket {sid} left namespace {namespace}: {reason}",

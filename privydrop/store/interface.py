@@ -1,7 +1,7 @@
 """The store interface: every piece of shared state PrivyDrop keeps.
 
 Two backends implement it and pass the same contract suite
-(``tests/contract/``): L{privydrop.store.redis.RedisStore} (txredisapi pool,
+(C{tests/contract/}): L{privydrop.store.redis.RedisStore} (txredisapi pool,
 one Lua script or MULTI per operation) and
 L{privydrop.store.memory.MemoryStore} (embedded, per process, driven by an
 C{IReactorTime} clock so TTLs are testable without waiting).
@@ -10,12 +10,12 @@ Operations are domain operations, not Redis commands: each is atomic, so two
 processes sharing one Redis can never interleave a check with its act. The
 store knows the key schema (L{privydrop.store.keys}) and TTL arithmetic it is
 handed, but not PrivyDrop's policies (which id to try, how many joins are
-allowed): the rules in ``privydrop.rooms``, ``privydrop.ratelimit`` and
-``privydrop.tracking`` compute those and pass them in.
+allowed): the rules in C{privydrop.rooms}, C{privydrop.ratelimit} and
+C{privydrop.tracking} compute those and pass them in.
 
-Every method is a coroutine function (``async def``); failures to reach the
+Every method is a coroutine function (C{async def}); failures to reach the
 backend raise L{StoreUnavailable} within the configured command timeout.
-Times are milliseconds since the epoch (``now_ms``), TTLs whole seconds.
+Times are milliseconds since the epoch (C{now_ms}), TTLs whole seconds.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class JoinOutcome(enum.Enum):
     JOINED = "joined"
     #: The socket was already bound to this room; TTLs were refreshed.
     REJOINED = "rejoined"
-    #: The socket is bound to another room (``JoinResult.bound_room``).
+    #: The socket is bound to another room (C{JoinResult.bound_room}).
     OTHER_ROOM = "other_room"
     #: The join counted against the rate window and went over it.
     RATE_LIMITED = "rate_limited"
@@ -57,8 +57,8 @@ class JoinOutcome(enum.Enum):
 class RateWindow:
     """A sliding-window check to make as part of an operation.
 
-    @ivar key_suffix: what follows ``ratelimit:join:`` (the client IP).
-    @ivar member: a unique member for this attempt (``<now_ms>-<random>``).
+    @ivar key_suffix: what follows C{ratelimit:join:} (the client IP).
+    @ivar member: a unique member for this attempt (C{<now_ms>-<random>}).
     @ivar window_ms: the window's length.
     @ivar limit: attempts allowed inside the window.
     @ivar ttl_s: TTL given to the sorted set.
@@ -109,10 +109,10 @@ class IStore(Interface):
     """PrivyDrop's shared state. See the module docstring for conventions."""
 
     async def room_exists(room_id: str) -> bool:
-        """Whether ``room:<id>`` exists (has ``created_at``)."""
+        """Whether C{room:<id>} exists (has C{created_at})."""
 
     async def create_room(room_id: str, now_ms: int, ttl_s: int) -> bool:
-        """Create the room if absent: ``created_at`` = now_ms, TTL on both keys.
+        """Create the room if absent: C{created_at} = now_ms, TTL on both keys.
 
         @return: True when this call created it, False when it existed (its TTL
             is then left alone).
@@ -134,16 +134,11 @@ class IStore(Interface):
         socket_ttl_s: int,
         rate: RateWindow | None,
     ) -> JoinResult:
-        """The whole join decision, in the Node backend's order, atomically.
+        """Execute the join rule of L{privydrop.rooms.rooms} atomically.
 
-        1. socket bound to another room -> OTHER_ROOM (nothing written);
-        2. unless the socket is bound to this very room (a rejoin), and when
-           ``rate`` is given: record the attempt; over the limit -> RATE_LIMITED;
-        3. room missing -> NO_ROOM (a rejoin of an expired room too);
-        4. rejoin: refresh the room's TTL on both keys and the socket key's
-           TTL -> REJOINED;
-        5. bind (``socket:<sid>`` with socket_ttl_s, SADD), refresh the room's
-           TTL on both keys -> JOINED.
+        The rule (its order and what each outcome writes) is stated there,
+        once; this method is its storage half. C{rate} is the sliding window
+        to record the attempt in (None: the limit is off).
         """
 
     async def leave_room(
@@ -151,9 +146,9 @@ class IStore(Interface):
     ) -> LeaveResult:
         """Unbind a socket; when the room is left empty its keys get empty_ttl_s.
 
-        With ``room_id`` None the socket's own room (``socket:<sid>``) is used.
-        With an explicit ``room_id`` that does not exist nothing is written
-        and ``room_id`` of the result is None.
+        With C{room_id} None the socket's own room (C{socket:<sid>}) is used.
+        With an explicit C{room_id} that does not exist nothing is written
+        and C{room_id} of the result is None.
         """
 
     async def room_of_socket(socket_id: str) -> str | None:
@@ -168,10 +163,10 @@ class IStore(Interface):
     async def track_referrer(
         day: str, ref: str, ttl_s: int, max_referrers: int
     ) -> bool:
-        """HINCRBY ``referrers:daily:<day>`` ref 1 and set its TTL.
+        """HINCRBY C{referrers:daily:<day>} ref 1 and set its TTL.
 
         @return: False (and nothing written) when the day already holds
-            max_referrers distinct referrers and ``ref`` is not one of them.
+            max_referrers distinct referrers and C{ref} is not one of them.
         """
 
     async def ping() -> None:

@@ -4,30 +4,30 @@ This is a public contract, identical to the Node backend's: operators' scripts
 read these keys, and a Node process and a Python process may share one Redis.
 Change nothing here without changing both.
 
-``room:<id>`` (hash)
-    Field ``created_at``: milliseconds since the epoch when the room was
+C{room:<id>} (hash)
+    Field C{created_at}: milliseconds since the epoch when the room was
     created. A room exists exactly when this field exists. TTL: the room TTL
     (24 h), refreshed on every successful join; 900 s once the last socket
     left.
 
-``room:<id>:sockets`` (set)
+C{room:<id>:sockets} (set)
     Socket.IO socket ids currently bound to the room. Same TTL as
-    ``room:<id>``. Redis deletes the set when its last member leaves.
+    C{room:<id>}. Redis deletes the set when its last member leaves.
 
-``socket:<sid>`` (string)
+C{socket:<sid>} (string)
     The room id the socket is bound to. TTL: room TTL + 1 h, set on binding.
 
-``ratelimit:join:<ip>`` (sorted set)
-    One member per join attempt (``<now_ms>-<random>``), scored by the
+C{ratelimit:join:<ip>} (sorted set)
+    One member per join attempt (C{<now_ms>-<random>}), scored by the
     attempt's time in milliseconds. Members older than the window are pruned
     on each attempt. TTL: the window's length.
 
-``referrers:daily:<YYYY-MM-DD>`` (hash)
-    Referrer name -> count of ``/api/set_track`` calls that UTC day. TTL:
+C{referrers:daily:<YYYY-MM-DD>} (hash)
+    Referrer name -> count of C{/api/set_track} calls that UTC day. TTL:
     30 days, refreshed on each call.
 
-Room ids never contain ``:`` (see L{privydrop.rooms.ids.validate_room_id}),
-so ``room:<a>:sockets`` can never be another room's hash.
+Room ids never contain C{:} (see L{privydrop.rooms.ids.validate_room_id}),
+so C{room:<a>:sockets} can never be another room's hash.
 """
 
 from __future__ import annotations
@@ -45,27 +45,27 @@ CREATED_AT_FIELD = "created_at"
 
 
 def room(room_id: str) -> str:
-    """The room's hash key, ``room:<id>``."""
+    """The room's hash key, C{room:<id>}."""
     return ROOM_PREFIX + room_id
 
 
 def room_sockets(room_id: str) -> str:
-    """The room's member set key, ``room:<id>:sockets``."""
+    """The room's member set key, C{room:<id>:sockets}."""
     return ROOM_PREFIX + room_id + SOCKETS_SUFFIX
 
 
 def socket(socket_id: str) -> str:
-    """The socket's binding key, ``socket:<sid>``."""
+    """The socket's binding key, C{socket:<sid>}."""
     return SOCKET_PREFIX + socket_id
 
 
 def join_rate(key_suffix: str) -> str:
-    """The join rate window of one client, ``ratelimit:join:<ip>``."""
+    """The join rate window of one client, C{ratelimit:join:<ip>}."""
     return JOIN_RATE_PREFIX + key_suffix
 
 
 def referrers(day: str) -> str:
-    """One UTC day's referrer counts, ``referrers:daily:<YYYY-MM-DD>``."""
+    """One UTC day's referrer counts, C{referrers:daily:<YYYY-MM-DD>}."""
     return REFERRERS_PREFIX + day
 
 

@@ -43,7 +43,7 @@ class MemoryStore:
     """L{IStore} in a few dictionaries, with TTLs read from a clock.
 
     A key is expired once the clock reaches its deadline. L{ttl} rounds the
-    time left to the nearest second, as Redis' ``TTL`` does.
+    time left to the nearest second, as Redis' C{TTL} does.
     """
 
     def __init__(self, clock: IReactorTime) -> None:
@@ -180,7 +180,7 @@ class MemoryStore:
         socket_ttl_s: int,
         rate: RateWindow | None,
     ) -> JoinResult:
-        """The whole join decision. See L{IStore.join_room}."""
+        """Execute the join rule of L{privydrop.rooms.rooms} (see L{IStore.join_room})."""
         socket_key = keys.socket(socket_id)
         bound = self._get_string(socket_key)
         if bound is not None and bound != room_id:

@@ -1,7 +1,7 @@
-"""Referrer statistics (``POST /api/set_track``): counts per referrer per UTC day.
+"""Referrer statistics (C{POST /api/set_track}): counts per referrer per UTC day.
 
 Validates what the client sent, works out the UTC day of its timestamp and
-hands one atomic increment to the store (``referrers:daily:<YYYY-MM-DD>``, see
+hands one atomic increment to the store (C{referrers:daily:<YYYY-MM-DD>}, see
 L{privydrop.store.keys}). The number of distinct referrers per day is capped
 so a client inventing names cannot grow the hash without bound. No I/O of its
 own beyond calling the store; nothing here knows about HTTP.
@@ -30,7 +30,7 @@ _EPOCH = datetime.date(1970, 1, 1)
 
 
 class InvalidTrack(ValueError):
-    """The referrer or timestamp sent to ``set_track`` cannot be used.
+    """The referrer or timestamp sent to C{set_track} cannot be used.
 
     The message is safe to return to the client.
     """
@@ -54,7 +54,7 @@ def validate_ref(ref: object, max_length: int) -> str:
 
 
 def utc_day(timestamp_ms: object) -> str:
-    """The UTC date (``YYYY-MM-DD``) of a timestamp in ms since the epoch.
+    """The UTC date (C{YYYY-MM-DD}) of a timestamp in ms since the epoch.
 
     @raise InvalidTrack: unless it is a finite number (not a boolean) between
         L{MIN_TIMESTAMP_MS} and L{MAX_TIMESTAMP_MS}.

@@ -1,4 +1,5 @@
--- IStore.join_room: the whole join decision, in the Node backend's order.
+-- IStore.join_room: executes the join rule stated in privydrop/rooms/rooms.py,
+-- atomically (the memory store does the same in Python).
 -- KEYS[1] socket:<sid>, KEYS[2] room:<id>, KEYS[3] room:<id>:sockets,
 -- KEYS[4] ratelimit:join:<ip> (only when ARGV[7] is '1')
 -- ARGV[1] room_id, ARGV[2] socket_id, ARGV[3] created_at field,

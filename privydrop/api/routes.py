@@ -239,7 +239,7 @@ class PrivyDropAPI:
         self._store = store
         self._clock = clock
         self._rooms = rooms if rooms is not None else Rooms(store, settings.rooms, clock)
-        self._tracker = ReferrerTracker(store, settings.tracking)
+        self._tracker = ReferrerTracker(store, settings.tracking, clock)
         self._budget = CallBudget(
             settings.api.rate_limit_calls, settings.api.rate_limit_window_s, clock
         )

@@ -3,8 +3,9 @@
 from privydrop.tracking.referrers import (
     InvalidTrack,
     ReferrerTracker,
+    parse_timestamp_ms,
     utc_day,
     validate_ref,
 )
 
-__all__ = ["InvalidTrack", "ReferrerTracker", "utc_day", "validate_ref"]
+__all__ = ["InvalidTrack", "ReferrerTracker", "parse_timestamp_ms", "utc_day", "validate_ref"]

@@ -1,17 +1,26 @@
 """Referrer statistics (C{POST /api/set_track}): counts per referrer per UTC day.
 
-Validates what the client sent, works out the UTC day of its timestamp and
-hands one atomic increment to the store (C{referrers:daily:<YYYY-MM-DD>}, see
-L{privydrop.store.keys}). The number of distinct referrers per day is capped
-so a client inventing names cannot grow the hash without bound. No I/O of its
-own beyond calling the store; nothing here knows about HTTP.
+Validates what the client sent and hands one atomic increment to the store
+(C{referrers:daily:<YYYY-MM-DD>}, see L{privydrop.store.keys}).
+
+The visit counts on the server's UTC day. The client's C{timestamp} must be a
+time (the PrivyDrop frontend sends C{new Date().toISOString()}; epoch
+milliseconds as a number or numeric string are accepted too, as the Node
+backend's C{new Date(timestamp)} would read them), but it does not choose
+the day: otherwise one client could write a hash for every day from 2000 to
+2100, each up to the referrer cap. The number of distinct referrers per day
+is capped so a client inventing names cannot grow the hash without bound.
+No I/O of its own beyond calling the store; nothing here knows about HTTP.
 """
 
 from __future__ import annotations
 
 import datetime
+import email.utils
 import math
+import re
 
+from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from privydrop.settings import TrackingSettings
@@ -20,13 +29,14 @@ from privydrop.store.interface import IStore
 
 _log = Logger()
 
-#: Timestamps accepted, ms since the epoch: 2000-01-01 up to (not including)
-#: 2100-01-01 UTC. Anything outside is a broken client clock or garbage.
-MIN_TIMESTAMP_MS = 946_684_800_000
-MAX_TIMESTAMP_MS = 4_102_444_800_000
+#: The largest distance from the epoch a JavaScript Date can hold, ms.
+MAX_DATE_MS = 8.64e15
 
+#: Epoch milliseconds written as text: an optional sign, digits, decimals.
+_NUMERIC = re.compile(r"[+-]?\d+(?:\.\d+)?")
 _MS_PER_DAY = 86_400_000
 _EPOCH = datetime.date(1970, 1, 1)
+_EPOCH_UTC = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
 
 
 class InvalidTrack(ValueError):
@@ -53,18 +63,52 @@ def validate_ref(ref: object, max_length: int) -> str:
     return ref
 
 
-def utc_day(timestamp_ms: object) -> str:
-    """The UTC date (C{YYYY-MM-DD}) of a timestamp in ms since the epoch.
+def parse_timestamp_ms(timestamp: object) -> float:
+    """Read a client's timestamp as C{new Date(timestamp)} would, in ms since the epoch.
 
-    @raise InvalidTrack: unless it is a finite number (not a boolean) between
-        L{MIN_TIMESTAMP_MS} and L{MAX_TIMESTAMP_MS}.
+    Accepted: a finite number of milliseconds (not a boolean); the same
+    written as a decimal string; an ISO 8601 date or date-time (C{Z}, an
+    offset, or none, which is read as UTC); an RFC 2822 date such as
+    C{Date.toUTCString()} writes. The result lies within a JavaScript Date's
+    range.
+
+    @raise InvalidTrack: for anything that is not a time.
     """
-    if isinstance(timestamp_ms, bool) or not isinstance(timestamp_ms, (int, float)):
-        raise InvalidTrack("timestamp must be a number of milliseconds")
-    if isinstance(timestamp_ms, float) and not math.isfinite(timestamp_ms):
-        raise InvalidTrack("timestamp must be finite")
-    if not MIN_TIMESTAMP_MS <= timestamp_ms < MAX_TIMESTAMP_MS:
-        raise InvalidTrack("timestamp is out of range")
+    if isinstance(timestamp, bool):
+        raise InvalidTrack("timestamp is not a time")
+    if isinstance(timestamp, (int, float)):
+        value = float(timestamp)
+    elif isinstance(timestamp, str):
+        value = _parse_text(timestamp.strip())
+    else:
+        raise InvalidTrack("timestamp is not a time")
+    if not math.isfinite(value) or abs(value) > MAX_DATE_MS:
+        raise InvalidTrack("timestamp is not a time")
+    return int(value) if value.is_integer() else value
+
+
+def _parse_text(text: str) -> float:
+    if not text:
+        raise InvalidTrack("timestamp is not a time")
+    if _NUMERIC.fullmatch(text):
+        return float(text)
+    moment: datetime.datetime | None
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            moment = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            moment = None
+    if moment is None:
+        raise InvalidTrack("timestamp is not a time")
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return (moment - _EPOCH_UTC).total_seconds() * 1000
+
+
+def utc_day(timestamp_ms: float) -> str:
+    """The UTC date (C{YYYY-MM-DD}) of a time in ms since the epoch."""
     days = math.floor(timestamp_ms) // _MS_PER_DAY
     return (_EPOCH + datetime.timedelta(days=days)).isoformat()
 
@@ -72,27 +116,31 @@ def utc_day(timestamp_ms: object) -> str:
 class ReferrerTracker:
     """Counts referrals per UTC day in the store."""
 
-    def __init__(self, store: IStore, settings: TrackingSettings) -> None:
+    def __init__(self, store: IStore, settings: TrackingSettings, clock: IReactorTime) -> None:
         """
         @param store: where the counts live.
         @param settings: TTL of a day's counts, longest name, cap per day.
+        @param clock: the server's time, which decides the day counted.
         """
         self._store = store
         self._settings = settings
+        self._clock = clock
 
-    async def track(self, ref: object, timestamp_ms: object) -> bool:
-        """Count one referral. One store round trip.
+    async def track(self, ref: object, timestamp: object) -> bool:
+        """Count one referral on the server's UTC day. One store round trip.
 
         @param ref: the referrer name the client sent.
-        @param timestamp_ms: the client's time of the visit.
+        @param timestamp: the client's time of the visit; it must be a time
+            (L{parse_timestamp_ms}) but does not choose the day.
         @return: True when counted; False when the day already holds the
             maximum number of distinct referrers and this is a new one.
-        @raise InvalidTrack: when C{ref} or C{timestamp_ms} is unusable.
+        @raise InvalidTrack: when C{ref} or C{timestamp} is unusable.
         @raise StoreUnavailable: when the store cannot be reached.
         """
         settings = self._settings
         valid_ref = validate_ref(ref, settings.max_ref_length)
-        day = utc_day(timestamp_ms)
+        parse_timestamp_ms(timestamp)
+        day = utc_day(self._clock.seconds() * 1000)
         counted = await self._store.track_referrer(
             day, valid_ref, settings.ttl_s, settings.max_referrers_per_day
         )

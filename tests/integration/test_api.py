@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import socket
 from pathlib import Path
@@ -128,17 +129,26 @@ async def test_key_schema_collision_refused(server: Server) -> None:
         200, {"available": False})
 
 
+def _utc_today() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+
 @pytest_twisted.ensureDeferred
 async def test_set_track_and_health(server: Server) -> None:
     """Tracking counts, and the detailed health check reports the store as connected."""
-    for _ in range(2):
+    before = _utc_today()
+    for timestamp in ("2024-03-15T00:00:00.000Z", 1_710_460_800_000):
         assert await server.request("POST", "/api/set_track",
-                                    {"ref": "twitter", "timestamp": 1_710_460_800_000,
+                                    {"ref": "twitter", "timestamp": timestamp,
                                      "path": "/"}) == (200, {"success": True})
-    assert 0 < await server.store.ttl("referrers:daily:2024-03-15") <= 30 * 24 * 3600
+    # Both visits count on the server's UTC day (the day the test began,
+    # unless it ran across midnight).
+    day = before if await server.store.ttl("referrers:daily:" + before) else _utc_today()
+    key = "referrers:daily:" + day
+    assert 0 < await server.store.ttl(key) <= 30 * 24 * 3600
     if server.redis is not None:
         # Read back with an independent client: the key schema is a public contract.
-        count = server.redis.command("HGET", "referrers:daily:2024-03-15", "twitter", db=server.db)
+        count = server.redis.command("HGET", key, "twitter", db=server.db)
         assert count in (b"2", "2")
     code, body = await server.request("GET", "/health/detailed")
     assert code == 200

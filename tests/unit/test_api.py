@@ -204,20 +204,21 @@ def test_leave_room_rejects_bad_socket_id(client: Client) -> None:
     assert code == 400
 
 
-def test_set_track_counts_by_utc_day(client: Client) -> None:
-    """Referrals are counted on the UTC day of the client's timestamp, with a 30-day TTL."""
-    ts = 1_710_460_800_000  # 2024-03-15T00:00:00Z
-    for _ in range(2):
-        assert client.post("/api/set_track", {"ref": "producthunt", "timestamp": ts,
+def test_set_track_counts_the_frontends_visits_on_the_servers_utc_day(client: Client) -> None:
+    """The PrivyDrop frontend sends C{new Date().toISOString()} on every page
+    load; each visit is counted on the server's UTC day, with a 30-day TTL."""
+    # The client's clock (make_client) is at 2023-11-14T22:13:20Z.
+    for timestamp in ("2026-12-02T21:33:33.123Z", 1_710_460_800_000):
+        assert client.post("/api/set_track", {"ref": "noRef", "timestamp": timestamp,
                                               "path": "/"})[::2] == (200, {"success": True})
-    key = keys.referrers("2024-03-15")
-    assert client.store._hashes[key] == {"producthunt": "2"}
+    key = keys.referrers("2023-11-14")
+    assert client.store._hashes == {key: {"noRef": "2"}}
     assert client.run(client.store.ttl(key)) == 30 * 24 * 3600
 
 
 @pytest.mark.parametrize(
     "body",
-    [{"ref": "x"}, {"ref": "x", "timestamp": "yesterday"}, {"ref": "x", "timestamp": True},
+    [{"ref": "x"}, {"ref": "x", "timestamp": "not a time"}, {"ref": "x", "timestamp": True},
      {"ref": "r" * 129, "timestamp": 1_710_460_800_000}, {"timestamp": 1_710_460_800_000},
      {"ref": 5, "timestamp": 1_710_460_800_000}],
 )

@@ -173,7 +173,9 @@ def validate_room_id(value: object, max_length: int) -> RoomId:
         (C{RoomSettings.max_room_id_length}).
     @return: the id, unchanged.
     @raise InvalidRoomId: when it is not a non-empty string of at most
-        C{max_length} characters without control characters or C{:}.
+        C{max_length} characters without control characters or C{:}, or
+        when it is blank or begins or ends with whitespace (an id nobody
+        can tell apart from another when it is read out or typed).
     """
     if not isinstance(value, str):
         raise InvalidRoomId("Room ID must be a string")
@@ -185,4 +187,8 @@ def validate_room_id(value: object, max_length: int) -> RoomId:
         raise InvalidRoomId("Room ID must not contain ':'")
     if keys.contains_control_characters(value):
         raise InvalidRoomId("Room ID must not contain control characters")
+    if value != value.strip():
+        if not value.strip():
+            raise InvalidRoomId("Room ID must not be blank")
+        raise InvalidRoomId("Room ID must not begin or end with whitespace")
     return RoomId(value)

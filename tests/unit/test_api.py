@@ -100,7 +100,7 @@ def test_missing_room_id_is_400(client: Client, path: str, body: Any) -> None:
 
 @pytest.mark.parametrize(
     "room_id",
-    [123, ["a"], {"x": 1}, "x" * 65, "abc:sockets", "tab\there", "nul\x00", "zw\u200b"],
+    [123, ["a"], {"x": 1}, "x" * 65, "abc:sockets", "tab\there", "nul\x00", "zw\u200b", "   ", " 0427", "0427 "],
 )
 def test_bad_room_ids_are_400_and_write_nothing(client: Client, room_id: Any) -> None:
     """Odd room ids (numbers, too long, ':' or control characters) are refused without touching state."""

@@ -94,6 +94,11 @@ def test_valid_room_ids_are_accepted_unchanged(room_id: str) -> None:
         ("zero\u200bwidth", "control"),
         ("sep\u2028", "control"),
         ("lone\ud800surrogate", "control"),
+        ("   ", "blank"),
+        ("\u3000", "blank"),
+        (" 0427", "whitespace"),
+        ("0427 ", "whitespace"),
+        ("0427\t", "control"),
     ],
 )
 def test_invalid_room_ids_are_refused_with_a_reason(value: object, reason: str) -> None:
@@ -109,8 +114,9 @@ def test_invalid_room_ids_are_refused_with_a_reason(value: object, reason: str) 
 
 @given(st.text(min_size=1, max_size=MAX))
 def test_validation_accepts_exactly_the_safe_ids(text: str) -> None:
-    """Property: accepted iff no ':' and no refused character; accepted ids are unchanged."""
-    safe = ":" not in text and not contains_control_characters(text)
+    """Property: accepted iff no ':', no refused character and no whitespace
+    at either end; accepted ids are unchanged."""
+    safe = ":" not in text and not contains_control_characters(text) and text == text.strip()
     if safe:
         assert validate_room_id(text, MAX) == text
     else:

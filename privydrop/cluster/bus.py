@@ -2,11 +2,11 @@
 expects from Redis, for running several servers in one process.
 
 It implements the same seam as the Redis connections of
-L{privydrop.cluster.redis}: a C{publish(channel, payload)} callable returning
+L{privydrop.cluster.pubsub}: a C{publish(channel, payload)} callable returning
 a Deferred that fires with the number of receivers, and subscribers that
 receive C{(channel, payload)} for every channel starting with a prefix (Redis
 does the same with C{PSUBSCRIBE <prefix>*}). Unit tests wire two
-L{privydrop.cluster.redis.RedisAdapter}s to one L{MemoryBus} and run the
+L{privydrop.cluster.routing.ClusterAdapter}s to one L{MemoryBus} and run the
 cross-process scenarios without a Redis server.
 
 Like Redis, delivery is never re-entrant: a publication is queued, and

@@ -3,11 +3,10 @@
 txredisapi encodes each argument through several Python calls and parses
 replies line by line: every line is split off the buffer and decoded, and a
 bulk string followed by more data pauses the protocol and resumes it on a
-later reactor turn (``callLater(0)``), once per bulk string. For a join
-(a script reply of four elements) that came to about a third of the CPU the
-store spent per operation. This module does the same work in a few calls per
-reply, and the store's and the cluster adapter's txredisapi protocols use it
-(L{privydrop.store.redis}).
+later reactor turn (``callLater(0)``), once per bulk string (docs/performance.md
+has the cost). This module does the same work in a few calls per reply; every
+connection of the client reads with it (L{privydrop.redis.protocol}), and so
+does the start-up probe.
 
 The values are txredisapi's, for a connection built with
 C{convertNumbers=False}, so code above sees no difference:

@@ -5,7 +5,7 @@
     MultiService "privydrop"
       store      StoreService     Redis pool, or the in-memory store (which
                                   also sweeps its expired keys on a timer)
-      adapter    AdapterService   with Redis only: pub/sub between processes,
+      adapter    ClusterService   with Redis only: pub/sub between processes,
                                   so rooms and sends by socket id span hosts
       realtime   RealtimeService  Engine.IO + Socket.IO + signaling; on stop,
                                   ends every session and waits for clean-up
@@ -33,7 +33,8 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
-from privydrop.cluster.redis import AdapterService
+from privydrop.cluster.pubsub import ClusterService
+from privydrop.cluster.routing import new_node_id
 from privydrop.rooms import Rooms
 from privydrop.service.realtime import build_realtime
 from privydrop.settings import ConfigError, Settings
@@ -87,7 +88,10 @@ def build_service(
     top = _StopInOrder()
     top.setName("privydrop")
 
-    store_service = StoreService(settings, reactor)
+    # One id per process: it marks its cluster messages and names its Redis
+    # connections (privydrop:<node>:store, ...) in CLIENT LIST.
+    node_id = new_node_id()
+    store_service = StoreService(settings, reactor, node_id=node_id)
     store_service.setName("store")
     store_service.setServiceParent(top)
     if settings.redis is None:
@@ -109,8 +113,11 @@ def build_service(
         if settings.redis is not None:
             # Before "realtime", so it stops after it: disconnect notices sent
             # while sessions close on shutdown still reach other processes.
-            adapter_service = AdapterService(
-                settings.redis, reactor, channel_prefix=settings.redis.channel_prefix
+            adapter_service = ClusterService(
+                settings.redis,
+                reactor,
+                node_id=node_id,
+                channel_prefix=settings.redis.channel_prefix,
             )
             adapter_service.setName("adapter")
             adapter_service.setServiceParent(top)

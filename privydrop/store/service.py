@@ -40,12 +40,16 @@ class StoreService(Service):
         settings: Settings,
         reactor: Any,
         sweep_interval_s: float = DEFAULT_SWEEP_INTERVAL_S,
+        *,
+        node_id: str | None = None,
     ) -> None:
         """
         @param settings: C{settings.redis} None means the memory store.
         @param reactor: the reactor (or, for the memory store, any
             C{IReactorTime}, such as a C{Clock} in tests).
         @param sweep_interval_s: seconds between memory store sweeps.
+        @param node_id: this process's id, in the name of its Redis
+            connections (C{privydrop:<node>:store}).
         """
         self.setName("store")
         self._reactor = reactor
@@ -57,7 +61,7 @@ class StoreService(Service):
             self._memory = MemoryStore(reactor)
             self.store = self._memory
         else:
-            self.store = RedisStore.from_settings(settings.redis, reactor)
+            self.store = RedisStore.from_settings(settings.redis, reactor, node_id=node_id)
 
     def startService(self) -> None:
         super().startService()

@@ -202,7 +202,7 @@ async def test_many_commands_share_a_connection_and_each_gets_its_own_answer(
         # waits for a free connection (the pool used to carry one command
         # per connection at a time, and a burst of joins queued behind it
         # until it hit the command timeout).
-        assert sum(len(conn.owed) for conn in store._factory.pool) == count
+        assert store.pool.replies_owed == count
         results = await gatherResults(joins)
         assert [r.bound_room for r in results] == [f"r{i}" for i in range(count)]
         assert all(r.outcome is JoinOutcome.JOINED for r in results)

@@ -1,4 +1,4 @@
-"""StoreService, verify_store and the pub/sub factory with Redis configured (real redis-server)."""
+"""StoreService, verify_store and a subscriber with Redis configured (real redis-server)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-import txredisapi
 from twisted.internet import defer, reactor
 
+from privydrop.redis.subscriber import CHANNEL, Subscriber, Subscription
 from privydrop.settings import Settings
 from privydrop.store.interface import StoreUnavailable
-from privydrop.store.redis import RedisStore, subscriber_factory
+from privydrop.store.redis import RedisStore
 from privydrop.store.service import StoreService, verify_store
 from tests.conftest import redis_settings
 from tests.redis_server import RedisServer, free_port
@@ -50,28 +50,32 @@ async def test_verify_store_names_the_settings_when_redis_is_unreachable(
 
 
 @pytest_twisted.ensureDeferred
-async def test_subscriber_factory_receives_publications_with_the_store_password(
+async def test_subscriber_receives_publications_with_the_store_password(
     tmp_path: Path,
 ) -> None:
     """The cluster adapter's pub/sub connection authenticates like the store and gets messages."""
     server = RedisServer(tmp_path / "pubsub", password="pub secret")
     server.start()
-    received: defer.Deferred[tuple[str, str]] = defer.Deferred()
+    received: defer.Deferred[tuple[str | bytes, str | bytes]] = defer.Deferred()
+    subscribed: defer.Deferred[None] = defer.Deferred()
 
-    class Recorder(txredisapi.SubscriberProtocol):
-        def messageReceived(self, pattern: object, channel: str, message: str) -> None:
-            if not received.called:
-                received.callback((channel, message))
+    def receive(channel: str | bytes, payload: str | bytes) -> None:
+        if not received.called:
+            received.callback((channel, payload))
 
-    factory, endpoint = subscriber_factory(redis_settings(server), reactor)
-    factory.protocol = Recorder
-    factory.startConnecting(endpoint)
+    subscriber = Subscriber(
+        redis_settings(server),
+        reactor,
+        name="privydrop:test:subscribe",
+        subscriptions=[Subscription(CHANNEL, "privydrop-test")],
+        receive=receive,
+        on_subscribed=lambda: subscribed.callback(None),
+    )
+    subscriber.start()
     try:
-        await factory.deferred.addTimeout(5, reactor)
-        conn = await factory.getConnection()
-        await conn.subscribe("privydrop-test")
+        await subscribed.addTimeout(5, reactor)
         assert server.command("PUBLISH", "privydrop-test", "hello") == 1
         assert await received.addTimeout(5, reactor) == ("privydrop-test", "hello")
     finally:
-        await factory.disconnect()
+        await subscriber.close()
         server.kill()

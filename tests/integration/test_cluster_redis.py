@@ -1,7 +1,7 @@
 """Two server processes' worth of Socket.IO, sharing one real Redis.
 
 Each node is a real L{SocketIOServer} + L{EngineServer} site on its own
-loopback port, with a L{RedisAdapter} whose L{AdapterService} holds real
+loopback port, with a L{ClusterAdapter} whose L{ClusterService} holds real
 txredisapi connections. Clients are raw Autobahn WebSocket clients speaking
 Engine.IO v4 / Socket.IO v5 (C{0} open, C{40} connect, C{42[...]} events,
 C{43} acks), so what is asserted is what a browser would receive.
@@ -32,12 +32,8 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from privydrop.cluster.messages import channel_name
-from privydrop.cluster.redis import (
-    AdapterService,
-    PublishError,
-    RedisAdapter,
-    RedisPublisher,
-)
+from privydrop.cluster.pubsub import ClusterService, PublishError, RedisPublisher
+from privydrop.cluster.routing import ClusterAdapter
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
 from privydrop.settings import EngineSettings, OriginSettings, SocketIOSettings
@@ -133,7 +129,7 @@ class Node:
 
     sio: SocketIOServer
     engine: EngineServer
-    service: AdapterService
+    service: ClusterService
     port: IListeningPort
     clients: list[SocketIOClient] = attrs.Factory(list)
 
@@ -177,7 +173,7 @@ async def start_node() -> AsyncIterator[StartNode]:
     nodes: list[Node] = []
 
     async def start(server: RedisServer, prefix: str) -> Node:
-        service = AdapterService(
+        service = ClusterService(
             redis_settings(server),
             reactor,
             channel_prefix=prefix,
@@ -360,7 +356,7 @@ async def test_publish_gives_up_within_its_deadline_when_redis_is_down(tmp_path:
         publications.append(publisher.publish(channel, payload))
         return publications[-1]
 
-    adapter = RedisAdapter("lonely", publish, clock=reactor)
+    adapter = ClusterAdapter("lonely", publish, clock=reactor)
     publisher.start()
     try:
         with pytest.raises(PublishError, match="no Redis connection within 0.3s"):
@@ -373,6 +369,43 @@ async def test_publish_gives_up_within_its_deadline_when_redis_is_down(tmp_path:
         await publisher.close()
     with pytest.raises(PublishError, match="not running"):
         await publisher.publish("p#/#", b"{}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_publications_during_an_outage_fail_in_time_and_leave_nothing_waiting(
+    private_redis: RedisServer,
+) -> None:
+    """While Redis is down, every emit's publication fails after its
+    deadline and nothing stays queued (a long outage must not grow memory
+    with one waiter per lost message); once Redis is back, publishing works
+    without a restart."""
+    publisher = RedisPublisher(
+        redis_settings(private_redis), reactor, timeout=0.3,
+        reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
+    )
+    publisher.start()
+    try:
+        assert await within(publisher.publish("p#/#", b"{}")) == 0
+        private_redis.kill()
+        started = reactor.seconds()
+        publications = [publisher.publish("p#/#", b"%d" % i) for i in range(20)]
+        outcomes = await within(DeferredList(publications, consumeErrors=True))
+        assert all(not ok and failure.check(PublishError) for ok, failure in outcomes)
+        assert reactor.seconds() - started < 0.3 + 0.75
+        connection = publisher.connection
+        assert connection is not None and connection.waiting == 0
+        private_redis.start()
+        for _ in range(40):  # each try is bounded by the publisher's timeout
+            try:
+                assert await within(publisher.publish("p#/#", b"{}")) == 0
+                break
+            except PublishError:
+                pass
+        else:
+            raise AssertionError("publishing did not recover after Redis came back")
+        assert connection.waiting == 0
+    finally:
+        await publisher.close()
 
 
 @pytest_twisted.ensureDeferred
@@ -438,7 +471,7 @@ async def test_cluster_connections_recover_once_redis_accepts_the_password(
         if "auth" in text.lower() and not refused.called:
             refused.callback(None)
 
-    service = AdapterService(
+    service = ClusterService(
         redis_settings(password_redis, password="rotated-pw"),
         reactor,
         channel_prefix=prefix,

@@ -1,6 +1,6 @@
 """The Socket.IO server's own unit tests, re-run with the cluster adapter.
 
-A process using L{RedisAdapter} must behave, for its own clients, exactly as
+A process using L{ClusterAdapter} must behave, for its own clients, exactly as
 one using the in-process adapter: the example-based tests of
 C{tests/unit/test_socketio_server.py} are collected again here with its
 C{server} fixture replaced by one whose adapter publishes to a
@@ -17,7 +17,7 @@ import pytest
 from twisted.internet.task import Clock
 
 from privydrop.cluster.bus import MemoryBus
-from privydrop.cluster.redis import RedisAdapter
+from privydrop.cluster.routing import ClusterAdapter
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.server import SocketIOServer
 from tests.unit import test_socketio_server as _base
@@ -43,8 +43,8 @@ clock = _base.clock
 @pytest.fixture
 def server(clock: Clock) -> SocketIOServer:
     bus = MemoryBus(clock)
-    adapter = RedisAdapter("node-under-test", bus.publish, clock=clock)
-    other = RedisAdapter("other-node", bus.publish, clock=clock)
+    adapter = ClusterAdapter("node-under-test", bus.publish, clock=clock)
+    other = ClusterAdapter("other-node", bus.publish, clock=clock)
     SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000), adapter=other)
     bus.subscribe(adapter.channel_prefix + "#", adapter.receive)
     bus.subscribe(other.channel_prefix + "#", other.receive)

@@ -1,6 +1,6 @@
 """Two Socket.IO servers, as two processes of a cluster, over the in-memory bus.
 
-Each server has a L{RedisAdapter} publishing to one L{MemoryBus}; clients are
+Each server has a L{ClusterAdapter} publishing to one L{MemoryBus}; clients are
 fake Engine.IO connections driven through the server's L{EngineApplication}
 methods, as Engine.IO would. The bus delivers only on C{flush()}, like Redis
 delivering on a later turn, so each test shows what happens locally at once
@@ -20,7 +20,7 @@ from twisted.logger import LogLevel, capturedLogs
 
 from privydrop.cluster.bus import MemoryBus
 from privydrop.cluster.messages import ClusterSend, channel_name, encode_message
-from privydrop.cluster.redis import RedisAdapter
+from privydrop.cluster.routing import ClusterAdapter
 from privydrop.engineio.interface import EngineSid, Handshake, Message
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.ids import SocketId
@@ -71,7 +71,7 @@ class Node:
 
     name: str
     server: SocketIOServer
-    adapter: RedisAdapter
+    adapter: ClusterAdapter
     clock: Clock
 
     def connect(self, engine_sid: str) -> tuple[FakeConnection, Socket]:
@@ -95,7 +95,7 @@ class Cluster:
 
 
 def make_node(name: str, bus: MemoryBus, clock: Clock) -> Node:
-    adapter = RedisAdapter(name, bus.publish, clock=clock)
+    adapter = ClusterAdapter(name, bus.publish, clock=clock)
     bus.subscribe(adapter.channel_prefix + "#", adapter.receive)
     server = SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000), adapter=adapter)
     ns = server.of("/")
@@ -365,7 +365,7 @@ def test_failed_publish_is_logged_and_local_delivery_still_happens() -> None:
         attempts.append(channel)
         return fail(ConnectionError("redis down"))
 
-    adapter = RedisAdapter("solo", broken_publish, clock=clock)
+    adapter = ClusterAdapter("solo", broken_publish, clock=clock)
     server = SocketIOServer(clock, SocketIOSettings(), adapter=adapter)
     node = Node("solo", server, adapter, clock)
     c1, s1 = node.connect("e1")
@@ -383,7 +383,7 @@ def test_failed_publish_is_logged_and_local_delivery_still_happens() -> None:
 def test_adapter_requires_a_node_id() -> None:
     """Without a node id a node could not recognise its own messages."""
     with pytest.raises(ValueError):
-        RedisAdapter("", lambda channel, payload: None)
+        ClusterAdapter("", lambda channel, payload: None)
 
 
 def test_bus_with_clock_delivers_on_the_next_turn() -> None:
@@ -431,11 +431,11 @@ def test_adapter_service_connects_to_the_configured_redis_and_stops_cleanly() ->
     shutdown when Redis never answered."""
     from twisted.internet.testing import MemoryReactorClock
 
-    from privydrop.cluster.redis import AdapterService
+    from privydrop.cluster.pubsub import ClusterService
     from privydrop.settings import RedisSettings
 
     reactor = MemoryReactorClock()
-    service = AdapterService(
+    service = ClusterService(
         RedisSettings(host="10.1.2.3", port=6390), reactor, node_id="n-1", channel_prefix="pd"
     )
     assert service.name == "adapter"

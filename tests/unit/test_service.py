@@ -7,7 +7,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
 from privydrop.service import build_service
-from privydrop.settings import ConfigError, Settings
+from privydrop.settings import ConfigError, RedisSettings, Settings
 from privydrop.web.site import PrivyDropSite
 
 
@@ -53,3 +53,15 @@ def test_bad_listen_string_is_a_config_error() -> None:
     """A typo in --listen is reported as a configuration error naming the option."""
     with pytest.raises(ConfigError, match="--listen"):
         build_service(Settings(listen="nonsense:1"), MemoryReactorClock())
+
+
+def test_redis_connections_of_one_process_share_its_node_id() -> None:
+    """In CLIENT LIST, the store's connections and the cluster's carry the
+    same process id, the one its cluster messages carry, so an operator can
+    tell which process holds which connection."""
+    tree = build_service(
+        Settings(listen="tcp:0", redis=RedisSettings(host="10.1.2.3")), MemoryReactorClock()
+    )
+    assert [child.name for child in tree] == ["store", "adapter", "realtime", "http"]
+    node_id = tree.getServiceNamed("adapter").node_id
+    assert tree.getServiceNamed("store").store.pool.name == f"privydrop:{node_id}:store"

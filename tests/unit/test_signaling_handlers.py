@@ -19,7 +19,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
 from privydrop.cluster.bus import MemoryBus
-from privydrop.cluster.redis import RedisAdapter
+from privydrop.cluster.routing import ClusterAdapter
 from privydrop.engineio.interface import EngineSid, Handshake, Message
 from privydrop.rooms import Rooms
 from privydrop.settings import Settings, SocketIOSettings
@@ -498,7 +498,7 @@ def test_signaling_crosses_processes_that_share_the_store_and_the_bus() -> None:
     bus = MemoryBus()
     worlds = []
     for node in ("node-1", "node-2"):
-        adapter = RedisAdapter(node, bus.publish, clock=clock)
+        adapter = ClusterAdapter(node, bus.publish, clock=clock)
         bus.subscribe(adapter.channel_prefix + "#", adapter.receive)
         app = SocketIOServer(clock, settings.socketio, adapter=adapter)
         rooms = Rooms(store, settings.rooms, clock)

@@ -53,3 +53,18 @@ def test_bad_listen_string_is_a_config_error() -> None:
     """A typo in --listen is reported as a configuration error naming the option."""
     with pytest.raises(ConfigError, match="--listen"):
         build_service(Settings(listen="nonsense:1"), MemoryReactorClock())
+
+
+def test_a_port_that_is_taken_fails_start_up() -> None:
+    """twistd must exit with an error when the port is in use, not run on
+    without listening (the failure would only be logged)."""
+    from twisted.internet.error import CannotListenError
+
+    class TakenPortReactor(MemoryReactorClock):
+        def listenTCP(self, port: int, factory: object, backlog: int = 50,
+                      interface: str = "") -> object:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+    tree = build_service(Settings(listen="tcp:3456:interface=127.0.0.1"), TakenPortReactor())
+    with pytest.raises(CannotListenError):
+        tree.startService()

@@ -150,3 +150,41 @@ async def backend(request: pytest.FixtureRequest, clock: Clock) -> AsyncIterator
         yield Backend("redis", store, clock, server, db)
     finally:
         await store.close()
+
+
+#: A protocol attribute no Autobahn has: adding it to the names the transport
+#: relies on makes the check fail as it would after an upgrade.
+GONE_AUTOBAHN_INTERNAL = "attribute_removed_by_an_upgrade"
+
+
+@pytest.fixture
+def without_autobahn_internals(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """As on an Autobahn version that lost an internal the WebSocket transport
+    uses: the check reports it, and factories built during the test run the
+    transport on Autobahn's public API only.
+
+    @return: the name reported missing.
+    """
+    from privydrop.compat import autobahn as autobahn_compat
+
+    monkeypatch.setattr(
+        autobahn_compat,
+        "PROTOCOL_INTERNALS",
+        autobahn_compat.PROTOCOL_INTERNALS + (GONE_AUTOBAHN_INTERNAL,),
+    )
+    autobahn_compat._stock_protocol_internals_missing.cache_clear()
+    yield GONE_AUTOBAHN_INTERNAL
+    autobahn_compat._stock_protocol_internals_missing.cache_clear()
+
+
+@pytest.fixture(params=["internals", "public"])
+def autobahn_api(request: pytest.FixtureRequest) -> str:
+    """The Autobahn API the WebSocket transport runs on in this test: with
+    the internals its fast paths use (C{"internals"}), then as on a version
+    that lost one of them (C{"public"}, see L{without_autobahn_internals})."""
+    from privydrop.compat import autobahn as autobahn_compat
+
+    if request.param == "public":
+        request.getfixturevalue("without_autobahn_internals")
+    assert autobahn_compat.protocol_internals_usable() is (request.param == "internals")
+    return str(request.param)

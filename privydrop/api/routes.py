@@ -34,13 +34,12 @@ from typing import Any, Awaitable, Callable, Coroutine
 
 import orjson
 from klein import Klein
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from privydrop import __version__
@@ -50,6 +49,7 @@ from privydrop.api.errors import (
     APIError,
     bad_request,
 )
+from privydrop.compat.klein import HotRoutes
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.ratelimit import CallBudget
 from privydrop.rooms import (
@@ -414,18 +414,8 @@ class PrivyDropAPI:
 class _APIResource(Resource):
     """CORS, preflight and the per-IP call budget in front of Klein's routing.
 
-    Hot routes. For a request whose method and raw path are exactly those of
-    a Klein route without path arguments (``POST /api/check_room``, ``GET
-    /api/get_room``, ...), the endpoint Klein's own URL map names is run
-    through Klein's C{execute_endpoint} directly, and its answer written
-    here; everything else (404, 405, HEAD, paths that need unquoting or a
-    redirect) goes through C{KleinResource.render}. Klein's generic
-    per-request plumbing (binding a werkzeug map adapter to the request's
-    host and path, matching, two C{maybeDeferred}s, four callbacks) was
-    almost half of the CPU an API request spent in this process; the table
-    is read from Klein's map once, so the routes stay defined, and
-    dispatched, by Klein. As with Klein, the route's Deferred is cancelled
-    when the client goes away and nothing is written then.
+    Klein's routing itself is L{HotRoutes}: the exact routes are dispatched
+    without Klein's generic per-request plumbing, the rest by Klein.
     """
 
     isLeaf = True
@@ -433,19 +423,7 @@ class _APIResource(Resource):
     def __init__(self, api: PrivyDropAPI) -> None:
         super().__init__()
         self._api = api
-        app = api.app
-        self._klein = app.resource()
-        self._execute = app.execute_endpoint
-        self._hot: dict[tuple[bytes, bytes], tuple[str, int]] = {}
-        for rule in app.url_map.iter_rules():
-            if rule.arguments or "<" in rule.rule:
-                continue
-            # What Klein moves from postpath to prepath for this route.
-            segments: int = app.endpoints[rule.endpoint].segment_count  # type: ignore[attr-defined]
-            path = rule.rule.encode("utf-8")
-            for method in rule.methods or ():
-                if method in ("GET", "POST"):
-                    self._hot[(method.encode("ascii"), path)] = (rule.endpoint, segments)
+        self._routes = HotRoutes(api.app)
 
     def render(self, request: IRequest) -> bytes | int:
         api = self._api
@@ -474,43 +452,7 @@ class _APIResource(Resource):
                 request.setHeader(b"content-type", _JSON)
                 request.setHeader(b"retry-after", b"%d" % (decision.retry_after_s,))
                 return orjson.dumps({"error": _TOO_MANY})
-        hot = self._hot.get((request.method, request.path))
-        if hot is not None:
-            return self._render_hot(request, *hot)
-        # Klein answers bytes, or NOT_DONE_YET (an int) for async routes.
-        result: bytes | int = self._klein.render(request)  # type: ignore[assignment]
-        return result
+        return self._routes.render(request)
 
-    def _render_hot(self, request: Any, endpoint: str, segments: int) -> bytes | int:
-        """Run one route without Klein's generic plumbing (see the class docstring)."""
-        postpath = request.postpath
-        request.prepath.extend(postpath[:segments])
-        request.postpath = postpath[segments:]
-        result = self._execute(endpoint, request)
-        if not isinstance(result, Deferred):
-            # A synchronous Klein route answers bytes.
-            return result  # type: ignore[return-value]
-        gone: list[bool] = []
-
-        def lost(failure: Failure) -> None:
-            gone.append(True)
-            result.cancel()
-
-        request.notifyFinish().addErrback(lost)
-
-        def answer(body: bytes) -> None:
-            if not gone:
-                request.write(body)
-                request.finish()
-
-        def failed(failure: Failure) -> None:
-            if gone:
-                if not failure.check(CancelledError):
-                    _log.failure("API route {path} failed", failure=failure, path=request.path)
-                return
-            request.processingFailed(failure)
-
-        result.addCallbacks(answer, failed)
-        return NOT_DONE_YET
 
 __all__ = ["PrivyDropAPI", "PeerLeftHook", "read_json_object"]

@@ -1,41 +1,129 @@
 """Twisted internals the server relies on, in one place.
 
-Each function here reads or uses a private attribute of a Twisted class
-because no public API gives the same answer at the same cost. The
-attributes are listed in L{TCP_SERVER_INTERNALS}; C{tests/unit/test_compat.py}
-fails, naming the attribute, on a Twisted version where one of them is gone.
+Each function here reads or uses a part of Twisted that is not public API
+(or an option that not every supported Twisted has), because no public API
+gives the same answer at the same cost. The names each one relies on are
+listed in a tuple below; L{missing} finds the ones a Twisted object lacks,
+and every function falls back to public behaviour when its names are not
+there. C{tests/unit/test_compat_twisted.py} fails, naming the attribute, on
+a Twisted version where one of them changed.
+
+  - L{outbound_buffer_size}, L{write_now}: the write buffer of a TCP (or
+    UNIX) server connection, L{TCP_SERVER_INTERNALS}. Fallback: any other
+    transport counts as empty and is written with C{transport.write}.
+  - L{site_options}: C{Site(parsePOSTFormSubmission=False)}, a public option
+    of recent Twisted. Fallback: form bodies are parsed, as Twisted always did.
+  - L{request_head}: the request whose head C{HTTPChannel} has just parsed,
+    and its request-target (C{_path}). Fallback: no target (the caller
+    checks the body cap again once the request is complete).
+  - L{release_upgraded_channel}: the producer bookkeeping of an HTTP channel
+    whose connection went to a WebSocket (C{_requestProducer}, the
+    transport's C{producer}). Fallback: the channel is left registered.
+  - L{HTTP_HOOKS}: the methods of C{HTTPChannel} and C{Request} that the
+    site overrides. There is no fallback for a renamed hook; L{hooks_missing}
+    names it, and the site logs it as an error.
 """
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.web import http, server
 
 _TCP_SERVER = tcp.Server
+
+#: What L{outbound_buffer_size} and L{write_now} read on a connected
+#: C{tcp.Server} (the write buffer, its offset, the list of writes not yet
+#: joined to it and their size, the states that forbid a direct send), and
+#: what L{release_upgraded_channel} reads on it (C{producer}).
+TCP_SERVER_INTERNALS = (
+    "dataBuffer",
+    "offset",
+    "_tempDataBuffer",
+    "_tempDataLen",
+    "_writeDisconnected",
+    "TLS",
+    "socket",
+    "connected",
+    "disconnecting",
+    "producer",
+)
+
+#: What L{request_head} and L{release_upgraded_channel} read on an
+#: C{HTTPChannel}. C{_path} exists only between a request line and the end
+#: of that request's body, so it is checked on a channel in that state.
+HTTP_CHANNEL_INTERNALS = ("requests", "length", "_requestProducer")
+HTTP_HEAD_INTERNALS = ("_path",)
+
+#: The methods the site's channel and request override, by class: a hook
+#: renamed in Twisted would leave an override that is never called.
+HTTP_HOOKS: dict[type, tuple[str, ...]] = {
+    http.HTTPChannel: (
+        "allHeadersReceived",
+        "allContentReceived",
+        "rawDataReceived",
+        "requestDone",
+        "timeoutConnection",
+    ),
+    server.Request: ("gotLength", "handleContentChunk", "requestReceived", "startedWriting"),
+}
+
+#: The keyword of C{server.Site} that turns form parsing off.
+SITE_FORM_OPTION = "parsePOSTFormSubmission"
+
+
+def missing(target: object, names: Iterable[str]) -> tuple[str, ...]:
+    """The names in C{names} that C{target} has no attribute for, in order."""
+    return tuple(name for name in names if not hasattr(target, name))
+
+
+def hooks_missing() -> tuple[str, ...]:
+    """The L{HTTP_HOOKS} this Twisted lacks, as C{Class.method}."""
+    return tuple(
+        "%s.%s" % (cls.__name__, name)
+        for cls, names in HTTP_HOOKS.items()
+        for name in missing(cls, names)
+    )
+
+
+# -- the TCP write buffer ------------------------------------------------------
+
+#: Transport classes seen, and whether their write buffer can be read.
+_buffer_readable: dict[type, bool] = {}
+
+
+def _has_readable_buffer(transport: Any) -> bool:
+    """Whether C{transport} is a C{tcp.Server} (or subclass) with every
+    L{TCP_SERVER_INTERNALS} present; decided once per class, on the first
+    instance (most of the names are set by the instance's constructor)."""
+    kind = type(transport)
+    readable = _buffer_readable.get(kind)
+    if readable is None:
+        readable = isinstance(transport, _TCP_SERVER) and not missing(
+            transport, TCP_SERVER_INTERNALS
+        )
+        _buffer_readable[kind] = readable
+    return readable
 
 
 def outbound_buffer_size(transport: Any) -> int:
     """Bytes written to C{transport} that the peer has not taken yet.
 
-    Reads the buffer bookkeeping of Twisted's file-descriptor transports
-    (TCP and UNIX); a TLS transport is measured on the connection below it.
-    Unknown transports count as empty.
+    Reads the buffer bookkeeping of Twisted's TCP and UNIX server
+    transports; a TLS transport is measured on the connection below it (the
+    bytes still inside the TLS layer are not counted). Any other transport,
+    or one whose internals changed, counts as empty: the caps built on this
+    then never trigger, which is the stock behaviour.
     """
-    if type(transport) is _TCP_SERVER:
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-    inner = getattr(transport, "transport", None)
-    if inner is not None and not hasattr(transport, "dataBuffer"):
+    if not _has_readable_buffer(transport):
+        inner = getattr(transport, "transport", None)
+        if inner is None or not _has_readable_buffer(inner):
+            return 0
         transport = inner
-    data = getattr(transport, "dataBuffer", None)
-    if data is None:
-        return 0
-    return (
-        len(data)
-        - getattr(transport, "offset", 0)
-        + getattr(transport, "_tempDataLen", 0)
-    )
-
+    return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
 def write_now(transport: Any, data: bytes) -> None:
@@ -46,10 +134,11 @@ def write_now(transport: Any, data: bytes) -> None:
     two C{epoll_ctl} calls, a wake-up and a turn of latency per write. When
     the transport's buffer is empty that send is what would happen next
     anyway, so it is done here; whatever the kernel does not take (or any
-    other transport: TLS, tests' fakes) goes through C{transport.write}.
+    other transport: TLS, tests' fakes, a TCP transport whose internals
+    changed) goes through C{transport.write}.
     """
     if (
-        type(transport) is _TCP_SERVER
+        _has_readable_buffer(transport)
         and not transport.dataBuffer
         and not transport._tempDataBuffer
         and transport.connected
@@ -68,3 +157,60 @@ def write_now(transport: Any, data: bytes) -> None:
         if sent:
             data = data[sent:]
     transport.write(data)
+
+
+# -- twisted.web ---------------------------------------------------------------
+
+
+def _site_takes_form_option(site_class: type = server.Site) -> bool:
+    try:
+        parameters = inspect.signature(site_class).parameters
+    except (TypeError, ValueError):  # pragma: no cover - not introspectable
+        return False
+    return SITE_FORM_OPTION in parameters
+
+
+def site_options(site_class: type = server.Site) -> dict[str, Any]:
+    """Keyword arguments for C{site_class} that turn off form parsing.
+
+    Neither the API (JSON) nor Engine.IO (text or binary packets) takes
+    form submissions; parsing one costs CPU, and would let a form body
+    override query arguments such as Engine.IO's C{sid}. Empty where this
+    Twisted's C{Site} has no such option (forms are then parsed as before).
+    """
+    return {SITE_FORM_OPTION: False} if _site_takes_form_option(site_class) else {}
+
+
+def request_head(channel: Any) -> tuple[Any, bytes | None, int | None]:
+    """The request whose head C{channel} has just parsed, for C{allHeadersReceived}.
+
+    @return: the request object (its body not read yet), its
+        request-target as sent (path and query; None when this Twisted
+        keeps it elsewhere) and the declared C{Content-Length} (None for a
+        chunked body).
+    """
+    return channel.requests[-1], getattr(channel, "_path", None), channel.length
+
+
+def release_upgraded_channel(channel: Any, transport: Any) -> None:
+    """Let the HTTP channel of a connection taken over by a WebSocket be collected.
+
+    Autobahn's C{WebSocketResource} takes the TCP transport from the channel
+    (C{channel.transport} becomes C{None}) but the channel stays the
+    transport's registered push producer, which keeps the channel, its
+    unfinished request (headers, body buffer, C{notifyFinish} Deferreds) and
+    its line buffer alive for the life of the WebSocket (see
+    docs/performance.md, "Memory per idle connection"). For such a channel
+    the producer calls are no-ops (its request is being handled, so it
+    never pauses the transport, and no request producer is registered), so
+    unregistering it changes nothing else. Done only when all of that can be
+    seen; otherwise the channel stays registered, as Twisted leaves it.
+    """
+    if (
+        transport is not None
+        and getattr(channel, "transport", True) is None
+        and hasattr(channel, "_requestProducer")
+        and channel._requestProducer is None
+        and getattr(transport, "producer", None) is channel
+    ):
+        transport.unregisterProducer()

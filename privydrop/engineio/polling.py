@@ -183,15 +183,15 @@ class PollingTransport:
         if len(body) > limit or (
             declared is not None and declared.isdigit() and int(declared) > limit
         ):
-            self._server.rejections.warn(
-                _log,
+            session.refuse(
                 "max_payload",
                 "engine session {engine_sid} closed: {limit} exceeded by a POST",
-                engine_sid=session.sid,
+                REASON_PAYLOAD_LIMIT,
+                WS_POLICY_VIOLATION,
+                log=_log,
                 limit="max_payload",
                 transport=POLLING,
             )
-            session.force_close(REASON_PAYLOAD_LIMIT, WS_POLICY_VIOLATION)
             request.setResponseCode(413)
             request.setHeader(b"Content-Type", _JSON)
             return error_body(EngineError.BAD_REQUEST)
@@ -200,28 +200,26 @@ class PollingTransport:
                 body, limit, self._settings.max_packets_per_payload
             )
         except packets.TooManyPackets:
-            self._server.rejections.warn(
-                _log,
+            session.refuse(
                 "max_packets_per_payload",
                 "engine session {engine_sid} closed: {limit} exceeded by a POST",
-                engine_sid=session.sid,
+                REASON_PACKETS_LIMIT,
+                log=_log,
                 limit="max_packets_per_payload",
                 transport=POLLING,
             )
-            session.force_close(REASON_PACKETS_LIMIT)
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", _JSON)
             return error_body(EngineError.BAD_REQUEST)
         except packets.EngineIOProtocolError as e:
-            self._server.rejections.warn(
-                _log,
+            session.refuse(
                 "bad payload",
                 "engine session {engine_sid} closed: bad payload ({error})",
-                engine_sid=session.sid,
+                REASON_PARSE_ERROR,
+                log=_log,
                 error=str(e),
                 transport=POLLING,
             )
-            session.force_close(REASON_PARSE_ERROR)
             request.setResponseCode(400)
             request.setHeader(b"Content-Type", _JSON)
             return error_body(EngineError.BAD_REQUEST)

@@ -10,13 +10,12 @@ server does.
 
 from __future__ import annotations
 
-from typing import Any
-
 from autobahn.twisted.resource import WebSocketResource
 from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
+from privydrop.compat.twisted import release_upgraded_channel
 from privydrop.engineio.errors import EngineRequestError
 from privydrop.engineio.polling import PollingTransport, answer_error, header, query_of
 from privydrop.engineio.server import EngineServer
@@ -51,34 +50,15 @@ class EngineIOResource(Resource):
                 channel = getattr(request, "channel", None)
                 transport = getattr(request, "transport", None)
                 result: bytes | int = self._websocket.render(request)
-                _release_channel(channel, transport)
+                # The HTTP channel is done with once Autobahn has taken its
+                # connection; let it be collected.
+                release_upgraded_channel(channel, transport)
                 return result
             return self._polling.render(request, query)
         except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure("engine request failed")
             request.setResponseCode(500)
             return b""
-
-
-def _release_channel(channel: Any, transport: Any) -> None:
-    """Let the HTTP channel of an upgraded connection be collected.
-
-    Autobahn's C{WebSocketResource} takes the TCP transport from the channel
-    (C{channel.transport} becomes C{None}) but the channel stays the
-    transport's registered push producer, which kept the channel, its
-    unfinished request (headers, body buffer, C{notifyFinish} Deferreds) and
-    its line buffer alive for the life of the WebSocket: about 3 KiB per
-    connection. For such a channel the producer calls are no-ops (its request
-    is being handled, so it never pauses the transport, and no request
-    producer is registered), so unregistering it changes nothing else.
-    """
-    if (
-        transport is not None
-        and getattr(channel, "transport", True) is None
-        and getattr(transport, "producer", None) is channel
-        and getattr(channel, "_requestProducer", None) is None
-    ):
-        transport.unregisterProducer()
 
 
 def build_engineio_resource(server: EngineServer) -> IResource:

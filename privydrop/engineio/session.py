@@ -303,21 +303,72 @@ class Session:
             return
         self._finish(reason, notify=packets.CLOSE, ws_code=ws_code)
 
+    def drop(
+        self,
+        reason: str,
+        ws_code: int = WS_NORMAL,
+        channel: WebSocketChannel | None = None,
+    ) -> None:
+        """Close over a fault of the client, now.
+
+        @param reason: given to L{EngineApplication.on_close}.
+        @param ws_code: the WebSocket close code.
+        @param channel: the WebSocket the fault came on, if any. When it is
+            not the session's transport (an upgrade probe, or a stray
+            connection) only that channel is closed, and the session carries
+            on; otherwise the session is closed (L{force_close}).
+        """
+        if channel is None or channel is self._ws:
+            self.force_close(reason, ws_code)
+        else:
+            self.websocket_lost(channel, reason)
+            channel.close_channel(ws_code, reason)
+
+    def refuse(
+        self,
+        cause: str,
+        message: str,
+        reason: str,
+        ws_code: int = WS_NORMAL,
+        *,
+        log: Logger = _log,
+        channel: WebSocketChannel | None = None,
+        **fields: object,
+    ) -> None:
+        """Reject the client's input: warn, then close (L{drop}).
+
+        The warning goes through the server's L{WarningThrottle}, so a
+        client repeating the fault as fast as it can does not flood the log:
+        one event per C{cause} and interval, with C{engine_sid} and
+        C{fields}.
+
+        @param cause: what was refused (the throttle's key), such as the
+            name of the limit passed.
+        @param message: the event's format; it may name C{engine_sid} and
+            any of C{fields}.
+        @param reason: given to L{EngineApplication.on_close}.
+        @param ws_code: the WebSocket close code.
+        @param log: the logger of the module that found the fault (the event
+            keeps its namespace).
+        @param channel: see L{drop}.
+        """
+        self._rejections.warn(log, cause, message, engine_sid=self._sid, **fields)
+        self.drop(reason, ws_code, channel)
+
     # -- outbound ---------------------------------------------------------
 
     def _enqueue(self, packet: Packet) -> None:
         self._queue.append(packet)
         self._queued_bytes += len(packet.data) + 1
         if self._queued_bytes > self._settings.max_buffered_bytes:
-            self._rejections.warn(
-                _log,
+            self.refuse(
                 "max_buffered_bytes",
                 "engine session {engine_sid} closed: {limit} exceeded ({size} bytes queued)",
-                engine_sid=self._sid,
+                REASON_BUFFER_LIMIT,
+                WS_POLICY_VIOLATION,
                 limit="max_buffered_bytes",
                 size=self._queued_bytes,
             )
-            self.force_close(REASON_BUFFER_LIMIT, WS_POLICY_VIOLATION)
             return
         if not self._flush_pending:
             self._flush_pending = True
@@ -425,14 +476,13 @@ class Session:
         else:
             # open, upgrade outside an upgrade, or a ping (the client never
             # pings in v4) are protocol errors.
-            self._rejections.warn(
-                _log,
+            self.refuse(
                 "unexpected packet",
                 "engine session {engine_sid} closed: unexpected packet {packet_type}",
-                engine_sid=self._sid,
+                REASON_PARSE_ERROR,
+                WS_PROTOCOL_ERROR,
                 packet_type=kind.name,
             )
-            self.force_close(REASON_PARSE_ERROR, WS_PROTOCOL_ERROR)
 
     def receive_message(self, message: Message) -> None:
         """Handle one message packet's data, sent on the active transport."""
@@ -475,13 +525,11 @@ class Session:
             close packet) and the caller answers this one with 400.
         """
         if self._poll is not None:
-            self._rejections.warn(
-                _log,
+            self.refuse(
                 "overlapping GET",
                 "engine session {engine_sid} closed: overlapping GET",
-                engine_sid=self._sid,
+                REASON_TRANSPORT_ERROR,
             )
-            self.force_close(REASON_TRANSPORT_ERROR)
             return False
         self._poll = responder
         if self._queue or self.state is SessionState.CLOSING:
@@ -638,8 +686,8 @@ class Session:
         if probe is not None:
             probe.close_channel(WS_NORMAL, reason)
         # Per-connection lifecycle at debug: the reference logs only room joins and
-        # leaves; these four events per connection cost ~20 % of a join's CPU
-        # (docs/performance.md). Room join/leave stay at info (signaling/handlers.py).
+        # leaves, and these events per connection are costly (docs/performance.md,
+        # "Joins 1/4"). Room join/leave stay at info (signaling/handlers.py).
         if loglevels.debug:
             _log.debug(
                 "engine session {engine_sid} closed ({reason})",

@@ -12,26 +12,30 @@ fragments per message and on the bytes waiting in a connection's outbound
 buffer (a client that stops reading) are enforced here; the Origin allowlist
 is checked in L{EngineWebSocketProtocol.onConnect} through the server's
 request checks.
+
+The common frames are read and written here rather than by Autobahn's
+parser and C{sendMessage} (see L{EngineWebSocketProtocol.dataReceived}).
+That needs Autobahn internals, reached only through
+L{privydrop.compat.autobahn}; on an Autobahn without them the transport runs
+on Autobahn's public API alone.
 """
 
 from __future__ import annotations
 
-import pprint as _pprint
 import struct
-import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
-from autobahn.twisted import websocket as _autobahn_twisted_websocket
+from autobahn.exception import Disconnected
 from autobahn.twisted.websocket import (
     WebSocketServerFactory,
     WebSocketServerProtocol,
 )
-from autobahn.websocket import protocol as _autobahn_protocol
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.logger import Logger
 
-from privydrop.compat.twisted import outbound_buffer_size, write_now
+from privydrop.compat import autobahn as autobahn_compat
+from privydrop.compat.twisted import outbound_buffer_size
 from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineRequestError
 from privydrop.engineio.interface import EngineSid, Handshake
@@ -42,6 +46,7 @@ from privydrop.engineio.session import (
     REASON_TRANSPORT_CLOSE,
     WEBSOCKET,
     WS_NORMAL,
+    WS_POLICY_VIOLATION,
     WS_PROTOCOL_ERROR,
     WS_TOO_BIG,
     Session,
@@ -65,66 +70,8 @@ if not ACCELERATED:  # pragma: no cover - depends on the environment
     except ImportError:
         pass
 
-class _DeferredText:
-    """C{function(value)}, computed only when formatted as text."""
-
-    __slots__ = ("_function", "_value")
-
-    def __init__(self, function: Callable[[Any], str], value: object) -> None:
-        self._function = function
-        self._value = value
-
-    def __str__(self) -> str:
-        return str(self._function(self._value))
-
-    __repr__ = __str__
-
-    def __format__(self, spec: str) -> str:
-        return format(str(self), spec)
-
-
-def _install_lazy_debug_text() -> None:
-    """Stop Autobahn building debug text on every connection that nobody logs.
-
-    Autobahn evaluates the fields of its debug events even when its logger
-    drops debug: C{WebSocketProtocol._connectionMade} passes C{pformat(<every
-    config attribute>)} (about 100 µs, 9 % of a join's server CPU), and about
-    a dozen calls per connection pass C{hltype(...)}/C{hlval(...)}, which
-    colour text through click (about 5 µs each). See C{docs/performance.md}.
-
-    In the two Autobahn modules the server runs, those helpers now return a
-    L{_DeferredText} that renders the same text when an event is formatted.
-    Every use of C{hltype}/C{hlval} there is a field of a C{log.debug} call
-    (the one C{log.error} among them is in the client protocol, which this
-    server never runs). C{pformat} is deferred only for C{_connectionMade}; its
-    other callers (C{Timings.__str__} must return a C{str}) get text at once.
-    """
-    protocol_module = _autobahn_protocol
-    if getattr(protocol_module.pformat, "_privydrop", False):
-        return
-    target = protocol_module.WebSocketProtocol._connectionMade.__code__
-    getframe = sys._getframe
-    pformat = _pprint.pformat
-
-    def _pformat(value: object, *args: Any, **kwargs: Any) -> Any:
-        if not args and not kwargs and getframe(1).f_code is target:
-            return _DeferredText(pformat, value)
-        return pformat(value, *args, **kwargs)
-
-    def _lazy(function: Callable[[Any], str]) -> Callable[[Any], Any]:
-        def lazy(value: object) -> Any:
-            return _DeferredText(function, value)
-
-        return lazy
-
-    for module in (protocol_module, _autobahn_twisted_websocket):
-        for name in ("hltype", "hlval"):
-            setattr(module, name, _lazy(getattr(module, name)))
-    _pformat._privydrop = True  # type: ignore[attr-defined]
-    setattr(protocol_module, "pformat", _pformat)  # noqa: B010 - typed as pprint.pformat
-
-
-_install_lazy_debug_text()
+# Autobahn's per-connection debug text, built only if an event is formatted.
+autobahn_compat.install_lazy_debug_text()
 
 
 try:
@@ -150,7 +97,9 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
 
 #: The only WebSocket protocol version accepted (RFC 6455).
 WEBSOCKET_VERSIONS = [13]
-_REASON_BYTES = 123
+#: Besides 1000, the close codes Autobahn's public C{sendClose} takes (it
+#: leaves RFC 6455's other codes to the WebSocket layer itself).
+_PUBLIC_CLOSE_CODES = range(3000, 5000)
 _HEAD16 = struct.Struct("!BBH")
 _HEAD64 = struct.Struct("!BBQ")
 
@@ -158,7 +107,12 @@ _HEAD64 = struct.Struct("!BBQ")
 _TEXT_FIN = 0x81
 _BINARY_FIN = 0x82
 _MASKED = 0x80
-_STATE_OPEN = WebSocketServerProtocol.STATE_OPEN
+
+# Where a connection is, as this module sees it; used when Autobahn's own
+# state cannot be read (see privydrop.compat.autobahn).
+_CONNECTING = 0
+_OPEN = 1
+_CLOSING = 2
 
 
 def server_frame(payload: bytes, binary: bool) -> bytes:
@@ -177,7 +131,12 @@ def server_frame(payload: bytes, binary: bool) -> bytes:
 
 
 class EngineWebSocketProtocol(WebSocketServerProtocol):
-    """One WebSocket connection carrying an Engine.IO session (or its upgrade)."""
+    """One WebSocket connection carrying an Engine.IO session (or its upgrade).
+
+    Autobahn's internals are used only through L{privydrop.compat.autobahn},
+    and only when its check passed (C{factory.autobahn_internals}); without
+    them the connection runs on Autobahn's public API alone.
+    """
 
     _log = Logger()
     factory: EngineWebSocketFactory
@@ -190,9 +149,11 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self._fragments = 0
         self._message_bytes = 0
         self._limit_hit: str | None = None
-        self._fast_frames = False
-        self._fast_frame_limit = 0
-        self._log_octets = False
+        self._phase = _CONNECTING
+        #: The largest frame the receive fast path takes; 0: none.
+        self._receive_limit = 0
+        #: Whether outgoing frames are built and written here.
+        self._plain_frames = False
 
     # -- opening ----------------------------------------------------------
 
@@ -201,7 +162,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         if not self.factory.engine.settings.log_client_ips:
             # Autobahn names the peer in some of its own warnings; keep client
             # addresses out of the logs unless a setting allows them.
-            self.peer = "-"
+            autobahn_compat.hide_peer_address(self)
 
     def onConnect(self, request: ConnectionRequest) -> None:
         server = self.factory.engine
@@ -223,27 +184,19 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             headers=dict(request.headers),
             remote_address=getattr(peer, "host", ""),
             query=query,
-            url=getattr(self, "http_request_uri", request.path),
+            url=autobahn_compat.request_uri(self, request),
             secure=bool(self.factory.isSecure),
             issued_ms=server.issued_ms(),
         )
 
     def onOpen(self) -> None:
         server = self.factory.engine
-        # Frames the receive fast path may take: what Autobahn would accept
-        # without a limit, logging or extension getting involved.
-        options: Any = self  # Autobahn sets these from the factory's options
-        self._log_octets = bool(options.logOctets)
-        self._fast_frames = (
-            self._perMessageCompress is None
-            and not options.logOctets
-            and not options.logFrames
-            and not self.trackedTimings
-            and self.autoPingTimeoutCall is None
-            and options.autoPingInterval == 0
-        )
-        limits = [server.settings.max_payload, options.maxFramePayloadSize]
-        self._fast_frame_limit = min(n for n in limits if n > 0) if any(limits) else 1 << 62
+        self._phase = _OPEN
+        if self.factory.autobahn_internals:
+            # Frames the receive fast path may take: what Autobahn would
+            # accept without a limit, logging or extension getting involved.
+            self._receive_limit = autobahn_compat.receive_limit(self, server.settings.max_payload)
+            self._plain_frames = autobahn_compat.writes_plain_frames(self)
         try:
             if self._upgrade_sid is None:
                 if self._handshake is None:
@@ -281,19 +234,17 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         What the read's packets queue for other sessions is written when the
         read is handled (L{FlushQueue.hold}).
         """
-        flushes = self.factory.engine.flushes
+        factory = self.factory
+        flushes = factory.engine.flushes
         flushes.hold()
         try:
-            if (
-                self._fast_frames
-                and self.state == _STATE_OPEN
-                and self.current_frame is None
-                and not self.data
-                and not self.inside_message
-            ):
+            if self._receive_limit and autobahn_compat.parser_idle(self):
                 whole = self._receive_frames(data)
+            elif factory.autobahn_internals:
+                autobahn_compat.parse(self, data)
+                whole = False
             else:
-                self._dataReceived(data)
+                super().dataReceived(data)
                 whole = False
         finally:
             flushes.release()
@@ -301,7 +252,11 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         # that floods pings and never reads would otherwise queue pongs
         # without end, past the cap that send_packets enforces. (A read
         # handled whole by the fast path had no control frame.)
-        if not whole and self.state == _STATE_OPEN:
+        if not whole and (
+            autobahn_compat.is_open(self)
+            if factory.autobahn_internals
+            else self._phase == _OPEN
+        ):
             self._enforce_outbound_cap()
 
     def _receive_frames(self, data: bytes) -> bool:
@@ -310,7 +265,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         @return: whether the whole read was taken here.
         """
         end = len(data)
-        limit = self._fast_frame_limit
+        limit = self._receive_limit
         i = 0
         while end - i >= 6:  # the shortest masked frame
             head = data[i]
@@ -340,11 +295,10 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 message = payload
             i = stop
             self._receive(message)
-            if self.state != _STATE_OPEN:
+            if not autobahn_compat.is_open(self):
                 break
         if i < end:
-            self.data = data[i:] if i else data
-            self.consumeData()
+            autobahn_compat.parse_rest(self, data[i:] if i else data)
             return False
         return True
 
@@ -359,7 +313,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         # messages to the client.
         self._fragments += 1
         self._message_bytes += length
-        if not self.failedByMe:
+        if not self._failed():
             settings = self.factory.engine.settings
             if self._fragments > settings.max_fragments:
                 self._over_limit("max_fragments")
@@ -367,28 +321,43 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 self._over_limit("max_payload")
         super().onMessageFrameBegin(length)
 
+    def onMessageFrame(self, payload: Any) -> None:  # the frame's chunks, a list
+        # Autobahn keeps collecting a message until it sees it failed; a
+        # limit passed here (without Autobahn's internals: a plain close)
+        # must stop that too.
+        if self._limit_hit is None:
+            super().onMessageFrame(payload)
+
+    def _failed(self) -> bool:
+        """Whether the connection was failed: the rest of the message is ignored."""
+        if self._limit_hit is not None:
+            return True
+        return self.factory.autobahn_internals and autobahn_compat.failed(self)
+
     def _over_limit(self, limit: str) -> None:
         self._limit_hit = limit
-        self.factory.engine.rejections.warn(
-            self._log,
-            limit,
-            "engine websocket closed: {limit} exceeded",
-            limit=limit,
-            engine_sid=self._session.sid if self._session else None,
-            transport=WEBSOCKET,
+        reason = limit + " exceeded"
+        if self.factory.autobahn_internals:
+            # The same path Autobahn takes for its own size limits: close
+            # code 1009 and every further frame of the message ignored.
+            autobahn_compat.fail(self, WS_TOO_BIG, reason)
+        self._refuse(
+            limit, "engine websocket closed: {limit} exceeded", reason, WS_TOO_BIG, limit=limit
         )
-        # The same path Autobahn takes for its own size limits: close code
-        # 1009 and every further frame of the message ignored.
-        self._fail_connection(WS_TOO_BIG, limit + " exceeded")
 
     def onMessageEnd(self) -> None:
+        if not self.factory.autobahn_internals:
+            super().onMessageEnd()
+            return
         # Autobahn's version also fires a "message" observer event, which
         # allocates a Deferred per message; nothing here observes it.
-        if not self.failedByMe:
-            self.onMessage(b"".join(self.message_data), self.message_is_binary)
-        self.message_data = None  # type: ignore[assignment]  # as Autobahn does
+        message = autobahn_compat.take_message(self)
+        if message is not None:
+            self.onMessage(*message)
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
+        if self._limit_hit is not None:
+            return
         if isBinary:
             self._receive(bytes(payload))
             return
@@ -397,7 +366,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         except UnicodeDecodeError:
             # Autobahn validates text frames; this only guards the setting.
             if self._session is not None:
-                self._bad_frame(self._session, "text frame is not UTF-8")
+                self._bad_frame("text frame is not UTF-8")
             return
         self._receive(text)
 
@@ -420,7 +389,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 message, self.factory.engine.settings.max_payload
             )
         except packets.EngineIOProtocolError as e:
-            self._bad_frame(session, str(e))
+            self._bad_frame(str(e))
             return
         try:
             session.receive_websocket(self, packet)
@@ -428,107 +397,138 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             self._log.failure(
                 "engine session {engine_sid} failed on a frame", engine_sid=session.sid
             )
-            self._drop_session(session, REASON_PARSE_ERROR, WS_NORMAL)
+            session.drop(REASON_PARSE_ERROR, WS_NORMAL, self)
 
-    def _bad_frame(self, session: Session, error: str) -> None:
-        self.factory.engine.rejections.warn(
-            self._log,
+    def _bad_frame(self, error: str) -> None:
+        self._refuse(
             "bad frame",
             "engine session {engine_sid} sent a bad frame ({error})",
-            engine_sid=session.sid,
+            REASON_PARSE_ERROR,
+            WS_PROTOCOL_ERROR,
             error=error,
-            transport=WEBSOCKET,
         )
-        self._drop_session(session, REASON_PARSE_ERROR, WS_PROTOCOL_ERROR)
 
-    def _drop_session(self, session: Session, reason: str, code: int) -> None:
-        # A bad frame on the session's own transport ends the session; on an
-        # upgrade probe it only ends that probe.
-        if session.uses(self):
-            session.force_close(reason, code)
-        else:
-            session.websocket_lost(self, reason)
-            self.close_channel(code, reason)
+    def _refuse(
+        self, cause: str, message: str, reason: str, ws_code: int, **fields: object
+    ) -> None:
+        """Reject the client's input: warn (throttled), then close.
+
+        A fault on the session's own transport ends the session; on an
+        upgrade probe it ends only the probe (L{Session.refuse}). A
+        connection without a session (its opening was refused) is closed.
+        """
+        session = self._session
+        if session is not None:
+            session.refuse(
+                cause, message, reason, ws_code,
+                log=self._log, channel=self, transport=WEBSOCKET, **fields,
+            )
+            return
+        self.factory.engine.rejections.warn(
+            self._log, cause, message, engine_sid=None, transport=WEBSOCKET, **fields
+        )
+        self.close_channel(ws_code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
+        self._phase = _CLOSING
         session = self._session
         if session is None:
             return
-        why = REASON_TRANSPORT_CLOSE
-        if self._limit_hit is not None:
-            why = self._limit_hit + " exceeded"
-        elif self.wasMaxFramePayloadSizeExceeded:
-            why = "max_frame_bytes exceeded"
-            self.factory.engine.rejections.warn(
-                self._log,
+        if (
+            self._limit_hit is None
+            and self.factory.autobahn_internals
+            and autobahn_compat.frame_too_big(self)
+        ):
+            self._refuse(
                 "max_frame_bytes",
                 "engine session {engine_sid} closed: {limit} exceeded",
-                engine_sid=session.sid,
+                "max_frame_bytes exceeded",
+                WS_TOO_BIG,
                 limit="max_frame_bytes",
-                transport=WEBSOCKET,
             )
-        session.websocket_lost(self, why)
+            return
+        # After a limit passed here the session was told already.
+        session.websocket_lost(self, REASON_TRANSPORT_CLOSE)
 
     # -- WebSocketChannel -------------------------------------------------
 
     def send_packets(self, outgoing: Sequence[packets.Packet]) -> None:
         """Write each packet as one frame, all in one write, then enforce
         C{max_outbound_buffer}."""
-        if self.state != self.STATE_OPEN:
-            return
         encode = packets.encode_websocket
-        if self._perMessageCompress is None:
-            # Compression is never negotiated, so every frame is a plain
-            # unmasked server frame; building them here costs a fraction of
-            # sendMessage per message and makes one write per turn.
+        if self._plain_frames:
+            if not autobahn_compat.is_open(self):
+                return
+            # Every frame is a plain unmasked server frame; building them
+            # here costs a fraction of sendMessage per message and makes one
+            # write per turn.
             if len(outgoing) == 1:
                 data = server_frame(*encode(outgoing[0]))
             else:
                 data = b"".join([server_frame(*encode(p)) for p in outgoing])
-            if self.send_queue or self._log_octets:
-                self.sendData(data)
-            else:
-                # sendData's debug event formats its fields on every call.
-                write_now(self.transport, data)
-        else:  # pragma: no cover - compression is refused in apply_limits
-            for packet in outgoing:
-                self.sendMessage(*encode(packet))
+            autobahn_compat.write_frames(self, data)
+        else:
+            if self._phase != _OPEN:
+                return
+            try:
+                for packet in outgoing:
+                    self.sendMessage(*encode(packet))
+            except Disconnected:
+                return
         self._enforce_outbound_cap()
 
     def _enforce_outbound_cap(self) -> None:
         """Abort the connection when C{max_outbound_buffer} bytes wait to be sent."""
         buffered = outbound_buffer_size(self.transport)
         if buffered > self.factory.engine.settings.max_outbound_buffer:
-            session = self._session
-            self.factory.engine.rejections.warn(
-                self._log,
-                "max_outbound_buffer",
-                "engine session {engine_sid} dropped: {limit} exceeded ({size} bytes)",
-                engine_sid=session.sid if session else None,
-                limit="max_outbound_buffer",
-                size=buffered,
-                transport=WEBSOCKET,
-            )
             # The peer is not reading: a close frame would only queue behind
             # the rest, so the connection is aborted.
-            self.dropConnection(abort=True)
-            if session is not None:
-                session.websocket_lost(self, REASON_OUTBOUND_LIMIT)
+            self._abort()
+            self._refuse(
+                "max_outbound_buffer",
+                "engine session {engine_sid} dropped: {limit} exceeded ({size} bytes)",
+                REASON_OUTBOUND_LIMIT,
+                WS_POLICY_VIOLATION,
+                limit="max_outbound_buffer",
+                size=buffered,
+            )
+
+    def _abort(self) -> None:
+        if self.factory.autobahn_internals:
+            autobahn_compat.abort(self)
+        elif self._phase != _CLOSING:
+            self._phase = _CLOSING
+            self._abort_transport()
 
     def close_channel(self, code: int, reason: str) -> None:
-        """Start the closing handshake with C{code}, or drop a half-open connection."""
-        if self.state == self.STATE_OPEN:
-            self.sendCloseFrame(
-                code=code, reasonUtf8=reason.encode("utf-8")[:_REASON_BYTES]
-            )
-        elif self.state not in (self.STATE_CLOSING, self.STATE_CLOSED):
-            self.dropConnection(abort=True)
+        """Start the closing handshake with C{code}, or drop a half-open connection.
+
+        Without Autobahn's internals the public C{sendClose} is used, which
+        takes only 1000 and 3000-4999: another code is sent as 1000, with
+        the same reason.
+        """
+        if self.factory.autobahn_internals:
+            autobahn_compat.close(self, code, reason)
+        elif self._phase == _OPEN:
+            self._phase = _CLOSING
+            self.sendClose(code if code in _PUBLIC_CLOSE_CODES else WS_NORMAL, reason)
+        elif self._phase == _CONNECTING:
+            self._phase = _CLOSING
+            self._abort_transport()
+
+    def _abort_transport(self) -> None:
+        transport: Any = self.transport
+        if transport is not None:
+            transport.abortConnection()
 
 
 class EngineWebSocketFactory(WebSocketServerFactory):
     """Builds L{EngineWebSocketProtocol}s for one L{EngineServer}.
 
     @ivar engine: the Engine.IO server sessions are registered with.
+    @ivar autobahn_internals: whether the Autobahn internals the protocol's
+        fast paths and L{buildProtocol} use are all there
+        (L{privydrop.compat.autobahn.protocol_internals_missing}).
     """
 
     protocol = EngineWebSocketProtocol  # type: ignore[assignment]
@@ -537,42 +537,17 @@ class EngineWebSocketFactory(WebSocketServerFactory):
         # server=None: no Server header naming the software and version.
         super().__init__(server=None)
         self.engine = engine
-        self._option_class: tuple[Any, tuple[Any, ...], type] | None = None
+        self.autobahn_internals = autobahn_compat.protocol_internals_usable()
+        self._shared_options = autobahn_compat.SharedOptions()
         apply_limits(self, engine.settings)
 
     def buildProtocol(self, addr: Any) -> Any:
-        """Build a protocol whose class carries this factory's options.
-
-        Autobahn's C{_connectionMade} copies each of its ~35 protocol options
-        (C{CONFIG_ATTRS}) from the factory into the new instance's C{__dict__}
-        unless the instance already has the attribute: about 1.6 KiB per
-        connection (the instance dict halved). Here the protocol is an
-        instance of a subclass of C{self.protocol} whose class attributes are
-        the factory's current option values, so the copy is skipped and every
-        connection reads the same objects as before (Autobahn copied
-        references, not copies). The subclass is rebuilt when
-        C{self.protocol} or an option value changes.
-        """
-        base = self.protocol
-        names = getattr(base, "CONFIG_ATTRS", None)
-        if names is None:
+        """Build a protocol whose class carries this factory's options
+        (L{privydrop.compat.autobahn.SharedOptions}: less memory per
+        connection), or the stock way without Autobahn's internals."""
+        cls = self._shared_options.protocol_class(self) if self.autobahn_internals else None
+        if cls is None:
             return super().buildProtocol(addr)
-        values = tuple([getattr(self, name) for name in names])
-        cached = self._option_class
-        if cached is not None and cached[0] is base and cached[1] == values:
-            cls = cached[2]
-        else:
-            # A value that is a descriptor (a function such as
-            # perMessageCompressionAccept) would bind to the instance as a
-            # class attribute; staticmethod hands back the value itself.
-            namespace: dict[str, Any] = {
-                name: staticmethod(value) if hasattr(type(value), "__get__") else value
-                for name, value in zip(names, values)
-            }
-            namespace["__module__"] = base.__module__
-            namespace["__qualname__"] = base.__qualname__
-            cls = type(base.__name__, (base,), namespace)
-            self._option_class = (base, values, cls)
         protocol = cls()
         protocol.factory = self
         return protocol

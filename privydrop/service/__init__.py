@@ -9,7 +9,7 @@
                                   so rooms and sends by socket id span hosts
       realtime   RealtimeService  Engine.IO + Socket.IO + signaling; on stop,
                                   ends every session and waits for clean-up
-      http       StreamServerEndpointService(settings.listen, site)
+      http       strports.service(settings.listen, site): the listener
 
 Children start in order and stop in reverse, each only once the one before
 it has finished stopping (L{_StopInOrder}): the listener stops first, then
@@ -25,10 +25,9 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.logger import Logger
 from twisted.web.resource import IResource
 
@@ -146,15 +145,14 @@ def build_service(
     )
     site = build_site(settings, reactor, api.resource(), engineio_resource)
     try:
-        endpoint = serverFromString(reactor, settings.listen)
+        # strports.service, unlike a bare StreamServerEndpointService, makes a
+        # port that is taken fail start-up (twistd exits non-zero) instead of
+        # being logged while the process runs on without listening.
+        http = strports.service(settings.listen, site, reactor=reactor)
     except Exception as e:
         raise ConfigError(
             "--listen: %r is not a Twisted endpoint string (%s)" % (settings.listen, e)
         ) from None
-    http = StreamServerEndpointService(endpoint, site)
-    # A port that is taken fails start-up (twistd exits non-zero) instead of
-    # being logged while the process runs on without listening.
-    http._raiseSynchronously = True
     http.setName("http")
     http.setServiceParent(top)
     _log.info(

@@ -19,6 +19,8 @@ resource. It also hardens C{twisted.web} for a public port:
    sent pass C{engine.max_outbound_buffer} bytes: C{twisted.web} stops
    reading such a client only between requests, so pipelined requests would
    otherwise queue answers in memory without end;
+ - form bodies are not parsed into C{request.args} (nothing here takes
+   forms; L{privydrop.compat.twisted.site_options});
  - no C{Server: TwistedWeb/<version>} header;
  - the access log holds client addresses only when C{LOG_CLIENT_IPS} says so.
 
@@ -37,7 +39,12 @@ from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 
-from privydrop.compat.twisted import outbound_buffer_size
+from privydrop.compat.twisted import (
+    hooks_missing,
+    outbound_buffer_size,
+    request_head,
+    site_options,
+)
 from privydrop.logs import levels as loglevels
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import Settings
@@ -57,6 +64,10 @@ class LimitedRequest(server.Request):
     """
 
     body_limit: int = 0
+    #: False when the channel could not tell the path from the request head:
+    #: L{body_limit} is then the largest of the site's caps, and the cap of
+    #: the request's own path is checked once the body is complete.
+    body_limit_final: bool = True
     content: Any
     channel: Any
 
@@ -64,12 +75,6 @@ class LimitedRequest(server.Request):
         super().__init__(*args, **kwargs)
         self.content = io.BytesIO()
         self._body_read = 0
-        # Neither the API (JSON) nor Engine.IO (text/binary packets) takes
-        # form submissions, and the stock parse of the Content-Type through
-        # the email package cost about a fifth of a JSON request's CPU. It
-        # would also let a form body override query arguments such as
-        # Engine.IO's ``sid`` in ``request.args``.
-        self._parsePOSTFormSubmission = False
 
     def gotLength(self, length: int | None) -> None:
         # Bodies are capped (see HardenedChannel), so memory is the right
@@ -85,6 +90,17 @@ class LimitedRequest(server.Request):
             channel.refuse_too_large(self)
             return
         self.content.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        channel = self.channel
+        if (
+            not self.body_limit_final
+            and channel is not None
+            and self._body_read > channel.site.body_limit(path)
+        ):
+            channel.refuse_too_large(self)
+            return
+        super().requestReceived(command, path, version)
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
@@ -108,6 +124,11 @@ class HardenedChannel(http.HTTPChannel):
     _body_deadline: IDelayedCall | None = None
     #: True while the next bytes belong to a request line or headers.
     _awaiting_head = True
+    #: True from a request's complete body until its answer is finished:
+    #: bytes that arrive meanwhile are buffered by C{HTTPChannel} and played
+    #: back (through L{dataReceived}) once the answer is done. Kept here from
+    #: the public hooks rather than read from C{HTTPChannel}'s private state.
+    _handling = False
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -129,7 +150,7 @@ class HardenedChannel(http.HTTPChannel):
             self.refused = True
             self.transport.abortConnection()
             return
-        if self._awaiting_head and not self._handlingRequest:
+        if self._awaiting_head and not self._handling:
             self._start_head_deadline()
         super().dataReceived(data)
 
@@ -141,10 +162,14 @@ class HardenedChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
         self._cancel("_head_deadline")
-        request = self.requests[-1]
-        limit = self.site.body_limit(self._path)
+        request, target, length = request_head(self)
+        if target is None:
+            limit = self.site.largest_body_limit()
+            request.body_limit_final = False
+        else:
+            limit = self.site.body_limit(target)
         request.body_limit = limit
-        if self.length is not None and self.length > limit:
+        if length is not None and length > limit:
             # Before the stock code, so no "100 Continue" invites the body.
             self.refuse_too_large(request)
             return
@@ -159,7 +184,14 @@ class HardenedChannel(http.HTTPChannel):
             return
         self._cancel("_body_deadline")
         self._awaiting_head = True
+        self._handling = True
         super().allContentReceived()
+
+    def requestDone(self, request: IRequest) -> None:
+        # Before the stock code, which plays buffered bytes back: they may be
+        # the head of the next request, whose deadline then starts.
+        self._handling = False
+        super().requestDone(request)
 
     def refuse_too_large(self, request: IRequest) -> None:
         """Answer 413 and close, reading no more of this connection.
@@ -174,7 +206,7 @@ class HardenedChannel(http.HTTPChannel):
         self._cancel("_body_deadline")
         self.setTimeout(None)
         self.site.warnings.warn(
-                _log,
+            _log,
             "too-large",
             "request body over {limit} bytes refused",
             limit=getattr(request, "body_limit", None),
@@ -222,7 +254,7 @@ class HardenedChannel(http.HTTPChannel):
         if self.transport is None:
             return
         self.site.warnings.warn(
-                _log,
+            _log,
             "slow-" + what, "dropping a client too slow to send its {what}", what=what
         )
         self.transport.abortConnection()
@@ -240,12 +272,24 @@ class PrivyDropSite(server.Site):
             requestFactory=LimitedRequest,
             timeout=settings.http.idle_timeout_s,
             reactor=reactor,
+            **site_options(),
         )
+        changed = hooks_missing()
+        if changed:
+            _log.error(
+                "twisted.web no longer has {names}: the connection deadlines and "
+                "body caps built on them may not apply",
+                names=", ".join(changed),
+            )
         self.settings = settings
         #: Rejections of clients, logged at most once per cause per interval.
         self.warnings = WarningThrottle(reactor)
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
+
+    def largest_body_limit(self) -> int:
+        """The largest body accepted on any path."""
+        return max(self.settings.engine.max_payload, self.settings.api.max_body_bytes)
 
     def body_limit(self, uri: bytes) -> int:
         """The largest body accepted for a request URI (path and query)."""
@@ -256,7 +300,7 @@ class PrivyDropSite(server.Site):
 
     def log(self, request: Any) -> None:
         # Once per HTTP request (every long poll): skip building the event when
-        # nothing records debug (about 5 % of a polling request's CPU).
+        # nothing records debug (docs/performance.md, "Joins 1/4").
         if not loglevels.debug:
             return
         if self.settings.http.log_client_ips:

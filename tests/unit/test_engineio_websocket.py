@@ -1,4 +1,11 @@
-"""The WebSocket glue's pieces that need no socket: frames, buffer size, hardening."""
+"""The WebSocket glue's pieces that need no socket: frames, hardening, receiving.
+
+The connection-level tests run twice: with the Autobahn internals the fast
+paths use, and as on an Autobahn version that lost one of them (the
+transport then runs on Autobahn's public API; see privydrop.compat.autobahn).
+Clients must not see a difference, except close codes the public API cannot
+send.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +18,6 @@ from privydrop.engineio.server import EngineServer
 from privydrop.engineio.websocket import (
     EngineWebSocketFactory,
     EngineWebSocketProtocol,
-    outbound_buffer_size,
     server_frame,
 )
 from privydrop.settings import EngineSettings
@@ -37,26 +43,6 @@ def test_server_frames_match_autobahn_encoding(size: int, binary: bool) -> None:
     """Clients would see corrupt frames at the 126/65536 length boundaries if this broke."""
     payload = b"a" * size
     assert server_frame(payload, binary) == _autobahn_frame(payload, binary)
-
-
-class _FileDescriptorLike:
-    def __init__(self, data: bytes, offset: int, temp: int) -> None:
-        self.dataBuffer = data
-        self.offset = offset
-        self._tempDataLen = temp
-
-
-class _Wrapper:
-    def __init__(self, inner: object) -> None:
-        self.transport = inner
-
-
-def test_outbound_buffer_counts_unsent_bytes() -> None:
-    """The slow-reader cap must see bytes the peer has not taken, including through TLS."""
-    tcp = _FileDescriptorLike(b"x" * 100, 40, 25)
-    assert outbound_buffer_size(tcp) == 85
-    assert outbound_buffer_size(_Wrapper(tcp)) == 85
-    assert outbound_buffer_size(object()) == 0
 
 
 def test_factory_is_hardened_from_settings() -> None:
@@ -131,6 +117,12 @@ def _client_frame(
     return head + mask + unmask(payload, mask)
 
 
+#: The close code a client sees for a server close with C{code}: Autobahn's
+#: public sendClose takes only 1000 and 3000-4999.
+def _close_code(code: int, autobahn_api: str) -> bytes:
+    return struct.pack("!H", code if autobahn_api == "internals" else 1000)
+
+
 def _open_connection(**changes: Any) -> tuple[Any, StringTransport, _Recorder]:
     app = _Recorder()
     settings = EngineSettings(**changes)
@@ -140,7 +132,7 @@ def _open_connection(**changes: Any) -> tuple[Any, StringTransport, _Recorder]:
     transport = _Transport()
     protocol.makeConnection(transport)
     protocol.dataReceived(_UPGRADE)
-    assert protocol.state == protocol.STATE_OPEN
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
     transport.clear()
     return protocol, transport, app
 
@@ -151,7 +143,7 @@ def test_unmask_matches_the_rfc_example() -> None:
     assert unmask(b"", b"\x37\xfa\x21\x3d") == b""
 
 
-def test_messages_arrive_in_order_however_the_stream_is_cut() -> None:
+def test_messages_arrive_in_order_however_the_stream_is_cut(autobahn_api: str) -> None:
     """Reads that end inside a frame, or mix control frames and fragments in,
     must not lose, reorder or corrupt messages."""
     frames = [
@@ -178,7 +170,7 @@ def test_messages_arrive_in_order_however_the_stream_is_cut() -> None:
         assert b"\x8a\x05ping!" in transport.value()  # the pong
 
 
-def test_invalid_utf8_closes_with_1007_as_autobahn_does() -> None:
+def test_invalid_utf8_closes_with_1007_as_autobahn_does(autobahn_api: str) -> None:
     """A text frame that is not UTF-8 is a protocol error (RFC 6455, 8.1);
     what came before it in the same read is still delivered."""
     protocol, transport, app = _open_connection()
@@ -189,15 +181,42 @@ def test_invalid_utf8_closes_with_1007_as_autobahn_does() -> None:
     assert app.messages == ["ok"]
 
 
-def test_frame_over_max_payload_closes_with_1009() -> None:
-    """The size limit holds for frames the fast path would otherwise take."""
+def test_frame_over_max_payload_closes_with_1009(autobahn_api: str) -> None:
+    """The size limit holds for frames the fast path would otherwise take;
+    the session ends naming the limit."""
     protocol, transport, app = _open_connection(max_payload=100)
     protocol.dataReceived(_client_frame(b"4" + b"a" * 99) + _client_frame(b"4" + b"b" * 100))
     assert app.messages == ["a" * 99]
-    assert transport.value()[2:4] == b"\x03\xf1"  # 1009
+    assert transport.value()[2:4] == _close_code(1009, autobahn_api)
+    assert b"max_payload exceeded" in transport.value()
+    assert app.closed == ["max_payload exceeded"]
 
 
-def test_unmasked_client_frame_is_refused() -> None:
+def test_message_over_max_payload_in_fragments_is_not_delivered(autobahn_api: str) -> None:
+    """A message that passes the cap over several fragments is refused, and
+    what follows of it is neither delivered nor kept."""
+    protocol, transport, app = _open_connection(max_payload=100)
+    protocol.dataReceived(_client_frame(b"4" + b"a" * 60, fin=False))
+    protocol.dataReceived(_client_frame(b"b" * 60, opcode=0, fin=False))
+    protocol.dataReceived(_client_frame(b"c" * 60, opcode=0))
+    assert app.messages == []
+    assert app.closed == ["max_payload exceeded"]
+    assert transport.value()[2:4] == _close_code(1009, autobahn_api)
+
+
+def test_bad_packet_ends_the_session_with_a_close_frame(autobahn_api: str) -> None:
+    """A frame that is not an Engine.IO packet ends the session, and the
+    client is told why in the close frame."""
+    protocol, transport, app = _open_connection()
+    protocol.dataReceived(_client_frame(b"9nonsense"))
+    assert app.closed == ["parse error"]
+    assert transport.value()[2:4] == _close_code(1002, autobahn_api)
+    assert transport.value()[4:] == b"parse error"
+    protocol.dataReceived(_client_frame(b"4after"))
+    assert app.messages == []
+
+
+def test_unmasked_client_frame_is_refused(autobahn_api: str) -> None:
     """RFC 6455, 5.1: the server closes a connection whose client does not mask."""
     protocol, transport, app = _open_connection()
     protocol.dataReceived(b"\x81\x03" + b"4hi")
@@ -205,7 +224,7 @@ def test_unmasked_client_frame_is_refused() -> None:
     assert transport.value()[2:4] == b"\x03\xea"  # 1002
 
 
-def test_replies_to_a_read_are_written_when_the_read_is_handled() -> None:
+def test_replies_to_a_read_are_written_when_the_read_is_handled(autobahn_api: str) -> None:
     """An answer caused by a client's read must leave without waiting for a
     later reactor turn (it would add latency to every relayed message)."""
 
@@ -222,55 +241,6 @@ def test_replies_to_a_read_are_written_when_the_read_is_handled() -> None:
     transport.clear()
     protocol.dataReceived(_client_frame(b"4one") + _client_frame(b"4two"))
     assert transport.value() == server_frame(b"4one", False) + server_frame(b"4two", False)
-
-
-def test_autobahn_debug_text_is_built_only_when_logged() -> None:
-    """Autobahn's per-connection debug events still render as before, but their
-    text (pretty-printed settings, coloured names) is built only if an event is
-    formatted; other callers of the module's pformat get text at once."""
-    from autobahn.websocket import protocol as autobahn_protocol
-    from twisted.logger import formatEvent
-
-    import privydrop.engineio.websocket  # noqa: F401 - installs the lazy pformat
-
-    events: list[dict[str, object]] = []
-    factory = WebSocketServerFactory()
-    factory.protocol = WebSocketServerProtocol
-    protocol = factory.buildProtocol(None)
-    protocol.log = _RecordingLog(events)
-    protocol.makeConnection(_Transport())
-    settings = [e for e in events if e["format"] == "\n{attrs}"]
-    assert len(settings) == 1
-    attrs = settings[0]["attrs"]
-    assert not isinstance(attrs, str)
-    text = formatEvent({"log_format": "\n{attrs}", "attrs": attrs})
-    assert text.startswith("\n[(") and "'openHandshakeTimeout'" in text
-    assert text == "\n" + str(attrs) == "\n" + repr(attrs)
-    assert autobahn_protocol.pformat({"a": 1}) == "{'a': 1}"
-    assert autobahn_protocol.pformat([1, 2], width=1) == "[1,\n 2]"
-    established = [e for e in events if "connection accepted" in str(e["format"])]
-    assert len(established) == 1 and not isinstance(established[0]["func"], str)
-
-    from autobahn import util
-    from autobahn.twisted import websocket as autobahn_websocket
-
-    for module in (autobahn_protocol, autobahn_websocket):
-        for name, original in (("hltype", util.hltype), ("hlval", util.hlval)):
-            lazy = getattr(module, name)(WebSocketServerProtocol.onConnect)
-            assert not isinstance(lazy, str)
-            expected = original(WebSocketServerProtocol.onConnect)
-            assert str(lazy) == repr(lazy) == f"{lazy}" == expected
-
-
-class _RecordingLog:
-    def __init__(self, events: list[dict[str, object]]) -> None:
-        self._events = events
-
-    def debug(self, format: str, **fields: object) -> None:
-        self._events.append(dict(fields, format=format))
-
-    def __getattr__(self, name: str) -> object:
-        return lambda *args, **kwargs: None
 
 
 def test_protocol_options_are_shared_class_attributes() -> None:
@@ -300,35 +270,3 @@ def test_protocol_options_are_shared_class_attributes() -> None:
     assert isinstance(plain, WebSocketServerProtocol)
     assert not isinstance(plain, EngineWebSocketProtocol)
     assert plain.factory is factory
-
-
-def test_upgraded_channel_is_no_longer_the_transports_producer() -> None:
-    """After Autobahn takes a transport from its HTTP channel, the channel stops
-    being the transport's producer (which kept it and its request alive); a
-    channel that still owns its transport, or a transport with another
-    producer, is left alone."""
-    from privydrop.engineio.resource import _release_channel
-
-    class Channel:
-        transport: object = None
-        _requestProducer = None
-
-    channel = Channel()
-    transport = StringTransport()
-    transport.registerProducer(channel, True)
-    _release_channel(channel, transport)
-    assert transport.producer is None
-
-    owner = Channel()
-    owned = StringTransport()
-    owner.transport = owned
-    owned.registerProducer(owner, True)
-    _release_channel(owner, owned)
-    assert owned.producer is owner
-
-    other = StringTransport()
-    producer = object()
-    other.registerProducer(producer, True)
-    _release_channel(channel, other)
-    assert other.producer is producer
-    _release_channel(channel, None)

@@ -65,3 +65,18 @@ def test_redis_connections_of_one_process_share_its_node_id() -> None:
     assert [child.name for child in tree] == ["store", "adapter", "realtime", "http"]
     node_id = tree.getServiceNamed("adapter").node_id
     assert tree.getServiceNamed("store").store.pool.name == f"privydrop:{node_id}:store"
+
+
+def test_a_port_that_is_taken_fails_start_up() -> None:
+    """twistd must exit with an error when the port is in use, not run on
+    without listening (the failure would only be logged)."""
+    from twisted.internet.error import CannotListenError
+
+    class TakenPortReactor(MemoryReactorClock):
+        def listenTCP(self, port: int, factory: object, backlog: int = 50,
+                      interface: str = "") -> object:
+            raise CannotListenError(interface, port, OSError(98, "Address already in use"))
+
+    tree = build_service(Settings(listen="tcp:3456:interface=127.0.0.1"), TakenPortReactor())
+    with pytest.raises(CannotListenError):
+        tree.startService()

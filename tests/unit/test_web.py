@@ -7,6 +7,7 @@ slow or hostile client would drive it.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import attrs
 import pytest
@@ -17,6 +18,7 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
+from twisted.web import server
 from twisted.web.resource import Resource
 
 from privydrop.api.routes import PrivyDropAPI
@@ -305,3 +307,58 @@ def test_an_encoded_route_path_still_reaches_its_route() -> None:
     conn.send(post(b"/api/check%5Froom", b'{"roomId":"1234"}'))
     code, _, answer = conn.response()
     assert code == 200 and json.loads(answer) == {"available": True}
+
+
+def test_body_caps_hold_where_twisted_does_not_show_the_path_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a Twisted whose channel does not show the request-target when the
+    headers are in (privydrop.compat.twisted.request_head), each path's cap
+    still holds: the body is read up to the largest cap, then checked
+    against its own path's."""
+    from privydrop.compat import twisted as twisted_compat
+    from privydrop.web import site as site_module
+
+    def without_target(channel: Any) -> tuple[Any, None, int | None]:
+        request, _, length = twisted_compat.request_head(channel)
+        return request, None, length
+
+    monkeypatch.setattr(site_module, "request_head", without_target)
+    conn = connect(engine=EngineStub())
+    conn.send(post(b"/api/check_room", b"a" * 1001))
+    assert conn.response()[0] == 413
+    assert conn.transport.disconnecting
+
+    conn = connect(engine=EngineStub())
+    conn.send(post(b"/socket.io/?EIO=4&transport=polling", b"4" * 4000))
+    assert conn.response()[:3:2] == (200, b"engine got 4000 bytes at socket.io")
+
+    conn = connect(engine=EngineStub())
+    conn.send(b"POST /api/check_room HTTP/1.1\r\nHost: x\r\nContent-Length: 5001\r\n\r\n")
+    assert conn.response()[0] == 413
+
+
+def test_pipelined_request_waits_for_the_answer_before_its_deadline() -> None:
+    """Bytes of a next request sent while one is being answered (a long
+    poll) do not start the header deadline: it starts when the answer is
+    done and the bytes are read."""
+    held: list[Any] = []
+
+    class HeldStub(Resource):
+        isLeaf = True
+
+        def render(self, request):  # type: ignore[no-untyped-def]
+            held.append(request)
+            return server.NOT_DONE_YET
+
+    conn = connect(engine=HeldStub())
+    conn.send(b"GET /socket.io/?EIO=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert len(held) == 1
+    conn.send(b"GET /health HTTP/1.1\r\n")  # half of a next request
+    conn.clock.advance(60)
+    assert not conn.transport.disconnecting
+    held[0].write(b"done")
+    held[0].finish()
+    assert not conn.transport.disconnecting
+    conn.clock.advance(10)
+    assert conn.transport.disconnecting

@@ -1,0 +1,475 @@
+"""Autobahn internals the WebSocket transport relies on, in one place.
+
+Three uses, each with the names it needs, a check and a fallback:
+
+  - L{install_lazy_debug_text} replaces Autobahn's debug-text helpers in the
+    two modules the server runs (L{DEBUG_TEXT_INTERNALS}). Fallback: left
+    alone (Autobahn builds its debug text eagerly, as it always did).
+  - The frame fast paths of L{privydrop.engineio.websocket} read an open
+    connection's parser state and options, hand bytes to its parser, write
+    frames, and fail or close the connection (L{PROTOCOL_INTERNALS},
+    L{MESSAGE_INTERNALS}); L{SharedOptions} builds protocols whose class
+    carries the factory's options (C{CONFIG_ATTRS}). All of it is checked
+    once per process by L{protocol_internals_missing}, which runs one
+    Autobahn server connection in memory. Fallback, when any name is
+    missing: the transport uses only Autobahn's public API (its own
+    C{dataReceived}, C{onMessage} and C{sendMessage}, C{sendClose}, the
+    transport's C{abortConnection}) and protocols built the stock way.
+  - L{request_uri} reads the request-target Autobahn kept from the opening
+    handshake. Fallback: rebuilt from the path and query C{onConnect} gets.
+
+Every function that touches an internal is used by the transport only when
+its check passed. C{tests/unit/test_compat_autobahn.py} fails, naming the
+attribute, on an Autobahn version where one of them changed.
+"""
+
+from __future__ import annotations
+
+import functools
+import pprint
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+from urllib.parse import urlencode
+
+from autobahn.twisted import websocket as _twisted_websocket
+from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from autobahn.websocket import protocol as _protocol_module
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.error import ConnectionDone
+from twisted.internet.testing import StringTransport
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from privydrop.compat.twisted import write_now
+
+_log = Logger()
+
+
+def missing(target: object, names: Iterable[str]) -> tuple[str, ...]:
+    """The names in C{names} that C{target} has no attribute for, in order.
+
+    A dotted name is followed attribute by attribute (C{"A.b"}: C{target.A.b}).
+    """
+    absent = []
+    for name in names:
+        value: object = target
+        for part in name.split("."):
+            if not hasattr(value, part):
+                absent.append(name)
+                break
+            value = getattr(value, part)
+    return tuple(absent)
+
+
+# -- debug text ----------------------------------------------------------------
+
+#: The module-level names L{install_lazy_debug_text} replaces or relies on, by module.
+DEBUG_TEXT_INTERNALS: dict[str, tuple[str, ...]] = {
+    "autobahn.websocket.protocol": (
+        "hltype",
+        "hlval",
+        "pformat",
+        "WebSocketProtocol._connectionMade.__code__",
+    ),
+    "autobahn.twisted.websocket": ("hltype", "hlval"),
+}
+
+_DEBUG_TEXT_MODULES: dict[str, object] = {
+    "autobahn.websocket.protocol": _protocol_module,
+    "autobahn.twisted.websocket": _twisted_websocket,
+}
+
+
+def debug_text_missing(modules: Mapping[str, object] = _DEBUG_TEXT_MODULES) -> tuple[str, ...]:
+    """The L{DEBUG_TEXT_INTERNALS} absent from C{modules}, as C{module.name}."""
+    return tuple(
+        "%s.%s" % (module_name, name)
+        for module_name, names in DEBUG_TEXT_INTERNALS.items()
+        for name in missing(modules.get(module_name), names)
+    )
+
+
+class DeferredText:
+    """C{function(value)}, computed only when formatted as text."""
+
+    __slots__ = ("_function", "_value")
+
+    def __init__(self, function: Callable[[Any], str], value: object) -> None:
+        self._function = function
+        self._value = value
+
+    def __str__(self) -> str:
+        return str(self._function(self._value))
+
+    __repr__ = __str__
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self), spec)
+
+
+def install_lazy_debug_text() -> tuple[str, ...]:
+    """Stop Autobahn building debug text on every connection that nobody logs.
+
+    Autobahn evaluates the fields of its debug events even when its logger
+    drops debug: C{WebSocketProtocol._connectionMade} passes C{pformat(<every
+    config attribute>)}, and about a dozen calls per connection pass
+    C{hltype(...)}/C{hlval(...)}, which colour text through click (see
+    docs/performance.md, "Joins 2/4").
+
+    In the two Autobahn modules the server runs, those helpers now return a
+    L{DeferredText} that renders the same text when an event is formatted.
+    Every use of C{hltype}/C{hlval} there is a field of a C{log.debug} call
+    (the one C{log.error} among them is in the client protocol, which this
+    server never runs). C{pformat} is deferred only for C{_connectionMade}
+    (found by its caller's code object); its other callers
+    (C{Timings.__str__} must return a C{str}) get text at once.
+
+    Installing twice changes nothing.
+
+    @return: the L{DEBUG_TEXT_INTERNALS} this Autobahn lacks; when there
+        are any nothing was replaced.
+    """
+    absent = debug_text_missing() + tuple("sys." + n for n in missing(sys, ("_getframe",)))
+    if absent:
+        _log.warn(
+            "Autobahn no longer has {names}: its debug text is built eagerly (slower)",
+            names=", ".join(absent),
+        )
+        return absent
+    getframe = sys._getframe
+    protocol_module: Any = _protocol_module
+    if getattr(protocol_module.pformat, "_privydrop", False):
+        return ()
+    target = protocol_module.WebSocketProtocol._connectionMade.__code__
+    pformat = pprint.pformat
+
+    def _pformat(value: object, *args: Any, **kwargs: Any) -> Any:
+        if not args and not kwargs and getframe(1).f_code is target:
+            return DeferredText(pformat, value)
+        return pformat(value, *args, **kwargs)
+
+    def _lazy(function: Callable[[Any], str]) -> Callable[[Any], Any]:
+        def lazy(value: object) -> Any:
+            return DeferredText(function, value)
+
+        return lazy
+
+    for module in (protocol_module, _twisted_websocket):
+        for name in ("hltype", "hlval"):
+            setattr(module, name, _lazy(getattr(module, name)))
+    _pformat._privydrop = True  # type: ignore[attr-defined]
+    protocol_module.pformat = _pformat
+    return ()
+
+
+# -- the protocol's internals ----------------------------------------------------
+
+#: What the transport reads, calls or sets on an open C{WebSocketServerProtocol}:
+#: the state and its values; the parser's position (a frame or message under
+#: way, bytes kept back) and how to feed it; the options and extensions that
+#: decide whether the fast paths may run; the send queue and raw write; how
+#: to fail, close or drop the connection with any RFC 6455 code; whether it
+#: was failed, and for an oversized frame; the handshake's request-target;
+#: the peer's name in Autobahn's own log events; and the option names that
+#: L{SharedOptions} sets on the class.
+PROTOCOL_INTERNALS = (
+    "state",
+    "STATE_OPEN",
+    "STATE_CLOSING",
+    "STATE_CLOSED",
+    "current_frame",
+    "inside_message",
+    "data",
+    "consumeData",
+    "_dataReceived",
+    "_perMessageCompress",
+    "logOctets",
+    "logFrames",
+    "trackedTimings",
+    "autoPingTimeoutCall",
+    "autoPingInterval",
+    "maxFramePayloadSize",
+    "send_queue",
+    "sendData",
+    "_fail_connection",
+    "sendCloseFrame",
+    "dropConnection",
+    "failedByMe",
+    "wasMaxFramePayloadSizeExceeded",
+    "http_request_uri",
+    "peer",
+    "CONFIG_ATTRS",
+    "_connectionMade",
+)
+
+#: What the transport reads in C{onMessageEnd}: the message Autobahn collected.
+MESSAGE_INTERNALS = ("message_data", "message_is_binary")
+
+_STATE_OPEN = getattr(WebSocketServerProtocol, "STATE_OPEN", None)
+_STATE_CLOSING = getattr(WebSocketServerProtocol, "STATE_CLOSING", None)
+_STATE_CLOSED = getattr(WebSocketServerProtocol, "STATE_CLOSED", None)
+#: RFC 6455, 5.5.1: a close frame's reason fits a control frame with its code.
+_REASON_BYTES = 123
+
+_PROBE_HANDSHAKE = (
+    b"GET /probe?check=1 HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+    b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+    b"Sec-WebSocket-Version: 13\r\n\r\n"
+)
+#: One final text frame, "probe", masked with a zero key.
+_PROBE_FRAME = b"\x81\x85\x00\x00\x00\x00probe"
+
+
+class _ProbeTransport(StringTransport):
+    """Autobahn unregisters a producer it never registered when it closes."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+def protocol_internals_missing(
+    protocol_class: type[WebSocketServerProtocol] = WebSocketServerProtocol,
+) -> tuple[str, ...]:
+    """The L{PROTOCOL_INTERNALS} and L{MESSAGE_INTERNALS} a connection of
+    C{protocol_class} lacks.
+
+    Most of them are set on the instance as the connection goes (when it
+    opens, when a message begins), so a connection is run in memory: the
+    opening handshake, one masked text message, the close. The first is
+    checked when it opens, the second when the message ends. A connection
+    that fails on the way, or a hook that is never called, is reported too.
+    The answer for Autobahn's own class is computed once per process.
+    """
+    if protocol_class is WebSocketServerProtocol:
+        return _stock_protocol_internals_missing()
+    return _probe(protocol_class)
+
+
+@functools.cache
+def _stock_protocol_internals_missing() -> tuple[str, ...]:
+    absent = _probe(WebSocketServerProtocol)
+    if absent:
+        _log.warn(
+            "Autobahn no longer has {names}: the WebSocket transport uses Autobahn's "
+            "public API only (slower)",
+            names=", ".join(absent),
+        )
+    return absent
+
+
+def protocol_internals_usable() -> bool:
+    """Whether every name the fast paths use is there (see L{protocol_internals_missing})."""
+    return not protocol_internals_missing()
+
+
+def _probe(protocol_class: type[WebSocketServerProtocol]) -> tuple[str, ...]:
+    found: list[str] = []
+    reached: list[str] = []
+
+    class Probe(protocol_class):  # type: ignore[valid-type, misc]
+        def onOpen(self) -> None:
+            reached.append("onOpen")
+            found.extend(missing(self, PROTOCOL_INTERNALS))
+
+        def onMessageEnd(self) -> None:
+            # Not delivered: the probe only looks.
+            reached.append("onMessageEnd")
+            found.extend(missing(self, MESSAGE_INTERNALS))
+
+    factory = WebSocketServerFactory(server=None)
+    # No timers: nothing may be left scheduled on a reactor.
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, autoPingInterval=0)
+    factory.protocol = Probe
+    try:
+        protocol: Any = factory.buildProtocol(None)
+        protocol.makeConnection(_ProbeTransport())
+        protocol.dataReceived(_PROBE_HANDSHAKE + _PROBE_FRAME)
+        protocol.connectionLost(Failure(ConnectionDone()))
+    except Exception as e:  # noqa: BLE001 - whatever broke is the answer
+        found.append("(an in-memory connection failed: %r)" % (e,))
+    found.extend(
+        hook + " (never called)" for hook in ("onOpen", "onMessageEnd") if hook not in reached
+    )
+    return tuple(dict.fromkeys(found))
+
+
+# The functions below touch the names above; the transport calls them only
+# when protocol_internals_usable().
+
+
+def hide_peer_address(protocol: Any) -> None:
+    """Name the peer C{"-"} in Autobahn's own log events (client addresses are
+    logged only when a setting allows it)."""
+    protocol.peer = "-"
+
+
+def receive_limit(protocol: Any, max_payload: int) -> int:
+    """The largest frame payload the receive fast path may take on an open
+    connection, or 0 when every frame must go through Autobahn's parser:
+    with compression, Autobahn's octet or frame logging, timing or
+    automatic pings on.
+
+    @param max_payload: the Engine.IO message cap, with Autobahn's frame cap
+        the limit (0 is no limit, as in Autobahn).
+    """
+    if (
+        protocol._perMessageCompress is not None
+        or protocol.logOctets
+        or protocol.logFrames
+        or protocol.trackedTimings
+        or protocol.autoPingTimeoutCall is not None
+        or protocol.autoPingInterval != 0
+    ):
+        return 0
+    limits = [max_payload, protocol.maxFramePayloadSize]
+    return min(n for n in limits if n > 0) if any(limits) else 1 << 62
+
+
+def writes_plain_frames(protocol: Any) -> bool:
+    """Whether every data frame of an open connection is a plain frame (no
+    compression negotiated), so frames can be built and written as bytes."""
+    return protocol._perMessageCompress is None
+
+
+def is_open(protocol: Any) -> bool:
+    """Whether the connection is open (not yet closing)."""
+    return protocol.state == _STATE_OPEN
+
+
+def parser_idle(protocol: Any) -> bool:
+    """Whether Autobahn's parser is between messages with nothing kept back:
+    open, no frame or fragmented message under way, no bytes buffered."""
+    return (
+        protocol.state == _STATE_OPEN
+        and protocol.current_frame is None
+        and not protocol.data
+        and not protocol.inside_message
+    )
+
+
+def parse(protocol: Any, data: bytes) -> None:
+    """Hand a read to Autobahn's parser, without the debug event (and its
+    fields) of Autobahn's Twisted C{dataReceived}."""
+    protocol._dataReceived(data)
+
+
+def parse_rest(protocol: Any, data: bytes) -> None:
+    """Hand the rest of a read to an idle parser (L{parser_idle}), as the
+    bytes it already has."""
+    protocol.data = data
+    protocol.consumeData()
+
+
+def write_frames(protocol: Any, data: bytes) -> None:
+    """Write ready-made frames: at once on the socket when Autobahn has
+    nothing queued and does not log octets, else through Autobahn."""
+    if protocol.send_queue or protocol.logOctets:
+        protocol.sendData(data)
+    else:
+        # sendData's debug event formats its fields on every call.
+        write_now(protocol.transport, data)
+
+
+def failed(protocol: Any) -> bool:
+    """Whether the connection was failed (by Autobahn or L{fail}): what is
+    left of the message being received is ignored."""
+    return bool(protocol.failedByMe)
+
+
+def take_message(protocol: Any) -> tuple[bytes, bool] | None:
+    """The message Autobahn has collected, as C{(payload, is_binary)}, or None
+    when the connection was failed meanwhile (nothing is delivered then);
+    Autobahn's buffer is let go, as its own C{onMessageEnd} does."""
+    parts = protocol.message_data
+    protocol.message_data = None
+    if protocol.failedByMe:
+        return None
+    return b"".join(parts), bool(protocol.message_is_binary)
+
+
+def fail(protocol: Any, code: int, reason: str) -> None:
+    """Fail the connection as Autobahn does for its own limits: a close
+    frame with C{code}, and every further frame of the message ignored."""
+    protocol._fail_connection(code, reason)
+
+
+def close(protocol: Any, code: int, reason: str) -> None:
+    """Start the closing handshake with any RFC 6455 C{code} (the public
+    C{sendClose} takes only 1000 and 3000-4999), or drop a connection that
+    is not open yet; nothing once closing."""
+    state = protocol.state
+    if state == _STATE_OPEN:
+        protocol.sendCloseFrame(code=code, reasonUtf8=reason.encode("utf-8")[:_REASON_BYTES])
+    elif state != _STATE_CLOSING and state != _STATE_CLOSED:
+        protocol.dropConnection(abort=True)
+
+
+def abort(protocol: Any) -> None:
+    """Drop the connection at once, unsent bytes included."""
+    protocol.dropConnection(abort=True)
+
+
+def frame_too_big(protocol: Any) -> bool:
+    """Whether Autobahn failed the connection over a frame past its frame cap."""
+    return bool(protocol.wasMaxFramePayloadSizeExceeded)
+
+
+def request_uri(protocol: Any, request: ConnectionRequest) -> str:
+    """The request-target of the opening handshake, as the client sent it.
+
+    Autobahn keeps it (C{http_request_uri}); where it does not, it is
+    rebuilt from the path and query arguments of C{request}.
+    """
+    uri = getattr(protocol, "http_request_uri", None)
+    if isinstance(uri, str):
+        return uri
+    query = urlencode([(key, value) for key, values in request.params.items() for value in values])
+    return request.path + "?" + query if query else request.path
+
+
+# -- protocol classes carrying the options ----------------------------------------
+
+
+class SharedOptions:
+    """Protocol classes whose class attributes are a factory's Autobahn options.
+
+    Autobahn's C{_connectionMade} copies each of its protocol options
+    (C{CONFIG_ATTRS}) from the factory into the new instance's C{__dict__}
+    unless the instance already has the attribute (see docs/performance.md,
+    "Memory per idle connection"). A protocol built from L{protocol_class}
+    is an instance of a subclass of C{factory.protocol} whose class
+    attributes are the factory's current option values, so the copy is
+    skipped and every connection reads the same objects as before (Autobahn
+    copied references, not copies). The subclass is rebuilt when
+    C{factory.protocol} or an option value changes.
+    """
+
+    __slots__ = ("_built",)
+
+    def __init__(self) -> None:
+        self._built: tuple[type, tuple[Any, ...], type] | None = None
+
+    def protocol_class(self, factory: WebSocketServerFactory) -> type | None:
+        """The class to build C{factory}'s next protocol from, or None when
+        C{factory.protocol} has no C{CONFIG_ATTRS} (build it the stock way)."""
+        base = factory.protocol
+        names = getattr(base, "CONFIG_ATTRS", None)
+        if names is None:
+            return None
+        values = tuple([getattr(factory, name) for name in names])
+        built = self._built
+        if built is not None and built[0] is base and built[1] == values:
+            return built[2]
+        # A value that is a descriptor (a function such as
+        # perMessageCompressionAccept) would bind to the instance as a
+        # class attribute; staticmethod hands back the value itself.
+        namespace: dict[str, Any] = {
+            name: staticmethod(value) if hasattr(type(value), "__get__") else value
+            for name, value in zip(names, values)
+        }
+        namespace["__module__"] = base.__module__
+        namespace["__qualname__"] = base.__qualname__
+        cls = type(base.__name__, (base,), namespace)
+        self._built = (base, values, cls)
+        return cls

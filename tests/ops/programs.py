@@ -112,3 +112,60 @@ def envsubst(template: Path, shell_format: str, variables: Mapping[str, str]) ->
         capture_output=True,
     )
     return done.stdout.decode("utf-8")
+
+
+RUN_TURNSERVER = DOCKER / "coturn" / "run-turnserver"
+#: A secret for the test coturn and backends (TURN_SECRET).
+TEST_TURN_SECRET = "test-turn-secret-0123456789"
+
+
+class Coturn:
+    """Debian's coturn on loopback, started with the shipped file by C{run-turnserver}.
+
+    The shipped C{turnserver.conf} is used as it is; the command line adds
+    only what a test on loopback needs: listening and relay address
+    127.0.0.1, free ports, a test certificate, and C{--allow-loopback-peers}
+    (coturn refuses loopback peers otherwise, and every peer here is one).
+
+    @ivar port: the turn:/stun: port (UDP and TCP).
+    """
+
+    def __init__(self, directory: Path, config: Path = COTURN_CONFIG) -> None:
+        self.directory = directory
+        self.config = config
+        self.port = free_port()
+        self.tls_port = free_port()
+        self.log = directory / "turnserver.log"
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The TURN URL a backend hands out for this server (TURN_URLS)."""
+        return f"turn:127.0.0.1:{self.port}?transport=udp"
+
+    def start(self) -> None:
+        program("turnserver", "coturn")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        cert, key = self_signed_certificate(self.directory)
+        argv = [
+            str(RUN_TURNSERVER), str(self.config),
+            "--listening-ip=127.0.0.1", "--relay-ip=127.0.0.1",
+            f"--listening-port={self.port}", f"--tls-listening-port={self.tls_port}",
+            f"--cert={cert}", f"--pkey={key}",
+            "--allow-loopback-peers",
+            f"--pidfile={self.directory}/turnserver.pid",
+        ]
+        environ = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "TURN_SECRET": TEST_TURN_SECRET,
+            "TURN_RUNTIME_DIR": str(self.directory / "runtime"),
+        }
+        with open(self.log, "wb") as out:
+            self._process = subprocess.Popen(
+                argv, stdout=out, stderr=subprocess.STDOUT, env=environ, cwd=self.directory
+            )
+        wait_for_tcp(self.port, self._process, self.log)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            stop(self._process)

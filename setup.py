@@ -52,5 +52,9 @@ setup(
         ],
         "dev": ["ruff>=0.4", "py-spy>=0.3"],
     },
+    entry_points={
+        # The operator's command (privydrop/admin): referrers, monitor, cleanup.
+        "console_scripts": ["privydrop-admin = privydrop.admin.cli:main"],
+    },
     zip_safe=False,
 )

@@ -46,6 +46,8 @@ setup(
             "python-socketio[client]>=5.10",
             "websocket-client>=1.6",
             "requests>=2.31",
+            # Reads docker/docker-compose.yml in tests/ops/test_compose.py.
+            "pyyaml>=6.0",
             # CI type-checks the package (mypy.ini) after the tests.
             "mypy>=1.8",
             "mypy-zope>=1.0",

@@ -13,6 +13,7 @@ must see as different clients.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -21,9 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import pytest
 import pytest_twisted
-import treq
 from treq.client import HTTPClient
 from twisted.internet import reactor, ssl
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS
@@ -51,7 +50,9 @@ POLLING_SOURCES = [f"127.0.1.{n}" for n in range(1, 17)]
 
 def main_config(directory: Path, site: Path) -> str:
     """The test's own nginx.conf: process settings in a temporary folder, then the shipped site."""
-    user = "user root root;\n" if hasattr(__import__("os"), "geteuid") and __import__("os").geteuid() == 0 else ""
+    # As root (CI), nginx's workers would switch to www-data, which cannot
+    # read the test's private temporary folder.
+    user = "user root root;\n" if os.geteuid() == 0 else ""
     temp = directory / "temp"
     temp.mkdir()
     return (

@@ -85,6 +85,8 @@ setup(
             "python-socketio[client]>=5.10,<6",
             "websocket-client>=1.6,<2",
             "requests>=2.31,<3",
+            # Reads docker/docker-compose.yml in tests/ops/test_compose.py.
+            "pyyaml>=6.0,<7",
             # CI type-checks the package (mypy.ini) after the tests.
             "mypy>=1.8,<3",
             "mypy-zope>=1.0,<2",
@@ -94,6 +96,10 @@ setup(
             "setuptools>=70.1,<85",
         ],
         "dev": ["ruff>=0.4,<0.18", "py-spy>=0.3,<0.5"],
+    },
+    entry_points={
+        # The operator's command (privydrop/admin): referrers, monitor, cleanup.
+        "console_scripts": ["privydrop-admin = privydrop.admin.cli:main"],
     },
     zip_safe=False,
 )

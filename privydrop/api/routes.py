@@ -7,6 +7,7 @@
 ``POST /api/set_track``    ``{ref, timestamp, path}`` -> ``{success: true}``
 ``POST /api/logs_debug``   ``{message, timestamp}`` -> ``{success: true}``
 ``POST /api/leave_room``   ``{roomId, socketId}`` -> ``{success, message}``
+``GET  /api/ice_servers``  -> ``{iceServers, ttl}``: short-lived TURN credentials
 ``GET  /health``           liveness (also ``/api/health``)
 ``GET  /health/detailed``  store round trip, Socket.IO connections, process figures
 =========================  ====================================================
@@ -29,6 +30,7 @@ import functools
 import inspect
 import os
 import resource as _resource
+import secrets
 import sys
 from typing import Any, Awaitable, Callable, Coroutine
 
@@ -63,6 +65,7 @@ from privydrop.settings import Settings
 from privydrop.store import keys
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.tracking import InvalidTrack, ReferrerTracker
+from privydrop.turn import ice_server_source
 from privydrop.web.clientip import client_ip, trusted_proxies
 from privydrop.web.cors import api_headers, api_preflight_headers
 
@@ -78,6 +81,7 @@ SERVICE_NAME = "privydrop-backend"
 _JSON = b"application/json; charset=utf-8"
 _STORE_DOWN = "Storage is temporarily unavailable, please try again later"
 _TOO_MANY = "Too many requests, please try again later"
+_NO_TURN = "TURN is not configured"
 
 def _iso(seconds: float) -> str:
     """JavaScript's C{Date.toISOString()} for a POSIX time."""
@@ -249,6 +253,7 @@ class PrivyDropAPI:
         self._redis_address = redis_address
         self._started = clock.seconds()
         self._warnings = WarningThrottle(clock)
+        self._ice_servers = ice_server_source(settings.turn, clock)
 
     def resource(self) -> IResource:
         """The API as a resource: CORS and call budget, then Klein's routing."""
@@ -365,6 +370,19 @@ class PrivyDropAPI:
                 await pending
         await self._rooms.leave(socket_id, room_id)
         return {"success": True, "message": "Successfully left the room"}
+
+    # -- TURN ----------------------------------------------------------------------
+
+    @app.route("/api/ice_servers", methods=["GET"])
+    @_json_endpoint
+    async def ice_servers(self, request: IRequest) -> Any:
+        """Short-lived TURN credentials (L{privydrop.turn}); counts against the call budget."""
+        if self._ice_servers is None:
+            raise APIError(404, _NO_TURN)
+        # A credential is for whoever asked, now: no cache may keep or share it.
+        request.setHeader(b"cache-control", b"no-store")
+        # A random id: coturn logs it; nothing ties it to a person.
+        return self._ice_servers("api-" + secrets.token_urlsafe(9)).as_json()
 
     # -- statistics and client logs ----------------------------------------------
 

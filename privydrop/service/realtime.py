@@ -32,6 +32,7 @@ from privydrop.signaling.handlers import (
 )
 from privydrop.socketio.adapter import Adapter
 from privydrop.socketio.server import SocketIOServer
+from privydrop.turn import ice_server_source
 
 _log = Logger()
 
@@ -71,7 +72,7 @@ def build_realtime(
     """Build Engine.IO and Socket.IO with PrivyDrop's signaling on C{"/"}.
 
     @param settings: all settings (reads C{engine}, C{socketio}, C{rooms},
-        C{api.max_signal_bytes}, C{http}).
+        C{api.max_signal_bytes}, C{http}, C{turn}).
     @param reactor: timers for heartbeats, timeouts and rate windows.
     @param rooms: the room rules over the store the REST API also uses.
     @param adapter: rooms and delivery across processes; in-process when None.
@@ -79,7 +80,9 @@ def build_realtime(
     sio = SocketIOServer(reactor, settings.socketio, adapter=adapter)
     engine = EngineServer(reactor, settings.engine, sio)
     namespace = sio.of("/")
-    signaling = install_signaling(namespace, rooms, settings)
+    signaling = install_signaling(
+        namespace, rooms, settings, ice_servers=ice_server_source(settings.turn, reactor)
+    )
     return Realtime(
         engine_resource=build_engineio_resource(engine),
         sio_server=sio,

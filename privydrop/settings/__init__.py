@@ -25,6 +25,7 @@ from privydrop.settings.sections import (
     Settings,
     SocketIOSettings,
     TrackingSettings,
+    TurnSettings,
 )
 
 __all__ = [
@@ -41,4 +42,5 @@ __all__ = [
     "Settings",
     "SocketIOSettings",
     "TrackingSettings",
+    "TurnSettings",
 ]

@@ -186,6 +186,30 @@ class HttpSettings:
 
 
 @attrs.frozen
+class TurnSettings:
+    """TURN relays handed to clients with short-lived credentials.
+
+    coturn's shared-secret scheme ("TURN REST API", C{use-auth-secret}): the
+    server and coturn share C{secret}; each credential names its own expiry,
+    so nothing is stored and no static password reaches a browser bundle.
+    """
+
+    #: The shared secret (coturn's C{static-auth-secret}); None: TURN is off.
+    secret: str | None = attrs.field(default=None, repr=False)
+    #: C{turn:}, C{turns:} and C{stun:} URLs given to clients.
+    urls: tuple[str, ...] = ()
+    #: Seconds a credential stays valid. WebRTC keeps refreshing its relay
+    #: allocation with the credential it started with, so this must outlast
+    #: the longest transfer; a day, like a room's TTL.
+    credential_ttl_s: int = 24 * 3600
+
+    @property
+    def enabled(self) -> bool:
+        """Whether credentials are handed out (a secret and URLs are set)."""
+        return bool(self.secret) and bool(self.urls)
+
+
+@attrs.frozen
 class Settings:
     """Everything the server needs to know, validated."""
 
@@ -203,6 +227,7 @@ class Settings:
     tracking: TrackingSettings = TrackingSettings()
     api: ApiSettings = ApiSettings()
     http: HttpSettings = HttpSettings()
+    turn: TurnSettings = TurnSettings()
     #: The .env file the settings were read from, if any (for the start-up log).
     env_file: str | None = None
 

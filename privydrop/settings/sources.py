@@ -35,6 +35,7 @@ from privydrop.settings.sections import (
     RoomSettings,
     Settings,
     TrackingSettings,
+    TurnSettings,
 )
 
 _T = TypeVar("_T")
@@ -69,6 +70,9 @@ _ENGINE = EngineSettings()
 _ROOMS = RoomSettings()
 _TRACK = TrackingSettings()
 _REDIS = RedisSettings()
+_TURN = TurnSettings()
+#: Shortest TURN_SECRET accepted: the secret signs every credential.
+MIN_TURN_SECRET_LENGTH = 16
 
 #: Every setting, in the order the README and C{--help} list them.
 VARIABLES: tuple[Variable, ...] = (
@@ -151,6 +155,20 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds an idle keep-alive connection is kept open."),
     Variable("LOG_CLIENT_IPS", "log-client-ips", "0",
              "1 includes client IP addresses in log events.", flag=True),
+    Variable("TURN_SECRET", None, "(none)",
+             "Secret shared with coturn (its static-auth-secret, with use-auth-secret), "
+             "at least %d characters; with TURN_URLS, clients get short-lived TURN "
+             "credentials from GET /api/ice_servers and in joinResponse. Environment or "
+             ".env only, never on a command line." % (MIN_TURN_SECRET_LENGTH,)),
+    Variable("TURN_URLS", "turn-urls", "(none)",
+             "Comma-separated turn:, turns: and stun: URLs handed to clients with the "
+             "credentials, e.g. turn:turn.example.com:3478?transport=udp,"
+             "turns:turn.example.com:5349."),
+    Variable("TURN_CREDENTIAL_TTL", "turn-credential-ttl", str(_TURN.credential_ttl_s),
+             "Seconds a TURN credential stays valid. A browser refreshes its relay with "
+             "the credential it started with, so this must outlast the longest transfer; "
+             "the default is a day, the life of a room. Shorter limits what a leaked "
+             "credential is worth."),
 )
 
 
@@ -523,6 +541,60 @@ def _rate(
     return int(match.group(1)), int(match.group(2))
 
 
+#: One ICE server URL (RFC 7064 for stun:, RFC 7065 for turn:/turns:): a host
+#: name, IPv4 address or bracketed IPv6 address, an optional port, and for
+#: TURN an optional transport.
+_ICE_URL = re.compile(
+    r"(?P<scheme>stun|turns?):"
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)"
+    r"(?::(?P<port>\d{1,5}))?"
+    r"(?:\?transport=(?P<transport>udp|tcp))?"
+)
+
+
+def _ice_urls(found: _Found) -> tuple[str, ...]:
+    urls = []
+    for item in found.value.split(","):
+        url = item.strip()
+        if not url:
+            continue
+        match = _ICE_URL.fullmatch(url)
+        if match is None or (
+            match.group("port") is not None and not 0 < int(match.group("port")) < 65536
+        ) or (match.group("scheme") == "stun" and match.group("transport")):
+            raise ConfigError(
+                "%s: %r is not a URL like turn:host:3478?transport=udp, "
+                "turns:host:5349 or stun:host:3478" % (found.label, url)
+            )
+        urls.append(url)
+    return tuple(urls)
+
+
+def _turn(sources: _Sources) -> TurnSettings:
+    """TURN_SECRET and TURN_URLS go together: one without the other is a mistake."""
+    secret_found = sources.find("TURN_SECRET")
+    urls_found = sources.find("TURN_URLS")
+    secret = secret_found.value.strip() if secret_found is not None else ""
+    urls = _ice_urls(urls_found) if urls_found is not None else ()
+    ttl = sources.number("TURN_CREDENTIAL_TTL", _TURN.credential_ttl_s, int, 60)
+    if secret_found is not None and secret and len(secret) < MIN_TURN_SECRET_LENGTH:
+        raise ConfigError(
+            "%s: must be at least %d characters (try: openssl rand -hex 32)"
+            % (secret_found.label, MIN_TURN_SECRET_LENGTH)
+        )
+    if secret and not urls:
+        raise ConfigError(
+            "%s is set but TURN_URLS is empty: give the turn: URLs of the coturn "
+            "that shares the secret" % (secret_found.label,)  # type: ignore[union-attr]
+        )
+    if urls and not secret:
+        raise ConfigError(
+            "%s is set but TURN_SECRET is empty: coturn's static-auth-secret is "
+            "needed to sign credentials" % (urls_found.label,)  # type: ignore[union-attr]
+        )
+    return TurnSettings(secret=secret or None, urls=urls, credential_ttl_s=ttl)
+
+
 def _listen(sources: _Sources) -> str:
     found = sources.find("--listen")
     if found is not None and found.value.strip():
@@ -671,6 +743,7 @@ def settings_from_options(
         tracking=tracking,
         api=api,
         http=http,
+        turn=_turn(sources),
         env_file=env_file,
     )
 

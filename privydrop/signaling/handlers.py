@@ -21,8 +21,11 @@ C{join {roomId}}
         exist", roomId}};
      4. otherwise the socket is in the room (Socket.IO room and store, once),
         the room's TTL is refreshed, the joiner gets C{joinResponse
-        {success:true, message:"Successfully joined room", roomId}} and every
-        other socket of the room C{ready {peerId: <joiner's socket id>}}.
+        {success:true, message:"Successfully joined room", roomId}} (with
+        TURN configured, also C{iceServers}: short-lived credentials issued
+        to the socket id, as from C{GET /api/ice_servers}; clients that do
+        not know the field ignore it) and every other socket of the room
+        C{ready {peerId: <joiner's socket id>}}.
     A store failure: C{joinResponse {success:false, message:"Server error
     while joining room", roomId}} I{(differs: no internal error text)}, and
     the socket is in no Socket.IO room it was not in before. A timed-out
@@ -89,6 +92,7 @@ from privydrop.signaling.events import EventLimits, InvalidPayload
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.sockets import Socket
 from privydrop.store.interface import StoreUnavailable
+from privydrop.turn import IceServerSource
 from privydrop.web.clientip import client_ip, trusted_proxies
 
 _log = Logger()
@@ -164,8 +168,10 @@ class Signaling:
         rooms: Rooms,
         settings: Settings,
         client_ip_of: ClientIpOf,
+        ice_servers: IceServerSource | None = None,
     ) -> None:
         self._namespace = namespace
+        self._ice_servers = ice_servers
         self._rooms = rooms
         self._limits = EventLimits.from_settings(settings)
         self._client_ip_of = client_ip_of
@@ -336,7 +342,11 @@ class Signaling:
                 return
             state.room = room_id
             _log.info("socket {sid} joined room {room_id}", sid=socket.id, room_id=room_id)
-        socket.emit(JOIN_RESPONSE, _join_response(True, decision.message, room_id))
+        response = _join_response(True, decision.message, room_id)
+        if self._ice_servers is not None:
+            # Only sockets that got into a room receive relay credentials.
+            response["iceServers"] = self._ice_servers(socket.id).as_json()["iceServers"]
+        socket.emit(JOIN_RESPONSE, response)
         socket.to(room_id).emit(READY, {"peerId": socket.id})
 
     async def _undo_binding(self, socket_id: str, room_id: str) -> None:
@@ -428,6 +438,7 @@ def install_signaling(
     rooms: Rooms,
     settings: Settings,
     client_ip_of: ClientIpOf | None = None,
+    ice_servers: IceServerSource | None = None,
 ) -> Signaling:
     """Put PrivyDrop's signaling events on a namespace.
 
@@ -437,6 +448,8 @@ def install_signaling(
     @param client_ip_of: how to find a socket's client IP for the join rate
         limit; by default the REST API's rule over the handshake
         (L{handshake_client_ip}).
+    @param ice_servers: issues TURN credentials for a successful
+        C{joinResponse}; none are sent when None.
     @return: the installed handlers, whose counters operators and tests read.
     """
     signaling = Signaling(
@@ -444,6 +457,7 @@ def install_signaling(
         rooms,
         settings,
         client_ip_of if client_ip_of is not None else handshake_client_ip(settings),
+        ice_servers,
     )
     signaling.install()
     return signaling

@@ -102,10 +102,30 @@ class JsClients(protocol.ProcessProtocol):
         return d
 
     async def connect(
-        self, name: str, url: str, transport: str, headers: dict[str, str] | None = None
+        self,
+        name: str,
+        url: str,
+        transport: str,
+        headers: dict[str, str] | None = None,
+        *,
+        local_address: str | None = None,
+        ca: str | None = None,
     ) -> dict[str, Any]:
+        """Connect client C{name}.
+
+        @param transport: C{"websocket"}, C{"polling"}, or C{"upgrade"}
+            (polling, answered once upgraded to WebSocket).
+        @param local_address: the source address of its connections
+            (C{127.0.0.2} ...: another client, as far as the server can tell).
+        @param ca: the PEM certificate an C{https://} server must present.
+        """
+        fields: dict[str, Any] = {}
+        if local_address is not None:
+            fields["localAddress"] = local_address
+        if ca is not None:
+            fields["ca"] = ca
         return await self.call(
-            "connect", name=name, url=url, transport=transport, headers=headers or {}
+            "connect", name=name, url=url, transport=transport, headers=headers or {}, **fields
         )
 
     async def emit(self, name: str, event: str, *args: Any, ack: bool = False) -> dict[str, Any]:

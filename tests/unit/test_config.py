@@ -232,6 +232,25 @@ def test_readme_documents_every_setting() -> None:
             assert "`--%s`" % variable.option in readme
 
 
+def readme_row(variable: object) -> str:
+    """A setting's row of the README's configuration table, as the table writes it."""
+    env, option = getattr(variable, "env"), getattr(variable, "option")
+    return "| %s | %s | `%s` | %s |" % (
+        "`%s`" % env if env else "—",
+        "`--%s`" % option if option else "—",
+        getattr(variable, "default"),
+        getattr(variable, "help"),
+    )
+
+
+def test_readme_table_is_the_settings_table() -> None:
+    """The README's table says what --help says: same settings, order, defaults and meanings."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    table = readme.split("| Variable | Option | Default | Meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert rows == [readme_row(v) for v in VARIABLES]
+
+
 def test_realtime_limits_are_settable_and_validated() -> None:
     """Operators can tune Engine.IO/Socket.IO limits, and a bad value names the variable."""
     s = settings({"ENGINE_MAX_PACKETS_PER_PAYLOAD": "50", "ENGINE_UPGRADE_TIMEOUT": "2.5"},

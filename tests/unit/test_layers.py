@@ -18,8 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "privydrop"
 ARCHITECTURE = ROOT / "docs" / "architecture.md"
 
-#: Modules allowed to read os.environ.
-READS_ENVIRONMENT = {"privydrop.tap"}
+#: Modules allowed to read os.environ: the two entry points (twistd's, and
+#: the privydrop-admin console script's).
+READS_ENVIRONMENT = {"privydrop.tap", "privydrop.admin.cli"}
 #: Packages allowed to import the global reactor.
 IMPORTS_REACTOR = ("privydrop.tap", "privydrop.service")
 

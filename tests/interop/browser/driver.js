@@ -10,6 +10,8 @@
  *   size, seed  the generated file's length and generator seed
  *   timeoutMs   how long the whole transfer may take
  *   executable  the browser binary (default /usr/bin/chromium)
+ *   relay       true: both pages use only the TURN servers of their
+ *               joinResponse (iceTransportPolicy "relay")
  *
  * Output: {"ok": true, "sender": {...}, "receiver": {...}, "disconnect": {...}}
  * or {"ok": false, "error": "...", "console": [...]}. Nothing is downloaded:
@@ -68,7 +70,7 @@ async function main(options) {
     const [senderPage, receiverPage] = pages;
     await Promise.all(pages.map(function (page) { return page.goto(options.pageUrl); }));
 
-    const connectOptions = { server: options.server, transport: options.transport };
+    const connectOptions = { server: options.server, transport: options.transport, relay: Boolean(options.relay) };
     const run = async function () {
       const senderConnected = await senderPage.evaluate(function (o) { return window.privydropTest.connect(o); }, connectOptions);
       const roomId = await senderPage.evaluate(function () { return window.privydropTest.createRoom(); });

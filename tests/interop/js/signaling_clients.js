@@ -5,8 +5,12 @@
  * Reads one JSON command per line on stdin and answers each with one JSON
  * line on stdout carrying the command's `seq`. Commands:
  *
- *   {"cmd":"connect","name":N,"url":U,"transport":"websocket"|"polling","headers":{...}}
+ *   {"cmd":"connect","name":N,"url":U,"transport":"websocket"|"polling"|"upgrade","headers":{...},
+ *    "localAddress":A?,"ca":PEM?}
  *        -> {"id": <socket id>, "transport": <engine transport>, "version": <client version>}
+ *        "upgrade" opens with polling and answers once the client upgraded to
+ *        WebSocket; localAddress is the source address of every connection
+ *        (both transports) and ca the PEM certificate an https:// server must have.
  *   {"cmd":"emit","name":N,"event":E,"args":[...],"ack":true|false}
  *        -> {"ack": [...]} once the server acknowledged (ack:true), or {} at once
  *   {"cmd":"next","name":N,"event":E,"timeoutMs":T}
@@ -23,6 +27,8 @@
  */
 "use strict";
 
+const http = require("http");
+const https = require("https");
 const path = require("path");
 const readline = require("readline");
 
@@ -53,14 +59,29 @@ function client(name) {
 
 function connect(command) {
   return new Promise(function (resolve, reject) {
-    const socket = io(command.url, {
-      transports: [command.transport],
-      upgrade: false,
+    const upgrading = command.transport === "upgrade";
+    const options = {
+      transports: upgrading ? ["polling", "websocket"] : [command.transport],
+      upgrade: upgrading,
       reconnection: false,
       forceNew: true,
       timeout: 10000,
       extraHeaders: command.headers || {},
-    });
+    };
+    if (command.localAddress || command.ca) {
+      // Polling requests go through the agent; the WebSocket client takes
+      // the same options directly.
+      const secure = command.url.startsWith("https:");
+      const agentOptions = { localAddress: command.localAddress, ca: command.ca };
+      options.agent = secure ? new https.Agent(agentOptions) : new http.Agent(agentOptions);
+      if (command.localAddress) {
+        options.localAddress = command.localAddress;
+      }
+      if (command.ca) {
+        options.ca = command.ca;
+      }
+    }
+    const socket = io(command.url, options);
     const entry = { socket: socket, queues: new Map(), waiters: new Map() };
     for (const event of SIGNALING_EVENTS) {
       entry.queues.set(event, []);
@@ -76,7 +97,16 @@ function connect(command) {
     }
     clients.set(command.name, entry);
     socket.once("connect", function () {
-      resolve({ id: socket.id, transport: socket.io.engine.transport.name, version: clientVersion });
+      const engine = socket.io.engine;
+      const answer = function () {
+        resolve({ id: socket.id, transport: engine.transport.name, version: clientVersion });
+      };
+      if (upgrading && engine.transport.name !== "websocket") {
+        engine.once("upgrade", answer);
+        engine.once("upgradeError", function (err) { reject(new Error("upgradeError: " + err.message)); });
+      } else {
+        answer();
+      }
     });
     socket.once("connect_error", function (err) { reject(new Error("connect_error: " + err.message)); });
   });

@@ -32,6 +32,9 @@
     peerDisconnected: null,
     readyPeers: [],
     readyWaiters: [],
+    relay: false,
+    iceServers: null,
+    candidateTypesSent: [],
   };
 
   function note(name, fields) {
@@ -66,11 +69,43 @@
     return Array.from(digest, function (b) { return b.toString(16).padStart(2, "0"); }).join("");
   }
 
+  /*
+   * Direct connections only, or (relay mode) only through the TURN servers
+   * the signaling server put in joinResponse, with its short-lived credentials.
+   */
+  function peerConfiguration() {
+    if (!state.relay) {
+      return { iceServers: [] };
+    }
+    if (!state.iceServers || state.iceServers.length === 0) {
+      throw new Error("relay mode, but joinResponse carried no iceServers");
+    }
+    return { iceServers: state.iceServers, iceTransportPolicy: "relay" };
+  }
+
+  /* The candidate types of the pair the connection uses, from getStats(). */
+  async function selectedCandidateTypes(pc) {
+    const stats = await pc.getStats();
+    let pair = null;
+    stats.forEach(function (report) {
+      if (report.type === "transport" && report.selectedCandidatePairId) {
+        pair = stats.get(report.selectedCandidatePairId);
+      }
+    });
+    if (pair === null) {
+      return null;
+    }
+    const local = stats.get(pair.localCandidateId);
+    const remote = stats.get(pair.remoteCandidateId);
+    return { local: local && local.candidateType, remote: remote && remote.candidateType };
+  }
+
   function newPeerConnection(peerId) {
-    const pc = new RTCPeerConnection({ iceServers: [] });
+    const pc = new RTCPeerConnection(peerConfiguration());
     pc.onicecandidate = function (event) {
       if (event.candidate) {
         state.candidatesSent += 1;
+        state.candidateTypesSent.push(event.candidate.type);
         state.socket.emit("ice-candidate", {
           candidate: event.candidate.toJSON(),
           peerId: peerId,
@@ -125,6 +160,7 @@
   function connect(options) {
     note("connect", { transport: options.transport });
     state.server = options.server;
+    state.relay = Boolean(options.relay);
     const socket = io(options.server, {
       transports: [options.transport],
       upgrade: false,
@@ -159,6 +195,7 @@
     if (!response.success) {
       throw new Error("join refused: " + response.message);
     }
+    state.iceServers = response.iceServers || null;
     note("joined");
     return response;
   }
@@ -231,6 +268,7 @@
     await sendAll(channel, bytes);
     const ack = await acknowledged;
     note("acknowledged", { ack: ack });
+    const candidateTypes = await selectedCandidateTypes(pc);
     return {
       role: "sender",
       socketId: socket.id,
@@ -238,6 +276,8 @@
       bytes: bytes.length,
       sha256: sentHash,
       ack: ack,
+      candidateTypes: candidateTypes,
+      candidateTypesSent: state.candidateTypesSent,
       transport: socket.io.engine.transport.name,
       candidatesSent: state.candidatesSent,
       candidatesReceived: state.candidatesReceived,
@@ -292,6 +332,7 @@
 
     const file = await received;
     note("received", { bytes: file.bytes });
+    const candidateTypes = await selectedCandidateTypes(pc);
     return {
       role: "receiver",
       socketId: socket.id,
@@ -300,6 +341,8 @@
       bytes: file.bytes,
       declared: file.declared,
       sha256: file.sha256,
+      candidateTypes: candidateTypes,
+      candidateTypesSent: state.candidateTypesSent,
       transport: socket.io.engine.transport.name,
       candidatesSent: state.candidatesSent,
       candidatesReceived: state.candidatesReceived,

@@ -1,0 +1,151 @@
+"""A snapshot of the deployment as Redis holds it, for a terminal or as JSON.
+
+Rooms, joined sockets, socket bindings and rate-limit windows are counted
+from the key schema (L{privydrop.store.keys}) with C{SCAN}, so watching a
+busy Redis never blocks it; keys of the schema without a TTL are listed
+because every key PrivyDrop writes has one (see L{privydrop.admin.cleanup}).
+
+The live processes of the cluster are not known yet: a process does not
+announce itself in Redis. L{Snapshot.processes} is where they will appear;
+a C{ProcessLister} handed to L{take_snapshot} fills it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from privydrop.admin.client import RedisClient, RedisError
+from privydrop.store import keys
+
+#: Lists the live processes of the cluster, or None when that is unknown.
+ProcessLister = Callable[[RedisClient], "list[dict[str, Any]] | None"]
+
+#: Patterns of every key family of the schema.
+SCHEMA_PATTERNS = (
+    keys.ROOM_PREFIX + "*",
+    keys.SOCKET_PREFIX + "*",
+    keys.JOIN_RATE_PREFIX + "*",
+    keys.REFERRERS_PREFIX + "*",
+)
+#: Keys asked about per pipeline round trip.
+BATCH = 500
+
+
+def no_process_list(client: RedisClient) -> None:
+    """Processes do not announce themselves yet: unknown."""
+    return None
+
+
+@attrs.frozen
+class Snapshot:
+    """What the deployment holds at one moment.
+
+    @ivar processes: the cluster's live processes; None while unknown.
+    """
+
+    rooms: int
+    joined_sockets: int
+    socket_bindings: int
+    rate_limit_windows: int
+    referrer_days: int
+    keys_without_ttl: tuple[str, ...]
+    memory: dict[str, str]
+    processes: list[dict[str, Any]] | None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "rooms": self.rooms,
+            "joinedSockets": self.joined_sockets,
+            "socketBindings": self.socket_bindings,
+            "rateLimitWindows": self.rate_limit_windows,
+            "referrerDays": self.referrer_days,
+            "keysWithoutTtl": list(self.keys_without_ttl),
+            "memory": self.memory,
+            "processes": self.processes,
+        }
+
+
+def schema_keys(client: RedisClient) -> list[str]:
+    """Every key of the schema (several families, one SCAN each)."""
+    found: list[str] = []
+    for pattern in SCHEMA_PATTERNS:
+        found.extend(client.scan(pattern))
+    return sorted(set(found))
+
+
+def ttls(client: RedisClient, names: list[str]) -> dict[str, int]:
+    """C{TTL} of each key (-1: none, -2: gone), pipelined in batches."""
+    result: dict[str, int] = {}
+    for start in range(0, len(names), BATCH):
+        batch = names[start:start + BATCH]
+        for name, ttl in zip(batch, client.pipeline([("TTL", name) for name in batch])):
+            if isinstance(ttl, int):
+                result[name] = ttl
+    return result
+
+
+def _memory(client: RedisClient) -> dict[str, str]:
+    info = client.command("INFO", "memory")
+    wanted = ("used_memory_human", "used_memory_peak_human", "maxmemory_human", "maxmemory_policy")
+    fields = dict(
+        line.split(":", 1) for line in str(info).splitlines() if ":" in line and not line.startswith("#")
+    )
+    return {name: fields[name].strip() for name in wanted if name in fields}
+
+
+def take_snapshot(client: RedisClient, processes: ProcessLister = no_process_list) -> Snapshot:
+    """Count what Redis holds now.
+
+    @raise RedisError: when Redis fails.
+    """
+    names = schema_keys(client)
+    member_sets = [n for n in names if n.startswith(keys.ROOM_PREFIX) and n.endswith(keys.SOCKETS_SUFFIX)]
+    cards = client.pipeline([("SCARD", n) for n in member_sets])
+    joined = sum(card for card in cards if isinstance(card, int))
+    return Snapshot(
+        rooms=sum(
+            1 for n in names if n.startswith(keys.ROOM_PREFIX) and not n.endswith(keys.SOCKETS_SUFFIX)
+        ),
+        joined_sockets=joined,
+        socket_bindings=sum(1 for n in names if n.startswith(keys.SOCKET_PREFIX)),
+        rate_limit_windows=sum(1 for n in names if n.startswith(keys.JOIN_RATE_PREFIX)),
+        referrer_days=sum(1 for n in names if n.startswith(keys.REFERRERS_PREFIX)),
+        keys_without_ttl=tuple(n for n, ttl in ttls(client, names).items() if ttl == -1),
+        memory=_memory(client),
+        processes=processes(client),
+    )
+
+
+def render(snapshot: Snapshot, address: str) -> str:
+    """The terminal view of one snapshot."""
+    memory = snapshot.memory
+    lines = [
+        "PrivyDrop on Redis %s" % (address,),
+        "  rooms               %d" % (snapshot.rooms,),
+        "  joined sockets      %d" % (snapshot.joined_sockets,),
+        "  socket bindings     %d" % (snapshot.socket_bindings,),
+        "  rate-limit windows  %d" % (snapshot.rate_limit_windows,),
+        "  referrer days       %d" % (snapshot.referrer_days,),
+        "  keys without TTL    %d%s" % (
+            len(snapshot.keys_without_ttl),
+            " (privydrop-admin cleanup)" if snapshot.keys_without_ttl else "",
+        ),
+        "  memory              %s used, %s peak, max %s, policy %s" % (
+            memory.get("used_memory_human", "?"),
+            memory.get("used_memory_peak_human", "?"),
+            memory.get("maxmemory_human", "?"),
+            memory.get("maxmemory_policy", "?"),
+        ),
+        "  processes           %s" % (
+            "unknown (processes do not announce themselves yet)"
+            if snapshot.processes is None
+            else len(snapshot.processes),
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["ProcessLister", "RedisError", "Snapshot", "render", "take_snapshot"]

@@ -1,15 +1,15 @@
 """The REST API: the Node backend's paths and JSON bodies, on Klein.
 
 =========================  ====================================================
-``POST /api/create_room``  ``{roomId}`` -> ``{success, message}``
-``GET  /api/get_room``     -> ``{roomId}`` of a newly created room
-``POST /api/check_room``   ``{roomId}`` -> ``{available}``
-``POST /api/set_track``    ``{ref, timestamp, path}`` -> ``{success: true}``
-``POST /api/logs_debug``   ``{message, timestamp}`` -> ``{success: true}``
-``POST /api/leave_room``   ``{roomId, socketId}`` -> ``{success, message}``
-``GET  /api/ice_servers``  -> ``{iceServers, ttl}``: short-lived TURN credentials
-``GET  /health``           liveness (also ``/api/health``)
-``GET  /health/detailed``  store round trip, Socket.IO connections, process figures
+C{POST /api/create_room}  C{{roomId}} -> C{{success, message}}
+C{GET  /api/get_room}     -> C{{roomId}} of a newly created room
+C{POST /api/check_room}   C{{roomId}} -> C{{available}}
+C{POST /api/set_track}    C{{ref, timestamp, path}} -> C{{success: true}}
+C{POST /api/logs_debug}   C{{message, timestamp}} -> C{{success: true}}
+C{POST /api/leave_room}   C{{roomId, socketId}} -> C{{success, message}}
+C{GET  /api/ice_servers}  -> C{{iceServers, ttl}}: short-lived TURN credentials
+C{GET  /health}           liveness (also C{/api/health})
+C{GET  /health/detailed}  store round trip, Socket.IO connections, process figures
 =========================  ====================================================
 
 Every answer is JSON. Input the client can fix is a 4xx C{{"error": ...}}
@@ -71,7 +71,7 @@ from privydrop.web.cors import api_headers, api_preflight_headers
 
 _log = Logger()
 
-#: Called before a socket is unbound by ``leave_room``: tell the room's peers.
+#: Called before a socket is unbound by C{leave_room}: tell the room's peers.
 PeerLeftHook = Callable[[str, str], "Awaitable[None] | None"]
 
 #: Paths that are never counted against the call budget.

@@ -167,9 +167,7 @@ class PollingTransport:
     def _poll(self, request: Request, session: Session) -> bytes | int:
         responder = _RequestResponder(request)
         if not session.attach_poll(responder):
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", _JSON)
-            return error_body(EngineError.BAD_REQUEST)
+            return answer_error(request, EngineRequestError(EngineError.BAD_REQUEST))
         if not responder.done:
             finished: Deferred[None] = request.notifyFinish()
             finished.addErrback(responder.lost, session)
@@ -192,9 +190,7 @@ class PollingTransport:
                 limit="max_payload",
                 transport=POLLING,
             )
-            request.setResponseCode(413)
-            request.setHeader(b"Content-Type", _JSON)
-            return error_body(EngineError.BAD_REQUEST)
+            return answer_error(request, EngineRequestError(EngineError.BAD_REQUEST, 413))
         try:
             received = packets.decode_payload(
                 body, limit, self._settings.max_packets_per_payload
@@ -208,9 +204,7 @@ class PollingTransport:
                 limit="max_packets_per_payload",
                 transport=POLLING,
             )
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", _JSON)
-            return error_body(EngineError.BAD_REQUEST)
+            return answer_error(request, EngineRequestError(EngineError.BAD_REQUEST))
         except packets.EngineIOProtocolError as e:
             session.refuse(
                 "bad payload",
@@ -220,9 +214,7 @@ class PollingTransport:
                 error=str(e),
                 transport=POLLING,
             )
-            request.setResponseCode(400)
-            request.setHeader(b"Content-Type", _JSON)
-            return error_body(EngineError.BAD_REQUEST)
+            return answer_error(request, EngineRequestError(EngineError.BAD_REQUEST))
         # What the packets send to other sessions is written (pending GETs
         # answered) when this POST is handled, not a reactor turn later.
         flushes = self._server.flushes

@@ -3,7 +3,7 @@
 txredisapi encodes each argument through several Python calls and parses
 replies line by line: every line is split off the buffer and decoded, and a
 bulk string followed by more data pauses the protocol and resumes it on a
-later reactor turn (``callLater(0)``), once per bulk string (docs/performance.md
+later reactor turn (C{callLater(0)}), once per bulk string (docs/performance.md
 has the cost). This module does the same work in a few calls per reply; every
 connection of the client reads with it (L{privydrop.redis.protocol}), and so
 does the start-up probe.
@@ -12,14 +12,14 @@ The values are txredisapi's, for a connection built with
 C{convertNumbers=False}, so code above sees no difference:
 
 =============  =========================================================
-``+OK``        C{"OK"} (text)
-``-ERR x``     a C{txredisapi.ResponseError("ERR x")} I{value} (raised
+C{+OK}        C{"OK"} (text)
+C{-ERR x}     a C{txredisapi.ResponseError("ERR x")} I{value} (raised
                only when it is the whole reply, by the caller)
-``:5``         C{5}
-``$3 abc``     C{"abc"}: text when it decodes with the charset, else
+C{:5}         C{5}
+C{$3 abc}     C{"abc"}: text when it decodes with the charset, else
                bytes (always bytes with charset None)
-``$-1``        C{None}
-``*2 ...``     a list; ``*-1`` is C{None}
+C{$-1}        C{None}
+C{*2 ...}     a list; C{*-1} is C{None}
 =============  =========================================================
 
 Nothing here touches a transport or knows a command's meaning.

@@ -46,7 +46,7 @@ _log = Logger()
 Receive = Callable[[str | bytes, str | bytes], None]
 
 #: Where the channel is in each push that carries a publication; the payload
-#: follows it. (``pmessage`` names the pattern first.)
+#: follows it. (C{pmessage} names the pattern first.)
 _CHANNEL_AT = {"message": 1, "pmessage": 2, "smessage": 1}
 
 

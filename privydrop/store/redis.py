@@ -1,9 +1,9 @@
 """The Redis store: L{IStore} over the Redis client's connection pool.
 
 Every operation is one round trip: a plain command, or one Lua script
-(``scripts/*.lua``) sent with ``EVALSHA``; only when the server answers
-``NOSCRIPT`` (first use after a restart or ``SCRIPT FLUSH``) is the script sent
-again with ``EVAL``, which also caches it. Scripts make each operation atomic
+(C{scripts/*.lua}) sent with C{EVALSHA}; only when the server answers
+C{NOSCRIPT} (first use after a restart or C{SCRIPT FLUSH}) is the script sent
+again with C{EVAL}, which also caches it. Scripts make each operation atomic
 across processes sharing the Redis.
 
 The connections, their handshake (password, database, the name
@@ -56,7 +56,7 @@ _log = Logger()
 
 @attrs.frozen
 class Script:
-    """A Lua script and its SHA1 (the name ``EVALSHA`` knows it by)."""
+    """A Lua script and its SHA1 (the name C{EVALSHA} knows it by)."""
 
     name: str
     source: bytes
@@ -64,7 +64,7 @@ class Script:
 
     @classmethod
     def load(cls, name: str, *prelude: str) -> Script:
-        """Read ``scripts/<name>.lua``, with shared snippets prepended."""
+        """Read C{scripts/<name>.lua}, with shared snippets prepended."""
         directory = importlib.resources.files("privydrop.store") / "scripts"
         parts = [(directory / f"{part}.lua").read_bytes() for part in (*prelude, name)]
         source = b"\n".join(parts)
@@ -150,7 +150,7 @@ class RedisStore:
     async def connect(self) -> None:
         """Open the pool and check Redis answers, within C{connect_timeout}.
 
-        Also loads the scripts, so the first operations need no ``EVAL``.
+        Also loads the scripts, so the first operations need no C{EVAL}.
         For production start-up: fail fast with a clear message.
 
         @raise StoreUnavailable: naming the server and why (unreachable,
@@ -180,8 +180,8 @@ class RedisStore:
             (by default C{command_timeout} from now).
 
         @raise StoreUnavailable: on timeout, lost connection, or refusal.
-        @raise txredisapi.ResponseError: for ``NOSCRIPT`` (the caller retries
-            with ``EVAL``).
+        @raise txredisapi.ResponseError: for C{NOSCRIPT} (the caller retries
+            with C{EVAL}).
         @raise StoreError: an argument cannot be encoded.
         """
         try:

@@ -68,9 +68,9 @@ POLL_S = 0.05
 COMMAND_TIMEOUT_S = 1.0
 #: "A few seconds": how long after the promotion the trees may take to
 #: join, subscribe and relay again (reconnection back-off of at most
-#: REDIS_SENTINEL_RECONNECT_MAX_DELAY, 1 s by default, and one command
-#: deadline).
-RECOVERY_S = 3.0
+#: REDIS_SENTINEL_RECONNECT_MAX_DELAY, 1 s by default, one command deadline,
+#: and room for a loaded machine; measured here: 0.2 to 1.4 s).
+RECOVERY_S = 4.0
 
 JOINED = "Successfully joined room"
 
@@ -622,7 +622,7 @@ async def test_a_failover_costs_the_failover_time_plus_a_few_seconds(
         "message": SERVER_ERROR,
         "roomId": "created-before-failover",
     }
-    assert reactor.seconds() - started < COMMAND_TIMEOUT_S + 0.5
+    assert reactor.seconds() - started < COMMAND_TIMEOUT_S + 1.0
 
     await until(group.promoted, "the replica's promotion", 20.0)
     promoted = reactor.seconds()
@@ -670,8 +670,13 @@ async def test_a_paused_master_is_left_as_soon_as_the_sentinels_switch(
     promoted = reactor.seconds()
     await within(a.adapter.wait_subscribed(subscribed[0]), RECOVERY_S)
     await within(b.adapter.wait_subscribed(subscribed[1]), RECOVERY_S)
-    await within(_relay_again(alice, bob, alice_id, bob_id), RECOVERY_S)
-    assert reactor.seconds() - promoted < RECOVERY_S
+    tries = await within(_relay_again(alice, bob, alice_id, bob_id), RECOVERY_S)
+    recovered = reactor.seconds()
+    assert recovered - promoted < RECOVERY_S
+    print(
+        f"paused master: service back {recovered - promoted:.1f}s after the promotion;"
+        f" relayed at try {tries}"
+    )
 
 
 def test_admin_command_finds_the_master_through_the_sentinels(

@@ -561,7 +561,8 @@ def _our_connections(server: RedisServer) -> set[tuple[str, str]]:
 
 
 def _roles(*nodes: Node) -> set[tuple[str, str]]:
-    """What L{_our_connections} shows when every connection of the nodes is there."""
+    """What L{_our_connections} shows at least when the nodes' store, publisher
+    and subscriber are all connected there."""
     return {(n.adapter.node_id, role) for n in nodes for role in ("store", "publish", "subscribe")}
 
 
@@ -580,7 +581,7 @@ async def test_two_nodes_share_rooms_and_signal_through_sentinel(
         assert sentinel_group.master.command(
             "SISMEMBER", "room:sentinel-room:sockets", bob_id, db=db
         )
-        assert _our_connections(sentinel_group.master) == _roles(a, b)
+        assert _our_connections(sentinel_group.master) >= _roles(a, b)
         assert _our_connections(sentinel_group.replica) == set()
     finally:
         sentinel_group.master.command("FLUSHDB", db=db)
@@ -642,7 +643,7 @@ async def test_a_failover_costs_the_failover_time_plus_a_few_seconds(
     assert recovered - promoted < RECOVERY_S
     # Every connection of both processes is on the new master.
     await until(
-        lambda: _our_connections(group.replica) == _roles(a, b), "connections on the new master"
+        lambda: _our_connections(group.replica) >= _roles(a, b), "connections on the new master"
     )
     print(
         f"failover: promoted {promoted - killed:.1f}s after the kill; service back"

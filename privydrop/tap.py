@@ -78,8 +78,8 @@ def settings_for(options: Any, environ: Any = None) -> Settings:
     if settings.production and settings.redis is None:
         _fatal(
             "NODE_ENV=production needs Redis: set REDIS_HOST (and REDIS_PORT, "
-            "REDIS_PASSWORD) or REDIS_URL (or --redis). The in-memory store is "
-            "for development only."
+            "REDIS_PASSWORD) or REDIS_URL (or --redis), or REDIS_SENTINELS and "
+            "REDIS_SENTINEL_MASTER. The in-memory store is for development only."
         )
     return settings
 

@@ -40,6 +40,7 @@ from privydrop.redis.errors import (
     NotConnected,
     ReplyTimeout,
 )
+from privydrop.redis.endpoint import describe
 from privydrop.redis.handshake import client_name
 from privydrop.redis.pool import OrderedConnection
 from privydrop.redis.subscriber import PATTERN, Subscriber, Subscription
@@ -220,11 +221,10 @@ class ClusterService(Service):
     def startService(self) -> None:
         super().startService()
         _log.info(
-            "cluster node {node_id} joining channels {pattern} on redis {host}:{port}",
+            "cluster node {node_id} joining channels {pattern} on redis {address}",
             node_id=self.node_id,
             pattern=self.adapter.subscription_pattern,
-            host=self._settings.host,
-            port=self._settings.port,
+            address=describe(self._settings),
         )
         self.publisher.start()
         if self._subscriber is None:

@@ -25,6 +25,16 @@ C{fail_fast_on_refusal=False} lets callers wait until their deadline
 instead (failing with L{HandshakeRefused} if none came), for work that is
 worth delivering late, such as a publication while a password is rotated.
 
+Sentinel. With Sentinel settings the pool connects through an endpoint that
+asks the Sentinels for the master at every attempt
+(L{privydrop.redis.endpoint}), the handshake checks the server is the
+master, a C{-READONLY} reply gives its connection up
+(L{privydrop.redis.protocol}), and a L{SentinelWatcher} gives up the
+connections to any other server as soon as the Sentinels announce a new
+master. Reconnection attempts are then at most the Sentinel settings'
+C{reconnect_max_delay} apart, so the pool finds the new master about that
+long after the promotion at worst.
+
 L{OrderedConnection} is a pool of one: commands reach Redis in the order
 they were given, which the cluster's publisher needs (an offer before its
 ICE candidates). L{privydrop.redis.subscriber} builds on the same machinery.
@@ -43,15 +53,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
 from privydrop.compat.txredisapi import forget_queued_connection
 from privydrop.redis.endpoint import describe, redis_endpoint
-from privydrop.redis.errors import ClientClosed, ConnectionLost, HandshakeRefused, NotConnected
+from privydrop.redis.errors import (
+    ClientClosed,
+    ConnectionLost,
+    HandshakeRefused,
+    NotConnected,
+)
 from privydrop.redis.handshake import Handshake, HandshakeStep, check_client_name
 from privydrop.redis.protocol import PipelinedProtocol
+from privydrop.redis.sentinel import SentinelWatcher, format_address
 from privydrop.settings import RedisSettings
 
 _log = Logger()
@@ -136,7 +152,9 @@ class ConnectionPool:
             callers waiting for a connection at once (see the module docstring).
         @param reconnect_initial_delay: seconds before the first reconnection
             attempt of a slot; later ones back off exponentially.
-        @param reconnect_max_delay: longest wait between reconnection attempts.
+        @param reconnect_max_delay: longest wait between reconnection
+            attempts; with Sentinel, at most the Sentinel settings'
+            C{reconnect_max_delay}.
         @raise ValueError: a name Redis would refuse, or a size below 1.
         """
         size = settings.pool_size if size is None else size
@@ -151,6 +169,9 @@ class ConnectionPool:
             password=settings.password,
             db=settings.db if db is None else db,
             name=self.name,
+            # An address from Sentinel may be out of date (a failover under
+            # way): only the master will do.
+            verify_master=settings.sentinel is not None,
         )
         self.handshake_timeout = settings.connect_timeout
         self.command_timeout = (
@@ -159,8 +180,16 @@ class ConnectionPool:
         self.address = describe(settings)
         self._fail_fast_on_refusal = fail_fast_on_refusal
         self._initial_delay = reconnect_initial_delay
+        if settings.sentinel is not None:
+            # Each attempt asks the Sentinels first, so a short wait finds
+            # the new master soon after a failover.
+            reconnect_max_delay = min(reconnect_max_delay, settings.sentinel.reconnect_max_delay)
         self._max_delay = reconnect_max_delay
+        #: Conditions already logged since the last successful handshake.
+        self._reported: set[str] = set()
         self._factory: _PoolFactory | None = None
+        #: With Sentinel: hears the Sentinels switch the master.
+        self._watcher: SentinelWatcher | None = None
         self._connections: list[PipelinedProtocol] = []
         self._waiters: list[Deferred[PipelinedProtocol]] = []
         self._closed = False
@@ -207,6 +236,11 @@ class ConnectionPool:
         factory.initialDelay = self._initial_delay
         factory.maxDelay = self._max_delay
         factory.startConnecting(redis_endpoint(self.settings, self._reactor))
+        if self.settings.sentinel is not None:
+            watcher = self._watcher = SentinelWatcher(
+                self.settings.sentinel, self._reactor, self._master_switched
+            )
+            watcher.start()
 
     def close(self) -> Deferred[None]:
         """Close every connection and stop reconnecting (idempotent).
@@ -224,10 +258,13 @@ class ConnectionPool:
         if watchdog is not None and watchdog.active():
             watchdog.cancel()
         self._fail_waiters(lambda: ClientClosed(f"the connection pool {self.name} is closed"))
-        if self._factory is None:
-            return succeed(None)
-        closed: Deferred[Any] = self._factory.disconnect()
-        return closed.addCallback(lambda _: None)
+        closing: list[Deferred[Any]] = []
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            closing.append(watcher.stop())
+        if self._factory is not None:
+            closing.append(self._factory.disconnect())
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
     # -- commands ------------------------------------------------------------------
 
@@ -358,6 +395,7 @@ class ConnectionPool:
             conn.transport.loseConnection()
             return
         self._connections.append(conn)
+        self._reported.clear()
         if self.handshake_error is not None:
             _log.info(
                 "redis at {address} accepted the {name} connection's handshake again",
@@ -415,6 +453,54 @@ class ConnectionPool:
                 " is used without it",
                 address=self.address,
                 command=step.command,
+                error=reply,
+                name=self.name,
+            )
+
+    def _master_switched(self, master: tuple[str, int]) -> None:
+        """The Sentinels named a new master: leave every other server now.
+
+        Connections to the old master that a failover did not close (it is
+        paused, or cut off from the Sentinels) would otherwise stay there:
+        commands until their deadline, a subscriber for ever. A master
+        named by host name rather than address matches no connection, so
+        every connection reconnects: slower, never wrong.
+        """
+        stale = [conn for conn in self._connections if conn.peer != master]
+        if not stale:
+            return
+        _log.info(
+            "connection pool {name} leaves {count} connection(s) to the old redis master",
+            name=self.name,
+            count=len(stale),
+        )
+        for conn in stale:
+            conn.give_up(reason=f"Sentinel switched the master to {format_address(master)}")
+
+    def handshake_wrong_role(self, role: str, server: str) -> None:
+        """The server reached is not the master: say so once until a
+        connection succeeds (a failover takes a few attempts)."""
+        if "role" not in self._reported:
+            self._reported.add("role")
+            _log.warn(
+                "redis at {server} ({address}) answered as a {role}, not the master,"
+                " to connection {name} (a failover under way?); retrying",
+                server=server,
+                address=self.address,
+                role=role,
+                name=self.name,
+            )
+
+    def read_only_reply(self, reply: str, server: str) -> None:
+        """A connection's server became a replica: say so once until a
+        connection succeeds."""
+        if "read-only" not in self._reported:
+            self._reported.add("read-only")
+            _log.warn(
+                "redis at {server} ({address}) is a replica now ({error}); connection"
+                " {name} reconnects to the master",
+                server=server,
+                address=self.address,
                 error=reply,
                 name=self.name,
             )

@@ -34,6 +34,7 @@ from twisted.web.resource import IResource
 from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
 from privydrop.cluster.pubsub import ClusterService
 from privydrop.cluster.routing import new_node_id
+from privydrop.redis.endpoint import describe
 from privydrop.rooms import Rooms
 from privydrop.service.realtime import build_realtime
 from privydrop.settings import ConfigError, Settings
@@ -95,13 +96,13 @@ def build_service(
     store_service.setServiceParent(top)
     if settings.redis is None:
         _log.warn(
-            "No Redis configured (REDIS_HOST or REDIS_URL): using the in-memory "
-            "store. Rooms and statistics are per process and lost on restart; "
+            "No Redis configured (REDIS_HOST, REDIS_URL or REDIS_SENTINELS): using "
+            "the in-memory store. Rooms and statistics are per process and lost on restart; "
             "do not run more than one process like this."
         )
         redis_address = None
     else:
-        redis_address = "%s:%d" % (settings.redis.host, settings.redis.port)
+        redis_address = describe(settings.redis)
 
     rooms = Rooms(store_service.store, settings.rooms, reactor)
     engineio_resource: IResource | None = None

@@ -46,8 +46,38 @@ class OriginSettings:
 
 
 @attrs.frozen
+class SentinelSettings:
+    """The Sentinels that name the current Redis master, and how to ask them.
+
+    With these, the client never uses a fixed address: every connection
+    attempt asks the Sentinels where the master is (C{SENTINEL
+    get-master-addr-by-name}), checks that the server it reaches is the
+    master (C{ROLE}), and reconnects there after a failover.
+    """
+
+    #: C{(host, port)} of each Sentinel, asked in this order (the last one
+    #: that answered first).
+    addresses: tuple[tuple[str, int], ...]
+    #: The name the Sentinels monitor the master under (C{sentinel monitor <name> ...}).
+    master: str
+    #: The Sentinels' own password (their C{requirepass}); None for none.
+    password: str | None = attrs.field(default=None, repr=False)
+    #: Seconds one Sentinel may take to answer, connection included, before
+    #: the next one is asked.
+    timeout: float = 0.5
+    #: Longest wait, seconds, between two attempts to reconnect to the master
+    #: (each asks the Sentinels first): connections follow a failover within
+    #: about this long after the promotion.
+    reconnect_max_delay: float = 1.0
+
+
+@attrs.frozen
 class RedisSettings:
-    """Where Redis is and how long we wait for it."""
+    """Where Redis is and how long we wait for it.
+
+    With C{sentinel} set, C{host} and C{port} are unused: the Sentinels name
+    the master; C{password} and C{db} are still the master's.
+    """
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -62,6 +92,8 @@ class RedisSettings:
     #: Pub/sub ignores the db index: deployments sharing one Redis server need
     #: different prefixes.
     channel_prefix: str = "privydrop"
+    #: Find the master through Sentinel instead of at C{host}:C{port}.
+    sentinel: SentinelSettings | None = None
 
 
 @attrs.frozen

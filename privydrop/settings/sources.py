@@ -33,6 +33,7 @@ from privydrop.settings.sections import (
     OriginSettings,
     RedisSettings,
     RoomSettings,
+    SentinelSettings,
     Settings,
     TrackingSettings,
     TurnSettings,
@@ -71,6 +72,11 @@ _ROOMS = RoomSettings()
 _TRACK = TrackingSettings()
 _REDIS = RedisSettings()
 _TURN = TurnSettings()
+_SENTINEL = SentinelSettings(addresses=(), master="")
+_SENTINEL_TIMEOUT = _SENTINEL.timeout
+_SENTINEL_RECONNECT_MAX_DELAY = _SENTINEL.reconnect_max_delay
+#: The port of a Sentinel given without one (Sentinel's own default).
+DEFAULT_SENTINEL_PORT = 26379
 #: Shortest TURN_SECRET accepted: the secret signs every credential.
 MIN_TURN_SECRET_LENGTH = 16
 
@@ -102,7 +108,26 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REDIS_PORT", None, str(_REDIS.port), "Redis port (with REDIS_HOST)."),
     Variable("REDIS_PASSWORD", None, "(none)",
              "Redis password (with REDIS_HOST, or REDIS_URL without a password)."),
-    Variable("REDIS_DB", None, str(_REDIS.db), "Redis database index (with REDIS_HOST)."),
+    Variable("REDIS_DB", None, str(_REDIS.db),
+             "Redis database index (with REDIS_HOST or REDIS_SENTINELS)."),
+    Variable("REDIS_SENTINELS", "redis-sentinels", "(none)",
+             "Comma-separated host:port of Redis Sentinels (port 26379 when left out): "
+             "the master is the one they name, followed through failovers. Instead of "
+             "REDIS_HOST/REDIS_URL (setting both is an error); REDIS_PASSWORD and "
+             "REDIS_DB are the master's."),
+    Variable("REDIS_SENTINEL_MASTER", "redis-sentinel-master", "(none)",
+             "The name the Sentinels monitor the master under (sentinel monitor <name>); "
+             "required with REDIS_SENTINELS."),
+    Variable("REDIS_SENTINEL_PASSWORD", None, "(none)",
+             "The Sentinels' own password (their requirepass), when they have one."),
+    Variable("REDIS_SENTINEL_TIMEOUT", "redis-sentinel-timeout", str(_SENTINEL_TIMEOUT),
+             "Seconds one Sentinel may take to answer, connection included, before the "
+             "next one is asked."),
+    Variable("REDIS_SENTINEL_RECONNECT_MAX_DELAY", "redis-sentinel-reconnect-max-delay",
+             str(_SENTINEL_RECONNECT_MAX_DELAY),
+             "With Sentinel, longest wait in seconds between two attempts to reconnect to "
+             "the master (each asks the Sentinels first), so connections follow a "
+             "failover within about this long after the promotion."),
     Variable("REDIS_COMMAND_TIMEOUT", "redis-command-timeout", str(_REDIS.command_timeout),
              "Seconds one store operation may take before the request fails with 503."),
     Variable("REDIS_CONNECT_TIMEOUT", "redis-connect-timeout", str(_REDIS.connect_timeout),
@@ -427,10 +452,20 @@ def parse_redis_url(url: str, label: str = "REDIS_URL") -> RedisSettings:
 
 
 def _redis(sources: _Sources) -> tuple[RedisSettings | None, str | None]:
+    with_sentinel = _sentinel(sources)
     found = sources.find("REDIS_URL", "REDIS_HOST")
-    if found is None or not found.value.strip():
+    if found is not None and not found.value.strip():
+        found = None
+    if with_sentinel is not None:
+        sentinel, found = with_sentinel
+        redis = RedisSettings(
+            password=sources.text("REDIS_PASSWORD", "") or None,
+            db=sources.number("REDIS_DB", 0, int, 0),
+            sentinel=sentinel,
+        )
+    elif found is None:
         return None, None
-    if found.name == "REDIS_URL":
+    elif found.name == "REDIS_URL":
         redis = parse_redis_url(found.value, found.label)
         if redis.password is None:
             password_found = sources.find("REDIS_PASSWORD")
@@ -454,6 +489,89 @@ def _redis(sources: _Sources) -> tuple[RedisSettings | None, str | None]:
         channel_prefix=_channel_prefix(sources),
     )
     return redis, found.label
+
+
+def _sentinel(sources: _Sources) -> tuple[SentinelSettings, _Found] | None:
+    """The Sentinel settings, with how C{REDIS_SENTINELS} was found; None
+    when no Sentinels are named.
+
+    The other C{REDIS_SENTINEL_*} names without C{REDIS_SENTINELS} are a
+    mistake (half a configuration), reported as such.
+    """
+    found = sources.find("REDIS_SENTINELS")
+    master_found = sources.find("REDIS_SENTINEL_MASTER")
+    password_found = sources.find("REDIS_SENTINEL_PASSWORD")
+    if found is None or not found.value.strip():
+        for other in (master_found, password_found):
+            if other is not None and other.value.strip():
+                raise ConfigError(
+                    "%s is set but REDIS_SENTINELS is empty: name the Sentinels as "
+                    "host:port,host:port" % (other.label,)
+                )
+        return None
+    for name in ("REDIS_URL", "REDIS_HOST"):
+        direct = sources.find(name)
+        if direct is not None and direct.value.strip():
+            raise ConfigError(
+                "%s and %s are both set: with Sentinel the master's address comes "
+                "from the Sentinels; remove %s (the master's password and database "
+                "go in REDIS_PASSWORD and REDIS_DB)" % (found.label, direct.label, direct.label)
+            )
+    addresses = _sentinel_addresses(found)
+    if master_found is None or not master_found.value.strip():
+        raise ConfigError(
+            "%s is set but REDIS_SENTINEL_MASTER is empty: give the name the Sentinels "
+            "monitor the master under (sentinel monitor <name> ...)" % (found.label,)
+        )
+    master = master_found.value.strip()
+    if any(not "!" <= char <= "~" for char in master):
+        raise ConfigError(
+            "%s: expected a master name without spaces or control characters, got %r"
+            % (master_found.label, master_found.value)
+        )
+    password = password_found.value if password_found is not None else ""
+    sentinel = SentinelSettings(
+        addresses=addresses,
+        master=master,
+        password=password or None,
+        timeout=sources.number("REDIS_SENTINEL_TIMEOUT", _SENTINEL_TIMEOUT, float, 0.001),
+        reconnect_max_delay=sources.number(
+            "REDIS_SENTINEL_RECONNECT_MAX_DELAY", _SENTINEL_RECONNECT_MAX_DELAY, float, 0.01
+        ),
+    )
+    return sentinel, found
+
+
+#: One Sentinel: a host name or IPv4 address, or a bracketed IPv6 address,
+#: and an optional port.
+_SENTINEL_ADDRESS = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?))"
+    r"(?::(?P<port>\d{1,5}))?"
+)
+
+
+def _sentinel_addresses(found: _Found) -> tuple[tuple[str, int], ...]:
+    addresses: list[tuple[str, int]] = []
+    for item in found.value.split(","):
+        text = item.strip()
+        if not text:
+            continue
+        match = _SENTINEL_ADDRESS.fullmatch(text)
+        port = int(match.group("port") or DEFAULT_SENTINEL_PORT) if match else 0
+        if match is None or not 0 < port < 65536:
+            raise ConfigError(
+                "%s: %r is not a Sentinel address like host:26379 or [::1]:26379"
+                % (found.label, text)
+            )
+        address = (match.group("ipv6") or match.group("host"), port)
+        if address in addresses:
+            raise ConfigError("%s: %r is named twice" % (found.label, text))
+        addresses.append(address)
+    if not addresses:
+        raise ConfigError(
+            "%s: expected host:port,host:port, got %r" % (found.label, found.value)
+        )
+    return tuple(addresses)
 
 
 #: Characters a channel prefix cannot hold: the separator and glob syntax

@@ -162,9 +162,8 @@ class RedisStore:
         for script in ALL_SCRIPTS:
             await self._command(("SCRIPT", "LOAD", script.source), deadline)
         _log.info(
-            "connected to redis {host}:{port} db {db}",
-            host=self._settings.host,
-            port=self._settings.port,
+            "connected to redis {address} db {db}",
+            address=self._pool.address,
             db=self._settings.db,
         )
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
@@ -232,7 +233,7 @@ class EngineServer:
             self._refuse(key, "max_pending_sessions_per_ip")
         return key
 
-    def _refuse(self, key: str, limit: str) -> None:
+    def _refuse(self, key: str, limit: str) -> NoReturn:
         self.rejections.warn(
             _log,
             limit,

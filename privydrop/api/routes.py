@@ -14,9 +14,13 @@ C{GET  /health/detailed}  store round trip, Socket.IO connections, process figur
 
 Every answer is JSON. Input the client can fix is a 4xx C{{"error": ...}}
 (malformed or non-object JSON, a bad C{roomId}, 404, 405, 429 past the
-per-IP call budget); a store that is down or stalled is a 503 within the
-store's command timeout; anything else is logged and answered 500. CORS and
-the call budget are applied by L{_APIResource} before Klein routes.
+per-client call budget, or past the tighter one of C{logs_debug}); a store
+that is down or stalled is a 503 within the store's command timeout; anything
+else is logged and answered 500. CORS and the call budgets are applied by
+L{_APIResource} before Klein routes. The budgets count per rate-limit key of
+the client's address (L{privydrop.web.clientip.rate_limit_key}: an IPv6
+client by its network) and, with Redis, across every process sharing it
+(L{privydrop.ratelimit.budget}).
 
 The API reaches Socket.IO only through two optional callables handed in by
 the service tree (C{notify_peer_left}, C{connection_count}); it knows nothing
@@ -66,7 +70,7 @@ from privydrop.store import keys
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.tracking import InvalidTrack, ReferrerTracker
 from privydrop.turn import ice_server_source
-from privydrop.web.clientip import client_ip, trusted_proxies
+from privydrop.web.clientip import client_ip, peer_address, rate_limit_key, trusted_proxies
 from privydrop.web.cors import api_headers, api_preflight_headers
 
 _log = Logger()
@@ -76,6 +80,8 @@ PeerLeftHook = Callable[[str, str], "Awaitable[None] | None"]
 
 #: Paths that are never counted against the call budget.
 HEALTH_PATHS = frozenset({b"/health", b"/api/health", b"/health/detailed"})
+#: The path with a budget of its own besides the API's (each call writes a log line).
+LOGS_DEBUG_PATH = b"/api/logs_debug"
 
 SERVICE_NAME = "privydrop-backend"
 _JSON = b"application/json; charset=utf-8"
@@ -244,8 +250,21 @@ class PrivyDropAPI:
         self._clock = clock
         self._rooms = rooms if rooms is not None else Rooms(store, settings.rooms, clock)
         self._tracker = ReferrerTracker(store, settings.tracking, clock)
+        # With Redis, the budgets count across the processes sharing it.
+        shared = store if settings.redis is not None else None
         self._budget = CallBudget(
-            settings.api.rate_limit_calls, settings.api.rate_limit_window_s, clock
+            settings.api.rate_limit_calls,
+            settings.api.rate_limit_window_s,
+            clock,
+            store=shared,
+            name="api",
+        )
+        self._logs_budget = CallBudget(
+            settings.api.logs_debug_rate_limit_calls,
+            settings.api.logs_debug_rate_limit_window_s,
+            clock,
+            store=shared,
+            name="logs_debug",
         )
         self._trusted = trusted_proxies(settings.http.trusted_proxies)
         self._notify_peer_left = notify_peer_left
@@ -263,13 +282,17 @@ class PrivyDropAPI:
 
     def client_address(self, request: IRequest) -> str:
         """The client's IP under the trusted-proxy rule (L{privydrop.web.clientip})."""
-        peer = request.getClientAddress()
-        host = getattr(peer, "host", None) or str(peer)
         forwarded = [
             v.decode("latin-1")
             for v in request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
         ]
-        return client_ip(host, forwarded, self._trusted)
+        return client_ip(peer_address(request.getClientAddress()), forwarded, self._trusted)
+
+    def client_key(self, request: IRequest) -> str:
+        """The client's rate-limit key (its address; an IPv6 client's network)."""
+        return rate_limit_key(
+            self.client_address(request), self._settings.http.rate_limit_ipv6_prefix
+        )
 
     # -- health ----------------------------------------------------------------
 
@@ -456,21 +479,37 @@ class _APIResource(Resource):
             return b""
         for name_b, value_b in api_headers(origin, api._settings.origins):
             request.setHeader(name_b, value_b)
-        if api._budget.enabled and request.path not in HEALTH_PATHS:
-            client = api.client_address(request)
-            decision = api._budget.spend(client)
-            if not decision.allowed:
-                api._warnings.warn(
-                    _log,
-                    "budget",
-                    "API call budget exhausted for {client}",
-                    client=client if api._settings.http.log_client_ips else "a client",
-                )
-                request.setResponseCode(429)
-                request.setHeader(b"content-type", _JSON)
-                request.setHeader(b"retry-after", b"%d" % (decision.retry_after_s,))
-                return orjson.dumps({"error": _TOO_MANY})
+        if request.path not in HEALTH_PATHS:
+            refused = self._over_budget(request)
+            if refused is not None:
+                return refused
         return self._routes.render(request)
+
+    def _over_budget(self, request: IRequest) -> bytes | None:
+        """Spend the request's budgets; the 429 answer when one is exhausted."""
+        api = self._api
+        logs = request.path == LOGS_DEBUG_PATH and api._logs_budget.enabled
+        if not (api._budget.enabled or logs):
+            return None
+        client = api.client_key(request)
+        decision = api._budget.spend(client)
+        budget = "API call"
+        if decision.allowed and logs:
+            decision = api._logs_budget.spend(client)
+            budget = "logs_debug"
+        if decision.allowed:
+            return None
+        api._warnings.warn(
+            _log,
+            budget,
+            "{budget} budget exhausted for {client}",
+            budget=budget,
+            client=client if api._settings.http.log_client_ips else "a client",
+        )
+        request.setResponseCode(429)
+        request.setHeader(b"content-type", _JSON)
+        request.setHeader(b"retry-after", b"%d" % (decision.retry_after_s,))
+        return orjson.dumps({"error": _TOO_MANY})
 
 
 __all__ = ["PrivyDropAPI", "PeerLeftHook", "read_json_object"]

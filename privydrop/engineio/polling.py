@@ -32,6 +32,7 @@ from privydrop.engineio.session import (
     WS_POLICY_VIOLATION,
     Session,
 )
+from privydrop.web.clientip import peer_address
 from privydrop.web.cors import POLLING_ALLOWED_METHODS, polling_headers
 
 _log = Logger()
@@ -69,10 +70,9 @@ def handshake_of(
         k.decode("latin-1").lower(): ", ".join(item.decode("latin-1") for item in v)
         for k, v in request.requestHeaders.getAllRawHeaders()
     }
-    peer = request.getClientAddress()
     return Handshake(
         headers=headers,
-        remote_address=getattr(peer, "host", ""),
+        remote_address=peer_address(request.getClientAddress()),
         query=dict(query),
         url=request.uri.decode("latin-1"),
         secure=request.isSecure(),
@@ -156,9 +156,12 @@ class PollingTransport:
 
     def _handshake(self, request: Request, query: Mapping[str, str]) -> bytes | int:
         server = self._server
-        session = server.create_session(
-            POLLING, handshake_of(request, query, server.issued_ms())
-        )
+        try:
+            session = server.create_session(
+                POLLING, handshake_of(request, query, server.issued_ms())
+            )
+        except EngineRequestError as e:
+            return answer_error(request, e)
         responder = _RequestResponder(request)
         session.attach_poll(responder)
         server.open(session)

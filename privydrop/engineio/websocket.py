@@ -52,6 +52,7 @@ from privydrop.engineio.session import (
     Session,
 )
 from privydrop.settings import EngineSettings
+from privydrop.web.clientip import peer_address
 
 try:
     from autobahn.websocket import USES_NVX as _AUTOBAHN_NVX
@@ -182,12 +183,17 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self._upgrade_sid = None if session is None else session.sid
         self._handshake = Handshake(
             headers=dict(request.headers),
-            remote_address=getattr(peer, "host", ""),
+            remote_address=peer_address(peer),
             query=query,
             url=autobahn_compat.request_uri(self, request),
             secure=bool(self.factory.isSecure),
             issued_ms=server.issued_ms(),
         )
+        if session is None:
+            try:
+                server.admit(self._handshake)
+            except EngineRequestError as e:
+                raise ConnectionDeny(e.status, e.message)
 
     def onOpen(self) -> None:
         server = self.factory.engine
@@ -201,7 +207,13 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             if self._upgrade_sid is None:
                 if self._handshake is None:
                     raise RuntimeError("onOpen before onConnect")
-                session = server.create_session(WEBSOCKET, self._handshake)
+                try:
+                    session = server.create_session(WEBSOCKET, self._handshake)
+                except EngineRequestError as e:
+                    # Admitted in onConnect; refused only if sessions of its
+                    # client opened in between.
+                    self.close_channel(WS_POLICY_VIOLATION, e.message)
+                    return
                 session.attach_websocket(self)
                 self._session = session
                 server.open(session)

@@ -12,10 +12,14 @@ This module knows the settings' address fields and nothing of commands.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.endpoints import HostnameEndpoint
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IProtocolFactory, IStreamClientEndpoint
+from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from privydrop.redis.sentinel import (
     SentinelMasterEndpoint,
@@ -54,3 +58,43 @@ def describe(settings: RedisSettings) -> str:
     if settings.sentinel is not None:
         return describe_sentinels(settings.sentinel)
     return format_address((settings.host, settings.port))
+
+
+@implementer(IStreamClientEndpoint)
+class ReportingEndpoint:
+    """An endpoint that tells its owner how each connection attempt went.
+
+    A pool learns this way that Redis cannot be reached at all (an attempt
+    refused or timed out), as opposed to not yet or not now; the attempts
+    themselves, and their retries, are the wrapped endpoint's and its
+    caller's business.
+    """
+
+    def __init__(
+        self,
+        endpoint: IStreamClientEndpoint,
+        succeeded: Callable[[], None],
+        failed: Callable[[Failure], None],
+    ) -> None:
+        """
+        @param endpoint: makes the attempts.
+        @param succeeded: called when an attempt connected.
+        @param failed: called with the reason when one failed (not when it
+            was cancelled: the pool is closing).
+        """
+        self._endpoint = endpoint
+        self._succeeded = succeeded
+        self._failed = failed
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[Any]:
+        attempt: Deferred[Any] = self._endpoint.connect(protocolFactory)
+        return attempt.addCallbacks(self._connected, self._not_connected)
+
+    def _connected(self, protocol: Any) -> Any:
+        self._succeeded()
+        return protocol
+
+    def _not_connected(self, failure: Failure) -> Failure:
+        if not failure.check(CancelledError):
+            self._failed(failure)
+        return failure

@@ -17,6 +17,16 @@ connection with an overdue reply is given up at once (L{ReplyTimeout} for
 the overdue commands, L{ConnectionLost} for the others on it) and its slot
 reconnects. A stalled Redis thus costs at most the commands in flight.
 
+Known to be down. Once an attempt to connect fails (refused, or no answer
+within C{connect_timeout}) while no connection is ready, the pool knows
+Redis is unreachable, and logs so once (field C{state="unreachable"}). A
+pool built with C{fail_fast_when_unreachable=True} then fails the callers
+waiting for a connection at once, and every new command at once too, with
+L{NotConnected}, until an attempt connects again (logged with
+C{state="reachable"}): nothing waits on a server known to be away. The
+default waits, each command until its deadline, which suits a store whose
+callers answer 503 anyway and may see Redis back within that time.
+
 Handshake refusals (L{privydrop.redis.handshake}) are logged once per
 distinct reply. By default callers waiting for a connection then fail at
 once with L{HandshakeRefused}, as do later ones until a handshake succeeds:
@@ -56,15 +66,11 @@ import txredisapi
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from privydrop.compat.txredisapi import forget_queued_connection
-from privydrop.redis.endpoint import describe, redis_endpoint
-from privydrop.redis.errors import (
-    ClientClosed,
-    ConnectionLost,
-    HandshakeRefused,
-    NotConnected,
-)
+from privydrop.redis.endpoint import ReportingEndpoint, describe, redis_endpoint
+from privydrop.redis.errors import ClientClosed, ConnectionLost, HandshakeRefused, NotConnected
 from privydrop.redis.handshake import Handshake, HandshakeStep, check_client_name
 from privydrop.redis.protocol import PipelinedProtocol
 from privydrop.redis.sentinel import SentinelWatcher, format_address
@@ -134,6 +140,7 @@ class ConnectionPool:
         db: int | None = None,
         command_timeout: float | None = None,
         fail_fast_on_refusal: bool = True,
+        fail_fast_when_unreachable: bool = False,
         reconnect_initial_delay: float = 0.2,
         reconnect_max_delay: float = 5.0,
     ) -> None:
@@ -150,6 +157,8 @@ class ConnectionPool:
             C{settings.command_timeout} when None.
         @param fail_fast_on_refusal: whether a refused handshake fails the
             callers waiting for a connection at once (see the module docstring).
+        @param fail_fast_when_unreachable: whether commands fail at once while
+            Redis is known to be unreachable (see the module docstring).
         @param reconnect_initial_delay: seconds before the first reconnection
             attempt of a slot; later ones back off exponentially.
         @param reconnect_max_delay: longest wait between reconnection
@@ -179,6 +188,10 @@ class ConnectionPool:
         )
         self.address = describe(settings)
         self._fail_fast_on_refusal = fail_fast_on_refusal
+        self._fail_fast_when_unreachable = fail_fast_when_unreachable
+        #: Why the last attempt to connect failed, while no attempt has
+        #: connected since and no connection is ready; None otherwise.
+        self.unreachable: str | None = None
         self._initial_delay = reconnect_initial_delay
         if settings.sentinel is not None:
             # Each attempt asks the Sentinels first, so a short wait finds
@@ -235,7 +248,13 @@ class ConnectionPool:
         factory = self._factory = _PoolFactory(self, self.protocol, self.size)
         factory.initialDelay = self._initial_delay
         factory.maxDelay = self._max_delay
-        factory.startConnecting(redis_endpoint(self.settings, self._reactor))
+        factory.startConnecting(
+            ReportingEndpoint(
+                redis_endpoint(self.settings, self._reactor),
+                self.connection_attempt_succeeded,
+                self.connection_attempt_failed,
+            )
+        )
         if self.settings.sentinel is not None:
             watcher = self._watcher = SentinelWatcher(
                 self.settings.sentinel, self._reactor, self._master_switched
@@ -293,9 +312,14 @@ class ConnectionPool:
             deadline = self._reactor.seconds() + self.command_timeout
         conn = self._pick()
         if conn is None:
+            if self.unreachable is not None and self._fail_fast_when_unreachable:
+                return fail(self._unreachable_error())
             self.start()
             return Deferred.fromCoroutine(self._execute_when_ready(args, deadline))
         return self._send(conn, args, deadline)
+
+    def _unreachable_error(self) -> NotConnected:
+        return NotConnected(f"redis at {self.address} is unreachable ({self.unreachable})")
 
     async def _execute_when_ready(self, args: Sequence[Any], deadline: float) -> Any:
         conn = await self._ready_connection(deadline)
@@ -406,6 +430,40 @@ class ConnectionPool:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(conn)
+
+    def connection_attempt_succeeded(self) -> None:
+        """An attempt to connect succeeded: Redis is reachable (again)."""
+        if self.unreachable is None:
+            return
+        self.unreachable = None
+        _log.info(
+            "redis at {address} is reachable again; connection {name} reconnects",
+            address=self.address,
+            name=self.name,
+            state="reachable",
+        )
+
+    def connection_attempt_failed(self, reason: Failure) -> None:
+        """An attempt to connect failed: unless a connection is ready, Redis
+        is known to be unreachable until an attempt succeeds."""
+        if self._closed or any(conn.usable for conn in self._connections):
+            return
+        error = reason.getErrorMessage()
+        known, self.unreachable = self.unreachable, error
+        if self._fail_fast_when_unreachable:
+            self._fail_waiters(self._unreachable_error)
+        if known is None:
+            _log.warn(
+                "redis at {address} is unreachable ({error}); connection {name} "
+                "{consequence} until it is back",
+                address=self.address,
+                error=error,
+                name=self.name,
+                consequence="fails its commands at once"
+                if self._fail_fast_when_unreachable
+                else "keeps retrying",
+                state="unreachable",
+            )
 
     def connection_lost(self, conn: PipelinedProtocol) -> None:
         """A connection closed: stop using it."""
@@ -524,6 +582,7 @@ class OrderedConnection(ConnectionPool):
         db: int | None = None,
         command_timeout: float | None = None,
         fail_fast_on_refusal: bool = True,
+        fail_fast_when_unreachable: bool = False,
         reconnect_initial_delay: float = 0.2,
         reconnect_max_delay: float = 5.0,
     ) -> None:
@@ -536,6 +595,7 @@ class OrderedConnection(ConnectionPool):
             db=db,
             command_timeout=command_timeout,
             fail_fast_on_refusal=fail_fast_on_refusal,
+            fail_fast_when_unreachable=fail_fast_when_unreachable,
             reconnect_initial_delay=reconnect_initial_delay,
             reconnect_max_delay=reconnect_max_delay,
         )

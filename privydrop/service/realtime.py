@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from privydrop.engineio.resource import build_engineio_resource
-from privydrop.engineio.server import EngineServer
+from privydrop.engineio.server import EngineServer, handshake_client_key
 from privydrop.rooms import Rooms
 from privydrop.settings import Settings
 from privydrop.signaling.handlers import (
@@ -78,7 +78,14 @@ def build_realtime(
     @param adapter: rooms and delivery across processes; in-process when None.
     """
     sio = SocketIOServer(reactor, settings.socketio, adapter=adapter)
-    engine = EngineServer(reactor, settings.engine, sio)
+    engine = EngineServer(
+        reactor,
+        settings.engine,
+        sio,
+        client_key=handshake_client_key(
+            settings.http.trusted_proxies, settings.http.rate_limit_ipv6_prefix
+        ),
+    )
     namespace = sio.of("/")
     signaling = install_signaling(
         namespace, rooms, settings, ice_servers=ice_server_source(settings.turn, reactor)

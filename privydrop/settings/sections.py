@@ -119,8 +119,15 @@ class EngineSettings:
     max_packets_per_payload: int = 1_000
     #: Bytes queued for one session (server -> client) before it is closed.
     max_buffered_bytes: int = 4_000_000
-    #: Open sessions per process that have not yet said anything beyond the handshake.
+    #: Open sessions per process that have not yet said anything beyond the
+    #: handshake; past it, the oldest of them is closed for a new one.
     max_pending_sessions: int = 10_000
+    #: Open sessions of one client (its rate-limit key,
+    #: L{privydrop.web.clientip.rate_limit_key}); more handshakes get 429.
+    max_sessions_per_ip: int = 256
+    #: Sessions of one client that have not said anything beyond the
+    #: handshake; more handshakes get 429.
+    max_pending_sessions_per_ip: int = 16
     #: Largest WebSocket frame accepted, bytes (max_payload when 0).
     max_frame_bytes: int = 0
     #: Fragments one WebSocket message may be split into.
@@ -147,6 +154,9 @@ class SocketIOSettings:
     max_rooms_per_socket: int = 64
     #: Largest ack id accepted, as digits.
     max_ack_id_digits: int = 15
+    #: Bytes of a CONNECT packet's payload (C{auth}); a larger one is
+    #: refused with CONNECT_ERROR without being parsed.
+    max_auth_bytes: int = 4096
     #: Bytes of one Socket.IO packet a client may send: text header plus all
     #: of its binary attachments together.
     max_packet_bytes: int = 1_000_000
@@ -195,6 +205,10 @@ class ApiSettings:
     #: API calls per client IP per window; 0 turns the limit off.
     rate_limit_calls: int = 600
     rate_limit_window_s: int = 60
+    #: logs_debug calls per client IP per window, besides the API budget
+    #: (each writes a log line); 0 turns this budget off.
+    logs_debug_rate_limit_calls: int = 30
+    logs_debug_rate_limit_window_s: int = 60
     max_log_message_length: int = 2_000
     #: Longest socket id accepted by leave_room (Socket.IO ids are 20 characters).
     max_socket_id_length: int = 64
@@ -214,6 +228,9 @@ class HttpSettings:
     idle_timeout_s: float = 60.0
     #: Peers whose X-Forwarded-For is believed (addresses or CIDR ranges).
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/8", "::1/128")
+    #: IPv6 clients are one client per network of this prefix length for
+    #: every per-client limit (an IPv6 user has a whole /64 to choose from).
+    rate_limit_ipv6_prefix: int = 64
     log_client_ips: bool = False
 
 

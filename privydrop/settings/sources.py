@@ -79,6 +79,10 @@ _SENTINEL_RECONNECT_MAX_DELAY = _SENTINEL.reconnect_max_delay
 DEFAULT_SENTINEL_PORT = 26379
 #: Shortest TURN_SECRET accepted: the secret signs every credential.
 MIN_TURN_SECRET_LENGTH = 16
+#: The IPv6 prefix lengths RATE_LIMIT_IPV6_PREFIX accepts: a /48 is a whole
+#: site, a /128 one address.
+MIN_IPV6_PREFIX = 48
+MAX_IPV6_PREFIX = 128
 
 #: Every setting, in the order the README and C{--help} list them.
 VARIABLES: tuple[Variable, ...] = (
@@ -145,11 +149,21 @@ VARIABLES: tuple[Variable, ...] = (
              "Fresh Socket.IO joins per client IP as N/seconds (the Node backend's 2/5)."),
     Variable("TRUSTED_PROXIES", "trusted-proxies", ",".join(_HTTP.trusted_proxies),
              "Comma-separated addresses or CIDR ranges whose X-Forwarded-For is "
-             "believed; empty trusts none."),
+             "believed; empty trusts none. The peer of a UNIX socket listener is "
+             "always trusted."),
+    Variable("RATE_LIMIT_IPV6_PREFIX", "rate-limit-ipv6-prefix",
+             str(_HTTP.rate_limit_ipv6_prefix),
+             "Prefix length (%d to %d) of the IPv6 network that counts as one client "
+             "for every per-client limit; IPv4 clients count per address."
+             % (MIN_IPV6_PREFIX, MAX_IPV6_PREFIX)),
     Variable("API_RATE_LIMIT", "api-rate-limit",
              "%d/%d" % (_API.rate_limit_calls, _API.rate_limit_window_s),
              "API calls per client IP as N/seconds; 0 turns the limit off. "
-             "Health endpoints are exempt."),
+             "Health endpoints are exempt. With Redis, counted across processes."),
+    Variable("LOGS_DEBUG_RATE_LIMIT", "logs-debug-rate-limit",
+             "%d/%d" % (_API.logs_debug_rate_limit_calls, _API.logs_debug_rate_limit_window_s),
+             "logs_debug calls per client IP as N/seconds, on top of API_RATE_LIMIT; "
+             "0 turns this limit off."),
     Variable("MAX_BODY_BYTES", "max-body-bytes", str(_API.max_body_bytes),
              "Largest API request body; larger ones get 413 without being read."),
     Variable("MAX_ROOM_ID_LENGTH", "max-room-id-length", str(_ROOMS.max_room_id_length),
@@ -223,7 +237,14 @@ LIMITS: tuple[Limit, ...] = (
     Limit("ENGINE_MAX_BUFFERED_BYTES", "engine-max-buffered-bytes", "engine",
           "max_buffered_bytes", "Bytes queued for one session before it is closed."),
     Limit("ENGINE_MAX_PENDING_SESSIONS", "engine-max-pending-sessions", "engine",
-          "max_pending_sessions", "Open sessions per process that said nothing after the handshake."),
+          "max_pending_sessions", "Open sessions per process that said nothing after the "
+          "handshake; past it the oldest of them is closed to admit a new one."),
+    Limit("ENGINE_MAX_SESSIONS_PER_IP", "engine-max-sessions-per-ip", "engine",
+          "max_sessions_per_ip", "Open sessions of one client IP (IPv6: of its network, "
+          "RATE_LIMIT_IPV6_PREFIX); further handshakes get 429."),
+    Limit("ENGINE_MAX_PENDING_SESSIONS_PER_IP", "engine-max-pending-sessions-per-ip", "engine",
+          "max_pending_sessions_per_ip", "Open sessions of one client IP that said nothing "
+          "after the handshake; further handshakes get 429."),
     Limit("ENGINE_MAX_FRAGMENTS", "engine-max-fragments", "engine", "max_fragments",
           "Fragments one WebSocket message may be split into."),
     Limit("ENGINE_MAX_OUTBOUND_BUFFER", "engine-max-outbound-buffer", "engine",
@@ -238,6 +259,9 @@ LIMITS: tuple[Limit, ...] = (
           "max_rooms_per_socket", "Socket.IO rooms one socket may be in."),
     Limit("SOCKETIO_MAX_PACKET_BYTES", "socketio-max-packet-bytes", "socketio",
           "max_packet_bytes", "Bytes of one Socket.IO packet, attachments included."),
+    Limit("SOCKETIO_MAX_AUTH_BYTES", "socketio-max-auth-bytes", "socketio",
+          "max_auth_bytes", "Bytes of a Socket.IO CONNECT payload (auth); a larger one "
+          "is refused with a connect_error.", 2),
 )
 
 
@@ -639,6 +663,21 @@ def _trusted_proxies(sources: _Sources) -> tuple[str, ...]:
     return tuple(networks)
 
 
+def _ipv6_prefix(sources: _Sources) -> int:
+    found = sources.find("RATE_LIMIT_IPV6_PREFIX")
+    if found is None:
+        return _HTTP.rate_limit_ipv6_prefix
+    value = found.value.strip()
+    if not (value.isascii() and value.isdigit()) or not (
+        MIN_IPV6_PREFIX <= int(value) <= MAX_IPV6_PREFIX
+    ):
+        raise ConfigError(
+            "%s: expected a prefix length from %d to %d, got %r"
+            % (found.label, MIN_IPV6_PREFIX, MAX_IPV6_PREFIX, found.value)
+        )
+    return int(value)
+
+
 def _rate(
     sources: _Sources, name: str, default: tuple[int, int], zero_allowed: bool
 ) -> tuple[int, int]:
@@ -794,6 +833,12 @@ def settings_from_options(
     calls, window = _rate(
         sources, "API_RATE_LIMIT", (_API.rate_limit_calls, _API.rate_limit_window_s), True
     )
+    logs_calls, logs_window = _rate(
+        sources,
+        "LOGS_DEBUG_RATE_LIMIT",
+        (_API.logs_debug_rate_limit_calls, _API.logs_debug_rate_limit_window_s),
+        True,
+    )
     join_limit, join_window = _rate(
         sources, "JOIN_RATE_LIMIT", (_ROOMS.join_limit, _ROOMS.join_window_s), False
     )
@@ -801,6 +846,8 @@ def settings_from_options(
         max_body_bytes=sources.number("MAX_BODY_BYTES", _API.max_body_bytes, int, 1),
         rate_limit_calls=calls,
         rate_limit_window_s=window,
+        logs_debug_rate_limit_calls=logs_calls,
+        logs_debug_rate_limit_window_s=logs_window,
         max_log_message_length=sources.number(
             "MAX_LOG_MESSAGE_LENGTH", _API.max_log_message_length, int, 1
         ),
@@ -816,6 +863,7 @@ def settings_from_options(
         body_timeout_s=sources.number("HTTP_BODY_TIMEOUT", _HTTP.body_timeout_s, float, 0.001),
         idle_timeout_s=sources.number("HTTP_IDLE_TIMEOUT", _HTTP.idle_timeout_s, float, 0.001),
         trusted_proxies=_trusted_proxies(sources),
+        rate_limit_ipv6_prefix=_ipv6_prefix(sources),
         log_client_ips=sources.flag("LOG_CLIENT_IPS"),
     )
     engine = attrs.evolve(

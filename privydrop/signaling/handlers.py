@@ -63,9 +63,11 @@ them is broadcast.
 
 The join rate limit keys on the client IP under the REST API's rule
 (L{privydrop.web.clientip}): the direct peer, or behind a trusted proxy the
-right-most X-Forwarded-For address that is not a trusted proxy. The Node
-backend takes the first X-Forwarded-For address, which the client writes
-itself, so every join could claim a fresh address and escape the limit.
+right-most X-Forwarded-For address that is not a trusted proxy; an IPv6
+client counts as its network (C{RATE_LIMIT_IPV6_PREFIX}, a /64 by default).
+The Node backend takes the first X-Forwarded-For address, which the client
+writes itself, so every join could claim a fresh address and escape the
+limit.
 
 Per socket, joins and the disconnect clean-up run one at a time (a
 L{DeferredLock}), so a disconnect that arrives while a join waits for the
@@ -93,7 +95,7 @@ from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.sockets import Socket
 from privydrop.store.interface import StoreUnavailable
 from privydrop.turn import IceServerSource
-from privydrop.web.clientip import client_ip, trusted_proxies
+from privydrop.web.clientip import client_ip, rate_limit_key, trusted_proxies
 
 _log = Logger()
 
@@ -108,24 +110,28 @@ MAX_WAITING_JOINS = 4
 INVALID_ROOM_ID = "Invalid roomId"
 SERVER_ERROR = "Server error while joining room"
 
-#: Callable giving the client IP that a socket's joins count against.
+#: Callable giving the client (its rate-limit key) that a socket's joins count against.
 ClientIpOf = Callable[[Socket], str]
 #: The API's hook: C{notify_peer_left(room_id, socket_id)}.
 NotifyPeerLeft = Callable[[str, str], None]
 
 
 def handshake_client_ip(settings: Settings) -> ClientIpOf:
-    """The client IP of a socket under the REST API's rule.
+    """The client of a socket under the REST API's rule, as its rate-limit key.
 
     Reads the Engine.IO handshake's direct peer address and its
-    X-Forwarded-For header (believed only from C{settings.http.trusted_proxies}).
+    X-Forwarded-For header (believed only from C{settings.http.trusted_proxies});
+    an IPv6 client counts as its network (C{RATE_LIMIT_IPV6_PREFIX},
+    L{privydrop.web.clientip.rate_limit_key}).
     """
     proxies = trusted_proxies(tuple(settings.http.trusted_proxies))
+    prefix = settings.http.rate_limit_ipv6_prefix
 
     def client_ip_of(socket: Socket) -> str:
         handshake = socket.handshake
         forwarded = handshake.headers.get("x-forwarded-for")
-        return client_ip(handshake.address, [forwarded] if forwarded else [], proxies)
+        address = client_ip(handshake.address, [forwarded] if forwarded else [], proxies)
+        return rate_limit_key(address, prefix)
 
     return client_ip_of
 

@@ -58,6 +58,21 @@ class SocketIOProtocolError(Exception):
     """
 
 
+class AuthTooLarge(SocketIOProtocolError):
+    """A CONNECT whose payload (C{auth}) passes C{max_auth_bytes}; not parsed.
+
+    Unlike other protocol errors it is answered with CONNECT_ERROR for its
+    namespace rather than by closing the connection (see
+    L{privydrop.socketio.server}).
+
+    @ivar namespace: the namespace the CONNECT was for.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__("CONNECT payload larger than max_auth_bytes")
+        self.namespace = namespace
+
+
 class PacketType(enum.IntEnum):
     """Packet types (socket.io-protocol v5, "Exchange protocol")."""
 
@@ -83,11 +98,13 @@ class PacketLimits:
     @ivar max_ack_id_digits: digits an ack id may have.
     @ivar max_packet_bytes: bytes of one packet: its text header plus all of
         its attachments.
+    @ivar max_auth_bytes: bytes of a CONNECT packet's payload.
     """
 
     max_attachments: int = 10
     max_ack_id_digits: int = 15
     max_packet_bytes: int = 1_000_000
+    max_auth_bytes: int = 4096
 
 
 class Packet(tuple):
@@ -252,6 +269,7 @@ def decode(text: str, limits: PacketLimits) -> Packet:
     A BINARY_EVENT or BINARY_ACK comes back with C{attachments} set and its
     placeholders still in C{data}; L{BinaryReassembler} completes it.
 
+    @raise AuthTooLarge: a CONNECT payload over C{max_auth_bytes}.
     @raise SocketIOProtocolError: unknown type, bad attachment count, bad ack
         id, invalid JSON, a payload the type does not allow, a reserved event
         name, or a limit exceeded.
@@ -304,6 +322,12 @@ def decode(text: str, limits: PacketLimits) -> Packet:
             raise SocketIOProtocolError("ack id longer than max_ack_id_digits")
     if i > start:
         ack_id = int(text[start:i])
+    if (
+        packet_type is PacketType.CONNECT
+        and length - i > 0
+        and _utf8_length_exceeds(text[i:], limits.max_auth_bytes)
+    ):
+        raise AuthTooLarge(namespace)
     payload: Any = None
     if i < length:
         try:

@@ -14,6 +14,17 @@ C{privydrop.engineio.interface}.
 Error boundary (socket.io-protocol v5): a packet that breaks the protocol or a
 limit closes that client's Engine.IO connection and nothing else; a handler's
 exception is logged and affects only its event.
+
+The one exception is a CONNECT whose payload (C{auth}) passes
+C{max_auth_bytes}: it is answered with CONNECT_ERROR C{{message: "auth payload
+too large"}} for its namespace, without the payload being parsed, and the
+connection stays open. socket.io-client then reports C{connect_error} and
+leaves that socket disconnected, where a closed connection would make it
+reconnect, and send the same payload, again and again. (The reference server
+has no such cap: a CONNECT is bounded only by C{maxHttpBufferSize}, past which
+the transport is closed.) The payload goes to the connect handlers and is not
+kept afterwards (L{SocketHandshake} has no C{auth}); a few KiB leave room for
+what connection-state recovery puts there (C{{pid, offset}}).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from privydrop.socketio.ids import SocketId, new_socket_id
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.packets import (
     MAIN_NAMESPACE,
+    AuthTooLarge,
     Packet,
     PacketLimits,
     PacketType,
@@ -49,6 +61,10 @@ _log = Logger()
 CLOSE_PARSE_ERROR = "parse error"
 #: Engine.IO close reason when no namespace was joined within connect_timeout_ms.
 CLOSE_CONNECT_TIMEOUT = "connect timeout"
+#: The CONNECT_ERROR message for a CONNECT to a namespace nobody registered.
+INVALID_NAMESPACE = "Invalid namespace"
+#: The CONNECT_ERROR message for a CONNECT payload over max_auth_bytes.
+AUTH_TOO_LARGE = "auth payload too large"
 
 
 class SocketIOServer:
@@ -71,6 +87,7 @@ class SocketIOServer:
             max_attachments=settings.max_attachments,
             max_ack_id_digits=settings.max_ack_id_digits,
             max_packet_bytes=settings.max_packet_bytes,
+            max_auth_bytes=settings.max_auth_bytes,
         )
         self._adapter: Adapter = adapter if adapter is not None else LocalAdapter()
         self._adapter.attach(self)
@@ -137,6 +154,8 @@ class SocketIOServer:
             packet = client.reassembler.feed(message)
             if packet is not None:
                 self._on_packet(client, packet)
+        except AuthTooLarge as e:
+            self._refuse_auth(client, e.namespace)
         except SocketIOProtocolError as e:
             self._warnings.warn(
                 _log,
@@ -201,13 +220,30 @@ class SocketIOServer:
         else:  # DISCONNECT
             socket._on_close("client namespace disconnect")
 
+    def _refuse_auth(self, client: Client, name: str) -> None:
+        """Answer a CONNECT whose payload is over C{max_auth_bytes}."""
+        if name not in self._namespaces:
+            # The answer to any CONNECT of an unknown namespace.
+            message = INVALID_NAMESPACE
+        else:
+            message = AUTH_TOO_LARGE
+            self._warnings.warn(
+                _log,
+                "max_auth_bytes",
+                "refused a CONNECT of client {engine_sid} to {namespace}: {limit} exceeded",
+                engine_sid=client.connection.sid,
+                namespace=name,
+                limit="max_auth_bytes",
+            )
+        client.send(encode(Packet(PacketType.CONNECT_ERROR, name, {"message": message})))
+
     def _connect(self, client: Client, packet: Packet) -> None:
         name = packet.namespace
         namespace = self._namespaces.get(name)
         if namespace is None:
             client.send(
                 encode(
-                    Packet(PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
+                    Packet(PacketType.CONNECT_ERROR, name, {"message": INVALID_NAMESPACE})
                 )
             )
             return
@@ -227,7 +263,6 @@ class SocketIOServer:
                 headers=engine.headers,
                 address=engine.remote_address,
                 query=engine.query,
-                auth=auth,
                 issued_ms=int(self._clock.seconds() * 1000),
                 url=engine.url,
                 secure=engine.secure,

@@ -45,10 +45,12 @@ _log = Logger()
 class SocketHandshake:
     """What a socket's client said when it connected.
 
+    The CONNECT packet's payload (C{auth}) is not here: it is handed to the
+    namespace's connect handlers and not kept for the socket's life.
+
     @ivar headers: request headers of the Engine.IO handshake, lower-cased.
     @ivar address: the client's address as Engine.IO saw it.
     @ivar query: query parameters of the Engine.IO handshake.
-    @ivar auth: the CONNECT packet's payload (C{{}} when there was none).
     @ivar issued_ms: when the socket was created, ms since the epoch.
     @ivar url: path and query of the Engine.IO handshake request.
     @ivar secure: whether the handshake came over TLS.
@@ -57,7 +59,6 @@ class SocketHandshake:
     headers: Mapping[str, str]
     address: str
     query: Mapping[str, str]
-    auth: Mapping[str, Any]
     issued_ms: int
     url: str
     secure: bool

@@ -41,6 +41,7 @@ from privydrop.redis.pool import ConnectionPool
 from privydrop.settings import RedisSettings
 from privydrop.store import keys
 from privydrop.store.interface import (
+    CallCounts,
     IStore,
     JoinOutcome,
     JoinResult,
@@ -77,7 +78,9 @@ JOIN_ROOM = Script.load("join_room", "rate_window")
 LEAVE_ROOM = Script.load("leave_room")
 RECORD_ATTEMPT = Script.load("record_attempt", "rate_window")
 TRACK_REFERRER = Script.load("track_referrer")
+COUNT_CALLS = Script.load("count_calls")
 ALL_SCRIPTS = (
+    COUNT_CALLS,
     CREATE_ROOM,
     CREATE_FIRST_FREE_ROOM,
     JOIN_ROOM,
@@ -335,6 +338,26 @@ class RedisStore:
             (rate.member, now_ms, rate.window_ms, rate.ttl_s),
         )
         return RateResult(count=int(count), oldest_ms=int(oldest))
+
+    async def count_calls(
+        self,
+        budget: str,
+        client_key: str,
+        window_s: int,
+        window_index: int,
+        calls: int,
+        ttl_s: int,
+    ) -> CallCounts:
+        """Count a client's calls of a budget. One round trip (script)."""
+        current, previous = await self._script(
+            COUNT_CALLS,
+            (
+                keys.call_count(budget, window_s, window_index, client_key),
+                keys.call_count(budget, window_s, window_index - 1, client_key),
+            ),
+            (calls, ttl_s),
+        )
+        return CallCounts(current=int(current), previous=int(previous))
 
     async def track_referrer(
         self, day: str, ref: str, ttl_s: int, max_referrers: int

@@ -330,6 +330,53 @@ def test_call_budget_429_and_health_exempt() -> None:
     assert client.post("/api/check_room", {"roomId": "1"}, headers=me)[0] == 200
 
 
+def test_ipv6_clients_share_one_budget_per_64() -> None:
+    """A client cannot walk room ids with check_room by using a fresh address
+    of its /64 for each call: the whole network has one budget."""
+    settings = Settings(api=ApiSettings(rate_limit_calls=3, rate_limit_window_s=60),
+                        http=HttpSettings(trusted_proxies=("127.0.0.0/8",)))
+    client = make_client(settings)
+    codes = [client.post("/api/check_room", {"roomId": "1"},
+                         headers={"X-Forwarded-For": "2001:db8:1:2::%x" % n})[0]
+             for n in range(1, 6)]
+    assert codes == [200, 200, 200, 429, 429]
+    assert client.post("/api/check_room", {"roomId": "1"},
+                       headers={"X-Forwarded-For": "2001:db8:1:3::1"})[0] == 200
+    wider = make_client(attrs.evolve(
+        settings, http=attrs.evolve(settings.http, rate_limit_ipv6_prefix=128)))
+    assert [wider.post("/api/check_room", {"roomId": "1"},
+                       headers={"X-Forwarded-For": "2001:db8:1:2::%x" % n})[0]
+            for n in range(1, 6)] == [200] * 5
+
+
+def test_logs_debug_has_its_own_tighter_budget() -> None:
+    """Each logs_debug call writes a log line: past its own budget a client
+    gets 429 there while its other API calls still work."""
+    settings = Settings(
+        api=ApiSettings(rate_limit_calls=20, logs_debug_rate_limit_calls=2,
+                        logs_debug_rate_limit_window_s=60),
+        http=HttpSettings(trusted_proxies=("127.0.0.0/8",)))
+    client = make_client(settings)
+    me = {"X-Forwarded-For": "203.0.113.9"}
+    line = {"message": "hello", "timestamp": 1}
+    assert [client.post("/api/logs_debug", line, headers=me)[0] for _ in range(4)] == [
+        200, 200, 429, 429]
+    code, headers, body = client.post("/api/logs_debug", line, headers=me)
+    assert code == 429 and "error" in body and int(headers.getRawHeaders("retry-after")[0]) >= 1
+    assert client.post("/api/check_room", {"roomId": "1"}, headers=me)[0] == 200
+    assert client.post("/api/logs_debug", line,
+                       headers={"X-Forwarded-For": "198.51.100.2"})[0] == 200
+    client.clock.advance(120)
+    assert client.post("/api/logs_debug", line, headers=me)[0] == 200
+
+
+def test_logs_debug_budget_off_with_zero() -> None:
+    """LOGS_DEBUG_RATE_LIMIT=0 leaves logs_debug to the API budget alone."""
+    client = make_client(Settings(api=ApiSettings(logs_debug_rate_limit_calls=0)))
+    for _ in range(50):
+        assert client.post("/api/logs_debug", {"message": "m", "timestamp": 1})[0] == 200
+
+
 def test_call_budget_off_with_zero() -> None:
     """API_RATE_LIMIT=0 lets a benchmark hammer the API."""
     client = make_client(Settings(api=ApiSettings(rate_limit_calls=0)))

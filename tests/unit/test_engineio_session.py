@@ -15,7 +15,12 @@ from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineError, EngineRequestError
 from privydrop.engineio.interface import EngineConnection, Handshake, Message
 from privydrop.engineio.packets import Packet, PacketType
-from privydrop.engineio.server import EngineServer, TooManyPendingSessions
+from privydrop.engineio.server import (
+    REASON_EVICTED,
+    EngineServer,
+    TooManySessions,
+    handshake_client_key,
+)
 from privydrop.engineio.session import (
     REASON_BUFFER_LIMIT,
     REASON_PING_TIMEOUT,
@@ -157,7 +162,7 @@ def test_sids_are_unique_and_unguessable_length(
     clock: Clock, app: RecordingApp
 ) -> None:
     """Short or repeated sids would let one client reach another's session."""
-    server = make_server(clock, app)
+    server = make_server(clock, app, max_pending_sessions_per_ip=200, max_sessions_per_ip=200)
     sids = {server.create_session("polling", HANDSHAKE).sid for _ in range(200)}
     assert len(sids) == 200
     assert all(
@@ -279,21 +284,116 @@ def test_transport_mismatch_after_upgrade_is_bad_request(
     assert raised.value.code is EngineError.BAD_REQUEST
 
 
-def test_pending_sessions_are_capped_until_clients_speak(
+def handshake_from(address: str, forwarded: str | None = None) -> Handshake:
+    headers = {"x-forwarded-for": forwarded} if forwarded else {}
+    return attrs.evolve(HANDSHAKE, remote_address=address, headers=headers)
+
+
+def open_polling_from(server: EngineServer, handshake: Handshake) -> Session:
+    session = server.create_session("polling", handshake)
+    session.attach_poll(FakePoll())
+    server.open(session)
+    return session
+
+
+def test_silent_sessions_are_capped_per_client_until_they_speak(
     clock: Clock, app: RecordingApp
 ) -> None:
-    """Handshake floods that never continue must not grow the server without bound."""
-    server = make_server(clock, app, max_pending_sessions=2)
-    query = {"EIO": "4", "transport": "polling"}
-    first, _ = open_polling(server)
-    open_polling(server)
-    with capturedLogs() as events, pytest.raises(TooManyPendingSessions) as raised:
-        server.verify(query, "GET", False, None)
-    assert raised.value.status == 503
-    assert [e.get("limit") for e in events] == ["max_pending_sessions"]
+    """One address opening handshakes it never continues is refused (429)
+    past its own cap, and only its own handshakes are: the cap frees up as
+    its sessions speak."""
+    server = make_server(clock, app, max_pending_sessions_per_ip=2)
+    flooder = handshake_from("203.0.113.66")
+    first = open_polling_from(server, flooder)
+    open_polling_from(server, flooder)
+    with capturedLogs() as events, pytest.raises(TooManySessions) as raised:
+        server.create_session("polling", flooder)
+    assert raised.value.status == 429
+    assert [e.get("limit") for e in events if e.get("limit")] == ["max_pending_sessions_per_ip"]
+    assert not any("203.0.113.66" in repr(e) for e in events)
+    open_polling_from(server, handshake_from("198.51.100.7"))
     first.receive(msg("hi"))
-    assert server.pending_count == 1
-    assert server.verify(query, "GET", False, None) is None
+    assert server.admit(flooder) == "203.0.113.66"
+    open_polling_from(server, flooder)
+    assert server.pending_count == 3
+
+
+def test_open_sessions_are_capped_per_client(clock: Clock, app: RecordingApp) -> None:
+    """Sessions that do speak are capped per client too, and a closed one
+    makes room again."""
+    server = make_server(clock, app, max_sessions_per_ip=3)
+    client = handshake_from("203.0.113.66")
+    sessions = [open_polling_from(server, client) for _ in range(3)]
+    for session in sessions:
+        session.receive(msg("hi"))
+    with pytest.raises(TooManySessions) as raised:
+        server.admit(client)
+    assert raised.value.limit == "max_sessions_per_ip"
+    open_polling_from(server, handshake_from("198.51.100.7"))
+    sessions[0].receive(Packet(PacketType.CLOSE))
+    open_polling_from(server, client)
+    assert server.clients_count == 4
+
+
+def test_ipv6_clients_are_capped_per_network(clock: Clock, app: RecordingApp) -> None:
+    """Every address of one /64 is one client: a fresh address per handshake
+    does not escape the cap; the next /64 is another client."""
+    server = make_server(clock, app, max_pending_sessions_per_ip=2)
+    open_polling_from(server, handshake_from("2001:db8:1:2::1"))
+    open_polling_from(server, handshake_from("2001:db8:1:2::2"))
+    with pytest.raises(TooManySessions):
+        server.admit(handshake_from("2001:db8:1:2::3"))
+    open_polling_from(server, handshake_from("2001:db8:1:3::1"))
+
+
+def test_client_behind_a_trusted_proxy_is_its_forwarded_address(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """Behind nginx every visitor arrives from the proxy's address: the caps
+    count the address the proxy forwards, as the API and the join window do."""
+    server = EngineServer(
+        clock,
+        attrs.evolve(SETTINGS, max_pending_sessions_per_ip=1),
+        app,
+        client_key=handshake_client_key(("127.0.0.0/8",), 64),
+    )
+    open_polling_from(server, handshake_from("127.0.0.1", "203.0.113.66"))
+    with pytest.raises(TooManySessions):
+        server.admit(handshake_from("127.0.0.1", "6.6.6.6, 203.0.113.66"))
+    open_polling_from(server, handshake_from("127.0.0.1", "198.51.100.7"))
+    # Without a trusted proxy the header is the client's own claim.
+    direct = make_server(clock, app, max_pending_sessions_per_ip=1)
+    open_polling_from(direct, handshake_from("127.0.0.1", "203.0.113.66"))
+    with pytest.raises(TooManySessions):
+        direct.admit(handshake_from("127.0.0.1", "198.51.100.7"))
+
+
+def test_full_process_evicts_its_oldest_silent_session_for_a_new_visitor(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """When silent sessions fill the process (a flood from many addresses),
+    a new visitor still gets in: the session silent longest is closed for it,
+    and sessions that spoke are never evicted."""
+    server = make_server(clock, app, max_pending_sessions=3)
+    talker = open_polling_from(server, handshake_from("198.51.100.1"))
+    talker.receive(msg("hi"))
+    silent = [open_polling_from(server, handshake_from(f"203.0.113.{n}")) for n in range(3)]
+    with capturedLogs() as events:
+        visitor = open_polling_from(server, handshake_from("198.51.100.2"))
+    assert silent[0].state is SessionState.CLOSED
+    assert silent[0].close_reason == REASON_EVICTED
+    assert (silent[0].sid, REASON_EVICTED) in app.closed
+    assert server.get_session(silent[0].sid) is None
+    assert [e.get("limit") for e in events if e.get("limit")] == ["max_pending_sessions"]
+    assert server.pending_count == 3
+    visitor.receive(msg("hello"))
+    for n in range(10):
+        open_polling_from(server, handshake_from(f"203.0.114.{n}"))
+    assert server.pending_count == 3
+    assert talker.state is SessionState.OPEN and visitor.state is SessionState.OPEN
+    assert server.clients_count == 5
+    # An evicted client's counts are released with its session.
+    assert server.admit(handshake_from("203.0.113.0")) == "203.0.113.0"
 
 
 def test_close_all_closes_every_session(clock: Clock, app: RecordingApp) -> None:

@@ -270,3 +270,23 @@ def test_protocol_options_are_shared_class_attributes() -> None:
     assert isinstance(plain, WebSocketServerProtocol)
     assert not isinstance(plain, EngineWebSocketProtocol)
     assert plain.factory is factory
+
+
+def test_websocket_handshakes_are_capped_per_client_before_the_upgrade() -> None:
+    """A client opening sessions directly over WebSocket meets the same caps
+    as over polling, refused with an HTTP 429 instead of the 101 upgrade."""
+    app = _Recorder()
+    server = EngineServer(
+        Clock(), EngineSettings(max_pending_sessions_per_ip=2), app  # type: ignore[arg-type]
+    )
+    factory = EngineWebSocketFactory(server)
+    answers = []
+    for _ in range(3):
+        protocol = factory.buildProtocol(None)
+        transport = _Transport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(_UPGRADE)
+        answers.append(transport.value().split(b"\r\n", 1)[0])
+    assert answers[:2] == [b"HTTP/1.1 101 Switching Protocols"] * 2
+    assert answers[2].startswith(b"HTTP/1.1 429 ")
+    assert server.clients_count == 2

@@ -136,11 +136,50 @@ def test_connect_handler_receives_auth_and_handshake(server: SocketIOServer) -> 
 
     @server.of("/").on_connect
     def connected(socket: Socket, auth: Any) -> None:
-        seen.append((auth, socket.handshake.auth, socket.handshake.headers["user-agent"],
+        seen.append((auth, socket.handshake.headers["user-agent"],
                      socket.handshake.address, socket.handshake.query["EIO"]))
 
     join(server, "e1", auth='{"token":"123"}')
-    assert seen == [({"token": "123"}, {"token": "123"}, "test", "127.0.0.1", "4")]
+    assert seen == [({"token": "123"}, "test", "127.0.0.1", "4")]
+
+
+def test_auth_is_not_kept_for_the_socket_s_life(server: SocketIOServer) -> None:
+    """The CONNECT payload goes to the connect handlers and nowhere else: a
+    socket does not hold it while it lives (a thousand sockets with a large
+    auth each would hold it all in memory)."""
+    kept: list[Socket] = []
+    server.of("/").on_connect(lambda socket, auth: kept.append(socket))
+    join(server, "e1", auth='{"token":"' + "x" * 4000 + '"}')
+    assert not hasattr(kept[0].handshake, "auth")
+    assert "x" * 4000 not in repr(vars(kept[0]))
+
+
+def test_oversize_auth_is_refused_with_connect_error_without_parsing(clock: Clock) -> None:
+    """A CONNECT whose payload passes SOCKETIO_MAX_AUTH_BYTES is answered with
+    CONNECT_ERROR (socket.io-client reports connect_error and does not retry
+    in a loop, as it would after a close), without the payload being parsed:
+    even invalid JSON gets that answer. The connection stays usable."""
+    server = SocketIOServer(clock, SocketIOSettings(max_auth_bytes=64))
+    handled: list[Any] = []
+    server.of("/").on_connect(lambda socket, auth: handled.append(auth))
+    conn = connect_engine(server)
+    with capturedLogs() as events:
+        conn.receive('0{"token":"' + "x" * 64 + '"}')
+        conn.receive("0{" + "[" * 100)  # not JSON: still a size refusal
+    assert conn.take_text() == ['4{"message":"auth payload too large"}'] * 2
+    assert conn.closed is None and handled == []
+    assert len([e for e in events if e.get("log_level").name == "warn"]) == 1
+    # Exactly at the cap is accepted; so is a session-recovery sized auth.
+    small = '{"pid":"' + "p" * 20 + '","offset":"' + "o" * 20 + '"}'
+    assert len(small) <= 64
+    conn.receive("0" + small)
+    clock.advance(0)
+    assert conn.take_text()[0].startswith('0{"sid":')
+    assert handled == [orjson.loads(small)]
+    # Namespaced CONNECTs are capped the same way.
+    server.of("/custom")
+    conn.receive("0/custom," + '{"t":"' + "y" * 80 + '"}')
+    assert conn.take_text() == ['4/custom,{"message":"auth payload too large"}']
 
 
 def test_events_emitted_in_connect_handler_follow_connect_answer(
@@ -833,3 +872,14 @@ def test_arbitrary_client_input_never_escapes_the_server(frames: list[Message]) 
     assert bystander.take() == ['31["still here"]']
     if conn.closed is not None:
         assert server.connection_count() == 1
+
+
+def test_oversize_auth_to_an_unknown_namespace_is_an_invalid_namespace(clock: Clock) -> None:
+    """Whatever its payload, a CONNECT to a namespace nobody registered gets
+    the usual answer, and nothing about it is logged."""
+    server = SocketIOServer(clock, SocketIOSettings(max_auth_bytes=8))
+    conn = connect_engine(server)
+    with capturedLogs() as events:
+        conn.receive('0/nowhere,{"t":"' + "y" * 80 + '"}')
+    assert conn.take_text() == ['4/nowhere,{"message":"Invalid namespace"}']
+    assert not [e for e in events if "nowhere" in repr(e)]

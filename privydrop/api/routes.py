@@ -38,13 +38,13 @@ import orjson
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from privydrop import __version__
+from privydrop.api.content import body_refusal
 from privydrop.api.errors import (
     LEAVE_FIELDS_REQUIRED,
     ROOM_ID_REQUIRED,
@@ -52,6 +52,8 @@ from privydrop.api.errors import (
     bad_request,
 )
 from privydrop.compat.klein import HotRoutes
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.ratelimit import CallBudget
 from privydrop.rooms import (
@@ -109,6 +111,20 @@ def read_json_object(request: IRequest) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad_request("JSON body must be an object")
     return value
+
+
+def _as_text(value: object, name: str) -> str:
+    """A JSON value as text for the log: a string as it is, anything else as JSON.
+
+    @raise APIError: 400 when it is nested deeper than the encoder goes
+        (the parser takes deeper documents than the encoder writes).
+    """
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        raise bad_request("%s is nested too deeply" % (name,)) from None
 
 
 def _required(value: object) -> bool:
@@ -190,7 +206,7 @@ def _json_endpoint(
             # Klein cancels the route when the client goes away; nobody to answer.
             raise
         except Exception:
-            _log.failure("API route {path} failed", path=request.path)
+            _log.failure("API route {path} failed", path=clip(request.path))
             code, result = 500, {"error": "Internal server error"}
         request.setResponseCode(code)
         request.setHeader(b"content-type", _JSON)
@@ -398,10 +414,8 @@ class PrivyDropAPI:
     async def logs_debug(self, request: IRequest) -> Any:
         body = read_json_object(request)
         limit = self._settings.api.max_log_message_length
-        message = body.get("message")
-        text = message if isinstance(message, str) else orjson.dumps(message).decode()
-        timestamp = body.get("timestamp")
-        stamp = timestamp if isinstance(timestamp, str) else orjson.dumps(timestamp).decode()
+        text = _as_text(body.get("message"), "message")
+        stamp = _as_text(body.get("timestamp"), "timestamp")
         # !r keeps a message with newlines on one log line.
         _log.info(
             "client log at {client_timestamp!r}: {client_message!r}",
@@ -470,7 +484,32 @@ class _APIResource(Resource):
                 request.setHeader(b"content-type", _JSON)
                 request.setHeader(b"retry-after", b"%d" % (decision.retry_after_s,))
                 return orjson.dumps({"error": _TOO_MANY})
+        refusal = _body_refusal(request)
+        if refusal is not None:
+            api._warnings.warn(_log, refusal, "API request refused (415): {error}", error=refusal)
+            request.setResponseCode(415)
+            request.setHeader(b"content-type", _JSON)
+            return orjson.dumps({"error": refusal})
         return self._routes.render(request)
+
+
+def _body_refusal(request: IRequest) -> str | None:
+    """Why the request's body is not one the API reads (L{privydrop.api.content})."""
+    headers = request.requestHeaders
+    content = request.content
+    has_body = False
+    if content is not None:
+        # The site keeps bodies in memory; another server (tests' StubTreq)
+        # may hand a file.
+        position = content.tell()
+        has_body = content.seek(0, 2) > 0
+        content.seek(position)
+    return body_refusal(
+        request.method,
+        headers.getRawHeaders(b"content-type", []),
+        headers.getRawHeaders(b"content-encoding", []),
+        has_body,
+    )
 
 
 __all__ = ["PrivyDropAPI", "PeerLeftHook", "read_json_object"]

@@ -155,6 +155,14 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds an idle keep-alive connection is kept open."),
     Variable("LOG_CLIENT_IPS", "log-client-ips", "0",
              "1 includes client IP addresses in log events.", flag=True),
+    Variable("LOG_LEVEL", "log-level", "info",
+             "Lowest level of the server's log events that is recorded: debug, info, "
+             "warn, error or critical. When not given, twist --log-level applies "
+             "(twistd has no such option)."),
+    Variable("LISTEN_BACKLOG", "listen-backlog", str(_HTTP.listen_backlog),
+             "Connections the kernel queues before the server accepts them, for "
+             "tcp:, tcp6:, ssl: and unix: listeners that do not set backlog= "
+             "themselves (systemd sockets take theirs from the .socket unit)."),
     Variable("TURN_SECRET", None, "(none)",
              "Secret shared with coturn (its static-auth-secret, with use-auth-secret), "
              "at least %d characters; with TURN_URLS, clients get short-lived TURN "
@@ -595,6 +603,23 @@ def _turn(sources: _Sources) -> TurnSettings:
     return TurnSettings(secret=secret or None, urls=urls, credential_ttl_s=ttl)
 
 
+#: The names LOG_LEVEL accepts (C{twisted.logger}'s levels, and C{warning}).
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+
+
+def _log_level(sources: _Sources) -> str | None:
+    found = sources.find("LOG_LEVEL")
+    if found is None or not found.value.strip():
+        return None
+    value = found.value.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ConfigError(
+            "%s: expected debug, info, warn, error or critical, got %r"
+            % (found.label, found.value)
+        )
+    return "warn" if value == "warning" else value
+
+
 def _listen(sources: _Sources) -> str:
     found = sources.find("--listen")
     if found is not None and found.value.strip():
@@ -699,6 +724,7 @@ def settings_from_options(
         idle_timeout_s=sources.number("HTTP_IDLE_TIMEOUT", _HTTP.idle_timeout_s, float, 0.001),
         trusted_proxies=_trusted_proxies(sources),
         log_client_ips=sources.flag("LOG_CLIENT_IPS"),
+        listen_backlog=sources.number("LISTEN_BACKLOG", _HTTP.listen_backlog, int, 1),
     )
     engine = attrs.evolve(
         _ENGINE,
@@ -745,6 +771,7 @@ def settings_from_options(
         http=http,
         turn=_turn(sources),
         env_file=env_file,
+        log_level=_log_level(sources),
     )
 
 

@@ -27,9 +27,9 @@ from typing import Any
 
 import attrs
 import txredisapi
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from privydrop.logs.levels import Logger
 from privydrop.redis.errors import (
     ClientClosed,
     ConnectionLost,

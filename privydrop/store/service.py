@@ -16,8 +16,8 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
 
+from privydrop.logs.levels import Logger
 from privydrop.settings import Settings
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.store.memory import MemoryStore

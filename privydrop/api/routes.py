@@ -8,15 +8,23 @@ C{POST /api/set_track}    C{{ref, timestamp, path}} -> C{{success: true}}
 C{POST /api/logs_debug}   C{{message, timestamp}} -> C{{success: true}}
 C{POST /api/leave_room}   C{{roomId, socketId}} -> C{{success, message}}
 C{GET  /api/ice_servers}  -> C{{iceServers, ttl}}: short-lived TURN credentials
-C{GET  /health}           liveness (also C{/api/health})
+C{GET  /health}           readiness: 503 while the store is unusable (also C{/api/health})
+C{GET  /health/live}      liveness: 200 while the process serves
 C{GET  /health/detailed}  store round trip, Socket.IO connections, process figures
 =========================  ====================================================
 
 Every answer is JSON. Input the client can fix is a 4xx C{{"error": ...}}
 (malformed or non-object JSON, a bad C{roomId}, 404, 405, 429 past the
-per-IP call budget); a store that is down or stalled is a 503 within the
-store's command timeout; anything else is logged and answered 500. CORS and
-the call budget are applied by L{_APIResource} before Klein routes.
+per-IP call budget, 415 for a body that is not JSON); a store that is down
+or stalled is a 503 within the store's command timeout; anything else is
+logged and answered 500. CORS, the call budget and the body's type are
+checked by L{_APIResource} before Klein routes.
+
+C{/health} answers from what the store's own operations (and an idle-time
+PING) said of it (L{privydrop.store.health}), without a Redis command of its
+own: 503 with the reason once the store has been unusable for longer than
+its command timeout, for a load balancer or Docker health check to take the
+process out. C{/health/live} says only that the process serves.
 
 The API reaches Socket.IO only through two optional callables handed in by
 the service tree (C{notify_peer_left}, C{connection_count}); it knows nothing
@@ -65,6 +73,7 @@ from privydrop.rooms import (
 )
 from privydrop.settings import Settings
 from privydrop.store import keys
+from privydrop.store.health import StoreHealth
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.tracking import InvalidTrack, ReferrerTracker
 from privydrop.turn import ice_server_source
@@ -77,7 +86,7 @@ _log = Logger()
 PeerLeftHook = Callable[[str, str], "Awaitable[None] | None"]
 
 #: Paths that are never counted against the call budget.
-HEALTH_PATHS = frozenset({b"/health", b"/api/health", b"/health/detailed"})
+HEALTH_PATHS = frozenset({b"/health", b"/api/health", b"/health/live", b"/health/detailed"})
 
 SERVICE_NAME = "privydrop-backend"
 _JSON = b"application/json; charset=utf-8"
@@ -239,6 +248,7 @@ class PrivyDropAPI:
         notify_peer_left: PeerLeftHook | None = None,
         connection_count: Callable[[], int] | None = None,
         redis_address: str | None = None,
+        store_health: StoreHealth | None = None,
     ) -> None:
         """
         @param settings: all settings (reads C{api}, C{rooms}, C{tracking},
@@ -254,6 +264,8 @@ class PrivyDropAPI:
             C{/health/detailed}; None until Socket.IO exists.
         @param redis_address: C{host:port} shown by C{/health/detailed}, or
             None for the in-memory store.
+        @param store_health: what the store's operations say of it, for
+            C{/health}; None: the store is always usable (the memory store).
         """
         self._settings = settings
         self._store = store
@@ -267,6 +279,7 @@ class PrivyDropAPI:
         self._notify_peer_left = notify_peer_left
         self._connection_count = connection_count
         self._redis_address = redis_address
+        self._store_health = store_health
         self._started = clock.seconds()
         self._warnings = WarningThrottle(clock)
         self._ice_servers = ice_server_source(settings.turn, clock)
@@ -300,14 +313,31 @@ class PrivyDropAPI:
             "environment": self._settings.environment,
         }
 
+    def _readiness(self) -> Any:
+        """200 and the basic figures, or 503 with the reason while the store
+        has been unusable for longer than its command timeout."""
+        body = self._basic_health()
+        health = self._store_health
+        problem = None if health is None else health.problem()
+        if problem is None:
+            return body
+        body["status"] = "unhealthy"
+        body["errors"] = [problem]
+        return 503, body
+
     @app.route("/health", methods=["GET"])
     @_json_endpoint
     async def health(self, request: IRequest) -> Any:
-        return self._basic_health()
+        return self._readiness()
 
     @app.route("/api/health", methods=["GET"])
     @_json_endpoint
     async def api_health(self, request: IRequest) -> Any:
+        return self._readiness()
+
+    @app.route("/health/live", methods=["GET"])
+    @_json_endpoint
+    async def health_live(self, request: IRequest) -> Any:
         return self._basic_health()
 
     @app.route("/health/detailed", methods=["GET"])

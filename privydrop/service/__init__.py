@@ -144,6 +144,7 @@ def build_service(
         notify_peer_left=notify_peer_left,
         connection_count=connection_count,
         redis_address=redis_address,
+        store_health=store_service.health,
     )
     site = build_site(settings, reactor, api.resource(), engineio_resource)
     try:

@@ -104,7 +104,8 @@ VARIABLES: tuple[Variable, ...] = (
              "Redis password (with REDIS_HOST, or REDIS_URL without a password)."),
     Variable("REDIS_DB", None, str(_REDIS.db), "Redis database index (with REDIS_HOST)."),
     Variable("REDIS_COMMAND_TIMEOUT", "redis-command-timeout", str(_REDIS.command_timeout),
-             "Seconds one store operation may take before the request fails with 503."),
+             "Seconds one store operation may take before the request fails with 503; "
+             "also how long the store may be unusable before GET /health answers 503."),
     Variable("REDIS_CONNECT_TIMEOUT", "redis-connect-timeout", str(_REDIS.connect_timeout),
              "Seconds to wait for Redis at start-up."),
     Variable("REDIS_POOL_SIZE", "redis-pool-size", str(_REDIS.pool_size),
@@ -160,9 +161,11 @@ VARIABLES: tuple[Variable, ...] = (
              "warn, error or critical. When not given, twist --log-level applies "
              "(twistd has no such option)."),
     Variable("LISTEN_BACKLOG", "listen-backlog", str(_HTTP.listen_backlog),
-             "Connections the kernel queues before the server accepts them, for "
-             "tcp:, tcp6:, ssl: and unix: listeners that do not set backlog= "
-             "themselves (systemd sockets take theirs from the .socket unit)."),
+             "Connections the kernel queues before the server accepts them (the listen "
+             "backlog; Linux caps it at net.core.somaxconn), for tcp:, tcp6:, ssl: and "
+             "unix: listeners that do not set backlog= themselves; systemd sockets take "
+             "theirs from the .socket unit. Twisted's default, 50, leaves a burst of "
+             "connections waiting where no timeout reaches them."),
     Variable("TURN_SECRET", None, "(none)",
              "Secret shared with coturn (its static-auth-secret, with use-auth-secret), "
              "at least %d characters; with TURN_URLS, clients get short-lived TURN "

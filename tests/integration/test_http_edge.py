@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import errno
 import socket
+import time
 import urllib.error
 import urllib.request
 from typing import Any, AsyncIterator
 
 import attrs
 import pytest_twisted
-from twisted.internet import defer, reactor, task
+from twisted.internet import reactor, task
 from twisted.internet.threads import deferToThread
 
 from privydrop.service import build_service
@@ -158,8 +159,6 @@ async def test_hundreds_of_silent_connections_all_close_at_the_header_deadline()
 
 
 def _get_health_seconds(url: str) -> float:
-    import time
-
     began = time.monotonic()
     with urllib.request.urlopen(url, timeout=10) as response:
         assert response.status == 200
@@ -178,4 +177,3 @@ async def test_small_bodies_still_pass(server: Running) -> None:
         assert outcome == 400  # too long a room id: read, parsed and refused by the route
     finally:
         await big.service.stopService()
-    await defer.succeed(None)

@@ -18,7 +18,6 @@ import json
 import os
 from typing import Any
 
-import pytest
 import pytest_twisted
 import treq
 from twisted.internet import defer, reactor, task

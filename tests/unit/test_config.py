@@ -290,3 +290,21 @@ def test_redis_channel_prefix_is_settable_and_validated() -> None:
     for bad in ("", "a#b", "drop*"):
         with pytest.raises(ConfigError, match="REDIS_CHANNEL_PREFIX"):
             settings({**base, "REDIS_CHANNEL_PREFIX": bad})
+
+
+def test_log_level_setting() -> None:
+    """Not given: None (info under twistd, or twist's own level); given: validated."""
+    assert settings().log_level is None
+    assert settings({"LOG_LEVEL": "debug"}).log_level == "debug"
+    assert settings({"LOG_LEVEL": " Warning "}).log_level == "warn"
+    assert settings({"LOG_LEVEL": "info"}, ["--log-level", "error"]).log_level == "error"
+    with pytest.raises(ConfigError, match="LOG_LEVEL.*'verbose'"):
+        settings({"LOG_LEVEL": "verbose"})
+
+
+def test_listen_backlog_setting() -> None:
+    assert settings().http.listen_backlog == 1024
+    assert settings({"LISTEN_BACKLOG": "4096"}).http.listen_backlog == 4096
+    assert settings({}, ["--listen-backlog", "128"]).http.listen_backlog == 128
+    with pytest.raises(ConfigError, match="LISTEN_BACKLOG"):
+        settings({"LISTEN_BACKLOG": "0"})

@@ -342,13 +342,15 @@ class ThrottledAutobahnLog:
         self._original = original
         self._logger = Logger(namespace=AUTOBAHN_LOG_NAMESPACE)
 
-    def _emit(self, level: LogLevel, format: str | None = None, *args: Any, **fields: Any) -> None:
-        text = format if isinstance(format, str) else ""
+    def _emit(self, level: LogLevel, format: str | None, **fields: Any) -> None:
+        # Autobahn's formats are fixed texts (one builds its own from sizes),
+        # so the format names the cause; clipped in case one holds more.
+        text = clip(format) if isinstance(format, str) else ""
         clipped: dict[str, Any] = {
             key: clip(value) if isinstance(value, (str, bytes)) else value
             for key, value in fields.items()
         }
-        self._throttle.emit(level, self._logger, "autobahn:" + clip(text, 80), text, **clipped)
+        self._throttle.emit(level, self._logger, "autobahn:" + text, text, **clipped)
 
     def debug(self, *args: Any, **fields: Any) -> None:
         pass

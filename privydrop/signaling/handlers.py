@@ -59,8 +59,7 @@ before unbinding, through L{peer_left_notifier}.
 
 Malformed payloads of the relayed events (L{privydrop.signaling.events}) are
 dropped with a debug log (one per event and reason per interval) and counted
-in L{Signaling.dropped}; nothing of
-them is broadcast.
+in L{Signaling.dropped}; nothing of them is broadcast.
 
 The join rate limit keys on the client IP under the REST API's rule
 (L{privydrop.web.clientip}): the direct peer, or behind a trusted proxy the

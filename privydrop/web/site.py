@@ -309,12 +309,13 @@ class HardenedChannel(http.HTTPChannel):
         # for every such connection, whatever LOG_CLIENT_IPS says; this one
         # does the same (close, and abort if that does not end it within
         # abortTimeout), with a throttled line that names no address.
+        peer = self._peer_field()
         self.site.warnings.info(
             _log,
             "idle-timeout",
-            "closing a connection idle for {timeout} s",
+            "closing a connection idle for {timeout} s" + (" from {peer}" if peer else ""),
             timeout=self.site.settings.http.idle_timeout_s,
-            **self._peer_field(),
+            **peer,
         )
         if self.abortTimeout is not None:
             self._idle_abort = self.callLater(self.abortTimeout, self._abort_idle)
@@ -409,12 +410,14 @@ class PrivyDropSite(server.Site):
         # per status code. The URI never shows an Engine.IO sid.
         method = request.method.decode("latin-1")[:16]
         fields: dict[str, Any] = {}
+        line = "{method} {uri} {code}"
         if self.settings.http.log_client_ips:
             fields["peer"] = getattr(request.getClientAddress(), "host", "")
+            line += " from {peer}"
         self.warnings.debug(
             _log,
             "request:%d" % (request.code,),
-            "{method} {uri} {code}",
+            line,
             method=method,
             uri=redact_uri(request.uri),
             code=request.code,

@@ -511,3 +511,28 @@ def test_logs_debug_with_deep_json_is_a_400_not_a_500(
     with capturedLogs() as events:
         assert client.post("/api/logs_debug", raw=body)[::2] == (code, answer)
     assert not [e for e in events if e.get("log_failure") is not None]
+
+
+def test_health_is_readiness_and_health_live_is_liveness() -> None:
+    """/health follows the store's health; /health/live only the process."""
+    from privydrop.store.health import StoreHealth
+
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    health = StoreHealth(clock, grace_s=2.0)
+    api = PrivyDropAPI(Settings(), MemoryStore(clock), clock, store_health=health)
+    client = Client(StubTreq(api.resource()), clock, MemoryStore(clock))
+    for path in ("/health", "/api/health", "/health/live"):
+        code, _, body = client.get(path)
+        assert (code, body["status"]) == (200, "healthy")
+    health.failed(clock.seconds(), "Redis at 10.0.0.1:6379: error reply (LOADING ...)")
+    clock.advance(2.5)
+    for path in ("/health", "/api/health"):
+        code, _, body = client.get(path)
+        assert (code, body["status"]) == (503, "unhealthy")
+        assert body["errors"] == ["store unusable for 2.5 s: Redis at 10.0.0.1:6379: "
+                                  "error reply (LOADING ...)"]
+    code, _, body = client.get("/health/live")
+    assert (code, body["status"]) == (200, "healthy")
+    health.succeeded(clock.seconds())
+    assert client.get("/health")[0] == 200

@@ -28,11 +28,11 @@ import txredisapi
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from privydrop.cluster.messages import DEFAULT_CHANNEL_PREFIX
 from privydrop.cluster.routing import ClusterAdapter, new_node_id
+from privydrop.logs.levels import Logger
 from privydrop.redis.errors import (
     ClientClosed,
     ConnectionLost,

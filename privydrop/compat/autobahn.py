@@ -17,6 +17,11 @@ Three uses, each with the names it needs, a check and a fallback:
     transport's C{abortConnection}) and protocols built the stock way.
   - L{request_uri} reads the request-target Autobahn kept from the opening
     handshake. Fallback: rebuilt from the path and query C{onConnect} gets.
+  - L{ThrottledAutobahnLog} takes the place of a protocol's C{log} (the
+    txaio logger Autobahn writes its own events to, L{AUTOBAHN_LOG_METHODS}):
+    Autobahn logs a line per refused handshake or failed connection, which
+    a client causes at will. Fallback: none needed; a method Autobahn calls
+    that it lacks is taken from the original logger.
 
 Every function that touches an internal is used by the transport only when
 its check passed. C{tests/unit/test_compat_autobahn.py} fails, naming the
@@ -38,10 +43,13 @@ from autobahn.websocket import protocol as _protocol_module
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from privydrop.compat.twisted import write_now
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
+from privydrop.logs.throttle import WarningThrottle
 
 _log = Logger()
 
@@ -302,6 +310,70 @@ def hide_peer_address(protocol: Any) -> None:
     """Name the peer C{"-"} in Autobahn's own log events (client addresses are
     logged only when a setting allows it)."""
     protocol.peer = "-"
+
+
+#: What Autobahn calls on a protocol's C{log} (a txaio logger).
+AUTOBAHN_LOG_METHODS = ("debug", "info", "warn", "error", "critical", "failure", "trace")
+
+#: The namespace of Autobahn's events once they go through L{ThrottledAutobahnLog}.
+AUTOBAHN_LOG_NAMESPACE = "autobahn.websocket.protocol"
+
+
+class ThrottledAutobahnLog:
+    """A protocol's C{log}: Autobahn's own events, throttled and clipped.
+
+    Autobahn writes an C{info} or C{warn} line for every refused opening
+    handshake ("failing WebSocket opening handshake"), failed connection
+    ("failing WebSocket connection", "dropping connection to peer") and
+    some client faults, with the client's close reason in it. Through this
+    logger each of its formats (a fixed text, so a fixed cause) is logged at
+    most once per interval, with text fields clipped. Debug and trace events
+    are dropped, as txaio's default level does; C{failure} (a bug of ours in
+    a callback) passes unchanged.
+    """
+
+    def __init__(self, throttle: WarningThrottle, original: Any) -> None:
+        """
+        @param throttle: the component's throttle (the Engine.IO server's).
+        @param original: the protocol's own C{log}, for anything else it is
+            asked.
+        """
+        self._throttle = throttle
+        self._original = original
+        self._logger = Logger(namespace=AUTOBAHN_LOG_NAMESPACE)
+
+    def _emit(self, level: LogLevel, format: str | None, **fields: Any) -> None:
+        # Autobahn's formats are fixed texts (one builds its own from sizes),
+        # so the format names the cause; clipped in case one holds more.
+        text = clip(format) if isinstance(format, str) else ""
+        clipped: dict[str, Any] = {
+            key: clip(value) if isinstance(value, (str, bytes)) else value
+            for key, value in fields.items()
+        }
+        self._throttle.emit(level, self._logger, "autobahn:" + text, text, **clipped)
+
+    def debug(self, *args: Any, **fields: Any) -> None:
+        pass
+
+    trace = debug
+
+    def info(self, format: str | None = None, *args: Any, **fields: Any) -> None:
+        self._emit(LogLevel.info, format, **fields)
+
+    def warn(self, format: str | None = None, *args: Any, **fields: Any) -> None:
+        self._emit(LogLevel.warn, format, **fields)
+
+    def error(self, format: str | None = None, *args: Any, **fields: Any) -> None:
+        self._emit(LogLevel.error, format, **fields)
+
+    def critical(self, format: str | None = None, *args: Any, **fields: Any) -> None:
+        self._emit(LogLevel.critical, format, **fields)
+
+    def failure(self, *args: Any, **fields: Any) -> None:
+        self._logger.failure(*args, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
 
 
 def receive_limit(protocol: Any, max_payload: int) -> int:

@@ -68,7 +68,13 @@ HTTP_HOOKS: dict[type, tuple[str, ...]] = {
         "requestDone",
         "timeoutConnection",
     ),
-    server.Request: ("gotLength", "handleContentChunk", "requestReceived", "startedWriting"),
+    server.Request: (
+        "gotLength",
+        "handleContentChunk",
+        "requestReceived",
+        "startedWriting",
+        "render",
+    ),
 }
 
 #: The keyword of C{server.Site} that turns form parsing off.

@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -32,6 +31,7 @@ from privydrop.engineio.session import (
     WS_POLICY_VIOLATION,
     Session,
 )
+from privydrop.logs.levels import Logger
 from privydrop.web.clientip import peer_address
 from privydrop.web.cors import POLLING_ALLOWED_METHODS, polling_headers
 
@@ -131,7 +131,9 @@ class PollingTransport:
         try:
             session = self._server.verify(query, method, upgrade=False, origin=origin)
         except EngineRequestError as e:
-            _log.debug(
+            self._server.rejections.debug(
+                _log,
+                "refused:" + e.code.name,
                 "engine polling request refused: {code}",
                 code=e.code.name,
                 transport=POLLING,

@@ -11,7 +11,6 @@ server does.
 from __future__ import annotations
 
 from autobahn.twisted.resource import WebSocketResource
-from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
 
@@ -20,6 +19,7 @@ from privydrop.engineio.errors import EngineRequestError
 from privydrop.engineio.polling import PollingTransport, answer_error, header, query_of
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.websocket import EngineWebSocketFactory
+from privydrop.logs.levels import Logger
 
 _log = Logger()
 

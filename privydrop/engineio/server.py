@@ -27,7 +27,7 @@ from typing import NoReturn
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from privydrop.engineio.errors import EngineError, EngineRequestError
 from privydrop.engineio.interface import EngineApplication, EngineSid, Handshake
@@ -42,6 +42,7 @@ from privydrop.engineio.session import (
     SessionState,
 )
 from privydrop.logs import levels as loglevels
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import EngineSettings
 from privydrop.web.clientip import (
@@ -300,7 +301,10 @@ class EngineServer:
         # building these events is a measurable share of a join's CPU
         # (docs/performance.md).
         if loglevels.debug:
-            _log.debug(
+            self.rejections.lifecycle(
+                LogLevel.debug,
+                _log,
+                "opened",
                 "engine session {engine_sid} opened over {transport}",
                 engine_sid=session.sid,
                 transport=session.transport_name,

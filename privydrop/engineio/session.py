@@ -34,7 +34,7 @@ from enum import Enum
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from privydrop.engineio import packets
 from privydrop.engineio.interface import (
@@ -45,6 +45,7 @@ from privydrop.engineio.interface import (
 )
 from privydrop.engineio.packets import Packet, PacketType
 from privydrop.logs import levels as loglevels
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import EngineSettings
 
@@ -437,7 +438,13 @@ class Session:
 
     def _ping_timed_out(self) -> None:
         self._pong_call = None
-        _log.info("engine session {engine_sid} ping timeout", engine_sid=self._sid)
+        self._rejections.lifecycle(
+            LogLevel.info,
+            _log,
+            "ping-timeout",
+            "engine session {engine_sid} ping timeout",
+            engine_sid=self._sid,
+        )
         self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY)
 
     def _on_pong(self) -> None:
@@ -591,8 +598,12 @@ class Session:
         self._upgrade_call = None
         probe = self._abandon_upgrade()
         if probe is not None:
-            _log.info(
-                "engine session {engine_sid} upgrade timed out", engine_sid=self._sid
+            self._rejections.lifecycle(
+                LogLevel.info,
+                _log,
+                "upgrade-timeout",
+                "engine session {engine_sid} upgrade timed out",
+                engine_sid=self._sid,
             )
             probe.close_channel(WS_POLICY_VIOLATION, "upgrade timeout")
 
@@ -642,7 +653,13 @@ class Session:
         self._transport_name = WEBSOCKET
         self.upgraded = True
         if loglevels.debug:
-            _log.debug("engine session {engine_sid} upgraded", engine_sid=self._sid)
+            self._rejections.lifecycle(
+                LogLevel.debug,
+                _log,
+                "upgraded",
+                "engine session {engine_sid} upgraded",
+                engine_sid=self._sid,
+            )
         self._flush()
 
     def websocket_lost(
@@ -689,7 +706,10 @@ class Session:
         # leaves, and these events per connection are costly (docs/performance.md,
         # "Joins 1/4"). Room join/leave stay at info (signaling/handlers.py).
         if loglevels.debug:
-            _log.debug(
+            self._rejections.lifecycle(
+                LogLevel.debug,
+                _log,
+                "closed",
                 "engine session {engine_sid} closed ({reason})",
                 engine_sid=self._sid,
                 reason=reason,

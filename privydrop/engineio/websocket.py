@@ -32,7 +32,6 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.logger import Logger
 
 from privydrop.compat import autobahn as autobahn_compat
 from privydrop.compat.twisted import outbound_buffer_size
@@ -51,6 +50,7 @@ from privydrop.engineio.session import (
     WS_TOO_BIG,
     Session,
 )
+from privydrop.logs.levels import Logger
 from privydrop.settings import EngineSettings
 from privydrop.web.clientip import peer_address
 
@@ -159,6 +159,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
     # -- opening ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Autobahn's own lines about this connection (a refused handshake, a
+        # failed connection) are a client's to cause: throttled like ours.
+        self.log = self.factory.autobahn_log
         super().connectionMade()
         if not self.factory.engine.settings.log_client_ips:
             # Autobahn names the peer in some of its own warnings; keep client
@@ -173,7 +176,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 query, "GET", upgrade=True, origin=request.headers.get("origin")
             )
         except EngineRequestError as e:
-            self._log.debug(
+            server.rejections.debug(
+                self._log,
+                "refused:" + e.code.name,
                 "engine websocket refused: {code}",
                 code=e.code.name,
                 transport=WEBSOCKET,
@@ -551,6 +556,10 @@ class EngineWebSocketFactory(WebSocketServerFactory):
         self.engine = engine
         self.autobahn_internals = autobahn_compat.protocol_internals_usable()
         self._shared_options = autobahn_compat.SharedOptions()
+        #: The C{log} of every protocol this factory builds.
+        self.autobahn_log = autobahn_compat.ThrottledAutobahnLog(
+            engine.rejections, self.protocol.log
+        )
         apply_limits(self, engine.settings)
 
     def buildProtocol(self, addr: Any) -> Any:

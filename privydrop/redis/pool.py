@@ -65,10 +65,10 @@ from typing import Any
 import txredisapi
 from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from privydrop.compat.txredisapi import forget_queued_connection
+from privydrop.logs.levels import Logger
 from privydrop.redis.endpoint import ReportingEndpoint, describe, redis_endpoint
 from privydrop.redis.errors import ClientClosed, ConnectionLost, HandshakeRefused, NotConnected
 from privydrop.redis.handshake import Handshake, HandshakeStep, check_client_name

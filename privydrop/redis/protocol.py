@@ -47,9 +47,9 @@ from typing import Any, Protocol
 import txredisapi
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from privydrop.logs.levels import Logger
 from privydrop.redis.errors import ConnectionLost, HandshakeRefused, ReplyTimeout
 from privydrop.redis.handshake import Handshake, HandshakeStep
 from privydrop.redis.resp import ReplyParser, RESPProtocolError, encode_command

@@ -48,10 +48,10 @@ from twisted.internet.defer import CancelledError, Deferred, TimeoutError, succe
 from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.interfaces import IAddress, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from privydrop.logs.levels import Logger
 from privydrop.redis.handshake import is_auth_error
 from privydrop.redis.resp import ReplyParser, RESPProtocolError, encode_command
 from privydrop.settings import SentinelSettings

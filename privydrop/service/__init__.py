@@ -9,7 +9,8 @@
                                   so rooms and sends by socket id span hosts
       realtime   RealtimeService  Engine.IO + Socket.IO + signaling; on stop,
                                   ends every session and waits for clean-up
-      http       strports.service(settings.listen, site): the listener
+      http       strports.service(settings.listen, site): the listener, with
+                 the listen backlog LISTEN_BACKLOG (L{privydrop.service.listen})
 
 Children start in order and stop in reverse, each only once the one before
 it has finished stopping (L{_StopInOrder}): the listener stops first, then
@@ -28,14 +29,15 @@ from typing import Any, Callable
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
 from privydrop.cluster.pubsub import ClusterService
 from privydrop.cluster.routing import new_node_id
+from privydrop.logs.levels import Logger
 from privydrop.redis.endpoint import describe
 from privydrop.rooms import Rooms
+from privydrop.service.listen import with_backlog
 from privydrop.service.realtime import build_realtime
 from privydrop.settings import ConfigError, Settings
 from privydrop.store.service import StoreService
@@ -143,13 +145,16 @@ def build_service(
         notify_peer_left=notify_peer_left,
         connection_count=connection_count,
         redis_address=redis_address,
+        store_health=store_service.health,
     )
     site = build_site(settings, reactor, api.resource(), engineio_resource)
     try:
         # strports.service, unlike a bare StreamServerEndpointService, makes a
         # port that is taken fail start-up (twistd exits non-zero) instead of
         # being logged while the process runs on without listening.
-        http = strports.service(settings.listen, site, reactor=reactor)
+        http = strports.service(
+            with_backlog(settings.listen, settings.http.listen_backlog), site, reactor=reactor
+        )
     except Exception as e:
         raise ConfigError(
             "--listen: %r is not a Twisted endpoint string (%s)" % (settings.listen, e)

@@ -17,11 +17,11 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer, handshake_client_key
+from privydrop.logs.levels import Logger
 from privydrop.rooms import Rooms
 from privydrop.settings import Settings
 from privydrop.signaling.handlers import (

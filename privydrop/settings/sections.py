@@ -232,6 +232,13 @@ class HttpSettings:
     #: every per-client limit (an IPv6 user has a whole /64 to choose from).
     rate_limit_ipv6_prefix: int = 64
     log_client_ips: bool = False
+    #: Connections the kernel queues for a TCP or UNIX listener before the
+    #: server accepts them (the C{listen(2)} backlog). Twisted's default is
+    #: 50: a burst of connections beyond it waits in the kernel where no
+    #: deadline of the server reaches it (or has its SYN dropped). 1024
+    #: holds a burst of hundreds, as the systemd socket units do
+    #: (C{Backlog=1024}); Linux caps it at C{net.core.somaxconn}.
+    listen_backlog: int = 1024
 
 
 @attrs.frozen
@@ -279,6 +286,10 @@ class Settings:
     turn: TurnSettings = TurnSettings()
     #: The .env file the settings were read from, if any (for the start-up log).
     env_file: str | None = None
+    #: The lowest level of the package's log events that is recorded
+    #: (C{debug}, C{info}, C{warn}, C{error}, C{critical}); None when not
+    #: given: C{info}, or what C{twist --log-level} says.
+    log_level: str | None = None
 
     @property
     def production(self) -> bool:

@@ -133,7 +133,8 @@ VARIABLES: tuple[Variable, ...] = (
              "the master (each asks the Sentinels first), so connections follow a "
              "failover within about this long after the promotion."),
     Variable("REDIS_COMMAND_TIMEOUT", "redis-command-timeout", str(_REDIS.command_timeout),
-             "Seconds one store operation may take before the request fails with 503."),
+             "Seconds one store operation may take before the request fails with 503; "
+             "also how long the store may be unusable before GET /health answers 503."),
     Variable("REDIS_CONNECT_TIMEOUT", "redis-connect-timeout", str(_REDIS.connect_timeout),
              "Seconds to wait for Redis at start-up."),
     Variable("REDIS_POOL_SIZE", "redis-pool-size", str(_REDIS.pool_size),
@@ -194,6 +195,16 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds an idle keep-alive connection is kept open."),
     Variable("LOG_CLIENT_IPS", "log-client-ips", "0",
              "1 includes client IP addresses in log events.", flag=True),
+    Variable("LOG_LEVEL", "log-level", "info",
+             "Lowest level of the server's log events that is recorded: debug, info, "
+             "warn, error or critical. When not given, twist --log-level applies "
+             "(twistd has no such option)."),
+    Variable("LISTEN_BACKLOG", "listen-backlog", str(_HTTP.listen_backlog),
+             "Connections the kernel queues before the server accepts them (the listen "
+             "backlog; Linux caps it at net.core.somaxconn), for tcp:, tcp6:, ssl: and "
+             "unix: listeners that do not set backlog= themselves; systemd sockets take "
+             "theirs from the .socket unit. Twisted's default, 50, leaves a burst of "
+             "connections waiting where no timeout reaches them."),
     Variable("TURN_SECRET", None, "(none)",
              "Secret shared with coturn (its static-auth-secret, with use-auth-secret), "
              "at least %d characters; with TURN_URLS, clients get short-lived TURN "
@@ -752,6 +763,23 @@ def _turn(sources: _Sources) -> TurnSettings:
     return TurnSettings(secret=secret or None, urls=urls, credential_ttl_s=ttl)
 
 
+#: The names LOG_LEVEL accepts (C{twisted.logger}'s levels, and C{warning}).
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+
+
+def _log_level(sources: _Sources) -> str | None:
+    found = sources.find("LOG_LEVEL")
+    if found is None or not found.value.strip():
+        return None
+    value = found.value.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ConfigError(
+            "%s: expected debug, info, warn, error or critical, got %r"
+            % (found.label, found.value)
+        )
+    return "warn" if value == "warning" else value
+
+
 def _listen(sources: _Sources) -> str:
     found = sources.find("--listen")
     if found is not None and found.value.strip():
@@ -865,6 +893,7 @@ def settings_from_options(
         trusted_proxies=_trusted_proxies(sources),
         rate_limit_ipv6_prefix=_ipv6_prefix(sources),
         log_client_ips=sources.flag("LOG_CLIENT_IPS"),
+        listen_backlog=sources.number("LISTEN_BACKLOG", _HTTP.listen_backlog, int, 1),
     )
     engine = attrs.evolve(
         _ENGINE,
@@ -911,6 +940,7 @@ def settings_from_options(
         http=http,
         turn=_turn(sources),
         env_file=env_file,
+        log_level=_log_level(sources),
     )
 
 

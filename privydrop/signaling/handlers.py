@@ -58,8 +58,8 @@ C{POST /api/leave_room} sends the same C{peer-disconnected} to the room
 before unbinding, through L{peer_left_notifier}.
 
 Malformed payloads of the relayed events (L{privydrop.signaling.events}) are
-dropped with a debug log and counted in L{Signaling.dropped}; nothing of
-them is broadcast.
+dropped with a debug log (one per event and reason per interval) and counted
+in L{Signaling.dropped}; nothing of them is broadcast.
 
 The join rate limit keys on the client IP under the REST API's rule
 (L{privydrop.web.clientip}): the direct peer, or behind a trusted proxy the
@@ -85,8 +85,9 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
+from privydrop.logs.levels import Logger
 from privydrop.rooms import InvalidRoomId, Rooms
 from privydrop.settings import Settings
 from privydrop.signaling import events
@@ -182,6 +183,8 @@ class Signaling:
         self._limits = EventLimits.from_settings(settings)
         self._client_ip_of = client_ip_of
         self._log_ips = settings.http.log_client_ips
+        #: Every line a client can cause goes through it (per cause, per interval).
+        self._warnings = namespace.warnings
         self._sockets: dict[str, _SocketState] = {}
         self._idle_waiters: list[Deferred[None]] = []
         self.dropped = events.DroppedPayloads()
@@ -248,7 +251,9 @@ class Signaling:
             # bound the socket, and this is where such a binding goes away.
             result = await self._rooms.leave(socket_id)
         except StoreUnavailable:
-            _log.warn(
+            self._warnings.warn(
+                _log,
+                "store:leave",
                 "store unavailable; socket {sid} stays bound to room {room_id} until its TTL",
                 sid=socket_id,
                 room_id=room,
@@ -257,7 +262,10 @@ class Signaling:
         if room is None and result.room_id is not None:
             self._namespace.to(result.room_id).emit(PEER_DISCONNECTED, {"peerId": socket_id})
         if result.room_id is not None:
-            _log.info(
+            self._warnings.lifecycle(
+                LogLevel.info,
+                _log,
+                "left",
                 "socket {sid} left room {room_id} ({remaining} remaining)",
                 sid=socket_id,
                 room_id=result.room_id,
@@ -291,11 +299,15 @@ class Signaling:
             decision = await self._rooms.join(socket.id, room_id, ip)
         except InvalidRoomId:
             self.dropped.record(events.JOIN, events.Reason.REFUSED_ROOM_ID)
-            _log.debug("socket {sid} asked for an invalid room id", sid=socket.id)
+            self._warnings.debug(
+                _log, "invalid-room-id", "socket {sid} asked for an invalid room id", sid=socket.id
+            )
             socket.emit(JOIN_RESPONSE, _join_response(False, INVALID_ROOM_ID, room_id))
             return
         except StoreUnavailable:
-            _log.warn(
+            self._warnings.warn(
+                _log,
+                "store:join",
                 "store unavailable while socket {sid} joined room {room_id}",
                 sid=socket.id,
                 room_id=room_id,
@@ -310,8 +322,12 @@ class Signaling:
             return
 
         if not decision.success:
+            # A client can be refused as fast as it can ask (a full rate
+            # window): one line per outcome and interval.
             if self._log_ips:
-                _log.info(
+                self._warnings.info(
+                    _log,
+                    "join-refused:" + decision.outcome.value,
                     "join of socket {sid} from {peer} to room {room_id} refused: {outcome}",
                     sid=socket.id,
                     peer=ip,
@@ -319,7 +335,9 @@ class Signaling:
                     outcome=decision.outcome.value,
                 )
             else:
-                _log.info(
+                self._warnings.info(
+                    _log,
+                    "join-refused:" + decision.outcome.value,
                     "join of socket {sid} to room {room_id} refused: {outcome}",
                     sid=socket.id,
                     room_id=room_id,
@@ -347,7 +365,14 @@ class Signaling:
                 socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
                 return
             state.room = room_id
-            _log.info("socket {sid} joined room {room_id}", sid=socket.id, room_id=room_id)
+            self._warnings.lifecycle(
+                LogLevel.info,
+                _log,
+                "joined",
+                "socket {sid} joined room {room_id}",
+                sid=socket.id,
+                room_id=room_id,
+            )
         response = _join_response(True, decision.message, room_id)
         if self._ice_servers is not None:
             # Only sockets that got into a room receive relay credentials.
@@ -424,7 +449,9 @@ class Signaling:
 
     def _drop(self, socket: Socket, event: str, error: InvalidPayload) -> None:
         self.dropped.record(event, error.reason)
-        _log.debug(
+        self._warnings.debug(
+            _log,
+            "dropped:%s:%s" % (event, error.reason.value),
             "dropped {event} from socket {sid}: {reason} ({field})",
             event=event,
             sid=socket.id,
@@ -434,8 +461,12 @@ class Signaling:
 
     def _unroutable(self, socket: Socket, event: str) -> None:
         self.unroutable += 1
-        _log.debug(
-            "dropped {event} from socket {sid}: not in that room", event=event, sid=socket.id
+        self._warnings.debug(
+            _log,
+            "unroutable:" + event,
+            "dropped {event} from socket {sid}: not in that room",
+            event=event,
+            sid=socket.id,
         )
 
 

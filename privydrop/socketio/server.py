@@ -32,11 +32,13 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from privydrop.engineio.interface import EngineConnection, EngineSid, Message
 from privydrop.logs import levels as loglevels
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.acks import PendingAcks
@@ -100,6 +102,11 @@ class SocketIOServer:
     def adapter(self) -> Adapter:
         return self._adapter
 
+    @property
+    def warnings(self) -> WarningThrottle:
+        """The throttle of every log line about this server's clients."""
+        return self._warnings
+
     def of(self, name: str) -> Namespace:
         """The namespace called C{name}, registered on first use.
 
@@ -109,7 +116,7 @@ class SocketIOServer:
             raise ValueError("namespace names start with '/'")
         namespace = self._namespaces.get(name)
         if namespace is None:
-            namespace = self._namespaces[name] = Namespace(name, self._adapter)
+            namespace = self._namespaces[name] = Namespace(name, self._adapter, self._warnings)
         return namespace
 
     def connection_count(self) -> int:
@@ -190,7 +197,9 @@ class SocketIOServer:
         client.connect_timer = None
         if client.closed or client.sockets:
             return
-        _log.info(
+        self._warnings.info(
+            _log,
+            "connect-timeout",
             "closing client {engine_sid}: no namespace joined within {timeout_ms} ms",
             engine_sid=client.connection.sid,
             timeout_ms=self._settings.connect_timeout_ms,
@@ -208,9 +217,11 @@ class SocketIOServer:
         if socket is None:
             # As the reference server does: packets for a namespace the client
             # is not connected to are ignored.
-            _log.debug(
+            self._warnings.debug(
+                _log,
+                "unconnected-namespace",
                 "ignoring packet for unconnected namespace {namespace}",
-                namespace=packet.namespace,
+                namespace=clip(packet.namespace),
             )
             return
         if packet_type is PacketType.EVENT or packet_type is PacketType.BINARY_EVENT:
@@ -248,7 +259,12 @@ class SocketIOServer:
             )
             return
         if name in client.sockets or name in client.connecting:
-            _log.debug("ignoring repeated CONNECT to {namespace}", namespace=name)
+            self._warnings.debug(
+                _log,
+                "repeated-connect",
+                "ignoring repeated CONNECT to {namespace}",
+                namespace=clip(name),
+            )
             return
         auth: Mapping[str, Any] = packet.data if packet.data is not None else {}
         engine = client.connection.handshake
@@ -293,7 +309,10 @@ class SocketIOServer:
         # building these events is a measurable share of a join's CPU
         # (docs/performance.md).
         if loglevels.debug:
-            _log.debug(
+            self._warnings.lifecycle(
+                LogLevel.debug,
+                _log,
+                "connected",
                 "socket {sid} joined namespace {namespace}",
                 sid=socket.id,
                 namespace=name,

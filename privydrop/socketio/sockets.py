@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from privydrop.logs import levels as loglevels
+from privydrop.logs.levels import Logger
 from privydrop.socketio.acks import PendingAcks
 from privydrop.socketio.errors import (
     AckTimeout,
@@ -331,8 +332,12 @@ class Socket:
 
     def _on_ack(self, packet: Packet) -> None:
         if packet.ack_id is None or not self._acks.resolve(packet.ack_id, packet.data):
-            _log.debug(
-                "unexpected ack {ack_id} on socket {sid}", ack_id=packet.ack_id, sid=self.id
+            self.namespace.warnings.debug(
+                _log,
+                "unexpected-ack",
+                "unexpected ack {ack_id} on socket {sid}",
+                ack_id=packet.ack_id,
+                sid=self.id,
             )
 
     def _on_close(self, reason: str) -> None:
@@ -357,7 +362,10 @@ class Socket:
         # building these events is a measurable share of a join's CPU
         # (docs/performance.md).
         if loglevels.debug:
-            _log.debug(
+            self.namespace.warnings.lifecycle(
+                LogLevel.debug,
+                _log,
+                "disconnected",
                 "socket {sid} left namespace {namespace}: {reason}",
                 sid=self.id,
                 namespace=self.namespace.name,

@@ -22,9 +22,9 @@ import math
 from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from privydrop.logs.levels import Logger
 from privydrop.store import keys
 from privydrop.store.interface import (
     CallCounts,

@@ -10,10 +10,12 @@ resource. It also hardens C{twisted.web} for a public port:
    few seconds would hold a connection for ever);
  - a body cap per path (the API's C{max_body_bytes}, Engine.IO's
    C{max_payload} under its path): a request whose declared
-   C{Content-Length} or received bytes pass it gets a 413 JSON answer and the
-   connection is closed, without the body being read on; bodies are kept in
-   memory and never spooled to a temporary file as C{twisted.web} does by
-   default for large ones;
+   C{Content-Length} or received bytes pass it gets a 413 JSON answer, and
+   the connection is closed lingeringly (L{HardenedChannel.refuse_too_large}):
+   what the client still sends is read and thrown away, within bounds, so
+   that it gets to read the answer; bodies are kept in memory and never
+   spooled to a temporary file as C{twisted.web} does by default for large
+   ones;
  - a client that sends requests but does not read the answers (HTTP
    pipelining) has its connection dropped once the answers waiting to be
    sent pass C{engine.max_outbound_buffer} bytes: C{twisted.web} stops
@@ -22,7 +24,10 @@ resource. It also hardens C{twisted.web} for a public port:
  - form bodies are not parsed into C{request.args} (nothing here takes
    forms; L{privydrop.compat.twisted.site_options});
  - no C{Server: TwistedWeb/<version>} header;
- - the access log holds client addresses only when C{LOG_CLIENT_IPS} says so.
+ - the log holds client addresses only when C{LOG_CLIENT_IPS} says so, never
+   an Engine.IO C{sid} (URIs are redacted), and its lines about clients are
+   throttled per cause (Twisted's own "Timing out client: <address>" and
+   "HEAD request <request>" lines are replaced by ours).
 
 This module knows the two resources it routes to only as C{IResource}s.
 """
@@ -34,7 +39,6 @@ from typing import Any
 
 import orjson
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -46,6 +50,8 @@ from privydrop.compat.twisted import (
     site_options,
 )
 from privydrop.logs import levels as loglevels
+from privydrop.logs.client_text import redact_uri
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import Settings
 from privydrop.web.cors import api_headers
@@ -54,6 +60,15 @@ _log = Logger()
 
 #: The one 413 answer, in the API's error shape.
 _TOO_LARGE_BODY = orjson.dumps({"error": "Request body is too large"})
+
+#: Bytes of a refused body read and thrown away after its 413, so that the
+#: client, which reads the answer only once it has sent everything, gets it
+#: (closing a connection with unread bytes makes the kernel reset it, and
+#: the reset destroys the answer). Honest clients that pass the cap do so
+#: with a file or a paste of a few megabytes; beyond this the bandwidth is
+#: not worth the answer and the connection is closed. The time allowed is
+#: C{HTTP_BODY_TIMEOUT}, what any body gets.
+LINGER_MAX_BYTES = 8 * 1024 * 1024
 
 
 class LimitedRequest(server.Request):
@@ -108,6 +123,22 @@ class LimitedRequest(server.Request):
             self.responseHeaders.removeHeader(b"server")
         super().write(data)
 
+    def render(self, resrc: IResource) -> None:
+        if self.method != b"HEAD":
+            super().render(resrc)
+            return
+        # Twisted answers a HEAD whose resource renders a body by logging
+        # "HEAD request <request> ... I think I'll eat it" at info, once per
+        # request and with the URI (an Engine.IO sid included). The answer is
+        # the same without that line: the headers, the length, no body. Our
+        # resources take HEAD themselves (never UnsupportedMethod).
+        body = resrc.render(self)
+        if body is server.NOT_DONE_YET:
+            return
+        self.setHeader(b"content-length", b"%d" % (len(body),))
+        self.write(b"")
+        self.finish()
+
 
 class HardenedChannel(http.HTTPChannel):
     """C{HTTPChannel} with header and body deadlines and an early 413.
@@ -122,6 +153,11 @@ class HardenedChannel(http.HTTPChannel):
     refused = False
     _head_deadline: IDelayedCall | None = None
     _body_deadline: IDelayedCall | None = None
+    #: Set while a refused request's connection is being drained (L{_linger}).
+    _linger_deadline: IDelayedCall | None = None
+    _linger_left = 0
+    #: The abort that follows an idle timeout's close (L{timeoutConnection}).
+    _idle_abort: IDelayedCall | None = None
     #: True while the next bytes belong to a request line or headers.
     _awaiting_head = True
     #: True from a request's complete body until its answer is finished:
@@ -137,6 +173,7 @@ class HardenedChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
+            self._drain(data)
             return
         if outbound_buffer_size(self.transport) > self.site.settings.engine.max_outbound_buffer:
             # Checked per read (and per pipelined request played back from
@@ -156,6 +193,7 @@ class HardenedChannel(http.HTTPChannel):
 
     def rawDataReceived(self, data: bytes) -> None:
         if self.refused:
+            self._drain(data)
             return
         super().rawDataReceived(data)
 
@@ -223,17 +261,82 @@ class HardenedChannel(http.HTTPChannel):
             lines.append(name + b": " + value)
         if self.transport is not None:
             self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + _TOO_LARGE_BODY)
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after the answer as nginx does (C{lingering_close}).
+
+        The client may still be sending the body it was refused, and reads
+        the answer only once it is done. Closing now would leave its bytes
+        unread, and the kernel answers that with a reset, which destroys the
+        413 in the client's receive buffer. So: stop writing (the answer,
+        then a FIN), read and discard up to L{LINGER_MAX_BYTES} for at most
+        C{HTTP_BODY_TIMEOUT}, and close once the client closes or a bound
+        is reached. A transport that cannot half-close (TLS) is closed at
+        once, as before.
+        """
+        transport = self.transport
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:
             self.loseConnection()
+            return
+        self._linger_left = LINGER_MAX_BYTES
+        half_close()
+        # HTTPChannel may have paused reading while it handled a request.
+        transport.resumeProducing()
+        self._linger_deadline = self.callLater(
+            self.site.settings.http.body_timeout_s, self._linger_over
+        )
+
+    def _drain(self, data: bytes) -> None:
+        """Throw away what a refused client still sends, up to the bound."""
+        if self._linger_deadline is None:
+            return
+        self._linger_left -= len(data)
+        if self._linger_left < 0:
+            self._linger_over()
+
+    def _linger_over(self) -> None:
+        self._cancel("_linger_deadline")
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def timeoutConnection(self) -> None:
         if self.transport is None:
             # The connection was handed to a WebSocket protocol.
             return
-        super().timeoutConnection()
+        # Twisted's own version logs "Timing out client: <address>" at info
+        # for every such connection, whatever LOG_CLIENT_IPS says; this one
+        # does the same (close, and abort if that does not end it within
+        # abortTimeout), with a throttled line that names no address.
+        peer = self._peer_field()
+        self.site.warnings.info(
+            _log,
+            "idle-timeout",
+            "closing a connection idle for {timeout} s" + (" from {peer}" if peer else ""),
+            timeout=self.site.settings.http.idle_timeout_s,
+            **peer,
+        )
+        if self.abortTimeout is not None:
+            self._idle_abort = self.callLater(self.abortTimeout, self._abort_idle)
+        self.loseConnection()
+
+    def _peer_field(self) -> dict[str, str]:
+        """C{{"peer": address}} when LOG_CLIENT_IPS allows it, else nothing."""
+        if not self.site.settings.http.log_client_ips or self.transport is None:
+            return {}
+        return {"peer": str(getattr(self.transport.getPeer(), "host", ""))}
+
+    def _abort_idle(self) -> None:
+        self._idle_abort = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel("_head_deadline")
         self._cancel("_body_deadline")
+        self._cancel("_linger_deadline")
+        self._cancel("_idle_abort")
         super().connectionLost(reason)
 
     def _start_head_deadline(self) -> None:
@@ -303,18 +406,23 @@ class PrivyDropSite(server.Site):
         # nothing records debug (docs/performance.md, "Joins 1/4").
         if not loglevels.debug:
             return
+        # One line per request, which a client can repeat at will: throttled
+        # per status code. The URI never shows an Engine.IO sid.
+        method = request.method.decode("latin-1")[:16]
+        fields: dict[str, Any] = {}
+        line = "{method} {uri} {code}"
         if self.settings.http.log_client_ips:
-            _log.debug(
-                "{method} {uri} {code} from {peer}",
-                method=request.method,
-                uri=request.uri,
-                code=request.code,
-                peer=request.getClientAddress(),
-            )
-        else:
-            _log.debug(
-                "{method} {uri} {code}", method=request.method, uri=request.uri, code=request.code
-            )
+            fields["peer"] = getattr(request.getClientAddress(), "host", "")
+            line += " from {peer}"
+        self.warnings.debug(
+            _log,
+            "request:%d" % (request.code,),
+            line,
+            method=method,
+            uri=redact_uri(request.uri),
+            code=request.code,
+            **fields,
+        )
 
 
 class _Root(Resource):

@@ -322,3 +322,21 @@ def test_per_client_limits_are_settable_and_validated() -> None:
         settings({"LOGS_DEBUG_RATE_LIMIT": "ten"})
     with pytest.raises(ConfigError, match="ENGINE_MAX_PENDING_SESSIONS_PER_IP"):
         settings({"ENGINE_MAX_PENDING_SESSIONS_PER_IP": "0"})
+
+
+def test_log_level_setting() -> None:
+    """Not given: None (info under twistd, or twist's own level); given: validated."""
+    assert settings().log_level is None
+    assert settings({"LOG_LEVEL": "debug"}).log_level == "debug"
+    assert settings({"LOG_LEVEL": " Warning "}).log_level == "warn"
+    assert settings({"LOG_LEVEL": "info"}, ["--log-level", "error"]).log_level == "error"
+    with pytest.raises(ConfigError, match="LOG_LEVEL.*'verbose'"):
+        settings({"LOG_LEVEL": "verbose"})
+
+
+def test_listen_backlog_setting() -> None:
+    assert settings().http.listen_backlog == 1024
+    assert settings({"LISTEN_BACKLOG": "4096"}).http.listen_backlog == 4096
+    assert settings({}, ["--listen-backlog", "128"]).http.listen_backlog == 128
+    with pytest.raises(ConfigError, match="LISTEN_BACKLOG"):
+        settings({"LISTEN_BACKLOG": "0"})

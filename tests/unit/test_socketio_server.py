@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.logs.client_text import sid_label
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.errors import (
     AckLimitError,
@@ -549,7 +550,8 @@ def test_malformed_packet_closes_only_that_client(server: SocketIOServer, messag
     assert server.connection_count() == 1
     good.receive('2["m",1]')
     assert events == [(1,)]
-    assert any(e.get("engine_sid") == "bad" for e in logged)
+    # Named by its label, never by its sid (a session's credential).
+    assert any(e.get("engine_sid") == sid_label("bad") for e in logged)
 
 
 def test_packets_for_unconnected_namespace_are_ignored(server: SocketIOServer) -> None:
@@ -789,7 +791,8 @@ def test_protocol_error_warnings_are_throttled_per_cause(server: SocketIOServer,
         conn, _ = join(server, "late")
         conn.receive("2{}")
     warnings = [e for e in events if e.get("error") is not None]
-    assert [(w["engine_sid"], w["suppressed"]) for w in warnings] == [("bad0", 0), ("late", 4)]
+    assert [(w["engine_sid"], w["suppressed"]) for w in warnings] == [
+        (sid_label("bad0"), 0), (sid_label("late"), 4)]
 
 
 def test_disconnect_from_disconnecting_handler_runs_handlers_once(server: SocketIOServer) -> None:

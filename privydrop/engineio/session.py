@@ -18,8 +18,10 @@ Rules (engine.io-protocol v4):
     flushes right after that read.
   - Upgrade: a WebSocket opened with the session's sid sends C{2probe}
     (answered C{3probe}); from then on a GET that would otherwise wait is
-    answered with a noop, so the client can pause polling. C{5} switches the
-    session to the WebSocket and flushes what is queued there. Packets queued
+    answered with a noop, so the client can pause polling. C{5} after the
+    probe switches the session to the WebSocket and flushes what is queued
+    there; any other packet on that WebSocket (C{5} before the probe
+    included) closes it with 1002, and the session goes on polling. Packets queued
     before the switch leave in order either in the last poll or first on the
     WebSocket; none is lost or reordered.
   - Close: a client close packet answers a pending GET with a noop; a
@@ -221,6 +223,8 @@ class Session:
         self._flushes = flushes if flushes is not None else FlushQueue(clock)
         self._flush_pending = False
         self._poll: PollResponder | None = None
+        #: The POST whose body is arriving (see L{begin_post}).
+        self._post: object | None = None
         self._ws: WebSocketChannel | None = None
         self._probe: WebSocketChannel | None = None
         self._probed = False
@@ -538,6 +542,33 @@ class Session:
             self._answer_poll_with_noop()
         return True
 
+    def begin_post(self, post: object) -> bool:
+        """A POST for this session began: its head arrived, its body follows.
+
+        engine.io-protocol v4, "Sending data": a client has at most one
+        active POST, or its packets could be taken out of order; a second
+        one while the first is still arriving closes the session, as the
+        reference server does.
+
+        @param post: stands for the request until L{end_post}.
+        @return: False if another POST was active: the session is closed,
+            and the caller's request will be answered 400.
+        """
+        if self._post is not None and self.state is not SessionState.CLOSED:
+            self.refuse(
+                "overlapping POST",
+                "engine session {engine_sid} closed: overlapping POST",
+                REASON_TRANSPORT_ERROR,
+            )
+            return False
+        self._post = post
+        return True
+
+    def end_post(self, post: object) -> None:
+        """The POST of L{begin_post} was answered, or its connection is gone."""
+        if self._post is post:
+            self._post = None
+
     def poll_lost(self, responder: PollResponder) -> None:
         """The pending GET's connection went away before it was answered."""
         if self._poll is responder:
@@ -621,11 +652,22 @@ class Session:
             # Release the client's pending GET so it can pause polling.
             if not self._queue:
                 self._answer_poll_with_noop()
-        elif packet.type is PacketType.UPGRADE:
+        elif packet.type is PacketType.UPGRADE and self._probed:
             self._complete_upgrade(channel)
         else:
-            self._abandon_upgrade()
-            channel.close_channel(WS_PROTOCOL_ERROR, "unexpected packet during upgrade")
+            # Stricter than the reference, which also takes C{5} without a
+            # probe: the probe is what shows the WebSocket carries packets
+            # both ways, so anything else ends this WebSocket (not the
+            # session, which goes on polling).
+            self.refuse(
+                "unexpected packet during upgrade",
+                "engine session {engine_sid}: upgrade refused, {packet_type} "
+                "where the probe was expected",
+                "unexpected packet during upgrade",
+                WS_PROTOCOL_ERROR,
+                channel=channel,
+                packet_type=packet.type.name,
+            )
 
     def _complete_upgrade(self, channel: WebSocketChannel) -> None:
         self._abandon_upgrade()

@@ -383,6 +383,28 @@ async def test_upgrade_from_polling_loses_and_reorders_nothing(
     assert status == 400 and orjson.loads(body)["code"] == 3
 
 
+@pytest.mark.parametrize("first", [b"5", b"2probe?", b"4hello"])
+@pytest_twisted.ensureDeferred
+async def test_upgrade_without_the_probe_closes_only_that_websocket(
+    engine: Any, autobahn_api: str, first: bytes
+) -> None:
+    """A WebSocket that sends C{5} (or anything but C{2probe}) before the
+    probe is closed (1002), and the polling session it named goes on."""
+    running = await engine()
+    sid = await running.handshake_polling()
+    query = f"EIO=4&transport=polling&sid={sid}"
+    client = await running.websocket(f"EIO=4&transport=websocket&sid={sid}")
+    await client.opened
+    client.sendMessage(first)
+    _, code = await client.closed
+    assert code == (1002 if autobahn_api == "internals" else 1000)
+    status, _, _ = await running.request("POST", query, b"4still polling")
+    assert status == 200
+    assert (await running.request("GET", query))[:2] == (200, b"4still polling")
+    assert running.server.get_session(sid).transport_name == "polling"  # type: ignore[union-attr]
+    assert sid not in running.app.close_reasons
+
+
 # -- origins ---------------------------------------------------------------------
 
 _UPGRADE = {

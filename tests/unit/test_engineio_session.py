@@ -488,6 +488,35 @@ def test_second_get_closes_session_and_first_get_gets_close(
     assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
 
 
+def test_second_post_in_flight_closes_session(clock: Clock, app: RecordingApp) -> None:
+    """engine.io-protocol v4: one active POST at a time (packet order); a
+    second one while the first is still arriving closes the session."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    first, second = object(), object()
+    assert session.begin_post(first) is True
+    with capturedLogs() as events:
+        assert session.begin_post(second) is False
+    assert session.state is SessionState.CLOSED
+    assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
+    assert server.get_session(session.sid) is None
+    assert [e["cause"] for e in events if "cause" in e] == ["overlapping POST"]
+
+
+def test_posts_one_after_the_other_keep_the_session(clock: Clock, app: RecordingApp) -> None:
+    """A POST that ended (answered or its connection lost) is no longer active."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    for _ in range(3):
+        post = object()
+        assert session.begin_post(post)
+        session.end_post(post)
+    stale = object()
+    session.end_post(stale)  # ending one that never began changes nothing
+    assert session.begin_post(object())
+    assert session.state is SessionState.OPEN
+
+
 def test_graceful_close_delivers_queue_then_close_packet(
     clock: Clock, app: RecordingApp
 ) -> None:
@@ -634,6 +663,7 @@ def test_second_websocket_cannot_upgrade(clock: Clock, app: RecordingApp) -> Non
     first = FakeChannel()
     assert session.begin_upgrade(first)
     assert not session.begin_upgrade(FakeChannel())
+    session.receive_websocket(first, packets.PING_PROBE)
     session.receive_websocket(first, packets.UPGRADE)
     assert not session.begin_upgrade(FakeChannel())
 
@@ -650,6 +680,66 @@ def test_unexpected_packet_on_probe_ends_only_the_probe(
     assert channel.closed is not None
     assert session.state is SessionState.OPEN
     assert app.messages == []
+
+
+def test_upgrade_packet_before_the_probe_ends_only_that_websocket(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """C{5} is only the answer to a completed probe: a WebSocket that skips
+    the probe is closed, and the polling session keeps its queue and its GET."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    channel = FakeChannel()
+    assert session.begin_upgrade(channel)
+    session.receive_websocket(channel, packets.UPGRADE)
+    assert channel.closed is not None and channel.closed[0] == 1002
+    assert session.state is SessionState.OPEN
+    assert session.transport_name == "polling" and not session.upgraded
+    session.send("still polling")
+    clock.advance(0)
+    assert channel.sent == []
+    poll = FakePoll()
+    session.attach_poll(poll)
+    assert poll.packets == [msg("still polling")]
+    # A later, well-behaved upgrade still works.
+    second = FakeChannel()
+    assert session.begin_upgrade(second)
+    session.receive_websocket(second, packets.PING_PROBE)
+    session.receive_websocket(second, packets.UPGRADE)
+    assert session.upgraded and session.uses(second)
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        Packet(PacketType.PING, ""),
+        Packet(PacketType.PING, "probe "),
+        Packet(PacketType.PING, "PROBE"),
+        Packet(PacketType.PONG, "probe"),
+        Packet(PacketType.NOOP, ""),
+    ],
+)
+def test_a_probe_other_than_2probe_ends_only_that_websocket(
+    clock: Clock, app: RecordingApp, probe: Packet
+) -> None:
+    """Only C{2probe} opens an upgrade; anything else closes that WebSocket
+    (code 1002) and leaves the polling session as it was."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    channel = FakeChannel()
+    assert session.begin_upgrade(channel)
+    session.receive_websocket(channel, probe)
+    assert channel.closed is not None and channel.closed[0] == 1002
+    assert channel.sent == []
+    assert poll.bodies == []  # the GET was not released for an upgrade
+    session.receive_websocket(channel, packets.UPGRADE)
+    assert session.state is SessionState.OPEN
+    assert session.transport_name == "polling" and not session.upgraded
+    session.send("m")
+    clock.advance(0)
+    assert poll.packets == [msg("m")]
 
 
 def test_lost_websocket_closes_upgraded_session(

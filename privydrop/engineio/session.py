@@ -24,6 +24,9 @@ Rules (engine.io-protocol v4):
     included) closes it with 1002, and the session goes on polling. Packets queued
     before the switch leave in order either in the last poll or first on the
     WebSocket; none is lost or reordered.
+  - A GET whose connection is lost before it is answered does not end the
+    session (the reference's does): the next GET, within C{pingTimeout},
+    takes what is queued (L{Session.poll_lost}).
   - Close: a client close packet answers a pending GET with a noop; a
     server-forced close answers it with a close packet. A graceful
     L{Session.close} first delivers what is already queued.
@@ -232,6 +235,8 @@ class Session:
         self._pong_call: IDelayedCall | None = None
         self._upgrade_call: IDelayedCall | None = None
         self._close_call: IDelayedCall | None = None
+        #: Ends the session if no GET follows one whose connection was lost.
+        self._repoll_call: IDelayedCall | None = None
         self._close_code = WS_NORMAL
 
     # -- EngineConnection -------------------------------------------------
@@ -536,6 +541,7 @@ class Session:
             )
             return False
         self._poll = responder
+        self._cancel_repoll_deadline()
         if self._queue or self.state is SessionState.CLOSING:
             self._flush()
         elif self._probed:
@@ -570,11 +576,41 @@ class Session:
             self._post = None
 
     def poll_lost(self, responder: PollResponder) -> None:
-        """The pending GET's connection went away before it was answered."""
-        if self._poll is responder:
-            self._poll = None
-            if self._transport_name == POLLING:
-                self.force_close(REASON_TRANSPORT_ERROR)
+        """The pending GET's connection went away before it was answered.
+
+        Stricter for the client than the reference server (which closes the
+        session here) and kinder to mobile networks: the session stays, and
+        what is queued waits for the client's next GET, which must come
+        within the ping timeout (heartbeat rules apply meanwhile too).
+
+        Only packets no GET took are kept. Those written into a GET's answer
+        count as delivered, even if that connection dies afterwards: there
+        is no acknowledgement in Engine.IO to tell a lost answer from a read
+        one, and sending them again could deliver a message twice.
+        """
+        if self._poll is not responder:
+            return
+        self._poll = None
+        # (A closing session never holds a GET: close() answers it at once.)
+        if self._transport_name == POLLING and self.state is SessionState.OPEN:
+            self._cancel_repoll_deadline()
+            self._repoll_call = self._clock.callLater(
+                self._settings.ping_timeout_ms / 1000.0, self._repoll_missed
+            )
+
+    def _repoll_missed(self) -> None:
+        self._repoll_call = None
+        if loglevels.debug:
+            _log.debug(
+                "engine session {engine_sid}: no GET after a dropped one",
+                engine_sid=self._sid,
+            )
+        self.force_close(REASON_TRANSPORT_ERROR)
+
+    def _cancel_repoll_deadline(self) -> None:
+        call, self._repoll_call = self._repoll_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _answer_poll_with_noop(self) -> None:
         if self._poll is not None:
@@ -671,6 +707,7 @@ class Session:
 
     def _complete_upgrade(self, channel: WebSocketChannel) -> None:
         self._abandon_upgrade()
+        self._cancel_repoll_deadline()
         if self.state is SessionState.CLOSED:
             channel.close_channel(WS_NORMAL, "session closed")
             return
@@ -711,10 +748,10 @@ class Session:
         if self._flush_pending:
             self._flush_pending = False
             self._flushes.discard(self)
-        for call in (self._close_call, self._upgrade_call):
+        for call in (self._close_call, self._upgrade_call, self._repoll_call):
             if call is not None and call.active():
                 call.cancel()
-        self._close_call = self._upgrade_call = None
+        self._close_call = self._upgrade_call = self._repoll_call = None
         self._queue = []
         self._queued_bytes = 0
         if self._poll is not None and notify is not None:

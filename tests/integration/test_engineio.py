@@ -296,6 +296,32 @@ async def test_polling_ping_timeout_closes_session(engine: Any) -> None:
     assert status == 400 and orjson.loads(body)["code"] == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_get_reset_by_the_client_keeps_the_session(engine: Any) -> None:
+    """A long-poll whose TCP connection the client resets (a phone changing
+    networks) does not end the session: the next GET collects what was sent
+    in between."""
+    running = await engine()
+    sid = await running.handshake_polling()
+    session = running.server.get_session(sid)
+    assert session is not None
+    query = f"EIO=4&transport=polling&sid={sid}"
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", running.port)
+    raw = await connectProtocol(endpoint, _RawHTTP())
+    raw.transport.write(
+        f"GET {PATH}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("ascii")
+    )
+    while not session.has_pending_poll:
+        await _next_turn()
+    raw.transport.abortConnection()  # SO_LINGER 0: the server sees a reset
+    while session.has_pending_poll:
+        await _next_turn()
+    status, _, _ = await running.request("POST", query, b"4burst:3")
+    assert status == 200
+    assert (await running.request("GET", query))[:2] == (200, b"4n0\x1e4n1\x1e4n2")
+    assert sid not in running.app.close_reasons
+
+
 # -- websocket -------------------------------------------------------------------
 
 

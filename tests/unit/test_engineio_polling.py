@@ -10,7 +10,7 @@ import pytest
 from treq.testing import StubTreq
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
-from twisted.internet.error import ConnectionDone
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
@@ -299,4 +299,58 @@ def test_post_whose_connection_dropped_mid_body_is_no_longer_active() -> None:
     retry.dataReceived(_post_head(sid, 2) + b"4b")
     assert _answer(retry) == (200, b"ok")
     assert stub.app.messages == ["b"]
+    assert stub.app.closed == []
+
+
+def _get(sid: str) -> bytes:
+    return b"GET /engine.io/?EIO=4&transport=polling&sid=%s HTTP/1.1\r\nHost: x\r\n\r\n" % (
+        sid.encode(),
+    )
+
+
+def test_get_dropped_by_the_network_leaves_its_packets_for_the_next_get() -> None:
+    """A held GET whose connection resets does not end the session; what is
+    sent meanwhile reaches the next GET, once and in order."""
+    stub = make_site_stub()
+    sid = stub.handshake()
+    session = stub.server.get_session(sid)
+    assert session is not None
+    dropped = stub.connect()
+    dropped.dataReceived(_get(sid))
+    assert session.has_pending_poll
+    dropped.connectionLost(Failure(ConnectionLost("reset by peer")))
+    assert not session.has_pending_poll
+    session.send("m1")
+    session.send("m2")
+    stub.clock.advance(0)
+    assert dropped.transport.value() == b""
+    retry = stub.connect()
+    retry.dataReceived(_get(sid))
+    assert _answer(retry) == (200, b"4m1\x1e4m2")
+    again = stub.connect()
+    again.dataReceived(_get(sid))
+    session.send("m3")
+    stub.clock.advance(0)
+    assert _answer(again) == (200, b"4m3")
+    assert stub.app.closed == []
+
+
+def test_answer_written_before_the_connection_died_is_not_repeated() -> None:
+    """What a GET's answer carried counts as delivered: a later reset of
+    that connection does not make the next GET repeat it."""
+    stub = make_site_stub()
+    sid = stub.handshake()
+    session = stub.server.get_session(sid)
+    assert session is not None
+    first = stub.connect()
+    first.dataReceived(_get(sid))
+    session.send("m1")
+    stub.clock.advance(0)
+    assert _answer(first) == (200, b"4m1")
+    first.connectionLost(Failure(ConnectionLost("reset by peer")))
+    second = stub.connect()
+    second.dataReceived(_get(sid))
+    session.send("m2")
+    stub.clock.advance(0)
+    assert _answer(second) == (200, b"4m2")
     assert stub.app.closed == []

@@ -575,16 +575,115 @@ def test_application_error_closes_only_that_session(
     assert any(e.get("log_failure") is not None for e in events)
 
 
-def test_lost_get_connection_closes_polling_session(
+def test_lost_get_keeps_the_session_and_the_next_get_gets_its_packets(
     clock: Clock, app: RecordingApp
 ) -> None:
-    """A client that went away mid-poll must be cleaned up before the ping timeout."""
+    """A long-poll dropped by the network (mobile clients lose connections
+    all the time) does not end the session: what was queued for it, and
+    what comes after, reaches the client's next GET once and in order."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.send("m1")  # queued in this turn, not yet written to the GET
+    session.poll_lost(poll)
+    session.send("m2")
+    clock.advance(0)
+    assert poll.bodies == []
+    assert session.state is SessionState.OPEN
+    clock.advance(0.4)  # within the ping timeout (0.5 s)
+    retry = FakePoll()
+    session.attach_poll(retry)
+    assert retry.packets == [msg("m1"), msg("m2")]
+    clock.advance(0.2)  # past the ping timeout since the loss: the GET came in time
+    later = FakePoll()
+    session.attach_poll(later)
+    session.send("m3")
+    clock.advance(0)
+    assert later.packets == [msg("m3")]
+    assert app.closed == []
+
+
+def test_packets_handed_to_a_get_are_not_sent_again(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """Once a GET is answered its packets count as delivered: Engine.IO has
+    no acknowledgement, so a connection lost after the answer was written
+    cannot be told from one lost after the client read it, and sending them
+    again could deliver a message twice. Only what no GET took is kept."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.send("handed over")
+    clock.advance(0)
+    assert poll.packets == [msg("handed over")]
+    session.poll_lost(poll)  # the answered GET's connection dies afterwards
+    assert session.state is SessionState.OPEN
+    retry = FakePoll()
+    session.attach_poll(retry)
+    session.send("next")
+    clock.advance(0)
+    assert retry.packets == [msg("next")]
+
+
+def test_client_that_does_not_poll_again_is_closed_after_the_ping_timeout(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client gone for good after its GET was dropped is cleaned up
+    within the ping timeout, not kept until the heartbeat notices."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    clock.advance(0.25)
+    session.poll_lost(poll)
+    clock.advance(0.375)
+    assert session.state is SessionState.OPEN
+    clock.advance(0.125)  # the ping timeout (0.5 s) since the loss
+    assert session.state is SessionState.CLOSED
+    assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
+    assert server.get_session(session.sid) is None
+    assert clock.getDelayedCalls() == []
+
+
+def test_heartbeat_still_ends_a_session_whose_client_keeps_polling_without_pong(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client that comes back after a dropped GET but never answers the
+    ping is still closed by the heartbeat."""
     server = make_server(clock, app)
     session, _ = open_polling(server)
     poll = FakePoll()
     session.attach_poll(poll)
     session.poll_lost(poll)
-    assert session.state is SessionState.CLOSED
+    retry = FakePoll()
+    session.attach_poll(retry)
+    clock.advance(1.0)
+    clock.advance(0)
+    assert retry.packets == [packets.PING]
+    session.attach_poll(FakePoll())
+    clock.advance(0.5)
+    assert app.closed == [(session.sid, REASON_PING_TIMEOUT)]
+
+
+def test_get_lost_during_an_upgrade_does_not_close_the_upgraded_session(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client that finishes its upgrade after its last GET was dropped
+    stays connected over WebSocket."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    channel = FakeChannel()
+    session.begin_upgrade(channel)
+    session.poll_lost(poll)
+    session.receive_websocket(channel, packets.PING_PROBE)
+    session.receive_websocket(channel, packets.UPGRADE)
+    clock.advance(0.6)
+    session.receive_websocket(channel, packets.PONG)
+    assert session.state is SessionState.OPEN and session.upgraded
 
 
 # -- upgrade (engine.io-protocol v4, "Upgrade") ------------------------------------

@@ -113,8 +113,9 @@ class SocketIOSettings:
     max_attachments: int = 10
     max_pending_acks: int = 100
     max_rooms_per_socket: int = 64
-    #: Largest ack id accepted, as digits.
-    max_ack_id_digits: int = 15
+    #: Digits an ack id from a client may have (ids above 2^53-1, the
+    #: largest a JavaScript client counts to exactly, are refused anyway).
+    max_ack_id_digits: int = 16
     #: Bytes of one Socket.IO packet a client may send: text header plus all
     #: of its binary attachments together.
     max_packet_bytes: int = 1_000_000

@@ -14,6 +14,12 @@ C{privydrop.engineio.interface}.
 Error boundary (socket.io-protocol v5): a packet that breaks the protocol or a
 limit closes that client's Engine.IO connection and nothing else; a handler's
 exception is logged and affects only its event.
+
+Namespace state, as the reference server's C{Client}: a client may send
+CONNECT for a namespace it has no socket in (none connected, none being
+accepted), and anything but CONNECT for one it is connected to. Any other
+packet (an event or ack before CONNECT or after the client's DISCONNECT, a
+second CONNECT) closes the Engine.IO connection.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.acks import PendingAcks
 from privydrop.socketio.adapter import Adapter, LocalAdapter
-from privydrop.socketio.client import Client
+from privydrop.socketio.client import CLOSE_FORCED, Client
 from privydrop.socketio.ids import SocketId, new_socket_id
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.packets import (
@@ -49,6 +55,13 @@ _log = Logger()
 CLOSE_PARSE_ERROR = "parse error"
 #: Engine.IO close reason when no namespace was joined within connect_timeout_ms.
 CLOSE_CONNECT_TIMEOUT = "connect timeout"
+#: Engine.IO close reason when a packet does not fit its namespace's state
+#: (the reference server's, which closes with C{"forced server close"}).
+CLOSE_INVALID_STATE = CLOSE_FORCED
+
+
+class InvalidState(SocketIOProtocolError):
+    """A well-formed packet that the state of its namespace does not allow."""
 
 
 class SocketIOServer:
@@ -145,7 +158,9 @@ class SocketIOServer:
                 engine_sid=connection.sid,
                 error=str(e),
             )
-            self._close_client(client, CLOSE_PARSE_ERROR)
+            self._close_client(
+                client, CLOSE_INVALID_STATE if isinstance(e, InvalidState) else CLOSE_PARSE_ERROR
+            )
         except Exception:
             _log.failure("error handling a packet from {engine_sid}", engine_sid=connection.sid)
             self._close_client(client, CLOSE_PARSE_ERROR)
@@ -180,20 +195,19 @@ class SocketIOServer:
 
     def _on_packet(self, client: Client, packet: Packet) -> None:
         packet_type = packet.type
+        name = packet.namespace
         if packet_type is PacketType.CONNECT:
+            if name in client.sockets or name in client.connecting:
+                raise InvalidState("CONNECT to a namespace already connected")
             self._connect(client, packet)
             return
         if packet_type is PacketType.CONNECT_ERROR:
             raise SocketIOProtocolError("CONNECT_ERROR sent by a client")
-        socket = client.sockets.get(packet.namespace)
+        socket = client.sockets.get(name)
         if socket is None:
-            # As the reference server does: packets for a namespace the client
-            # is not connected to are ignored.
-            _log.debug(
-                "ignoring packet for unconnected namespace {namespace}",
-                namespace=packet.namespace,
-            )
-            return
+            # Before CONNECT, while connect handlers run, or after a
+            # DISCONNECT: the reference server closes the connection too.
+            raise InvalidState("packet for a namespace not connected")
         if packet_type is PacketType.EVENT or packet_type is PacketType.BINARY_EVENT:
             socket._on_event(packet)
         elif packet_type is PacketType.ACK or packet_type is PacketType.BINARY_ACK:
@@ -210,9 +224,6 @@ class SocketIOServer:
                     Packet(PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
                 )
             )
-            return
-        if name in client.sockets or name in client.connecting:
-            _log.debug("ignoring repeated CONNECT to {namespace}", namespace=name)
             return
         auth: Mapping[str, Any] = packet.data if packet.data is not None else {}
         engine = client.connection.handshake

@@ -21,9 +21,11 @@ Rules (engine.io-protocol v4):
     answered with a noop, so the client can pause polling. C{5} after the
     probe switches the session to the WebSocket and flushes what is queued
     there; any other packet on that WebSocket (C{5} before the probe
-    included) closes it with 1002, and the session goes on polling. Packets queued
-    before the switch leave in order either in the last poll or first on the
-    WebSocket; none is lost or reordered.
+    included) closes it with 1002, and the session goes on polling. Packets
+    queued before the switch leave in order either in the last poll or first
+    on the WebSocket; none is lost or reordered.
+  - Polling: one GET and one POST at a time (L{Session.attach_poll},
+    L{Session.begin_post}); a second one closes the session.
   - A GET whose connection is lost before it is answered does not end the
     session (the reference's does): the next GET, within C{pingTimeout},
     takes what is queued (L{Session.poll_lost}).

@@ -22,6 +22,10 @@ Three uses, each with the names it needs, a check and a fallback:
     Autobahn logs a line per refused handshake or failed connection, which
     a client causes at will. Fallback: none needed; a method Autobahn calls
     that it lacks is taken from the original logger.
+  - L{PROTOCOL_HOOKS}: the methods Autobahn calls that the transport
+    overrides outside Autobahn's interfaces (C{onCloseFrame}, where a
+    client's close frame is answered). There is no fallback for a renamed
+    hook; L{hooks_missing} names it, and the transport logs it as an error.
 
 Every function that touches an internal is used by the transport only when
 its check passed. C{tests/unit/test_compat_autobahn.py} fails, naming the
@@ -213,6 +217,34 @@ PROTOCOL_INTERNALS = (
 
 #: What the transport reads in C{onMessageEnd}: the message Autobahn collected.
 MESSAGE_INTERNALS = ("message_data", "message_is_binary")
+
+#: Methods Autobahn calls that the transport overrides, though they are in
+#: none of Autobahn's interfaces: renamed, the override would never run.
+PROTOCOL_HOOKS = ("onCloseFrame",)
+
+
+def hooks_missing(
+    protocol_class: type[WebSocketServerProtocol] = WebSocketServerProtocol,
+) -> tuple[str, ...]:
+    """The L{PROTOCOL_HOOKS} C{protocol_class} lacks (or has as something
+    other than a method)."""
+    return tuple(
+        name for name in PROTOCOL_HOOKS if not callable(getattr(protocol_class, name, None))
+    )
+
+
+@functools.cache
+def check_hooks() -> tuple[str, ...]:
+    """L{hooks_missing} for Autobahn's protocol, logged as an error once per
+    process when there are any."""
+    absent = hooks_missing()
+    if absent:
+        _log.error(
+            "Autobahn no longer has {names}: invalid close frames are answered "
+            "by Autobahn alone (its close frame may be lost to a reset)",
+            names=", ".join(absent),
+        )
+    return absent
 
 _STATE_OPEN = getattr(WebSocketServerProtocol, "STATE_OPEN", None)
 _STATE_CLOSING = getattr(WebSocketServerProtocol, "STATE_CLOSING", None)
@@ -480,6 +512,14 @@ def close(protocol: Any, code: int, reason: str) -> None:
 def abort(protocol: Any) -> None:
     """Drop the connection at once, unsent bytes included."""
     protocol.dropConnection(abort=True)
+
+
+def close_after_close_frame(protocol: Any) -> None:
+    """End a connection whose closing handshake is over: stop reading it,
+    send what is queued (the close frame) and close the TCP connection in
+    order. Autobahn would abort it, which throws its own close frame away
+    when that frame answers the very close frame just read."""
+    protocol.dropConnection(abort=False)
 
 
 def frame_too_big(protocol: Any) -> bool:

@@ -147,6 +147,24 @@ class PollingTransport:
             return self._post(request, session)
         return answer_error(request, EngineRequestError(EngineError.BAD_REQUEST))
 
+    def post_started(self, request: Request, query: Mapping[str, str]) -> None:
+        """The head of a POST arrived, its body follows (L{Session.begin_post}).
+
+        Only a POST that passes the request checks counts. When another POST
+        of its session is still active the session is closed; this one is
+        then answered 400 (its sid is unknown by the time it is rendered).
+        """
+        try:
+            session = self._server.verify(
+                query, "POST", upgrade=False, origin=header(request, b"origin")
+            )
+        except EngineRequestError:
+            return  # answered when rendered
+        if session is None or not session.begin_post(request):
+            return
+        finished: Deferred[None] = request.notifyFinish()
+        finished.addBoth(lambda _: session.end_post(request))
+
     def _preflight(self, request: Request) -> bytes:
         request.setResponseCode(204)
         request.setHeader(b"Access-Control-Allow-Methods", POLLING_ALLOWED_METHODS)

@@ -153,6 +153,11 @@ class EngineServer:
         }
 
     @property
+    def clock(self) -> IReactorTime:
+        """The timers of every session (and of its transports' deadlines)."""
+        return self._clock
+
+    @property
     def clients_count(self) -> int:
         """Open sessions (the reference server's C{clientsCount})."""
         return len(self._sessions)

@@ -152,8 +152,9 @@ class SocketIOSettings:
     max_attachments: int = 10
     max_pending_acks: int = 100
     max_rooms_per_socket: int = 64
-    #: Largest ack id accepted, as digits.
-    max_ack_id_digits: int = 15
+    #: Digits an ack id from a client may have (ids above 2^53-1, the
+    #: largest a JavaScript client counts to exactly, are refused anyway).
+    max_ack_id_digits: int = 16
     #: Bytes of a CONNECT packet's payload (C{auth}); a larger one is
     #: refused with CONNECT_ERROR without being parsed.
     max_auth_bytes: int = 4096

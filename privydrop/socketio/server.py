@@ -25,6 +25,12 @@ has no such cap: a CONNECT is bounded only by C{maxHttpBufferSize}, past which
 the transport is closed.) The payload goes to the connect handlers and is not
 kept afterwards (L{SocketHandshake} has no C{auth}); a few KiB leave room for
 what connection-state recovery puts there (C{{pid, offset}}).
+
+Namespace state, as the reference server's C{Client}: a client may send
+CONNECT for a namespace it has no socket in (none connected, none being
+accepted), and anything but CONNECT for one it is connected to. Any other
+packet (an event or ack before CONNECT or after the client's DISCONNECT, a
+second CONNECT) closes the Engine.IO connection.
 """
 
 from __future__ import annotations
@@ -37,13 +43,12 @@ from twisted.python.failure import Failure
 
 from privydrop.engineio.interface import EngineConnection, EngineSid, Message
 from privydrop.logs import levels as loglevels
-from privydrop.logs.client_text import clip
 from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.acks import PendingAcks
 from privydrop.socketio.adapter import Adapter, LocalAdapter
-from privydrop.socketio.client import Client
+from privydrop.socketio.client import CLOSE_FORCED, Client
 from privydrop.socketio.ids import SocketId, new_socket_id
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.packets import (
@@ -67,6 +72,13 @@ CLOSE_CONNECT_TIMEOUT = "connect timeout"
 INVALID_NAMESPACE = "Invalid namespace"
 #: The CONNECT_ERROR message for a CONNECT payload over max_auth_bytes.
 AUTH_TOO_LARGE = "auth payload too large"
+#: Engine.IO close reason when a packet does not fit its namespace's state
+#: (the reference server's, which closes with C{"forced server close"}).
+CLOSE_INVALID_STATE = CLOSE_FORCED
+
+
+class InvalidState(SocketIOProtocolError):
+    """A well-formed packet that the state of its namespace does not allow."""
 
 
 class SocketIOServer:
@@ -171,7 +183,9 @@ class SocketIOServer:
                 engine_sid=connection.sid,
                 error=str(e),
             )
-            self._close_client(client, CLOSE_PARSE_ERROR)
+            self._close_client(
+                client, CLOSE_INVALID_STATE if isinstance(e, InvalidState) else CLOSE_PARSE_ERROR
+            )
         except Exception:
             _log.failure("error handling a packet from {engine_sid}", engine_sid=connection.sid)
             self._close_client(client, CLOSE_PARSE_ERROR)
@@ -208,22 +222,19 @@ class SocketIOServer:
 
     def _on_packet(self, client: Client, packet: Packet) -> None:
         packet_type = packet.type
+        name = packet.namespace
         if packet_type is PacketType.CONNECT:
+            if name in client.sockets or name in client.connecting:
+                raise InvalidState("CONNECT to a namespace already connected")
             self._connect(client, packet)
             return
         if packet_type is PacketType.CONNECT_ERROR:
             raise SocketIOProtocolError("CONNECT_ERROR sent by a client")
-        socket = client.sockets.get(packet.namespace)
+        socket = client.sockets.get(name)
         if socket is None:
-            # As the reference server does: packets for a namespace the client
-            # is not connected to are ignored.
-            self._warnings.debug(
-                _log,
-                "unconnected-namespace",
-                "ignoring packet for unconnected namespace {namespace}",
-                namespace=clip(packet.namespace),
-            )
-            return
+            # Before CONNECT, while connect handlers run, or after a
+            # DISCONNECT: the reference server closes the connection too.
+            raise InvalidState("packet for a namespace not connected")
         if packet_type is PacketType.EVENT or packet_type is PacketType.BINARY_EVENT:
             socket._on_event(packet)
         elif packet_type is PacketType.ACK or packet_type is PacketType.BINARY_ACK:
@@ -256,14 +267,6 @@ class SocketIOServer:
                 encode(
                     Packet(PacketType.CONNECT_ERROR, name, {"message": INVALID_NAMESPACE})
                 )
-            )
-            return
-        if name in client.sockets or name in client.connecting:
-            self._warnings.debug(
-                _log,
-                "repeated-connect",
-                "ignoring repeated CONNECT to {namespace}",
-                namespace=clip(name),
             )
             return
         auth: Mapping[str, Any] = packet.data if packet.data is not None else {}

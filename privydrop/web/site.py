@@ -21,6 +21,9 @@ resource. It also hardens C{twisted.web} for a public port:
    sent pass C{engine.max_outbound_buffer} bytes: C{twisted.web} stops
    reading such a client only between requests, so pipelined requests would
    otherwise queue answers in memory without end;
+ - the Engine.IO resource is told of each request head under its path
+   (L{IRequestHeadObserver}), for its rules on requests whose bodies are
+   still arriving;
  - form bodies are not parsed into C{request.args} (nothing here takes
    forms; L{privydrop.compat.twisted.site_options});
  - no C{Server: TwistedWeb/<version>} header;
@@ -42,11 +45,13 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from zope.interface import Interface
 
 from privydrop.compat.twisted import (
     hooks_missing,
     outbound_buffer_size,
     request_head,
+    request_method,
     site_options,
 )
 from privydrop.logs import levels as loglevels
@@ -69,6 +74,24 @@ _TOO_LARGE_BODY = orjson.dumps({"error": "Request body is too large"})
 #: not worth the answer and the connection is closed. The time allowed is
 #: C{HTTP_BODY_TIMEOUT}, what any body gets.
 LINGER_MAX_BYTES = 8 * 1024 * 1024
+
+
+class IRequestHeadObserver(Interface):
+    """A resource told of each of its requests when the head has arrived.
+
+    C{twisted.web} renders a request only once its whole body is read; a
+    resource whose rules concern requests still arriving (Engine.IO: one
+    active POST per session) learns of them here.
+    """
+
+    def head_received(request: IRequest, method: bytes, target: bytes) -> None:
+        """The head of C{request} arrived; its body, if any, has not been read.
+
+        @param request: the request (C{notifyFinish} fires when it is
+            answered, or fails when its connection is lost first).
+        @param method: the request method as sent.
+        @param target: the request-target as sent (path and query).
+        """
 
 
 class LimitedRequest(server.Request):
@@ -216,6 +239,8 @@ class HardenedChannel(http.HTTPChannel):
             self._body_deadline = self.callLater(
                 self.site.settings.http.body_timeout_s, self._deadline_passed, "body"
             )
+        if target is not None:
+            self.site.head_received(request, request_method(self), target)
 
     def allContentReceived(self) -> None:
         if self.refused:
@@ -369,7 +394,17 @@ class PrivyDropSite(server.Site):
     protocol = HardenedChannel  # type: ignore[assignment]
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, settings: Settings, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        settings: Settings,
+        reactor: IReactorTime,
+        engine_heads: IRequestHeadObserver | None = None,
+    ) -> None:
+        """
+        @param engine_heads: told of every request head under the Engine.IO
+            path (L{IRequestHeadObserver}), when given.
+        """
         super().__init__(
             resource,
             requestFactory=LimitedRequest,
@@ -389,6 +424,7 @@ class PrivyDropSite(server.Site):
         self.warnings = WarningThrottle(reactor)
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
+        self._engine_heads = engine_heads
 
     def largest_body_limit(self) -> int:
         """The largest body accepted on any path."""
@@ -396,10 +432,23 @@ class PrivyDropSite(server.Site):
 
     def body_limit(self, uri: bytes) -> int:
         """The largest body accepted for a request URI (path and query)."""
-        path = uri.split(b"?", 1)[0]
-        if path == self._engine_bare or path.startswith(self._engine_path):
+        if self._under_engine_path(uri):
             return self.settings.engine.max_payload
         return self.settings.api.max_body_bytes
+
+    def head_received(self, request: IRequest, method: bytes | None, uri: bytes) -> None:
+        """Tell the Engine.IO resource of a request head under its path.
+
+        @param method: None where the channel could not tell it (then
+            nobody is told).
+        """
+        heads = self._engine_heads
+        if heads is not None and method is not None and self._under_engine_path(uri):
+            heads.head_received(request, method, uri)
+
+    def _under_engine_path(self, uri: bytes) -> bool:
+        path = uri.split(b"?", 1)[0]
+        return path == self._engine_bare or path.startswith(self._engine_path)
 
     def log(self, request: Any) -> None:
         # Once per HTTP request (every long poll): skip building the event when
@@ -475,6 +524,12 @@ def build_site(
         C{engine.path}, C{engine.max_payload} and C{origins}).
     @param reactor: for connection deadlines.
     @param api_resource: the REST API (L{privydrop.api.routes.PrivyDropAPI.resource}).
-    @param engineio_resource: mounted at C{settings.engine.path} when given.
+    @param engineio_resource: mounted at C{settings.engine.path} when given;
+        told of its request heads if it provides L{IRequestHeadObserver}.
     """
-    return PrivyDropSite(_Root(settings, api_resource, engineio_resource), settings, reactor)
+    return PrivyDropSite(
+        _Root(settings, api_resource, engineio_resource),
+        settings,
+        reactor,
+        IRequestHeadObserver(engineio_resource, None),
+    )

@@ -57,6 +57,13 @@ def test_installed_autobahn_has_every_internal_the_transport_uses() -> None:
     assert autobahn_compat.protocol_internals_missing() == ()
     assert autobahn_compat.debug_text_missing() == ()
     assert autobahn_compat.install_lazy_debug_text() == ()
+    assert autobahn_compat.hooks_missing() == ()
+    assert autobahn_compat.check_hooks() == ()
+
+
+def test_hook_check_names_a_renamed_hook() -> None:
+    """An overridden method Autobahn stopped calling (renamed) is named."""
+    assert autobahn_compat.hooks_missing(_renamed("onCloseFrame")) == ("onCloseFrame",)
 
 
 class _Without:

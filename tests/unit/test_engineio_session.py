@@ -588,6 +588,35 @@ def test_second_get_closes_session_and_first_get_gets_close(
     assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
 
 
+def test_second_post_in_flight_closes_session(clock: Clock, app: RecordingApp) -> None:
+    """engine.io-protocol v4: one active POST at a time (packet order); a
+    second one while the first is still arriving closes the session."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    first, second = object(), object()
+    assert session.begin_post(first) is True
+    with capturedLogs() as events:
+        assert session.begin_post(second) is False
+    assert session.state is SessionState.CLOSED
+    assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
+    assert server.get_session(session.sid) is None
+    assert [e["cause"] for e in events if "cause" in e] == ["overlapping POST"]
+
+
+def test_posts_one_after_the_other_keep_the_session(clock: Clock, app: RecordingApp) -> None:
+    """A POST that ended (answered or its connection lost) is no longer active."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    for _ in range(3):
+        post = object()
+        assert session.begin_post(post)
+        session.end_post(post)
+    stale = object()
+    session.end_post(stale)  # ending one that never began changes nothing
+    assert session.begin_post(object())
+    assert session.state is SessionState.OPEN
+
+
 def test_graceful_close_delivers_queue_then_close_packet(
     clock: Clock, app: RecordingApp
 ) -> None:
@@ -646,16 +675,115 @@ def test_application_error_closes_only_that_session(
     assert any(e.get("log_failure") is not None for e in events)
 
 
-def test_lost_get_connection_closes_polling_session(
+def test_lost_get_keeps_the_session_and_the_next_get_gets_its_packets(
     clock: Clock, app: RecordingApp
 ) -> None:
-    """A client that went away mid-poll must be cleaned up before the ping timeout."""
+    """A long-poll dropped by the network (mobile clients lose connections
+    all the time) does not end the session: what was queued for it, and
+    what comes after, reaches the client's next GET once and in order."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.send("m1")  # queued in this turn, not yet written to the GET
+    session.poll_lost(poll)
+    session.send("m2")
+    clock.advance(0)
+    assert poll.bodies == []
+    assert session.state is SessionState.OPEN
+    clock.advance(0.4)  # within the ping timeout (0.5 s)
+    retry = FakePoll()
+    session.attach_poll(retry)
+    assert retry.packets == [msg("m1"), msg("m2")]
+    clock.advance(0.2)  # past the ping timeout since the loss: the GET came in time
+    later = FakePoll()
+    session.attach_poll(later)
+    session.send("m3")
+    clock.advance(0)
+    assert later.packets == [msg("m3")]
+    assert app.closed == []
+
+
+def test_packets_handed_to_a_get_are_not_sent_again(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """Once a GET is answered its packets count as delivered: Engine.IO has
+    no acknowledgement, so a connection lost after the answer was written
+    cannot be told from one lost after the client read it, and sending them
+    again could deliver a message twice. Only what no GET took is kept."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.send("handed over")
+    clock.advance(0)
+    assert poll.packets == [msg("handed over")]
+    session.poll_lost(poll)  # the answered GET's connection dies afterwards
+    assert session.state is SessionState.OPEN
+    retry = FakePoll()
+    session.attach_poll(retry)
+    session.send("next")
+    clock.advance(0)
+    assert retry.packets == [msg("next")]
+
+
+def test_client_that_does_not_poll_again_is_closed_after_the_ping_timeout(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client gone for good after its GET was dropped is cleaned up
+    within the ping timeout, not kept until the heartbeat notices."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    clock.advance(0.25)
+    session.poll_lost(poll)
+    clock.advance(0.375)
+    assert session.state is SessionState.OPEN
+    clock.advance(0.125)  # the ping timeout (0.5 s) since the loss
+    assert session.state is SessionState.CLOSED
+    assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
+    assert server.get_session(session.sid) is None
+    assert clock.getDelayedCalls() == []
+
+
+def test_heartbeat_still_ends_a_session_whose_client_keeps_polling_without_pong(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client that comes back after a dropped GET but never answers the
+    ping is still closed by the heartbeat."""
     server = make_server(clock, app)
     session, _ = open_polling(server)
     poll = FakePoll()
     session.attach_poll(poll)
     session.poll_lost(poll)
-    assert session.state is SessionState.CLOSED
+    retry = FakePoll()
+    session.attach_poll(retry)
+    clock.advance(1.0)
+    clock.advance(0)
+    assert retry.packets == [packets.PING]
+    session.attach_poll(FakePoll())
+    clock.advance(0.5)
+    assert app.closed == [(session.sid, REASON_PING_TIMEOUT)]
+
+
+def test_get_lost_during_an_upgrade_does_not_close_the_upgraded_session(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client that finishes its upgrade after its last GET was dropped
+    stays connected over WebSocket."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    channel = FakeChannel()
+    session.begin_upgrade(channel)
+    session.poll_lost(poll)
+    session.receive_websocket(channel, packets.PING_PROBE)
+    session.receive_websocket(channel, packets.UPGRADE)
+    clock.advance(0.6)
+    session.receive_websocket(channel, packets.PONG)
+    assert session.state is SessionState.OPEN and session.upgraded
 
 
 # -- upgrade (engine.io-protocol v4, "Upgrade") ------------------------------------
@@ -734,6 +862,7 @@ def test_second_websocket_cannot_upgrade(clock: Clock, app: RecordingApp) -> Non
     first = FakeChannel()
     assert session.begin_upgrade(first)
     assert not session.begin_upgrade(FakeChannel())
+    session.receive_websocket(first, packets.PING_PROBE)
     session.receive_websocket(first, packets.UPGRADE)
     assert not session.begin_upgrade(FakeChannel())
 
@@ -750,6 +879,66 @@ def test_unexpected_packet_on_probe_ends_only_the_probe(
     assert channel.closed is not None
     assert session.state is SessionState.OPEN
     assert app.messages == []
+
+
+def test_upgrade_packet_before_the_probe_ends_only_that_websocket(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """C{5} is only the answer to a completed probe: a WebSocket that skips
+    the probe is closed, and the polling session keeps its queue and its GET."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    channel = FakeChannel()
+    assert session.begin_upgrade(channel)
+    session.receive_websocket(channel, packets.UPGRADE)
+    assert channel.closed is not None and channel.closed[0] == 1002
+    assert session.state is SessionState.OPEN
+    assert session.transport_name == "polling" and not session.upgraded
+    session.send("still polling")
+    clock.advance(0)
+    assert channel.sent == []
+    poll = FakePoll()
+    session.attach_poll(poll)
+    assert poll.packets == [msg("still polling")]
+    # A later, well-behaved upgrade still works.
+    second = FakeChannel()
+    assert session.begin_upgrade(second)
+    session.receive_websocket(second, packets.PING_PROBE)
+    session.receive_websocket(second, packets.UPGRADE)
+    assert session.upgraded and session.uses(second)
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        Packet(PacketType.PING, ""),
+        Packet(PacketType.PING, "probe "),
+        Packet(PacketType.PING, "PROBE"),
+        Packet(PacketType.PONG, "probe"),
+        Packet(PacketType.NOOP, ""),
+    ],
+)
+def test_a_probe_other_than_2probe_ends_only_that_websocket(
+    clock: Clock, app: RecordingApp, probe: Packet
+) -> None:
+    """Only C{2probe} opens an upgrade; anything else closes that WebSocket
+    (code 1002) and leaves the polling session as it was."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    channel = FakeChannel()
+    assert session.begin_upgrade(channel)
+    session.receive_websocket(channel, probe)
+    assert channel.closed is not None and channel.closed[0] == 1002
+    assert channel.sent == []
+    assert poll.bodies == []  # the GET was not released for an upgrade
+    session.receive_websocket(channel, packets.UPGRADE)
+    assert session.state is SessionState.OPEN
+    assert session.transport_name == "polling" and not session.upgraded
+    session.send("m")
+    clock.advance(0)
+    assert poll.packets == [msg("m")]
 
 
 def test_lost_websocket_closes_upgraded_session(

@@ -554,14 +554,78 @@ def test_malformed_packet_closes_only_that_client(server: SocketIOServer, messag
     assert any(e.get("engine_sid") == sid_label("bad") for e in logged)
 
 
-def test_packets_for_unconnected_namespace_are_ignored(server: SocketIOServer) -> None:
-    """As with the reference server, stray packets for other namespaces don't
-    reach handlers and don't close the connection."""
+@pytest.mark.parametrize(
+    "before, packet",
+    [
+        ([], '2["m"]'),  # EVENT before any CONNECT
+        ([], '21["m"]'),
+        ([], "31[]"),  # ACK before CONNECT
+        ([], "1"),  # DISCONNECT before CONNECT
+        (["0"], '2/other,["m"]'),  # EVENT for a namespace not connected
+        (["0"], "3/other,1[]"),
+        (["0"], "0"),  # a second CONNECT to a connected namespace
+        (["0", "0/other,"], "0/other"),
+        (["0", "1"], '2["m"]'),  # anything after the client's DISCONNECT of it
+        (["0", "1"], "31[]"),
+        (["0", "1"], "1"),
+        (["0", "0/other,", "1/other"], '2/other,["m"]'),
+    ],
+)
+def test_packets_the_namespace_state_does_not_allow_close_the_connection(
+    server: SocketIOServer, before: list[str], packet: str
+) -> None:
+    """As the reference server: only CONNECT for a namespace the client is
+    not in, and anything but CONNECT for one it is in. Anything else closes
+    the Engine.IO connection, and reaches no handler."""
     got: list[Any] = []
-    server.of("/other").on("m", lambda socket: got.append(1))
-    conn, _ = join(server, "e1")
-    conn.receive('2/other,["m"]')
+    for name in ("/", "/other"):
+        server.of(name).on("m", lambda socket: got.append(1))
+    conn = connect_engine(server)
+    conn.receive(*before)
+    server._clock.advance(0)  # type: ignore[attr-defined]
+    assert conn.closed is None
+    with capturedLogs() as logged:
+        conn.receive(packet)
+    assert conn.closed == "forced server close"
     assert got == []
+    assert server.connection_count() == 0
+    assert any(e.get("engine_sid") == sid_label("e1") for e in logged)
+
+
+@pytest.mark.parametrize("second", ['2["m"]', "0", "1"])
+def test_packets_while_the_connect_handler_runs_close_the_connection(
+    server: SocketIOServer, second: str
+) -> None:
+    """The socket is not connected until its connect handlers accepted it:
+    an event, a second CONNECT or a DISCONNECT meanwhile is out of order."""
+    gate: Deferred[bool] = Deferred()
+    got: list[Any] = []
+
+    async def check(socket: Socket, auth: Any) -> bool:
+        return await gate
+
+    ns = server.of("/")
+    ns.on_connect(check)
+    ns.on("m", lambda socket: got.append(1))
+    conn = connect_engine(server)
+    conn.receive("0")
+    conn.receive(second)
+    assert conn.closed == "forced server close"
+    gate.callback(True)
+    assert conn.take() == [] and got == []
+    assert len(ns.sockets) == 0
+
+
+def test_reconnecting_a_namespace_after_disconnecting_it_is_allowed(
+    server: SocketIOServer,
+) -> None:
+    """A client that left a namespace may CONNECT to it again (a new socket)."""
+    conn, first = join(server, "e1")
+    conn.receive("1")
+    conn.receive("0")
+    server._clock.advance(0)  # type: ignore[attr-defined]
+    answer = conn.take_text()[0]
+    assert answer.startswith("0{") and orjson.loads(answer[1:])["sid"] != first
     assert conn.closed is None
 
 

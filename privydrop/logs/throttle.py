@@ -7,8 +7,10 @@ counted, and the count rides on the next one logged (field C{suppressed}).
 
 One L{WarningThrottle} serves every logger of a component: causes are kept
 per logger namespace, so each event keeps the namespace of the module that
-emits it. Time comes from an C{IReactorTime}, so tests drive it with a
-C{Clock}. Knows nothing of HTTP or Socket.IO.
+emits it. It also tallies every rejection by cause, logged or not
+(L{WarningThrottle.counts}, read by the metrics). Time comes from an
+C{IReactorTime}, so tests drive it with a C{Clock}. Knows nothing of HTTP
+or Socket.IO.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ from twisted.logger import Logger
 
 #: Distinct causes remembered; beyond this the oldest are forgotten.
 MAX_CAUSES = 1_000
+
+#: The cause rejections are tallied under once L{MAX_CAUSES} others are.
+OTHER_CAUSE = "other"
 
 #: Seconds between two warnings of one cause, unless a setting says otherwise.
 DEFAULT_INTERVAL_S = 10.0
@@ -37,6 +42,15 @@ class WarningThrottle:
         self._interval_s = interval_s
         #: (namespace, cause) -> (time last logged, rejections suppressed since)
         self._state: dict[tuple[str, str], tuple[float, int]] = {}
+        self._counts: dict[str, int] = {}
+
+    def counts(self) -> dict[str, int]:
+        """Every rejection reported so far, logged or not, by cause.
+
+        At most L{MAX_CAUSES} causes are told apart; later new ones are
+        tallied under L{OTHER_CAUSE}.
+        """
+        return dict(self._counts)
 
     def warn(self, log: Logger, cause: str, format: str, **fields: Any) -> bool:
         """Log C{format} with C{fields} on C{log} unless C{cause} was logged recently.
@@ -46,6 +60,9 @@ class WarningThrottle:
 
         @return: whether the event was logged.
         """
+        counts = self._counts
+        tally = cause if cause in counts or len(counts) < MAX_CAUSES else OTHER_CAUSE
+        counts[tally] = counts.get(tally, 0) + 1
         now = self._clock.seconds()
         key = (log.namespace, cause)
         last = self._state.get(key)

@@ -83,6 +83,11 @@ class SocketIOServer:
     def adapter(self) -> Adapter:
         return self._adapter
 
+    @property
+    def rejections(self) -> WarningThrottle:
+        """Warnings about clients closed for invalid packets; counts them by cause."""
+        return self._warnings
+
     def of(self, name: str) -> Namespace:
         """The namespace called C{name}, registered on first use.
 

@@ -22,7 +22,9 @@ resource. It also hardens C{twisted.web} for a public port:
  - form bodies are not parsed into C{request.args} (nothing here takes
    forms; L{privydrop.compat.twisted.site_options});
  - no C{Server: TwistedWeb/<version>} header;
- - the access log holds client addresses only when C{LOG_CLIENT_IPS} says so.
+ - the access log holds client addresses only when C{LOG_CLIENT_IPS} says so;
+ - every finished API request (any path but Engine.IO's) can be counted
+   (C{count_api_request}, the metrics' request counter).
 
 This module knows the two resources it routes to only as C{IResource}s.
 """
@@ -30,7 +32,7 @@ This module knows the two resources it routes to only as C{IResource}s.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -266,7 +268,13 @@ class PrivyDropSite(server.Site):
     protocol = HardenedChannel  # type: ignore[assignment]
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, settings: Settings, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        settings: Settings,
+        reactor: IReactorTime,
+        count_api_request: Callable[[Any], None] | None = None,
+    ) -> None:
         super().__init__(
             resource,
             requestFactory=LimitedRequest,
@@ -286,6 +294,7 @@ class PrivyDropSite(server.Site):
         self.warnings = WarningThrottle(reactor)
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
+        self._count_api_request = count_api_request
 
     def largest_body_limit(self) -> int:
         """The largest body accepted on any path."""
@@ -294,11 +303,17 @@ class PrivyDropSite(server.Site):
     def body_limit(self, uri: bytes) -> int:
         """The largest body accepted for a request URI (path and query)."""
         path = uri.split(b"?", 1)[0]
-        if path == self._engine_bare or path.startswith(self._engine_path):
+        if self._is_engine_path(path):
             return self.settings.engine.max_payload
         return self.settings.api.max_body_bytes
 
+    def _is_engine_path(self, path: bytes) -> bool:
+        return path == self._engine_bare or path.startswith(self._engine_path)
+
     def log(self, request: Any) -> None:
+        # Called by twisted.web once per finished request.
+        if self._count_api_request is not None and not self._is_engine_path(request.path):
+            self._count_api_request(request)
         # Once per HTTP request (every long poll): skip building the event when
         # nothing records debug (docs/performance.md, "Joins 1/4").
         if not loglevels.debug:
@@ -360,6 +375,7 @@ def build_site(
     reactor: IReactorTime,
     api_resource: IResource,
     engineio_resource: IResource | None = None,
+    count_api_request: Callable[[Any], None] | None = None,
 ) -> PrivyDropSite:
     """The HTTP site for the one listening port.
 
@@ -368,5 +384,9 @@ def build_site(
     @param reactor: for connection deadlines.
     @param api_resource: the REST API (L{privydrop.api.routes.PrivyDropAPI.resource}).
     @param engineio_resource: mounted at C{settings.engine.path} when given.
+    @param count_api_request: called with every finished request to a path
+        other than Engine.IO's (L{privydrop.metrics.ApiRequests}).
     """
-    return PrivyDropSite(_Root(settings, api_resource, engineio_resource), settings, reactor)
+    return PrivyDropSite(
+        _Root(settings, api_resource, engineio_resource), settings, reactor, count_api_request
+    )

@@ -34,7 +34,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.python.failure import Failure
 
-from privydrop.metrics.catalog import JOIN_OUTCOMES, JOIN_REFUSALS, OTHER_ROUTE, MetricSpec
+from privydrop.metrics.catalog import (
+    JOIN_OUTCOMES,
+    JOIN_REFUSALS,
+    OTHER_ROUTE,
+    MetricSpec,
+)
 
 
 class Counting(Protocol):

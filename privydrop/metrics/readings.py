@@ -16,11 +16,15 @@ components (L{privydrop.service.metrics}). A reading that was not handed in
 from __future__ import annotations
 
 import re
-from collections import Counter as Tally
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Protocol
 
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
 
 from privydrop.metrics.catalog import (
     CATALOG,
@@ -153,7 +157,7 @@ class StateReadings:
 
     def _engine_families(self, engine: EngineState) -> Iterator[Metric]:
         sessions = engine.sessions()
-        by_transport = Tally(session.transport_name for session in sessions)
+        by_transport = Counter(session.transport_name for session in sessions)
         connections = GaugeMetricFamily(
             CONNECTIONS.name, CONNECTIONS.help, labels=list(CONNECTIONS.labels)
         )
@@ -168,7 +172,7 @@ class StateReadings:
         )
 
     def _drops_family(self) -> CounterMetricFamily:
-        totals: Tally[tuple[str, str]] = Tally()
+        totals: Counter[tuple[str, str]] = Counter()
         for layer, counts in self._drops:
             for cause, count in counts().items():
                 totals[(layer, reason_label(cause))] += count

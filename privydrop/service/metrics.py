@@ -104,7 +104,7 @@ def metrics_service(settings: Settings, reactor: Any, metrics: ProcessMetrics) -
     try:
         # As for the public port: a port that is taken fails start-up.
         listener = strports.service(listen, site, reactor=reactor)
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any parse error is the operator's to fix
         raise ConfigError(
             "METRICS_LISTEN: %r is not a Twisted endpoint string (%s)" % (listen, e)
         ) from None

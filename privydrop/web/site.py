@@ -32,7 +32,8 @@ This module knows the two resources it routes to only as C{IResource}s.
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import orjson
 from twisted.internet.interfaces import IDelayedCall, IReactorTime

@@ -21,6 +21,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import Logger, capturedLogs
 
+from privydrop.cluster.bus import MemoryBus
+from privydrop.cluster.routing import ClusterAdapter
 from privydrop.logs.throttle import MAX_CAUSES, OTHER_CAUSE, WarningThrottle
 from privydrop.metrics import LagProbeService, ProcessMetrics, SignalingMetrics
 from privydrop.metrics.catalog import CATALOG, JOIN_OUTCOMES, JOIN_REFUSALS
@@ -29,10 +31,12 @@ from privydrop.metrics.readings import MAX_REASON_LENGTH, reason_label
 from privydrop.metrics.web import MetricsResource
 from privydrop.redis.errors import ReplyTimeout
 from privydrop.service import build_service
-from privydrop.settings import ConfigError, MetricsSettings, Settings
+from privydrop.settings import ConfigError, MetricsSettings, Settings, SocketIOSettings
 from privydrop.settings.sources import settings_from_options
 from privydrop.signaling import events
 from privydrop.signaling.handlers import RELAYED_EVENTS
+from privydrop.socketio.ids import RoomId
+from privydrop.socketio.server import SocketIOServer
 from privydrop.store.interface import JoinOutcome
 
 README = Path(__file__).resolve().parents[2] / "README.md"
@@ -103,7 +107,7 @@ def fully_read(metrics: ProcessMetrics) -> ProcessMetrics:
 
     metrics.readings.read_engine(Engine())
     metrics.readings.read_rooms(lambda: ["r"])
-    metrics.readings.read_drops("http", lambda: {})
+    metrics.readings.read_drops("http", dict)
     metrics.readings.read_cluster(Cluster())
     return metrics
 
@@ -293,6 +297,34 @@ def test_connections_by_transport_are_read_from_the_sessions() -> None:
     rooms.clear()
     assert value(metrics, "privydrop_connections", transport="websocket") == 0
     assert value(metrics, "privydrop_joined_rooms") == 0
+
+
+def test_cluster_tallies_are_read_from_the_real_cluster_adapter() -> None:
+    """Publications, failures, receptions and unreadable messages, as the adapter counts them."""
+    clock = Clock()
+    bus = MemoryBus()
+    a = ClusterAdapter("node-a", bus.publish, clock=clock)
+    b = ClusterAdapter("node-b", bus.publish, clock=clock)
+    bus.subscribe(b.channel_prefix + "#", b.receive)
+    SocketIOServer(clock, SocketIOSettings(), adapter=b)
+    SocketIOServer(clock, SocketIOSettings(), adapter=a).of("/").to(RoomId("r")).emit("hi")
+    bus.flush()
+    bus.publish(b.channel_prefix + "#/#", b"not a cluster message")
+    bus.flush()
+    down = ClusterAdapter("node-c", lambda channel, payload: fail(RuntimeError("down")), clock=clock)
+    SocketIOServer(clock, SocketIOSettings(), adapter=down).of("/").to(RoomId("r")).emit("hi")
+
+    figures = {}
+    for name, adapter in (("a", a), ("b", b), ("c", down)):
+        metrics = ProcessMetrics(clock)
+        metrics.readings.read_cluster(adapter)
+        figures[name] = {
+            key: value(metrics, "privydrop_cluster_%s_total" % key)
+            for key in ("publications", "publication_failures", "received", "dropped")
+        }
+    assert figures["a"] == {"publications": 1, "publication_failures": 0, "received": 0, "dropped": 0}
+    assert figures["b"] == {"publications": 0, "publication_failures": 0, "received": 1, "dropped": 1}
+    assert figures["c"] == {"publications": 1, "publication_failures": 1, "received": 0, "dropped": 0}
 
 
 def test_warning_throttle_counts_every_rejection_logged_or_not() -> None:

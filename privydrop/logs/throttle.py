@@ -17,8 +17,10 @@ choosing causes could fill the table and log one line per cause.
 
 One L{WarningThrottle} serves every logger of a component: causes are kept
 per logger namespace, so each event keeps the namespace of the module that
-emits it. Time comes from an C{IReactorTime}, so tests drive it with a
-C{Clock}. Knows nothing of HTTP or Socket.IO.
+emits it. It also tallies every rejection by cause, logged or not
+(L{WarningThrottle.counts}, read by the metrics). Time comes from an
+C{IReactorTime}, so tests drive it with a C{Clock}. Knows nothing of HTTP
+or Socket.IO.
 """
 
 from __future__ import annotations
@@ -32,6 +34,9 @@ from privydrop.logs import levels
 
 #: Distinct causes remembered; beyond this the oldest are forgotten.
 MAX_CAUSES = 1_000
+
+#: The cause rejections are tallied under once L{MAX_CAUSES} others are.
+OTHER_CAUSE = "other"
 
 #: Seconds between two events of one cause, unless a setting says otherwise.
 DEFAULT_INTERVAL_S = 10.0
@@ -54,6 +59,15 @@ class WarningThrottle:
         #: (namespace, cause) -> [start of the interval, events logged in
         #: it, events suppressed since the last one logged]
         self._state: dict[tuple[str, str], list[Any]] = {}
+        self._counts: dict[str, int] = {}
+
+    def counts(self) -> dict[str, int]:
+        """Every rejection reported so far, logged or not, by cause.
+
+        At most L{MAX_CAUSES} causes are told apart; later new ones are
+        tallied under L{OTHER_CAUSE}.
+        """
+        return dict(self._counts)
 
     def emit(
         self,
@@ -63,6 +77,7 @@ class WarningThrottle:
         format: str,
         *,
         burst: int = 1,
+        tally: bool = True,
         **fields: Any,
     ) -> bool:
         """Log C{format} with C{fields} at C{level} unless C{cause} had its
@@ -70,12 +85,18 @@ class WarningThrottle:
 
         The event carries C{cause} and C{suppressed} (how many were dropped
         since the last one of this cause) besides C{fields}. Debug and info
-        events are not even counted while their level is not recorded
+        events are not logged, nor throttled, while their level is not recorded
         (L{privydrop.logs.levels}).
 
         @param burst: events of this cause logged per interval.
+        @param tally: whether the event is a rejection, tallied in
+            L{counts} whatever the log level.
         @return: whether the event was logged.
         """
+        if tally:
+            counts = self._counts
+            name = cause if cause in counts or len(counts) < MAX_CAUSES else OTHER_CAUSE
+            counts[name] = counts.get(name, 0) + 1
         if (level is LogLevel.debug and not levels.debug) or (
             level is LogLevel.info and not levels.info
         ):
@@ -116,4 +137,6 @@ class WarningThrottle:
         self, level: LogLevel, log: Logger, cause: str, format: str, **fields: Any
     ) -> bool:
         """L{emit} with a burst of L{LIFECYCLE_BURST}, for a connection's life events."""
-        return self.emit(level, log, cause, format, burst=LIFECYCLE_BURST, **fields)
+        return self.emit(
+            level, log, cause, format, burst=LIFECYCLE_BURST, tally=False, **fields
+        )

@@ -45,6 +45,12 @@ master. Reconnection attempts are then at most the Sentinel settings'
 C{reconnect_max_delay} apart, so the pool finds the new master about that
 long after the promotion at worst.
 
+Timing. A pool given a L{CommandTiming} (the metrics' Redis timer) hands
+it every command with the time it was given and its reply; without one,
+nothing is measured. The service tree gives one to the store's pool only:
+the cluster's publications are on the relay path, where the metrics count
+publications instead of timing each.
+
 L{OrderedConnection} is a pool of one: commands reach Redis in the order
 they were given, which the cluster's publisher needs (an offer before its
 ICE candidates). L{privydrop.redis.subscriber} builds on the same machinery.
@@ -77,6 +83,10 @@ from privydrop.redis.sentinel import SentinelWatcher, format_address
 from privydrop.settings import RedisSettings
 
 _log = Logger()
+
+#: C{timing(command, started, reply)}: observes one command (its name, the
+#: reactor time it was given, the Deferred of its reply) and returns the reply.
+CommandTiming = Callable[[Any, float, "Deferred[Any]"], "Deferred[Any]"]
 
 #: Commands one connection carries before the next one is preferred (see
 #: L{ConnectionPool._pick}). Not a limit: past it on every connection,
@@ -129,6 +139,8 @@ class ConnectionPool:
 
     #: The protocol of this pool's connections.
     protocol: type[PipelinedProtocol] = PipelinedProtocol
+    #: Told of every command and its reply when set (see the module docstring).
+    timing: CommandTiming | None = None
 
     def __init__(
         self,
@@ -306,6 +318,11 @@ class ConnectionPool:
             C{txredisapi.InvalidData} (an argument that cannot be encoded;
             nothing was sent).
         """
+        if self.timing is not None:
+            return self.timing(args[0], self._reactor.seconds(), self._execute(args, deadline))
+        return self._execute(args, deadline)
+
+    def _execute(self, args: Sequence[Any], deadline: float | None) -> Deferred[Any]:
         if self._closed:
             return fail(ClientClosed(f"the connection pool {self.name} is closed"))
         if deadline is None:

@@ -267,6 +267,26 @@ class TurnSettings:
 
 
 @attrs.frozen
+class MetricsSettings:
+    """Prometheus metrics, served on a listener of their own.
+
+    Off unless C{listen} is given; never the public port, so figures about
+    the process (and the path C{/metrics}) are not published to clients.
+    """
+
+    #: A Twisted server endpoint string for C{GET /metrics}; None: off.
+    listen: str | None = None
+    #: Seconds between two measurements of the reactor's lag (how late a
+    #: timer fires).
+    lag_interval_s: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether metrics are collected and served."""
+        return self.listen is not None
+
+
+@attrs.frozen
 class Settings:
     """Everything the server needs to know, validated."""
 
@@ -285,6 +305,7 @@ class Settings:
     api: ApiSettings = ApiSettings()
     http: HttpSettings = HttpSettings()
     turn: TurnSettings = TurnSettings()
+    metrics: MetricsSettings = MetricsSettings()
     #: The .env file the settings were read from, if any (for the start-up log).
     env_file: str | None = None
     #: The lowest level of the package's log events that is recorded

@@ -30,6 +30,7 @@ from privydrop.settings.sections import (
     ConfigError,
     EngineSettings,
     HttpSettings,
+    MetricsSettings,
     OriginSettings,
     RedisSettings,
     RoomSettings,
@@ -77,6 +78,7 @@ _SENTINEL_TIMEOUT = _SENTINEL.timeout
 _SENTINEL_RECONNECT_MAX_DELAY = _SENTINEL.reconnect_max_delay
 #: The port of a Sentinel given without one (Sentinel's own default).
 DEFAULT_SENTINEL_PORT = 26379
+_METRICS = MetricsSettings()
 #: Shortest TURN_SECRET accepted: the secret signs every credential.
 MIN_TURN_SECRET_LENGTH = 16
 #: The IPv6 prefix lengths RATE_LIMIT_IPV6_PREFIX accepts: a /48 is a whole
@@ -219,6 +221,13 @@ VARIABLES: tuple[Variable, ...] = (
              "the credential it started with, so this must outlast the longest transfer; "
              "the default is a day, the life of a room. Shorter limits what a leaked "
              "credential is worth."),
+    Variable("METRICS_LISTEN", "metrics-listen", "(none: off)",
+             "Twisted server endpoint string serving Prometheus metrics at /metrics, e.g. "
+             "tcp:9101:interface=127.0.0.1. Loopback or a private interface only; it "
+             "cannot be the public port."),
+    Variable("METRICS_LAG_INTERVAL", "metrics-lag-interval", str(_METRICS.lag_interval_s),
+             "Seconds between two measurements of the reactor lag metric (how late a "
+             "timer fires), with METRICS_LISTEN."),
 )
 
 
@@ -780,6 +789,41 @@ def _log_level(sources: _Sources) -> str | None:
     return "warn" if value == "warning" else value
 
 
+def _endpoint_port(endpoint: str) -> int | None:
+    """The TCP port a C{tcp:}, C{tcp6:} or C{ssl:} endpoint string listens on.
+
+    None for other endpoint types (C{unix:}, C{systemd:}, ...), whose
+    sockets cannot be compared by a port number, and for strings that do
+    not say; L{privydrop.service} reports those that are not endpoints.
+    """
+    parts = re.split(r"(?<!\\):", endpoint.strip())
+    if parts[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    port = named.get("port", positional[0] if positional else None)
+    return int(port) if port is not None and port.isdigit() else None
+
+
+def _metrics(sources: _Sources, listen: str) -> MetricsSettings:
+    """METRICS_LISTEN, kept off the public port (which it would share with
+    every client)."""
+    interval = sources.number(
+        "METRICS_LAG_INTERVAL", _METRICS.lag_interval_s, float, 0.01
+    )
+    found = sources.find("METRICS_LISTEN")
+    if found is None or not found.value.strip():
+        return MetricsSettings(lag_interval_s=interval)
+    endpoint = found.value.strip()
+    port = _endpoint_port(endpoint)
+    if port and port == _endpoint_port(listen):
+        raise ConfigError(
+            "%s: %r is the public port (%s); metrics need a port of their own, on "
+            "loopback or a private interface" % (found.label, endpoint, listen)
+        )
+    return MetricsSettings(listen=endpoint, lag_interval_s=interval)
+
+
 def _listen(sources: _Sources) -> str:
     found = sources.find("--listen")
     if found is not None and found.value.strip():
@@ -927,9 +971,10 @@ def settings_from_options(
         default = _limit_default(limit)
         value = sources.number(limit.env, default, type(default), limit.minimum)
         sections[limit.section] = attrs.evolve(sections[limit.section], **{limit.field: value})
+    listen = _listen(sources)
     return Settings(
         environment=environment,  # type: ignore[arg-type]
-        listen=_listen(sources),
+        listen=listen,
         redis=redis,
         origins=origins,
         engine=sections["engine"],
@@ -939,6 +984,7 @@ def settings_from_options(
         api=api,
         http=http,
         turn=_turn(sources),
+        metrics=_metrics(sources, listen),
         env_file=env_file,
         log_level=_log_level(sources),
     )

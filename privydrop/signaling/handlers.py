@@ -88,6 +88,7 @@ from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.logger import LogLevel
 
 from privydrop.logs.levels import Logger
+from privydrop.metrics import SignalingMetrics
 from privydrop.rooms import InvalidRoomId, Rooms
 from privydrop.settings import Settings
 from privydrop.signaling import events
@@ -107,6 +108,10 @@ PEER_DISCONNECTED = "peer-disconnected"
 #: Joins of one socket waiting behind the one in progress; more are dropped.
 #: An honest client has one join in flight at a time.
 MAX_WAITING_JOINS = 4
+
+#: The events handed on to a peer or a room (the C{event} label of the
+#: relayed-messages metric).
+RELAYED_EVENTS = (*events.SIGNAL_FIELDS, events.INITIATOR_ONLINE, events.RECIPIENT_READY)
 
 INVALID_ROOM_ID = "Invalid roomId"
 SERVER_ERROR = "Server error while joining room"
@@ -167,6 +172,7 @@ class Signaling:
     @ivar dropped: payloads refused by validation, by event and reason.
     @ivar unroutable: relayed messages dropped because the sender is in no
         room, or is not in the room it named.
+    @ivar metrics: joins by outcome and relayed messages by event.
     """
 
     def __init__(
@@ -176,6 +182,7 @@ class Signaling:
         settings: Settings,
         client_ip_of: ClientIpOf,
         ice_servers: IceServerSource | None = None,
+        metrics: SignalingMetrics | None = None,
     ) -> None:
         self._namespace = namespace
         self._ice_servers = ice_servers
@@ -189,6 +196,7 @@ class Signaling:
         self._idle_waiters: list[Deferred[None]] = []
         self.dropped = events.DroppedPayloads()
         self.unroutable = 0
+        self.metrics = metrics if metrics is not None else SignalingMetrics.disabled()
 
     def install(self) -> None:
         """Register every handler on the namespace."""
@@ -279,6 +287,7 @@ class Signaling:
             request = events.parse_join(args, self._limits)
         except InvalidPayload as error:
             self._drop(socket, events.JOIN, error)
+            self.metrics.join_invalid.inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, INVALID_ROOM_ID, error.room_id))
             return
         if not socket.connected:
@@ -302,6 +311,7 @@ class Signaling:
             self._warnings.debug(
                 _log, "invalid-room-id", "socket {sid} asked for an invalid room id", sid=socket.id
             )
+            self.metrics.join_invalid.inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, INVALID_ROOM_ID, room_id))
             return
         except StoreUnavailable:
@@ -312,12 +322,14 @@ class Signaling:
                 sid=socket.id,
                 room_id=room_id,
             )
+            self.metrics.join_error.inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
             return
         except Exception:  # noqa: BLE001 - error boundary: log, answer, go on
             _log.failure(
                 "join of socket {sid} to room {room_id} failed", sid=socket.id, room_id=room_id
             )
+            self.metrics.join_error.inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
             return
 
@@ -343,6 +355,7 @@ class Signaling:
                     room_id=room_id,
                     outcome=decision.outcome.value,
                 )
+            self.metrics.join_refused[decision.outcome.value].inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, decision.message, room_id))
             return
 
@@ -362,6 +375,7 @@ class Signaling:
                 )
                 await self._undo_binding(socket.id, room_id)
                 state.room = None
+                self.metrics.join_error.inc()
                 socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
                 return
             state.room = room_id
@@ -377,6 +391,7 @@ class Signaling:
         if self._ice_servers is not None:
             # Only sockets that got into a room receive relay credentials.
             response["iceServers"] = self._ice_servers(socket.id).as_json()["iceServers"]
+        self.metrics.join_success.inc()
         socket.emit(JOIN_RESPONSE, response)
         socket.to(room_id).emit(READY, {"peerId": socket.id})
 
@@ -409,6 +424,7 @@ class Signaling:
             {request.field: request.value, "from": socket.id, "peerId": socket.id},
             only_if_in_room=room,
         )
+        self.metrics.relayed[event].inc()
 
     def _offer(self, socket: Socket, *args: Any) -> None:
         self._relay(events.OFFER, socket, args)
@@ -435,6 +451,7 @@ class Signaling:
             return
         if self._announcement_room(socket, events.INITIATOR_ONLINE, request.room_id):
             socket.to(request.room_id).emit(events.INITIATOR_ONLINE, {"roomId": request.room_id})
+            self.metrics.relayed[events.INITIATOR_ONLINE].inc()
 
     def _recipient_ready(self, socket: Socket, *args: Any) -> None:
         try:
@@ -444,6 +461,7 @@ class Signaling:
             return
         if self._announcement_room(socket, events.RECIPIENT_READY, request.room_id):
             socket.to(request.room_id).emit(events.RECIPIENT_READY, {"peerId": socket.id})
+            self.metrics.relayed[events.RECIPIENT_READY].inc()
 
     # -- bookkeeping -------------------------------------------------------------
 
@@ -476,6 +494,7 @@ def install_signaling(
     settings: Settings,
     client_ip_of: ClientIpOf | None = None,
     ice_servers: IceServerSource | None = None,
+    metrics: SignalingMetrics | None = None,
 ) -> Signaling:
     """Put PrivyDrop's signaling events on a namespace.
 
@@ -487,6 +506,7 @@ def install_signaling(
         (L{handshake_client_ip}).
     @param ice_servers: issues TURN credentials for a successful
         C{joinResponse}; none are sent when None.
+    @param metrics: counts joins and relayed messages; nothing when None.
     @return: the installed handlers, whose counters operators and tests read.
     """
     signaling = Signaling(
@@ -495,6 +515,7 @@ def install_signaling(
         settings,
         client_ip_of if client_ip_of is not None else handshake_client_ip(settings),
         ice_servers,
+        metrics,
     )
     signaling.install()
     return signaling

@@ -116,7 +116,8 @@ class SocketIOServer:
 
     @property
     def warnings(self) -> WarningThrottle:
-        """The throttle of every log line about this server's clients."""
+        """The throttle of every log line about this server's clients; counts
+        the rejections among them by cause."""
         return self._warnings
 
     def of(self, name: str) -> Namespace:

@@ -31,6 +31,8 @@ resource. It also hardens C{twisted.web} for a public port:
    an Engine.IO C{sid} (URIs are redacted), and its lines about clients are
    throttled per cause (Twisted's own "Timing out client: <address>" and
    "HEAD request <request>" lines are replaced by ours).
+ - every finished API request (any path but Engine.IO's) can be counted
+   (C{count_api_request}, the metrics' request counter).
 
 This module knows the two resources it routes to only as C{IResource}s.
 """
@@ -38,6 +40,7 @@ This module knows the two resources it routes to only as C{IResource}s.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -400,10 +403,13 @@ class PrivyDropSite(server.Site):
         settings: Settings,
         reactor: IReactorTime,
         engine_heads: IRequestHeadObserver | None = None,
+        count_api_request: Callable[[Any], None] | None = None,
     ) -> None:
         """
         @param engine_heads: told of every request head under the Engine.IO
             path (L{IRequestHeadObserver}), when given.
+        @param count_api_request: called with every finished request to a
+            path other than Engine.IO's, when given.
         """
         super().__init__(
             resource,
@@ -425,6 +431,7 @@ class PrivyDropSite(server.Site):
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
         self._engine_heads = engine_heads
+        self._count_api_request = count_api_request
 
     def largest_body_limit(self) -> int:
         """The largest body accepted on any path."""
@@ -447,10 +454,15 @@ class PrivyDropSite(server.Site):
             heads.head_received(request, method, uri)
 
     def _under_engine_path(self, uri: bytes) -> bool:
-        path = uri.split(b"?", 1)[0]
+        return self._is_engine_path(uri.split(b"?", 1)[0])
+
+    def _is_engine_path(self, path: bytes) -> bool:
         return path == self._engine_bare or path.startswith(self._engine_path)
 
     def log(self, request: Any) -> None:
+        # Called by twisted.web once per finished request.
+        if self._count_api_request is not None and not self._is_engine_path(request.path):
+            self._count_api_request(request)
         # Once per HTTP request (every long poll): skip building the event when
         # nothing records debug (docs/performance.md, "Joins 1/4").
         if not loglevels.debug:
@@ -517,6 +529,7 @@ def build_site(
     reactor: IReactorTime,
     api_resource: IResource,
     engineio_resource: IResource | None = None,
+    count_api_request: Callable[[Any], None] | None = None,
 ) -> PrivyDropSite:
     """The HTTP site for the one listening port.
 
@@ -526,10 +539,13 @@ def build_site(
     @param api_resource: the REST API (L{privydrop.api.routes.PrivyDropAPI.resource}).
     @param engineio_resource: mounted at C{settings.engine.path} when given;
         told of its request heads if it provides L{IRequestHeadObserver}.
+    @param count_api_request: called with every finished request to a path
+        other than Engine.IO's (L{privydrop.metrics.ApiRequests}).
     """
     return PrivyDropSite(
         _Root(settings, api_resource, engineio_resource),
         settings,
         reactor,
         IRequestHeadObserver(engineio_resource, None),
+        count_api_request,
     )

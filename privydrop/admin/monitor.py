@@ -107,7 +107,10 @@ def take_snapshot(client: RedisClient, processes: ProcessLister = no_process_lis
     joined = sum(card for card in cards if isinstance(card, int))
     return Snapshot(
         rooms=sum(
-            1 for n in names if n.startswith(keys.ROOM_PREFIX) and not n.endswith(keys.SOCKETS_SUFFIX)
+            1
+            for n in names
+            if n.startswith(keys.ROOM_PREFIX)
+            and not n.endswith((keys.SOCKETS_SUFFIX, keys.NODES_SUFFIX))
         ),
         joined_sockets=joined,
         socket_bindings=sum(1 for n in names if n.startswith(keys.SOCKET_PREFIX)),

@@ -144,6 +144,11 @@ class RoomSettings:
     join_window_s: int = 5
     join_limit: int = 2
     join_rate_limit_enabled: bool = True
+    #: Seconds between two checks that the rooms this process's sockets are
+    #: in still exist with the incarnation they joined (0: no check).
+    check_interval_s: int = 60
+    #: Members of a room a join, leave, check or reap looks at for ghosts.
+    prune_limit: int = 64
 
 
 @attrs.frozen

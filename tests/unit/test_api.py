@@ -188,7 +188,7 @@ def test_leave_room_unbinds_notifies_first_and_shortens_ttl() -> None:
 
     client = holder["c"] = make_client(notify_peer_left=notify)
     client.post("/api/create_room", {"roomId": "5555"})
-    joined = client.run(client.store.join_room("sockA", "5555", 0, 86400, 90000, None))
+    joined = client.run(client.store.join_room("sockA", "5555", 0, 86400, 90000, None, node_id="n"))
     assert joined.outcome.value == "joined"
     code, _, body = client.post("/api/leave_room", {"roomId": "5555", "socketId": "sockA"})
     assert (code, body) == (200, {"success": True, "message": "Successfully left the room"})

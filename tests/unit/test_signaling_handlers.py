@@ -133,12 +133,15 @@ class GatedStore(MemoryStore):
         room_ttl_s: int,
         socket_ttl_s: int,
         rate: RateWindow | None,
+        **options: Any,
     ) -> JoinResult:
         if self.gate is not None:
             await self.gate
         if self.fail_joins:
             raise StoreUnavailable("redis did not answer within 2.0 s")
-        return await super().join_room(socket_id, room_id, now_ms, room_ttl_s, socket_ttl_s, rate)
+        return await super().join_room(
+            socket_id, room_id, now_ms, room_ttl_s, socket_ttl_s, rate, **options
+        )
 
 
 @attrs.define

@@ -103,7 +103,10 @@ def build_service(
     else:
         redis_address = "%s:%d" % (settings.redis.host, settings.redis.port)
 
-    rooms = Rooms(store_service.store, settings.rooms, reactor)
+    # The node id a process's sockets are recorded with; with Redis it is
+    # the cluster adapter's (which changes if the process registers again).
+    identity = [node_id]
+    rooms = Rooms(store_service.store, settings.rooms, reactor, node_id=lambda: identity[0])
     engineio_resource: IResource | None = None
     notify_peer_left: PeerLeftHook | None = None
     connection_count: Callable[[], int] | None = None
@@ -121,12 +124,17 @@ def build_service(
             adapter_service.setName("adapter")
             adapter_service.setServiceParent(top)
             adapter = adapter_service.adapter
+            identity[0] = adapter_service.node_id
         layer = build_realtime(
             settings,
             reactor,
             rooms,
             adapter=adapter,
         )
+        if settings.redis is not None:
+            # Messages published while the subscription was down never
+            # arrived: refresh what this node knows of its rooms.
+            adapter_service.on_resubscribed(layer.signaling.check_rooms_soon)
         realtime_service = layer.service()
         realtime_service.setName("realtime")
         realtime_service.setServiceParent(top)

@@ -57,6 +57,7 @@ class Realtime:
     signaling: Signaling
     engine_server: EngineServer
     clock: IReactorTime
+    room_check_interval_s: float = 0.0
 
     def service(self) -> RealtimeService:
         """A service that ends every session when the tree stops."""
@@ -81,7 +82,11 @@ def build_realtime(
     engine = EngineServer(reactor, settings.engine, sio)
     namespace = sio.of("/")
     signaling = install_signaling(
-        namespace, rooms, settings, ice_servers=ice_server_source(settings.turn, reactor)
+        namespace,
+        rooms,
+        settings,
+        ice_servers=ice_server_source(settings.turn, reactor),
+        clock=reactor,
     )
     return Realtime(
         engine_resource=build_engineio_resource(engine),
@@ -90,6 +95,7 @@ def build_realtime(
         signaling=signaling,
         engine_server=engine,
         clock=reactor,
+        room_check_interval_s=settings.rooms.check_interval_s,
     )
 
 
@@ -105,8 +111,13 @@ class RealtimeService(Service):
     def __init__(self, realtime: Realtime) -> None:
         self.realtime = realtime
 
+    def startService(self) -> None:
+        super().startService()
+        self.realtime.signaling.start_room_checks(self.realtime.room_check_interval_s)
+
     def stopService(self) -> Deferred[Any] | None:
         super().stopService()
+        self.realtime.signaling.stop_room_checks()
         # The listener stopped first (see service.py): no polling client can
         # come back for a close packet, so end idle polling sessions now.
         self.realtime.engine_server.close_all(linger=False)

@@ -152,6 +152,23 @@ class RoomSettings:
 
 
 @attrs.frozen
+class ClusterSettings:
+    """How processes sharing one Redis notice each other's death
+    (L{privydrop.cluster.nodes})."""
+
+    #: Milliseconds between two heartbeats of a process.
+    heartbeat_interval_ms: int = 2000
+    #: Milliseconds a process's heartbeat must stay unchanged, across the
+    #: judge's own successful heartbeats, before it is judged dead.
+    node_timeout_ms: int = 10000
+    #: Sockets of a dead process unbound per clean-up round trip.
+    reap_batch: int = 100
+    #: This process's stable name (a restarted process cleans up earlier
+    #: ones of its name at start-up); C{""}: host name and listen endpoint.
+    node_name: str = ""
+
+
+@attrs.frozen
 class TrackingSettings:
     """Referrer statistics."""
 
@@ -233,6 +250,7 @@ class Settings:
     api: ApiSettings = ApiSettings()
     http: HttpSettings = HttpSettings()
     turn: TurnSettings = TurnSettings()
+    cluster: ClusterSettings = ClusterSettings()
     #: The .env file the settings were read from, if any (for the start-up log).
     env_file: str | None = None
 

@@ -92,6 +92,7 @@ class NodeMonitor:
         prune_limit: int,
         on_socket_reaped: Callable[[ReapedSocket], None],
         on_self_reaped: Callable[[], None],
+        figures: Callable[[], Mapping[str, int]] | None = None,
     ) -> None:
         """
         @param node_id: this node's current id (it changes when the node
@@ -106,6 +107,8 @@ class NodeMonitor:
         @param on_socket_reaped: called with each socket of a dead node once
             it is unbound; tells its peers.
         @param on_self_reaped: called when this node learns it was reaped.
+        @param figures: counters written with the info at every heartbeat
+            (operators and the C{cluster} benchmark read them).
         """
         self._store = store
         self._clock = clock
@@ -122,6 +125,7 @@ class NodeMonitor:
         self._prune_limit = prune_limit
         self._on_socket_reaped = on_socket_reaped
         self._on_self_reaped = on_self_reaped
+        self._figures = figures
         self._loop: LoopingCall | None = None
         self._beating: Deferred[None] | None = None
         self._counter = 0
@@ -217,6 +221,8 @@ class NodeMonitor:
         node_id = self.node_id
         info = dict(self._info)
         info["beat_ms"] = str(int(self._clock.seconds() * 1000))
+        if self._figures is not None:
+            info.update((field, str(value)) for field, value in self._figures().items())
         try:
             heartbeat = await self._store.heartbeat(
                 node_id, str(self._counter), info, self._socket_ttl_s

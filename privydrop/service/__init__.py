@@ -172,6 +172,13 @@ def build_service(
                 prune_limit=settings.rooms.prune_limit,
                 on_socket_reaped=signaling.socket_reaped,
                 on_self_reaped=self_reaped,
+                figures=lambda: {
+                    "connections": layer.sio_server.connection_count(),
+                    "published": adapter_service.adapter.published,
+                    "deliveries": adapter_service.adapter.deliveries,
+                    "received": adapter_service.adapter.received,
+                    "unroutable": adapter_service.adapter.unroutable,
+                },
             )
             # After the adapter, before realtime: it stops once the sessions
             # ended, and leaves the heartbeats then.

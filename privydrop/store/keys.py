@@ -39,8 +39,11 @@ C{cluster:heartbeats} (hash)
 C{cluster:node:<node>:info} (hash)
     For operators (C{privydrop-admin monitor}) and start-up clean-up: C{name}
     (stable across restarts), C{pid}, C{host}, C{listen}, C{started_ms},
-    C{beat_ms} (the node's own clock at its last heartbeat). Same TTL as the
-    heartbeats; deleted when the node stops cleanly or is reaped.
+    C{beat_ms} (the node's own clock at its last heartbeat), and counters as
+    of that heartbeat: C{connections}, C{published} (cluster messages),
+    C{deliveries} (receivers Redis reported for them), C{received},
+    C{unroutable}. Same TTL as the heartbeats; deleted when the node stops
+    cleanly or is reaped.
 
 C{cluster:node:<node>:reaped} (string)
     The node that reaped this one. A node that finds it at its heartbeat

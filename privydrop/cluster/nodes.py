@@ -29,10 +29,12 @@ reaper, which announces it again: those peers are told twice.
 
 Restart alone. A node has a stable name (host name and listen endpoint, or
 C{CLUSTER_NODE_NAME}). At its first successful heartbeat it claims at once
-every other node of its own name: an earlier process of this name that was
-killed (two live processes cannot listen on one endpoint), so a process
-restarted with nobody else alive cleans up after its predecessor without
-waiting for the timeout.
+every other node of its own name that is not a live process: on the same
+host, one whose pid is this process's own or names no running process
+(socket-activated workers of one host share their endpoint string, so the
+name alone does not tell them apart); on another host (a configured name),
+any. So a process restarted with nobody else alive cleans up after its
+predecessor without waiting for the timeout.
 
 Reaped while alive. A node stalled (SIGSTOP, a long pause) past the timeout
 is reaped by the others; its next heartbeat answers "reaped" and writes
@@ -59,7 +61,13 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from privydrop.settings import ClusterSettings
-from privydrop.store.interface import IStore, ReapedSocket, ReapStatus, StoreUnavailable
+from privydrop.store.interface import (
+    IStore,
+    NodeBeat,
+    ReapedSocket,
+    ReapStatus,
+    StoreUnavailable,
+)
 
 _log = Logger()
 
@@ -93,6 +101,7 @@ class NodeMonitor:
         on_socket_reaped: Callable[[ReapedSocket], None],
         on_self_reaped: Callable[[], None],
         figures: Callable[[], Mapping[str, int]] | None = None,
+        process_alive: Callable[[int], bool] | None = None,
     ) -> None:
         """
         @param node_id: this node's current id (it changes when the node
@@ -109,6 +118,9 @@ class NodeMonitor:
         @param on_self_reaped: called when this node learns it was reaped.
         @param figures: counters written with the info at every heartbeat
             (operators and the C{cluster} benchmark read them).
+        @param process_alive: whether a pid names a running process on this
+            host (C{info} gives this node's C{host} and C{pid}); without it
+            every other node of this name is taken for a predecessor.
         """
         self._store = store
         self._clock = clock
@@ -126,6 +138,7 @@ class NodeMonitor:
         self._on_socket_reaped = on_socket_reaped
         self._on_self_reaped = on_self_reaped
         self._figures = figures
+        self._process_alive = process_alive
         self._loop: LoopingCall | None = None
         self._beating: Deferred[None] | None = None
         self._counter = 0
@@ -251,7 +264,7 @@ class NodeMonitor:
             if node == node_id:
                 continue
             present.add(node)
-            if first and seen.name == self.name:
+            if first and self._is_predecessor(seen):
                 predecessors.append((node, seen.beat))
                 continue
             before = self._observed.get(node)
@@ -276,6 +289,18 @@ class NodeMonitor:
         self._beat_waiters = [(a, d) for a, d in self._beat_waiters if self.beats <= a]
         for _, waiter in ready:
             waiter.callback(self.beats)
+
+    def _is_predecessor(self, seen: NodeBeat) -> bool:
+        """Whether another node of this name is an earlier process that died."""
+        if seen.name != self.name:
+            return False
+        here = self._info.get("host", "")
+        if self._process_alive is None or not here or seen.host != here:
+            return True
+        if not seen.pid.isdigit():
+            return True
+        pid = int(seen.pid)
+        return seen.pid == self._info.get("pid") or not self._process_alive(pid)
 
     def _forget_observations(self) -> None:
         self._observed = {}

@@ -75,6 +75,17 @@ class _StopInOrder(MultiService):
                 _log.failure("stopping service {name} failed", name=service.name)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def node_name(listen: str) -> str:
     """The default stable name of a process: its host and listen endpoint."""
     return "%s|%s" % (socket.gethostname(), listen)
@@ -172,6 +183,7 @@ def build_service(
                 prune_limit=settings.rooms.prune_limit,
                 on_socket_reaped=signaling.socket_reaped,
                 on_self_reaped=self_reaped,
+                process_alive=process_alive,
                 figures=lambda: {
                     "connections": layer.sio_server.connection_count(),
                     "published": adapter_service.adapter.published,

@@ -174,10 +174,14 @@ class NodeBeat:
 
     @ivar beat: the value it wrote last (it changes at every heartbeat).
     @ivar name: its stable name (C{""} when its info is gone).
+    @ivar host: the host it runs on, from its info (C{""} when unknown).
+    @ivar pid: its process id on that host, from its info (C{""} when unknown).
     """
 
     beat: str
     name: str
+    host: str = ""
+    pid: str = ""
 
 
 @attrs.frozen

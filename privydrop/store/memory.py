@@ -383,7 +383,12 @@ class MemoryStore:
         return Heartbeat(
             reaped=False,
             nodes={
-                node: NodeBeat(value, self._hget(keys.node_info(node), "name") or "")
+                node: NodeBeat(
+                    value,
+                    self._hget(keys.node_info(node), "name") or "",
+                    self._hget(keys.node_info(node), "host") or "",
+                    self._hget(keys.node_info(node), "pid") or "",
+                )
                 for node, value in beats.items()
             },
         )

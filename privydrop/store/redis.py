@@ -457,8 +457,10 @@ class RedisStore:
             return Heartbeat(reaped=True)
         items = [_text(item) for item in flat or ()]
         nodes = {
-            items[i]: NodeBeat(beat=items[i + 1], name=items[i + 2])
-            for i in range(0, len(items) - 2, 3)
+            items[i]: NodeBeat(
+                beat=items[i + 1], name=items[i + 2], host=items[i + 3], pid=items[i + 4]
+            )
+            for i in range(0, len(items) - 4, 5)
         }
         return Heartbeat(reaped=False, nodes=nodes)
 

@@ -56,9 +56,13 @@ class World:
     clock: Clock
     store: FlakyStore
     nodes: dict[str, Node] = attrs.field(factory=dict)
+    #: pids of the processes running on "this host".
+    running: set[int] = attrs.field(factory=set)
 
     def node(self, label: str, name: str | None = None, **overrides: Any) -> Node:
+        """A node; C{info} in C{overrides} replaces its info, the rest its settings."""
         ids = [label + "0"]
+        info = overrides.pop("info", {"pid": "1"})
         holder: list[Node] = []
 
         def self_reaped() -> None:
@@ -71,12 +75,13 @@ class World:
             attrs.evolve(SETTINGS, **overrides),
             node_id=lambda: ids[-1],
             name=name if name is not None else "host|" + label,
-            info={"pid": "1"},
+            info=info,
             socket_ttl_s=SOCKET_TTL,
             empty_ttl_s=900,
             prune_limit=64,
             on_socket_reaped=lambda reaped: holder[0].reaped.append(reaped),
             on_self_reaped=self_reaped,
+            process_alive=self.running.__contains__,
         )
         node = Node(monitor, ids)
         holder.append(node)
@@ -284,3 +289,37 @@ def test_a_stopping_node_leaves_the_heartbeats_when_it_holds_no_socket(world: Wo
     assert world.store._hget(keys.HEARTBEATS, a.id) is not None
     _run(a.monitor._deregister())
     assert world.store._hget(keys.HEARTBEATS, a.id) is None
+
+
+def test_a_live_worker_of_the_same_name_on_this_host_is_no_predecessor(world: World) -> None:
+    """Socket-activated workers of one host share their endpoint string
+    (C{systemd:domain=INET:index=0}) and so their default name: a worker
+    starting must not take a running sibling for its predecessor. One whose
+    pid no longer runs is one."""
+    name = "host|systemd:domain=INET:index=0"
+    world.running.update({101, 102})
+    sibling = world.node("sib", name=name, info={"pid": "101", "host": "host"})
+    _start(sibling)
+    world.join(sibling, "s1", "r1")
+    crashed = world.node("old", name=name, info={"pid": "99", "host": "host"})
+    _start(crashed)
+    world.join(crashed, "s2", "r2")
+    world.tick(1, (sibling,))  # "old" was killed: pid 99 runs no more
+    new = world.node("new", name=name, info={"pid": "102", "host": "host"})
+    _start(new)
+    assert [r.socket_id for r in new.reaped] == ["s2"]
+    assert _run(world.store.room_sockets("r1")) == {"s1"}
+    world.tick(10, (sibling, new))
+    assert sibling.self_reaped == 0 and [r.socket_id for r in new.reaped + sibling.reaped] == ["s2"]
+
+
+def test_a_predecessor_with_this_very_pid_is_dead(world: World) -> None:
+    """A container restarted with the same host name gets the same pid (1)."""
+    world.running.add(1)
+    old = world.node("old", name="c1|tcp:3001", info={"pid": "1", "host": "c1"})
+    _start(old)
+    world.join(old, "s1", "r1")
+    world.tick(1, ())
+    new = world.node("new", name="c1|tcp:3001", info={"pid": "1", "host": "c1"})
+    _start(new)
+    assert [r.socket_id for r in new.reaped] == ["s1"]

@@ -4,7 +4,7 @@
 -- ARGV[1] node id, ARGV[2] beat, ARGV[3] ttl_s, ARGV[4] node key prefix,
 -- ARGV[5] info suffix, then info field, value pairs.
 -- Returns {1, {}} when this node was reaped (nothing written), else
--- {0, {node, beat, name, ...}}.
+-- {0, {node, beat, name, host, pid, ...}}.
 if redis.call('EXISTS', KEYS[3]) == 1 then
   return {1, {}}
 end
@@ -19,6 +19,9 @@ local out = {}
 for i = 1, #all, 2 do
   out[#out + 1] = all[i]
   out[#out + 1] = all[i + 1]
-  out[#out + 1] = redis.call('HGET', ARGV[4] .. all[i] .. ARGV[5], 'name') or ''
+  local info = redis.call('HMGET', ARGV[4] .. all[i] .. ARGV[5], 'name', 'host', 'pid')
+  out[#out + 1] = info[1] or ''
+  out[#out + 1] = info[2] or ''
+  out[#out + 1] = info[3] or ''
 end
 return {0, out}

@@ -28,7 +28,8 @@ from typing import Protocol
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+
+from privydrop.logs.levels import Logger
 
 _log = Logger()
 

@@ -51,6 +51,7 @@ commands (the store runs the scripts).
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,8 +59,8 @@ from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
 
+from privydrop.logs.levels import Logger
 from privydrop.settings import ClusterSettings
 from privydrop.store.interface import (
     IStore,
@@ -70,6 +71,10 @@ from privydrop.store.interface import (
 )
 
 _log = Logger()
+
+#: The monitors running in this process: several service trees in one
+#: process (tests) share its pid, and none is another's predecessor.
+_RUNNING: weakref.WeakSet[NodeMonitor] = weakref.WeakSet()
 
 #: A gap between two successful heartbeats longer than this many intervals
 #: means the judge itself was not observing (stalled): observations restart.
@@ -175,6 +180,7 @@ class NodeMonitor:
         if self._loop is not None:
             return
         self._running = True
+        _RUNNING.add(self)
         loop = self._loop = LoopingCall(self.beat_soon)
         loop.clock = self._clock
         loop.start(self._interval_s, now=True).addErrback(
@@ -186,6 +192,7 @@ class NodeMonitor:
         leave the heartbeats (unless sockets are still bound to this node,
         which the others then clean up)."""
         self._running = False
+        _RUNNING.discard(self)
         loop, self._loop = self._loop, None
         if loop is not None and loop.running:
             loop.stop()
@@ -264,7 +271,7 @@ class NodeMonitor:
             if node == node_id:
                 continue
             present.add(node)
-            if first and self._is_predecessor(seen):
+            if first and self._is_predecessor(node, seen):
                 predecessors.append((node, seen.beat))
                 continue
             before = self._observed.get(node)
@@ -290,9 +297,11 @@ class NodeMonitor:
         for _, waiter in ready:
             waiter.callback(self.beats)
 
-    def _is_predecessor(self, seen: NodeBeat) -> bool:
+    def _is_predecessor(self, node: str, seen: NodeBeat) -> bool:
         """Whether another node of this name is an earlier process that died."""
         if seen.name != self.name:
+            return False
+        if any(monitor.node_id == node for monitor in list(_RUNNING)):
             return False
         here = self._info.get("host", "")
         if self._process_alive is None or not here or seen.host != here:

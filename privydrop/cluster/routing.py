@@ -61,7 +61,6 @@ from typing import Any, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from privydrop.cluster.messages import (
@@ -79,6 +78,7 @@ from privydrop.cluster.messages import (
     encode_message,
     node_channel,
 )
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.socketio.adapter import LocalAdapter, RoomMembers, SocketDelivery
 from privydrop.socketio.ids import RoomId, SocketId

@@ -12,9 +12,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, Union
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
+from privydrop.logs.throttle import WarningThrottle
 from privydrop.socketio.acks import as_deferred_if_awaitable
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.ids import RoomId, SocketId
@@ -65,9 +67,15 @@ class Namespace:
     Get it with C{server.of(name)}; C{"/"} always exists.
     """
 
-    def __init__(self, name: str, adapter: Adapter) -> None:
+    def __init__(self, name: str, adapter: Adapter, warnings: WarningThrottle) -> None:
+        """
+        @param name: the namespace's name (C{/}, C{/chat}).
+        @param adapter: rooms and delivery.
+        @param warnings: throttles the log lines its clients cause.
+        """
         self.name = name
         self._adapter = adapter
+        self.warnings = warnings
         self._connect_handlers: list[ConnectHandler] = []
         self._handlers: dict[str, EventHandler] = {}
         self._disconnecting_handlers: list[DisconnectHandler] = []
@@ -312,9 +320,11 @@ class Namespace:
         args = packet.data[1:]
         handler = self._handlers.get(event)
         if handler is None:
-            _log.debug(
+            self.warnings.debug(
+                _log,
+                "no-handler",
                 "no handler for event {event!r} in {namespace}",
-                event=event,
+                event=clip(event),
                 namespace=self.name,
             )
             return

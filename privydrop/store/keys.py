@@ -17,7 +17,25 @@ C{room:<id>:sockets} (set)
 C{socket:<sid>} (string)
     The room id the socket is bound to. TTL: room TTL + 1 h, set on binding.
 
-The keys above are the Node backend's. The ones below are this server's own
+C{ratelimit:join:<client>} (sorted set)
+    One member per join attempt (C{<now_ms>-<random>}), scored by the
+    attempt's time in milliseconds. Members older than the window are pruned
+    on each attempt. TTL: the window's length. C{<client>} is the client's
+    rate-limit key (L{privydrop.web.clientip.rate_limit_key}): an IPv4
+    address, or an IPv6 network in CIDR text (C{ratelimit:join:2001:db8:1:2::/64}).
+
+C{ratelimit:<budget>:<window_s>:<index>:<client>} (string)
+    Not in the Node backend. How many calls of an API budget (C{api},
+    C{logs_debug}) one client made, by every process together, in the fixed
+    window number C{<index>} (seconds since the epoch divided by
+    C{<window_s>}). TTL: two windows and a second, so it can still be read
+    as the previous window.
+
+C{referrers:daily:<YYYY-MM-DD>} (hash)
+    Referrer name -> count of C{/api/set_track} calls that UTC day. TTL:
+    30 days, refreshed on each call.
+
+The keys above are the Node backend's (but the API budgets). The ones below are this server's own
 (a Node process neither reads nor writes them; its sockets simply have no
 node recorded):
 
@@ -58,15 +76,6 @@ C{cluster:reap:<node>:pending} (list)
     The batch of reaped sockets whose peers are being told, so that another
     node finishes the announcement if the reaper dies. TTL: the socket TTL.
 
-C{ratelimit:join:<ip>} (sorted set)
-    One member per join attempt (C{<now_ms>-<random>}), scored by the
-    attempt's time in milliseconds. Members older than the window are pruned
-    on each attempt. TTL: the window's length.
-
-C{referrers:daily:<YYYY-MM-DD>} (hash)
-    Referrer name -> count of C{/api/set_track} calls that UTC day. TTL:
-    30 days, refreshed on each call.
-
 Room ids never contain C{:} (see L{privydrop.rooms.ids.validate_room_id}),
 so C{room:<a>:sockets} and C{room:<a>:nodes} can never be another room's
 hash. Node ids are hexadecimal.
@@ -80,7 +89,8 @@ ROOM_PREFIX = "room:"
 SOCKETS_SUFFIX = ":sockets"
 NODES_SUFFIX = ":nodes"
 SOCKET_PREFIX = "socket:"
-JOIN_RATE_PREFIX = "ratelimit:join:"
+RATE_LIMIT_PREFIX = "ratelimit:"
+JOIN_RATE_PREFIX = RATE_LIMIT_PREFIX + "join:"
 REFERRERS_PREFIX = "referrers:daily:"
 CLUSTER_PREFIX = "cluster:"
 NODE_PREFIX = "cluster:node:"
@@ -143,6 +153,12 @@ def socket(socket_id: str) -> str:
 def join_rate(key_suffix: str) -> str:
     """The join rate window of one client, C{ratelimit:join:<ip>}."""
     return JOIN_RATE_PREFIX + key_suffix
+
+
+def call_count(budget: str, window_s: int, window_index: int, client_key: str) -> str:
+    """One client's calls of a budget in one window,
+    C{ratelimit:<budget>:<window_s>:<index>:<client>}."""
+    return "%s%s:%d:%d:%s" % (RATE_LIMIT_PREFIX, budget, window_s, window_index, client_key)
 
 
 def referrers(day: str) -> str:

@@ -323,3 +323,22 @@ def test_a_predecessor_with_this_very_pid_is_dead(world: World) -> None:
     new = world.node("new", name="c1|tcp:3001", info={"pid": "1", "host": "c1"})
     _start(new)
     assert [r.socket_id for r in new.reaped] == ["s1"]
+
+
+def test_service_trees_of_one_process_are_not_each_others_predecessors(world: World) -> None:
+    """Several trees in one process (as tests run them) share pid, host and
+    (with the same endpoint string) name; a running one is never taken for
+    a dead predecessor."""
+    world.running.add(7)
+    first = world.node("one", name="h|tcp:0", info={"pid": "7", "host": "h"})
+    second = world.node("two", name="h|tcp:0", info={"pid": "7", "host": "h"})
+    first.monitor.start()
+    world.join(first, "s1", "r1")
+    second.monitor.start()
+    try:
+        world.tick(2, ())
+        assert second.reaped == [] and first.self_reaped == 0
+        assert _run(world.store.room_sockets("r1")) == {"s1"}
+    finally:
+        first.monitor.stop()
+        second.monitor.stop()

@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from privydrop.engineio import packets
 from privydrop.engineio.interface import (
+    CloseKind,
     EngineApplication,
     EngineSid,
     Handshake,
@@ -216,6 +217,8 @@ class Session:
         self.upgraded = False
         self.pending = True
         self.close_reason: str | None = None
+        self._close_kind: CloseKind | None = None
+        self._closing_kind = CloseKind.SERVER
         self._queue: list[Packet] = []
         self._queued_bytes = 0
         self._flushes = flushes if flushes is not None else FlushQueue(clock)
@@ -244,6 +247,10 @@ class Session:
     def transport_name(self) -> str:
         return self._transport_name
 
+    @property
+    def close_kind(self) -> CloseKind | None:
+        return self._close_kind
+
     def send(self, message: Message) -> None:
         """Queue one message packet; flushed with the rest of this turn's packets."""
         if self.state is not SessionState.OPEN:
@@ -259,7 +266,12 @@ class Session:
             if self.state is not SessionState.OPEN:
                 return
 
-    def close(self, reason: str = REASON_FORCED, ws_code: int = WS_NORMAL) -> None:
+    def close(
+        self,
+        reason: str = REASON_FORCED,
+        ws_code: int = WS_NORMAL,
+        kind: CloseKind = CloseKind.SERVER,
+    ) -> None:
         """Close the session after delivering what is already queued.
 
         Over WebSocket that happens in this turn. Over polling the client's
@@ -269,11 +281,13 @@ class Session:
 
         @param reason: given to L{EngineApplication.on_close}.
         @param ws_code: the WebSocket close code, if the session is on WebSocket.
+        @param kind: reported as L{close_kind}.
         """
         if self.state is not SessionState.OPEN:
             return
         self.state = SessionState.CLOSING
         self.close_reason = reason
+        self._closing_kind = kind
         self._close_code = ws_code
         self._cancel_heartbeat()
         if self._ws is None and self._poll is None:
@@ -282,6 +296,8 @@ class Session:
                 self._finish,
                 reason,
                 None,
+                WS_NORMAL,
+                kind,
             )
         self._flush()
 
@@ -297,11 +313,16 @@ class Session:
         self._schedule_ping()
         self._flush()
 
-    def force_close(self, reason: str, ws_code: int = WS_NORMAL) -> None:
-        """Close now, dropping the queue; a pending GET receives a close packet."""
+    def force_close(
+        self, reason: str, ws_code: int = WS_NORMAL, kind: CloseKind = CloseKind.SERVER
+    ) -> None:
+        """Close now, dropping the queue; a pending GET receives a close packet.
+
+        @param kind: reported as L{close_kind}.
+        """
         if self.state is SessionState.CLOSED:
             return
-        self._finish(reason, notify=packets.CLOSE, ws_code=ws_code)
+        self._finish(reason, notify=packets.CLOSE, ws_code=ws_code, kind=kind)
 
     def drop(
         self,
@@ -321,7 +342,7 @@ class Session:
         if channel is None or channel is self._ws:
             self.force_close(reason, ws_code)
         else:
-            self.websocket_lost(channel, reason)
+            self.websocket_lost(channel, reason, CloseKind.SERVER)
             channel.close_channel(ws_code, reason)
 
     def refuse(
@@ -398,14 +419,18 @@ class Session:
                         "engine session {engine_sid} failed to write",
                         engine_sid=self._sid,
                     )
-                    self.force_close(REASON_TRANSPORT_ERROR)
+                    self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
                     return
             elif self._poll is not None:
                 responder, self._poll = self._poll, None
                 queue = self._take_queue()
                 if self.state is SessionState.CLOSING:
                     queue.append(packets.CLOSE)
-                    self._finish(self.close_reason or REASON_FORCED, notify=None)
+                    self._finish(
+                        self.close_reason or REASON_FORCED,
+                        notify=None,
+                        kind=self._closing_kind,
+                    )
                 responder.respond(packets.encode_payload(queue))
                 return
         if (
@@ -419,6 +444,7 @@ class Session:
                 self.close_reason or REASON_FORCED,
                 notify=packets.CLOSE,
                 ws_code=self._close_code,
+                kind=self._closing_kind,
             )
 
     # -- heartbeat (engine.io-protocol v4, "Heartbeat") --------------------
@@ -438,7 +464,7 @@ class Session:
     def _ping_timed_out(self) -> None:
         self._pong_call = None
         _log.info("engine session {engine_sid} ping timeout", engine_sid=self._sid)
-        self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY)
+        self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY, CloseKind.LOST)
 
     def _on_pong(self) -> None:
         # A pong with no ping outstanding is ignored, so a client cannot
@@ -470,7 +496,7 @@ class Session:
         elif kind is PacketType.PONG:
             self._on_pong()
         elif kind is PacketType.CLOSE:
-            self._finish(REASON_TRANSPORT_CLOSE, notify=packets.NOOP)
+            self._finish(REASON_TRANSPORT_CLOSE, notify=packets.NOOP, kind=CloseKind.CLIENT)
         elif kind is PacketType.NOOP:
             pass
         else:
@@ -543,7 +569,7 @@ class Session:
         if self._poll is responder:
             self._poll = None
             if self._transport_name == POLLING:
-                self.force_close(REASON_TRANSPORT_ERROR)
+                self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
 
     def _answer_poll_with_noop(self) -> None:
         if self._poll is not None:
@@ -646,25 +672,38 @@ class Session:
         self._flush()
 
     def websocket_lost(
-        self, channel: WebSocketChannel, reason: str = REASON_TRANSPORT_CLOSE
+        self,
+        channel: WebSocketChannel,
+        reason: str = REASON_TRANSPORT_CLOSE,
+        kind: CloseKind = CloseKind.LOST,
     ) -> None:
-        """WebSocket C{channel} closed (by the client, the network or a limit)."""
+        """WebSocket C{channel} closed (by the client, the network or a limit).
+
+        @param kind: reported as L{close_kind} when C{channel} was the
+            session's transport: L{CloseKind.CLIENT} when the client sent a
+            deliberate close frame.
+        """
         if channel is self._ws:
             self._ws = None
-            self._finish(reason, notify=None)
+            self._finish(reason, notify=None, kind=kind)
         elif channel is self._probe:
             self._abandon_upgrade()
 
     # -- closing ----------------------------------------------------------
 
     def _finish(
-        self, reason: str, notify: Packet | None, ws_code: int = WS_NORMAL
+        self,
+        reason: str,
+        notify: Packet | None,
+        ws_code: int = WS_NORMAL,
+        kind: CloseKind = CloseKind.SERVER,
     ) -> None:
         """Close for good: stop timers, release transports, tell the application."""
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
         self.close_reason = reason
+        self._close_kind = kind
         self._cancel_heartbeat()
         if self._flush_pending:
             self._flush_pending = False

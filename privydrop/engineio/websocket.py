@@ -38,7 +38,7 @@ from privydrop.compat import autobahn as autobahn_compat
 from privydrop.compat.twisted import outbound_buffer_size
 from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineRequestError
-from privydrop.engineio.interface import EngineSid, Handshake
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.session import (
     REASON_OUTBOUND_LIMIT,
@@ -69,6 +69,10 @@ if not ACCELERATED:  # pragma: no cover - depends on the environment
         ACCELERATED = True
     except ImportError:
         pass
+
+#: Close codes of a client that leaves on purpose: normal, going away (a page
+#: closing), and none at all (what socket.io-client sends).
+_CLIENT_LEAVE_CODES = frozenset({1000, 1001, None})
 
 # Autobahn's per-connection debug text, built only if an event is formatted.
 autobahn_compat.install_lazy_debug_text()
@@ -154,6 +158,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self._receive_limit = 0
         #: Whether outgoing frames are built and written here.
         self._plain_frames = False
+        #: The client started the closing handshake with a code that means
+        #: it leaves on purpose (see L{onCloseFrame}).
+        self._client_left = False
 
     # -- opening ----------------------------------------------------------
 
@@ -429,6 +436,14 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         )
         self.close_channel(ws_code, reason)
 
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
+        # Autobahn's callback for a received close frame, the only place that
+        # tells who started the closing handshake: once a close frame left
+        # here first, the client's is just the answer.
+        if self._phase == _OPEN and code in _CLIENT_LEAVE_CODES:
+            self._client_left = True
+        return super().onCloseFrame(code, reasonRaw)
+
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._phase = _CLOSING
         session = self._session
@@ -447,8 +462,14 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 limit="max_frame_bytes",
             )
             return
-        # After a limit passed here the session was told already.
-        session.websocket_lost(self, REASON_TRANSPORT_CLOSE)
+        # After a limit passed here the session was told already. A client
+        # that sent a close frame meaning "going away" left on purpose;
+        # anything else (no close frame, an error code) is a lost transport.
+        session.websocket_lost(
+            self,
+            REASON_TRANSPORT_CLOSE,
+            CloseKind.CLIENT if self._client_left else CloseKind.LOST,
+        )
 
     # -- WebSocketChannel -------------------------------------------------
 

@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 
 from privydrop.cluster.bus import MemoryBus
 from privydrop.cluster.routing import ClusterAdapter
-from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, Message
 from privydrop.rooms import Rooms
 from privydrop.settings import Settings, SocketIOSettings
 from privydrop.signaling import events
@@ -55,6 +55,7 @@ class FakeEngineConnection:
         )
         self.sent: list[Message] = []
         self.closed: str | None = None
+        self.close_kind: CloseKind | None = None
 
     @property
     def sid(self) -> EngineSid:
@@ -74,9 +75,11 @@ class FakeEngineConnection:
     def send_many(self, messages: Any) -> None:
         self.sent.extend(messages)
 
-    def close(self, reason: str = "forced close") -> None:
+    def close(self, reason: str = "forced close", kind: CloseKind = CloseKind.SERVER) -> None:
+        """End the session; C{kind} is how (a client leaving, a lost transport, ...)."""
         if self.closed is None:
             self.closed = reason
+            self.close_kind = kind
             self._app.on_close(self, reason)
 
 

@@ -207,6 +207,12 @@ class Socket:
         return self._state
 
     @property
+    def disconnected(self) -> bool:
+        """Whether the socket left for good (a detached socket has not: it
+        keeps its rooms, and what is sent to it is replayed on recovery)."""
+        return self._state is SocketState.DISCONNECTED
+
+    @property
     def transport(self) -> str:
         """The client's current transport, C{"polling"} or C{"websocket"}."""
         return self._client.transport_name

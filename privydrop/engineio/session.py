@@ -496,7 +496,7 @@ class Session:
         elif kind is PacketType.PONG:
             self._on_pong()
         elif kind is PacketType.CLOSE:
-            self._finish(REASON_TRANSPORT_CLOSE, notify=packets.NOOP, kind=CloseKind.CLIENT)
+            self._finish(REASON_TRANSPORT_CLOSE, notify=packets.NOOP, kind=self._close_packet_kind())
         elif kind is PacketType.NOOP:
             pass
         else:
@@ -509,6 +509,22 @@ class Session:
                 WS_PROTOCOL_ERROR,
                 packet_type=kind.name,
             )
+
+    def _close_packet_kind(self) -> CloseKind:
+        """What a close packet from the client means.
+
+        Over WebSocket, and over polling while the client's GET is held, the
+        client closes on purpose. A polling client whose GET failed (a
+        network change) also sends one before it reconnects, and then no GET
+        is held here: the last one was answered into the void or died. That
+        close reports a lost transport, so the client can still recover its
+        sockets. (A deliberate close in the instant between a GET's answer
+        and the next GET counts as lost too: its sockets end with the
+        recovery window instead of at once.)
+        """
+        if self._transport_name == POLLING and self._poll is None:
+            return CloseKind.LOST
+        return CloseKind.CLIENT
 
     def receive_message(self, message: Message) -> None:
         """Handle one message packet's data, sent on the active transport."""

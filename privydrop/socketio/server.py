@@ -78,6 +78,9 @@ _RECOVERABLE = frozenset({CloseKind.LOST, CloseKind.SHUTDOWN})
 class SocketIOServer:
     """A Socket.IO v5 server; implements L{EngineApplication}.
 
+    @ivar recoveries: sockets resumed by a recovery, takeovers included.
+    @ivar takeovers: recoveries of a socket whose old connection was still open.
+
     @param clock: for the connect timeout and ack timeouts.
     @param settings: the Socket.IO limits.
     @param adapter: rooms and delivery; a new L{LocalAdapter} when None.
@@ -110,6 +113,8 @@ class SocketIOServer:
             if settings.recovery_window_ms > 0
             else None
         )
+        self.recoveries = 0
+        self.takeovers = 0
         self.of(MAIN_NAMESPACE)
 
     @property
@@ -322,7 +327,9 @@ class SocketIOServer:
             return False
         if socket.state is SocketState.CONNECTED:
             self._take_over(socket)
+            self.takeovers += 1
         socket._resume(client, handshake, missed)
+        self.recoveries += 1
         client.sockets[namespace.name] = socket
         client.cancel_connect_timer()
         _log.info(

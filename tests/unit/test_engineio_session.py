@@ -836,3 +836,19 @@ def test_polling_client_that_stops_polling_is_lost(clock: Clock) -> None:
         clock.advance(step)
     assert app.closed and app.closed[0][1] == REASON_PING_TIMEOUT
     assert app.kinds == [CloseKind.LOST]
+
+
+def test_polling_close_packet_is_a_leave_only_while_a_get_is_held(clock: Clock) -> None:
+    """engine.io-client sends a close packet after a failed poll too, just
+    before it reconnects; then no GET is held here, and it must not count
+    as the client leaving."""
+    from privydrop.engineio.interface import CloseKind
+
+    app = KindApp()
+    server = make_server(clock, app)
+    leaving, _ = open_polling(server)
+    leaving.attach_poll(FakePoll())
+    leaving.receive_many([packets.CLOSE])
+    after_failed_poll, _ = open_polling(server)
+    after_failed_poll.receive_many([packets.CLOSE])
+    assert app.kinds == [CloseKind.CLIENT, CloseKind.LOST]

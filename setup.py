@@ -25,7 +25,8 @@ Dependencies
 Runtime dependencies beyond Twisted, Autobahn and txredisapi: Klein (REST
 routes) with werkzeug (its router; NotFound/MethodNotAllowed are turned into
 JSON errors), treq, attrs (settings and packets), orjson (fast JSON with a
-nesting limit), wsaccel (compiled WebSocket unmasking).
+nesting limit), wsaccel (compiled WebSocket unmasking), prometheus-client
+(the metrics served on METRICS_LISTEN).
 
 Every requirement has both bounds, by one rule:
 
@@ -75,6 +76,7 @@ setup(
         # Compiled WebSocket unmasking; the frame reader falls back to pure
         # Python where it is missing.
         "wsaccel>=0.6.6,<0.7; platform_python_implementation == 'CPython'",
+        "prometheus-client>=0.12,<0.27",
     ],
     extras_require={
         "test": [

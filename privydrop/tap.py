@@ -20,17 +20,19 @@ import sys
 from typing import Any, NoReturn
 
 from twisted.application.service import IService
-from twisted.logger import Logger, LogLevel
+from twisted.logger import LogLevel
 from twisted.python import usage
 
 from privydrop import __version__
 from privydrop.logs import levels as loglevels
+from privydrop.logs.levels import Logger
 from privydrop.redis.probe import RedisProbeError, probe_redis
 from privydrop.settings import ConfigError, Settings
 from privydrop.settings.sources import VARIABLES, settings_from_options
 
 _log = Logger()
 _LEVELS = frozenset(LogLevel.iterconstants())
+_RANK = {level: rank for rank, level in enumerate(LogLevel.iterconstants())}
 
 
 def _help(variable: Any) -> str:
@@ -78,8 +80,8 @@ def settings_for(options: Any, environ: Any = None) -> Settings:
     if settings.production and settings.redis is None:
         _fatal(
             "NODE_ENV=production needs Redis: set REDIS_HOST (and REDIS_PORT, "
-            "REDIS_PASSWORD) or REDIS_URL (or --redis). The in-memory store is "
-            "for development only."
+            "REDIS_PASSWORD) or REDIS_URL (or --redis), or REDIS_SENTINELS and "
+            "REDIS_SENTINEL_MASTER. The in-memory store is for development only."
         )
     return settings
 
@@ -94,6 +96,21 @@ def _twist_log_level(options: Any) -> LogLevel | None:
     except (KeyError, TypeError):
         return None
     return level if level in _LEVELS else None
+
+
+def recorded_level(settings: Settings, twist_level: LogLevel | None) -> LogLevel:
+    """The lowest level of the package's events that is recorded.
+
+    C{LOG_LEVEL} when given; otherwise C{twist --log-level} when run by
+    C{twist}; otherwise C{info}. Under C{twist}, events below its own level
+    are dropped anyway, so the higher of the two is the one that holds.
+    """
+    if settings.log_level is None:
+        return twist_level if twist_level is not None else loglevels.DEFAULT_LEVEL
+    level = loglevels.level_named(settings.log_level)
+    if twist_level is not None and _RANK[twist_level] > _RANK[level]:
+        return twist_level
+    return level
 
 
 #: Allocations (net of frees) between young-generation collections; CPython's
@@ -131,7 +148,7 @@ def makeService(options: Any) -> IService:
     from privydrop.service import build_service
 
     settings = settings_for(options)
-    loglevels.set_minimum(_twist_log_level(options))
+    loglevels.set_minimum(recorded_level(settings, _twist_log_level(options)))
     if settings.redis is not None:
         try:
             probe_redis(settings.redis)

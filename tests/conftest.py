@@ -11,6 +11,10 @@ Store fixtures (see ``tests/redis_server.py``):
     A fresh C{twisted.internet.task.Clock} (memory store TTLs, rate windows).
 ``memory_store`` / ``redis_store``
     A L{MemoryStore} on ``clock``; a connected L{RedisStore} on ``redis_db``.
+``sentinel_group`` (session) / ``password_sentinel_group`` (session) / ``failover_group``
+    A master, a replica and three Sentinels (``tests/sentinel_group.py``);
+    the second with passwords on Redis and on the Sentinels; the third of
+    the test's own, for a test that kills its master.
 ``backend``
     Parametrised over both: a L{Backend} naming the store and its kind, so
     ``tests/contract/`` runs every test against memory and Redis.
@@ -33,6 +37,7 @@ from privydrop.store.interface import IStore
 from privydrop.store.memory import MemoryStore
 from privydrop.store.redis import RedisStore
 from tests.redis_server import RedisServer
+from tests.sentinel_group import SentinelGroup
 
 #: The database index the Redis tests use (the server is private to the run).
 TEST_DB = 9
@@ -72,6 +77,49 @@ def password_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture(scope="session")
+def sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """A master, a replica and three Sentinels (``tests/sentinel_group.py``),
+    shared by the tests that never fail it over."""
+    group = SentinelGroup(Path(tmp_path_factory.mktemp("sentinel-shared")))
+    group.start()
+    try:
+        yield group
+    finally:
+        group.kill()
+
+
+#: The Sentinels' own password in L{password_sentinel_group}.
+TEST_SENTINEL_PASSWORD = "sentinel pass"
+
+
+@pytest.fixture(scope="session")
+def password_sentinel_group(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """Like L{sentinel_group}, with a password on the master and replica
+    (L{TEST_REDIS_PASSWORD}) and another on the Sentinels."""
+    group = SentinelGroup(
+        Path(tmp_path_factory.mktemp("sentinel-auth")),
+        password=TEST_REDIS_PASSWORD,
+        sentinel_password=TEST_SENTINEL_PASSWORD,
+    )
+    group.start()
+    try:
+        yield group
+    finally:
+        group.kill()
+
+
+@pytest.fixture
+def failover_group(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A L{SentinelGroup} of this test's own, for a test that fails it over."""
+    group = SentinelGroup(tmp_path / "sentinels")
+    group.start()
+    try:
+        yield group
+    finally:
+        group.kill()
 
 
 @pytest.fixture

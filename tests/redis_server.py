@@ -95,10 +95,17 @@ class RedisServer:
     @ivar password: the C{requirepass} it was started with, if any.
     """
 
-    def __init__(self, workdir: Path, password: str | None = None) -> None:
+    def __init__(
+        self, workdir: Path, password: str | None = None, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        """
+        @param extra_args: more C{--option value} arguments for redis-server
+            (a replica's C{--replicaof}, say).
+        """
         self.binary = redis_binary()
         self.workdir = workdir
         self.password = password
+        self.extra_args = extra_args
         self.port = free_port()
         self.host = HOST
         self._process: subprocess.Popen[bytes] | None = None
@@ -116,7 +123,7 @@ class RedisServer:
         ]
         if self.password is not None:
             argv += ["--requirepass", self.password]
-        return argv
+        return argv + list(self.extra_args)
 
     def start(self) -> None:
         """Start the process and return once it answers PING (bounded wait)."""
@@ -169,6 +176,14 @@ class RedisServer:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)
+
+    def crash(self) -> None:
+        """SIGKILL: the process dies at once, as in a crash (no shutdown, no goodbye)."""
+        process = self._process
+        if process is None or process.poll() is not None:
+            return
+        process.kill()
+        process.wait(timeout=5)
 
     def restart(self) -> None:
         """Kill and start again on the same port (an empty dataset)."""

@@ -92,7 +92,10 @@ def redis_settings(args: argparse.Namespace, environ: Mapping[str, str]) -> Redi
     options = {"env-file": args.env_file, "redis": args.redis}
     settings = settings_from_options(options, environ)
     if settings.redis is None:
-        raise ConfigError("no Redis configured: set REDIS_URL or REDIS_HOST (or pass --redis)")
+        raise ConfigError(
+            "no Redis configured: set REDIS_URL or REDIS_HOST (or pass --redis),"
+            " or REDIS_SENTINELS and REDIS_SENTINEL_MASTER"
+        )
     return settings.redis
 
 

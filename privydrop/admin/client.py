@@ -12,6 +12,8 @@ import socket
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from privydrop.redis.probe import RedisProbeError, find_master
+from privydrop.redis.sentinel import format_address
 from privydrop.settings import RedisSettings
 
 
@@ -31,16 +33,21 @@ class RedisClient:
     """One connection to the deployment's Redis, authenticated and on its database."""
 
     def __init__(self, settings: RedisSettings) -> None:
-        """Connect, then C{AUTH} and C{SELECT} as the server does.
+        """Connect, then C{AUTH} and C{SELECT} as the server does; with
+        Sentinel settings, to the master the Sentinels name.
 
         @raise RedisError: naming the address when Redis cannot be reached or
-            refuses the password.
+            refuses the password, or no Sentinel names the master.
         """
-        self.address = "%s:%d" % (settings.host, settings.port)
+        address = (settings.host, settings.port)
+        if settings.sentinel is not None:
+            try:
+                address = find_master(settings.sentinel)
+            except RedisProbeError as e:
+                raise RedisError(str(e)) from None
+        self.address = format_address(address)
         try:
-            self._socket = socket.create_connection(
-                (settings.host, settings.port), timeout=settings.connect_timeout
-            )
+            self._socket = socket.create_connection(address, timeout=settings.connect_timeout)
         except OSError as e:
             raise RedisError("cannot reach Redis at %s: %s" % (self.address, e)) from None
         self._socket.settimeout(max(settings.command_timeout, 5.0))

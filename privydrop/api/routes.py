@@ -8,15 +8,26 @@ C{POST /api/set_track}    C{{ref, timestamp, path}} -> C{{success: true}}
 C{POST /api/logs_debug}   C{{message, timestamp}} -> C{{success: true}}
 C{POST /api/leave_room}   C{{roomId, socketId}} -> C{{success, message}}
 C{GET  /api/ice_servers}  -> C{{iceServers, ttl}}: short-lived TURN credentials
-C{GET  /health}           liveness (also C{/api/health})
+C{GET  /health}           readiness: 503 while the store is unusable (also C{/api/health})
+C{GET  /health/live}      liveness: 200 while the process serves
 C{GET  /health/detailed}  store round trip, Socket.IO connections, process figures
 =========================  ====================================================
 
 Every answer is JSON. Input the client can fix is a 4xx C{{"error": ...}}
 (malformed or non-object JSON, a bad C{roomId}, 404, 405, 429 past the
-per-IP call budget); a store that is down or stalled is a 503 within the
-store's command timeout; anything else is logged and answered 500. CORS and
-the call budget are applied by L{_APIResource} before Klein routes.
+per-client call budget, or past the tighter one of C{logs_debug}; 415 for a
+body that is not JSON); a store that is down or stalled is a 503 within the
+store's command timeout; anything else is logged and answered 500. CORS, the
+call budgets and the body's type are checked by L{_APIResource} before Klein
+routes. The budgets count per rate-limit key of the client's address
+(L{privydrop.web.clientip.rate_limit_key}: an IPv6 client by its network)
+and, with Redis, across every process sharing it (L{privydrop.ratelimit.budget}).
+
+C{/health} answers from what the store's own operations (and an idle-time
+PING) said of it (L{privydrop.store.health}), without a Redis command of its
+own: 503 with the reason once the store has been unusable for longer than
+its command timeout, for a load balancer or Docker health check to take the
+process out. C{/health/live} says only that the process serves.
 
 The API reaches Socket.IO only through two optional callables handed in by
 the service tree (C{notify_peer_left}, C{connection_count}); it knows nothing
@@ -38,13 +49,13 @@ import orjson
 from klein import Klein
 from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from werkzeug.exceptions import MethodNotAllowed, NotFound
 
 from privydrop import __version__
+from privydrop.api.content import body_refusal
 from privydrop.api.errors import (
     LEAVE_FIELDS_REQUIRED,
     ROOM_ID_REQUIRED,
@@ -52,6 +63,8 @@ from privydrop.api.errors import (
     bad_request,
 )
 from privydrop.compat.klein import HotRoutes
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.ratelimit import CallBudget
 from privydrop.rooms import (
@@ -63,10 +76,11 @@ from privydrop.rooms import (
 )
 from privydrop.settings import Settings
 from privydrop.store import keys
+from privydrop.store.health import StoreHealth
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.tracking import InvalidTrack, ReferrerTracker
 from privydrop.turn import ice_server_source
-from privydrop.web.clientip import client_ip, trusted_proxies
+from privydrop.web.clientip import client_ip, peer_address, rate_limit_key, trusted_proxies
 from privydrop.web.cors import api_headers, api_preflight_headers
 
 _log = Logger()
@@ -75,7 +89,9 @@ _log = Logger()
 PeerLeftHook = Callable[[str, str], "Awaitable[None] | None"]
 
 #: Paths that are never counted against the call budget.
-HEALTH_PATHS = frozenset({b"/health", b"/api/health", b"/health/detailed"})
+HEALTH_PATHS = frozenset({b"/health", b"/api/health", b"/health/live", b"/health/detailed"})
+#: The path with a budget of its own besides the API's (each call writes a log line).
+LOGS_DEBUG_PATH = b"/api/logs_debug"
 
 SERVICE_NAME = "privydrop-backend"
 _JSON = b"application/json; charset=utf-8"
@@ -109,6 +125,20 @@ def read_json_object(request: IRequest) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise bad_request("JSON body must be an object")
     return value
+
+
+def _as_text(value: object, name: str) -> str:
+    """A JSON value as text for the log: a string as it is, anything else as JSON.
+
+    @raise APIError: 400 when it is nested deeper than the encoder goes
+        (the parser takes deeper documents than the encoder writes).
+    """
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        raise bad_request("%s is nested too deeply" % (name,)) from None
 
 
 def _required(value: object) -> bool:
@@ -190,7 +220,7 @@ def _json_endpoint(
             # Klein cancels the route when the client goes away; nobody to answer.
             raise
         except Exception:
-            _log.failure("API route {path} failed", path=request.path)
+            _log.failure("API route {path} failed", path=clip(request.path))
             code, result = 500, {"error": "Internal server error"}
         request.setResponseCode(code)
         request.setHeader(b"content-type", _JSON)
@@ -223,6 +253,7 @@ class PrivyDropAPI:
         notify_peer_left: PeerLeftHook | None = None,
         connection_count: Callable[[], int] | None = None,
         redis_address: str | None = None,
+        store_health: StoreHealth | None = None,
     ) -> None:
         """
         @param settings: all settings (reads C{api}, C{rooms}, C{tracking},
@@ -238,19 +269,35 @@ class PrivyDropAPI:
             C{/health/detailed}; None until Socket.IO exists.
         @param redis_address: C{host:port} shown by C{/health/detailed}, or
             None for the in-memory store.
+        @param store_health: what the store's operations say of it, for
+            C{/health}; None: the store is always usable (the memory store).
         """
         self._settings = settings
         self._store = store
         self._clock = clock
         self._rooms = rooms if rooms is not None else Rooms(store, settings.rooms, clock)
         self._tracker = ReferrerTracker(store, settings.tracking, clock)
+        # With Redis, the budgets count across the processes sharing it.
+        shared = store if settings.redis is not None else None
         self._budget = CallBudget(
-            settings.api.rate_limit_calls, settings.api.rate_limit_window_s, clock
+            settings.api.rate_limit_calls,
+            settings.api.rate_limit_window_s,
+            clock,
+            store=shared,
+            name="api",
+        )
+        self._logs_budget = CallBudget(
+            settings.api.logs_debug_rate_limit_calls,
+            settings.api.logs_debug_rate_limit_window_s,
+            clock,
+            store=shared,
+            name="logs_debug",
         )
         self._trusted = trusted_proxies(settings.http.trusted_proxies)
         self._notify_peer_left = notify_peer_left
         self._connection_count = connection_count
         self._redis_address = redis_address
+        self._store_health = store_health
         self._started = clock.seconds()
         self._warnings = WarningThrottle(clock)
         self._ice_servers = ice_server_source(settings.turn, clock)
@@ -263,13 +310,17 @@ class PrivyDropAPI:
 
     def client_address(self, request: IRequest) -> str:
         """The client's IP under the trusted-proxy rule (L{privydrop.web.clientip})."""
-        peer = request.getClientAddress()
-        host = getattr(peer, "host", None) or str(peer)
         forwarded = [
             v.decode("latin-1")
             for v in request.requestHeaders.getRawHeaders(b"x-forwarded-for", [])
         ]
-        return client_ip(host, forwarded, self._trusted)
+        return client_ip(peer_address(request.getClientAddress()), forwarded, self._trusted)
+
+    def client_key(self, request: IRequest) -> str:
+        """The client's rate-limit key (its address; an IPv6 client's network)."""
+        return rate_limit_key(
+            self.client_address(request), self._settings.http.rate_limit_ipv6_prefix
+        )
 
     # -- health ----------------------------------------------------------------
 
@@ -284,14 +335,31 @@ class PrivyDropAPI:
             "environment": self._settings.environment,
         }
 
+    def _readiness(self) -> Any:
+        """200 and the basic figures, or 503 with the reason while the store
+        has been unusable for longer than its command timeout."""
+        body = self._basic_health()
+        health = self._store_health
+        problem = None if health is None else health.problem()
+        if problem is None:
+            return body
+        body["status"] = "unhealthy"
+        body["errors"] = [problem]
+        return 503, body
+
     @app.route("/health", methods=["GET"])
     @_json_endpoint
     async def health(self, request: IRequest) -> Any:
-        return self._basic_health()
+        return self._readiness()
 
     @app.route("/api/health", methods=["GET"])
     @_json_endpoint
     async def api_health(self, request: IRequest) -> Any:
+        return self._readiness()
+
+    @app.route("/health/live", methods=["GET"])
+    @_json_endpoint
+    async def health_live(self, request: IRequest) -> Any:
         return self._basic_health()
 
     @app.route("/health/detailed", methods=["GET"])
@@ -398,10 +466,8 @@ class PrivyDropAPI:
     async def logs_debug(self, request: IRequest) -> Any:
         body = read_json_object(request)
         limit = self._settings.api.max_log_message_length
-        message = body.get("message")
-        text = message if isinstance(message, str) else orjson.dumps(message).decode()
-        timestamp = body.get("timestamp")
-        stamp = timestamp if isinstance(timestamp, str) else orjson.dumps(timestamp).decode()
+        text = _as_text(body.get("message"), "message")
+        stamp = _as_text(body.get("timestamp"), "timestamp")
         # !r keeps a message with newlines on one log line.
         _log.info(
             "client log at {client_timestamp!r}: {client_message!r}",
@@ -456,21 +522,62 @@ class _APIResource(Resource):
             return b""
         for name_b, value_b in api_headers(origin, api._settings.origins):
             request.setHeader(name_b, value_b)
-        if api._budget.enabled and request.path not in HEALTH_PATHS:
-            client = api.client_address(request)
-            decision = api._budget.spend(client)
-            if not decision.allowed:
-                api._warnings.warn(
-                    _log,
-                    "budget",
-                    "API call budget exhausted for {client}",
-                    client=client if api._settings.http.log_client_ips else "a client",
-                )
-                request.setResponseCode(429)
-                request.setHeader(b"content-type", _JSON)
-                request.setHeader(b"retry-after", b"%d" % (decision.retry_after_s,))
-                return orjson.dumps({"error": _TOO_MANY})
+        if request.path not in HEALTH_PATHS:
+            refused = self._over_budget(request)
+            if refused is not None:
+                return refused
+        refusal = _body_refusal(request)
+        if refusal is not None:
+            api._warnings.warn(_log, refusal, "API request refused (415): {error}", error=refusal)
+            request.setResponseCode(415)
+            request.setHeader(b"content-type", _JSON)
+            return orjson.dumps({"error": refusal})
         return self._routes.render(request)
+
+    def _over_budget(self, request: IRequest) -> bytes | None:
+        """Spend the request's budgets; the 429 answer when one is exhausted."""
+        api = self._api
+        logs = request.path == LOGS_DEBUG_PATH and api._logs_budget.enabled
+        if not (api._budget.enabled or logs):
+            return None
+        client = api.client_key(request)
+        decision = api._budget.spend(client)
+        budget = "API call"
+        if decision.allowed and logs:
+            decision = api._logs_budget.spend(client)
+            budget = "logs_debug"
+        if decision.allowed:
+            return None
+        api._warnings.warn(
+            _log,
+            budget,
+            "{budget} budget exhausted for {client}",
+            budget=budget,
+            client=client if api._settings.http.log_client_ips else "a client",
+        )
+        request.setResponseCode(429)
+        request.setHeader(b"content-type", _JSON)
+        request.setHeader(b"retry-after", b"%d" % (decision.retry_after_s,))
+        return orjson.dumps({"error": _TOO_MANY})
+
+
+def _body_refusal(request: IRequest) -> str | None:
+    """Why the request's body is not one the API reads (L{privydrop.api.content})."""
+    headers = request.requestHeaders
+    content = request.content
+    has_body = False
+    if content is not None:
+        # The site keeps bodies in memory; another server (tests' StubTreq)
+        # may hand a file.
+        position = content.tell()
+        has_body = content.seek(0, 2) > 0
+        content.seek(position)
+    return body_refusal(
+        request.method,
+        headers.getRawHeaders(b"content-type", []),
+        headers.getRawHeaders(b"content-encoding", []),
+        has_body,
+    )
 
 
 __all__ = ["PrivyDropAPI", "PeerLeftHook", "read_json_object"]

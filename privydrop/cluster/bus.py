@@ -26,7 +26,8 @@ from collections.abc import Callable
 import attrs
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+
+from privydrop.logs.levels import Logger
 
 _log = Logger()
 

@@ -28,11 +28,11 @@ import txredisapi
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, fail, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from privydrop.cluster.messages import DEFAULT_CHANNEL_PREFIX
 from privydrop.cluster.routing import ClusterAdapter, new_node_id
+from privydrop.logs.levels import Logger
 from privydrop.redis.errors import (
     ClientClosed,
     ConnectionLost,
@@ -40,6 +40,7 @@ from privydrop.redis.errors import (
     NotConnected,
     ReplyTimeout,
 )
+from privydrop.redis.endpoint import describe
 from privydrop.redis.handshake import client_name
 from privydrop.redis.pool import OrderedConnection
 from privydrop.redis.subscriber import PATTERN, Subscriber, Subscription
@@ -58,7 +59,9 @@ class RedisPublisher:
 
     While the connection is down, or refused by Redis, publications wait for
     it to come back, at most C{timeout} seconds each, then fail with
-    L{PublishError}. A PUBLISH
+    L{PublishError}; once Redis is known to be unreachable (an attempt to
+    reconnect failed), they fail at once, leaving nothing waiting, until an
+    attempt connects again. A PUBLISH
     whose answer does not come in time aborts the connection (it reconnects
     by itself), so later publications do not queue behind a stalled server.
     """
@@ -111,6 +114,10 @@ class RedisPublisher:
             # Redis may take the password again any moment (it is being
             # rotated): a publication waits for that until its deadline.
             fail_fast_on_refusal=False,
+            # A publication that cannot be delivered now is lost anyway
+            # (at most once): while Redis is known to be away, fail it now
+            # rather than hold it, and a timer, until its deadline.
+            fail_fast_when_unreachable=True,
             reconnect_initial_delay=self._initial_delay,
             reconnect_max_delay=self._max_delay,
         )
@@ -140,6 +147,9 @@ class RedisPublisher:
         if isinstance(error, HandshakeRefused):
             raise PublishError(f"Redis refused the connection: {error}")
         if isinstance(error, NotConnected):
+            connection = self._connection
+            if connection is not None and connection.unreachable is not None:
+                raise PublishError(f"no Redis connection: {error}")
             raise PublishError(f"no Redis connection within {self._timeout}s")
         if isinstance(error, ReplyTimeout):
             raise PublishError(f"no answer to PUBLISH within {self._timeout}s")
@@ -220,11 +230,10 @@ class ClusterService(Service):
     def startService(self) -> None:
         super().startService()
         _log.info(
-            "cluster node {node_id} joining channels {pattern} on redis {host}:{port}",
+            "cluster node {node_id} joining channels {pattern} on redis {address}",
             node_id=self.node_id,
             pattern=self.adapter.subscription_pattern,
-            host=self._settings.host,
-            port=self._settings.port,
+            address=describe(self._settings),
         )
         self.publisher.start()
         if self._subscriber is None:

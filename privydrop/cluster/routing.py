@@ -44,7 +44,6 @@ from typing import Any, Union
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from privydrop.cluster.messages import (
@@ -60,6 +59,7 @@ from privydrop.cluster.messages import (
     decode_message,
     encode_message,
 )
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.socketio.adapter import LocalAdapter, SocketDelivery
 from privydrop.socketio.ids import RoomId, SocketId

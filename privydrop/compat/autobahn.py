@@ -17,6 +17,15 @@ Three uses, each with the names it needs, a check and a fallback:
     transport's C{abortConnection}) and protocols built the stock way.
   - L{request_uri} reads the request-target Autobahn kept from the opening
     handshake. Fallback: rebuilt from the path and query C{onConnect} gets.
+  - L{ThrottledAutobahnLog} takes the place of a protocol's C{log} (the
+    txaio logger Autobahn writes its own events to, L{AUTOBAHN_LOG_METHODS}):
+    Autobahn logs a line per refused handshake or failed connection, which
+    a client causes at will. Fallback: none needed; a method Autobahn calls
+    that it lacks is taken from the original logger.
+  - L{PROTOCOL_HOOKS}: the methods Autobahn calls that the transport
+    overrides outside Autobahn's interfaces (C{onCloseFrame}, where a
+    client's close frame is answered). There is no fallback for a renamed
+    hook; L{hooks_missing} names it, and the transport logs it as an error.
 
 Every function that touches an internal is used by the transport only when
 its check passed. C{tests/unit/test_compat_autobahn.py} fails, naming the
@@ -38,10 +47,13 @@ from autobahn.websocket import protocol as _protocol_module
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import StringTransport
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from privydrop.compat.twisted import write_now
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
+from privydrop.logs.throttle import WarningThrottle
 
 _log = Logger()
 
@@ -206,6 +218,34 @@ PROTOCOL_INTERNALS = (
 #: What the transport reads in C{onMessageEnd}: the message Autobahn collected.
 MESSAGE_INTERNALS = ("message_data", "message_is_binary")
 
+#: Methods Autobahn calls that the transport overrides, though they are in
+#: none of Autobahn's interfaces: renamed, the override would never run.
+PROTOCOL_HOOKS = ("onCloseFrame",)
+
+
+def hooks_missing(
+    protocol_class: type[WebSocketServerProtocol] = WebSocketServerProtocol,
+) -> tuple[str, ...]:
+    """The L{PROTOCOL_HOOKS} C{protocol_class} lacks (or has as something
+    other than a method)."""
+    return tuple(
+        name for name in PROTOCOL_HOOKS if not callable(getattr(protocol_class, name, None))
+    )
+
+
+@functools.cache
+def check_hooks() -> tuple[str, ...]:
+    """L{hooks_missing} for Autobahn's protocol, logged as an error once per
+    process when there are any."""
+    absent = hooks_missing()
+    if absent:
+        _log.error(
+            "Autobahn no longer has {names}: invalid close frames are answered "
+            "by Autobahn alone (its close frame may be lost to a reset)",
+            names=", ".join(absent),
+        )
+    return absent
+
 _STATE_OPEN = getattr(WebSocketServerProtocol, "STATE_OPEN", None)
 _STATE_CLOSING = getattr(WebSocketServerProtocol, "STATE_CLOSING", None)
 _STATE_CLOSED = getattr(WebSocketServerProtocol, "STATE_CLOSED", None)
@@ -302,6 +342,70 @@ def hide_peer_address(protocol: Any) -> None:
     """Name the peer C{"-"} in Autobahn's own log events (client addresses are
     logged only when a setting allows it)."""
     protocol.peer = "-"
+
+
+#: What Autobahn calls on a protocol's C{log} (a txaio logger).
+AUTOBAHN_LOG_METHODS = ("debug", "info", "warn", "error", "critical", "failure", "trace")
+
+#: The namespace of Autobahn's events once they go through L{ThrottledAutobahnLog}.
+AUTOBAHN_LOG_NAMESPACE = "autobahn.websocket.protocol"
+
+
+class ThrottledAutobahnLog:
+    """A protocol's C{log}: Autobahn's own events, throttled and clipped.
+
+    Autobahn writes an C{info} or C{warn} line for every refused opening
+    handshake ("failing WebSocket opening handshake"), failed connection
+    ("failing WebSocket connection", "dropping connection to peer") and
+    some client faults, with the client's close reason in it. Through this
+    logger each of its formats (a fixed text, so a fixed cause) is logged at
+    most once per interval, with text fields clipped. Debug and trace events
+    are dropped, as txaio's default level does; C{failure} (a bug of ours in
+    a callback) passes unchanged.
+    """
+
+    def __init__(self, throttle: WarningThrottle, original: Any) -> None:
+        """
+        @param throttle: the component's throttle (the Engine.IO server's).
+        @param original: the protocol's own C{log}, for anything else it is
+            asked.
+        """
+        self._throttle = throttle
+        self._original = original
+        self._logger = Logger(namespace=AUTOBAHN_LOG_NAMESPACE)
+
+    def _emit(self, level: LogLevel, format: str | None, **fields: Any) -> None:
+        # Autobahn's formats are fixed texts (one builds its own from sizes),
+        # so the format names the cause; clipped in case one holds more.
+        text = clip(format) if isinstance(format, str) else ""
+        clipped: dict[str, Any] = {
+            key: clip(value) if isinstance(value, (str, bytes)) else value
+            for key, value in fields.items()
+        }
+        self._throttle.emit(level, self._logger, "autobahn:" + text, text, **clipped)
+
+    def debug(self, *args: Any, **fields: Any) -> None:
+        pass
+
+    trace = debug
+
+    def info(self, format: str | None = None, *args: Any, **fields: Any) -> None:
+        self._emit(LogLevel.info, format, **fields)
+
+    def warn(self, format: str | None = None, *args: Any, **fields: Any) -> None:
+        self._emit(LogLevel.warn, format, **fields)
+
+    def error(self, format: str | None = None, *args: Any, **fields: Any) -> None:
+        self._emit(LogLevel.error, format, **fields)
+
+    def critical(self, format: str | None = None, *args: Any, **fields: Any) -> None:
+        self._emit(LogLevel.critical, format, **fields)
+
+    def failure(self, *args: Any, **fields: Any) -> None:
+        self._logger.failure(*args, **fields)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._original, name)
 
 
 def receive_limit(protocol: Any, max_payload: int) -> int:
@@ -408,6 +512,14 @@ def close(protocol: Any, code: int, reason: str) -> None:
 def abort(protocol: Any) -> None:
     """Drop the connection at once, unsent bytes included."""
     protocol.dropConnection(abort=True)
+
+
+def close_after_close_frame(protocol: Any) -> None:
+    """End a connection whose closing handshake is over: stop reading it,
+    send what is queued (the close frame) and close the TCP connection in
+    order. Autobahn would abort it, which throws its own close frame away
+    when that frame answers the very close frame just read."""
+    protocol.dropConnection(abort=False)
 
 
 def frame_too_big(protocol: Any) -> bool:

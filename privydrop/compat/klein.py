@@ -19,9 +19,11 @@ from typing import Any
 
 from klein import Klein
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET
+
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
 
 _log = Logger()
 
@@ -145,7 +147,9 @@ class HotRoutes:
         def failed(failure: Failure) -> None:
             if gone:
                 if not failure.check(CancelledError):
-                    _log.failure("API route {path} failed", failure=failure, path=request.path)
+                    _log.failure(
+                        "API route {path} failed", failure=failure, path=clip(request.path)
+                    )
                 return
             request.processingFailed(failure)
 

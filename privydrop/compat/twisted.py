@@ -16,6 +16,9 @@ a Twisted version where one of them changed.
   - L{request_head}: the request whose head C{HTTPChannel} has just parsed,
     and its request-target (C{_path}). Fallback: no target (the caller
     checks the body cap again once the request is complete).
+  - L{request_method}: that request's method (C{_command}), for a resource
+    that watches bodies while they arrive. Fallback: none (such a resource
+    is not told of the head).
   - L{release_upgraded_channel}: the producer bookkeeping of an HTTP channel
     whose connection went to a WebSocket (C{_requestProducer}, the
     transport's C{producer}). Fallback: the channel is left registered.
@@ -56,7 +59,7 @@ TCP_SERVER_INTERNALS = (
 #: C{HTTPChannel}. C{_path} exists only between a request line and the end
 #: of that request's body, so it is checked on a channel in that state.
 HTTP_CHANNEL_INTERNALS = ("requests", "length", "_requestProducer")
-HTTP_HEAD_INTERNALS = ("_path",)
+HTTP_HEAD_INTERNALS = ("_path", "_command")
 
 #: The methods the site's channel and request override, by class: a hook
 #: renamed in Twisted would leave an override that is never called.
@@ -68,7 +71,13 @@ HTTP_HOOKS: dict[type, tuple[str, ...]] = {
         "requestDone",
         "timeoutConnection",
     ),
-    server.Request: ("gotLength", "handleContentChunk", "requestReceived", "startedWriting"),
+    server.Request: (
+        "gotLength",
+        "handleContentChunk",
+        "requestReceived",
+        "startedWriting",
+        "render",
+    ),
 }
 
 #: The keyword of C{server.Site} that turns form parsing off.
@@ -190,6 +199,13 @@ def request_head(channel: Any) -> tuple[Any, bytes | None, int | None]:
         chunked body).
     """
     return channel.requests[-1], getattr(channel, "_path", None), channel.length
+
+
+def request_method(channel: Any) -> bytes | None:
+    """The method of the request whose head C{channel} has just parsed (as
+    L{request_head}); None when this Twisted keeps it elsewhere."""
+    method = getattr(channel, "_command", None)
+    return method if isinstance(method, bytes) else None
 
 
 def release_upgraded_channel(channel: Any, transport: Any) -> None:

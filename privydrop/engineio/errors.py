@@ -17,7 +17,8 @@ code message                          status when
 
 Two answers have no code in the reference and keep their HTTP meaning: a
 polling body over C{max_payload} gets 413, and a handshake refused because
-too many sessions are waiting for their first packet gets 503 with code 3.
+its client holds too many sessions (or too many silent ones) gets 429 with
+code 3.
 """
 
 from __future__ import annotations

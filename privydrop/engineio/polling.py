@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
@@ -32,6 +31,8 @@ from privydrop.engineio.session import (
     WS_POLICY_VIOLATION,
     Session,
 )
+from privydrop.logs.levels import Logger
+from privydrop.web.clientip import peer_address
 from privydrop.web.cors import POLLING_ALLOWED_METHODS, polling_headers
 
 _log = Logger()
@@ -69,10 +70,9 @@ def handshake_of(
         k.decode("latin-1").lower(): ", ".join(item.decode("latin-1") for item in v)
         for k, v in request.requestHeaders.getAllRawHeaders()
     }
-    peer = request.getClientAddress()
     return Handshake(
         headers=headers,
-        remote_address=getattr(peer, "host", ""),
+        remote_address=peer_address(request.getClientAddress()),
         query=dict(query),
         url=request.uri.decode("latin-1"),
         secure=request.isSecure(),
@@ -131,7 +131,9 @@ class PollingTransport:
         try:
             session = self._server.verify(query, method, upgrade=False, origin=origin)
         except EngineRequestError as e:
-            _log.debug(
+            self._server.rejections.debug(
+                _log,
+                "refused:" + e.code.name,
                 "engine polling request refused: {code}",
                 code=e.code.name,
                 transport=POLLING,
@@ -145,6 +147,24 @@ class PollingTransport:
             return self._post(request, session)
         return answer_error(request, EngineRequestError(EngineError.BAD_REQUEST))
 
+    def post_started(self, request: Request, query: Mapping[str, str]) -> None:
+        """The head of a POST arrived, its body follows (L{Session.begin_post}).
+
+        Only a POST that passes the request checks counts. When another POST
+        of its session is still active the session is closed; this one is
+        then answered 400 (its sid is unknown by the time it is rendered).
+        """
+        try:
+            session = self._server.verify(
+                query, "POST", upgrade=False, origin=header(request, b"origin")
+            )
+        except EngineRequestError:
+            return  # answered when rendered
+        if session is None or not session.begin_post(request):
+            return
+        finished: Deferred[None] = request.notifyFinish()
+        finished.addBoth(lambda _: session.end_post(request))
+
     def _preflight(self, request: Request) -> bytes:
         request.setResponseCode(204)
         request.setHeader(b"Access-Control-Allow-Methods", POLLING_ALLOWED_METHODS)
@@ -156,9 +176,12 @@ class PollingTransport:
 
     def _handshake(self, request: Request, query: Mapping[str, str]) -> bytes | int:
         server = self._server
-        session = server.create_session(
-            POLLING, handshake_of(request, query, server.issued_ms())
-        )
+        try:
+            session = server.create_session(
+                POLLING, handshake_of(request, query, server.issued_ms())
+            )
+        except EngineRequestError as e:
+            return answer_error(request, e)
         responder = _RequestResponder(request)
         session.attach_poll(responder)
         server.open(session)

@@ -10,22 +10,34 @@ server does.
 
 from __future__ import annotations
 
+from typing import cast
+from urllib.parse import parse_qsl
+
 from autobahn.twisted.resource import WebSocketResource
-from twisted.logger import Logger
+from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Request
+from zope.interface import implementer
 
 from privydrop.compat.twisted import release_upgraded_channel
 from privydrop.engineio.errors import EngineRequestError
 from privydrop.engineio.polling import PollingTransport, answer_error, header, query_of
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.websocket import EngineWebSocketFactory
+from privydrop.logs.levels import Logger
+from privydrop.web.site import IRequestHeadObserver
 
 _log = Logger()
 
 
+@implementer(IRequestHeadObserver)
 class EngineIOResource(Resource):
-    """Serves both Engine.IO transports of one L{EngineServer}."""
+    """Serves both Engine.IO transports of one L{EngineServer}.
+
+    Mounted by L{privydrop.web.site.build_site}, it is also told of each
+    request's head before the body is read (L{head_received}), which is
+    when a polling POST becomes active.
+    """
 
     isLeaf = True
 
@@ -59,6 +71,18 @@ class EngineIOResource(Resource):
             _log.failure("engine request failed")
             request.setResponseCode(500)
             return b""
+
+    def head_received(self, request: IRequest, method: bytes, target: bytes) -> None:
+        """A request's head arrived: a polling POST is active from now on."""
+        if method != b"POST":
+            return
+        try:
+            _, _, query_text = target.partition(b"?")
+            # As query_of: text, the last value of a name wins.
+            query = dict(parse_qsl(query_text.decode("utf-8", "replace")))
+            self._polling.post_started(cast(Request, request), query)
+        except Exception:  # noqa: BLE001 - error boundary: the request is rendered as usual
+            _log.failure("engine request head failed")
 
 
 def build_engineio_resource(server: EngineServer) -> IResource:

@@ -5,17 +5,29 @@ unguessable sid, builds the handshake packet and checks the query of every
 request the same way for both transports (engine.io-protocol v4,
 "Handshake"; error codes in L{privydrop.engineio.errors}). It knows nothing
 of twisted.web or Autobahn, and nothing of Socket.IO.
+
+Handshakes are cheap for a client (one GET) and sessions are not for the
+server, so one client cannot hold more than C{max_sessions_per_ip} sessions,
+nor more than C{max_pending_sessions_per_ip} that have said nothing since
+their handshake; a handshake past either gets 429 (L{TooManySessions}). The
+client is the handshake's rate-limit key (L{handshake_client_key}: its
+address under the trusted-proxy rule, an IPv6 client by its network). When
+the whole process holds C{max_pending_sessions} silent sessions, the oldest
+of them is closed to admit a new one: a visitor's session speaks within a
+round trip of its handshake, so the ones left silent longest are a flood's,
+and new visitors keep getting in.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import NoReturn
 
 import orjson
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from privydrop.engineio.errors import EngineError, EngineRequestError
 from privydrop.engineio.interface import (
@@ -35,8 +47,15 @@ from privydrop.engineio.session import (
     SessionState,
 )
 from privydrop.logs import levels as loglevels
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import EngineSettings
+from privydrop.web.clientip import (
+    DEFAULT_IPV6_PREFIX,
+    client_ip,
+    rate_limit_key,
+    trusted_proxies,
+)
 from privydrop.web.origins import origin_allowed
 
 _log = Logger()
@@ -46,11 +65,43 @@ SID_BYTES = 15
 PROTOCOL_VERSION = "4"
 
 
-class TooManyPendingSessions(EngineRequestError):
-    """A handshake refused because of C{max_pending_sessions} (HTTP 503)."""
+#: Close reason of a silent session closed to admit a new one.
+REASON_EVICTED = "max_pending_sessions reached"
 
-    def __init__(self) -> None:
-        super().__init__(EngineError.BAD_REQUEST, status=503)
+#: How a handshake's client is told apart for the per-client caps.
+ClientKeyOf = Callable[[Handshake], str]
+
+
+class TooManySessions(EngineRequestError):
+    """A handshake refused because its client holds too many sessions, or
+    too many silent ones (HTTP 429).
+
+    @ivar limit: the name of the setting reached.
+    """
+
+    def __init__(self, limit: str) -> None:
+        super().__init__(EngineError.BAD_REQUEST, status=429)
+        self.limit = limit
+
+
+def handshake_client_key(
+    proxies: Sequence[str] = (), ipv6_prefix: int = DEFAULT_IPV6_PREFIX
+) -> ClientKeyOf:
+    """The rate-limit key of a handshake's client, as everywhere
+    (L{privydrop.web.clientip}).
+
+    @param proxies: the trusted proxies (C{TRUSTED_PROXIES}) whose
+        X-Forwarded-For is believed; none by default.
+    @param ipv6_prefix: C{RATE_LIMIT_IPV6_PREFIX}.
+    """
+    trusted = trusted_proxies(tuple(proxies))
+
+    def key_of(handshake: Handshake) -> str:
+        forwarded = handshake.headers.get("x-forwarded-for")
+        address = client_ip(handshake.remote_address, [forwarded] if forwarded else [], trusted)
+        return rate_limit_key(address, ipv6_prefix)
+
+    return key_of
 
 
 def _new_sid() -> EngineSid:
@@ -70,6 +121,7 @@ class EngineServer:
         application: EngineApplication,
         sid_factory: Callable[[], EngineSid] = _new_sid,
         wall_clock: Callable[[], float] = time.time,
+        client_key: ClientKeyOf | None = None,
     ) -> None:
         """
         @param clock: timers for every session (the reactor, or a Clock in tests).
@@ -77,14 +129,23 @@ class EngineServer:
         @param application: receives every session's open, messages and close.
         @param sid_factory: makes session ids; tests may make them predictable.
         @param wall_clock: epoch seconds for L{Handshake.issued_ms}.
+        @param client_key: which client a handshake comes from, for the
+            per-client caps (L{handshake_client_key}); the direct peer's
+            address when None.
         """
         self.settings = settings
         self._clock = clock
         self._application = application
         self._sid_factory = sid_factory
         self._wall_clock = wall_clock
+        self._client_key = client_key if client_key is not None else handshake_client_key()
         self._sessions: dict[EngineSid, Session] = {}
-        self._pending: set[EngineSid] = set()
+        #: The silent sessions, oldest first (the next to evict).
+        self._pending: dict[EngineSid, None] = {}
+        #: Each session's client, and how many sessions (silent ones) each client holds.
+        self._keys: dict[EngineSid, str] = {}
+        self._per_client: dict[str, int] = {}
+        self._pending_per_client: dict[str, int] = {}
         #: Rate-limited warnings about rejected client input, for every transport.
         self.rejections = WarningThrottle(clock, settings.rejection_log_interval_s)
         #: Sessions with packets to write; transports hold it while they
@@ -95,6 +156,11 @@ class EngineServer:
             "pingTimeout": settings.ping_timeout_ms,
             "maxPayload": settings.max_payload,
         }
+
+    @property
+    def clock(self) -> IReactorTime:
+        """The timers of every session (and of its transports' deadlines)."""
+        return self._clock
 
     @property
     def clients_count(self) -> int:
@@ -158,16 +224,52 @@ class EngineServer:
             raise EngineRequestError(EngineError.BAD_REQUEST)
         if upgrade and transport != WEBSOCKET:
             raise EngineRequestError(EngineError.BAD_REQUEST)
-        if len(self._pending) >= self.settings.max_pending_sessions:
+        return None
+
+    def admit(self, handshake: Handshake) -> str:
+        """Check a handshake against its client's caps (see the module docstring).
+
+        Called by a transport before it answers the handshake, and again by
+        L{create_session}.
+
+        @return: the handshake's client key.
+        @raise TooManySessions: the client holds C{max_sessions_per_ip}
+            sessions, or C{max_pending_sessions_per_ip} silent ones.
+        """
+        key = self._client_key(handshake)
+        settings = self.settings
+        if self._per_client.get(key, 0) >= settings.max_sessions_per_ip:
+            self._refuse(key, "max_sessions_per_ip")
+        if self._pending_per_client.get(key, 0) >= settings.max_pending_sessions_per_ip:
+            self._refuse(key, "max_pending_sessions_per_ip")
+        return key
+
+    def _refuse(self, key: str, limit: str) -> NoReturn:
+        self.rejections.warn(
+            _log,
+            limit,
+            "engine handshake refused: {limit} reached by {client}",
+            limit=limit,
+            client=key if self.settings.log_client_ips else "a client",
+        )
+        raise TooManySessions(limit)
+
+    def _evict_oldest_silent(self) -> None:
+        """Close silent sessions, oldest first, until there is room for one more."""
+        while self._pending and len(self._pending) >= self.settings.max_pending_sessions:
+            sid = next(iter(self._pending))
             self.rejections.warn(
                 _log,
                 "max_pending_sessions",
-                "engine handshake refused: {limit} reached ({count})",
+                "engine session {engine_sid} closed: {limit} reached, the oldest silent "
+                "session makes room for a new one",
+                engine_sid=sid,
                 limit="max_pending_sessions",
-                count=len(self._pending),
             )
-            raise TooManyPendingSessions()
-        return None
+            session = self._sessions.get(sid)
+            if session is not None:
+                session.force_close(REASON_EVICTED)
+            self._forget(sid)
 
     # -- sessions ---------------------------------------------------------
 
@@ -176,7 +278,10 @@ class EngineServer:
 
         @param transport_name: the transport of the handshake request.
         @param handshake: the handshake request's details.
+        @raise TooManySessions: see L{admit}.
         """
+        key = self.admit(handshake)
+        self._evict_oldest_silent()
         sid = self._sid_factory()
         while sid in self._sessions:
             sid = self._sid_factory()
@@ -193,7 +298,10 @@ class EngineServer:
             flushes=self.flushes,
         )
         self._sessions[sid] = session
-        self._pending.add(sid)
+        self._pending[sid] = None
+        self._keys[sid] = key
+        self._per_client[key] = self._per_client.get(key, 0) + 1
+        self._pending_per_client[key] = self._pending_per_client.get(key, 0) + 1
         return session
 
     def open(self, session: Session) -> None:
@@ -203,7 +311,10 @@ class EngineServer:
         # building these events is a measurable share of a join's CPU
         # (docs/performance.md).
         if loglevels.debug:
-            _log.debug(
+            self.rejections.lifecycle(
+                LogLevel.debug,
+                _log,
+                "opened",
                 "engine session {engine_sid} opened over {transport}",
                 engine_sid=session.sid,
                 transport=session.transport_name,
@@ -253,8 +364,29 @@ class EngineServer:
                 session.force_close(reason, WS_GOING_AWAY, CloseKind.SHUTDOWN)
 
     def _session_closed(self, session: Session) -> None:
-        self._sessions.pop(session.sid, None)
-        self._pending.discard(session.sid)
+        if self._sessions.get(session.sid) is session:
+            self._forget(session.sid)
 
     def _session_active(self, session: Session) -> None:
-        self._pending.discard(session.sid)
+        self._no_longer_pending(session.sid)
+
+    def _no_longer_pending(self, sid: EngineSid) -> None:
+        if sid in self._pending:
+            del self._pending[sid]
+            _decrement(self._pending_per_client, self._keys[sid])
+
+    def _forget(self, sid: EngineSid) -> None:
+        """Take a closed session out of the registry and its client's counts."""
+        self._no_longer_pending(sid)
+        self._sessions.pop(sid, None)
+        key = self._keys.pop(sid, None)
+        if key is not None:
+            _decrement(self._per_client, key)
+
+
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts.get(key, 0) - 1
+    if left > 0:
+        counts[key] = left
+    else:
+        counts.pop(key, None)

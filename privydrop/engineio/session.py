@@ -18,10 +18,17 @@ Rules (engine.io-protocol v4):
     flushes right after that read.
   - Upgrade: a WebSocket opened with the session's sid sends C{2probe}
     (answered C{3probe}); from then on a GET that would otherwise wait is
-    answered with a noop, so the client can pause polling. C{5} switches the
-    session to the WebSocket and flushes what is queued there. Packets queued
-    before the switch leave in order either in the last poll or first on the
-    WebSocket; none is lost or reordered.
+    answered with a noop, so the client can pause polling. C{5} after the
+    probe switches the session to the WebSocket and flushes what is queued
+    there; any other packet on that WebSocket (C{5} before the probe
+    included) closes it with 1002, and the session goes on polling. Packets
+    queued before the switch leave in order either in the last poll or first
+    on the WebSocket; none is lost or reordered.
+  - Polling: one GET and one POST at a time (L{Session.attach_poll},
+    L{Session.begin_post}); a second one closes the session.
+  - A GET whose connection is lost before it is answered does not end the
+    session (the reference's does): the next GET, within C{pingTimeout},
+    takes what is queued (L{Session.poll_lost}).
   - Close: a client close packet answers a pending GET with a noop; a
     server-forced close answers it with a close packet. A graceful
     L{Session.close} first delivers what is already queued.
@@ -34,7 +41,7 @@ from enum import Enum
 from typing import Protocol
 
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from privydrop.engineio import packets
 from privydrop.engineio.interface import (
@@ -46,6 +53,7 @@ from privydrop.engineio.interface import (
 )
 from privydrop.engineio.packets import Packet, PacketType
 from privydrop.logs import levels as loglevels
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import EngineSettings
 
@@ -224,6 +232,8 @@ class Session:
         self._flushes = flushes if flushes is not None else FlushQueue(clock)
         self._flush_pending = False
         self._poll: PollResponder | None = None
+        #: The POST whose body is arriving (see L{begin_post}).
+        self._post: object | None = None
         self._ws: WebSocketChannel | None = None
         self._probe: WebSocketChannel | None = None
         self._probed = False
@@ -231,6 +241,8 @@ class Session:
         self._pong_call: IDelayedCall | None = None
         self._upgrade_call: IDelayedCall | None = None
         self._close_call: IDelayedCall | None = None
+        #: Ends the session if no GET follows one whose connection was lost.
+        self._repoll_call: IDelayedCall | None = None
         self._close_code = WS_NORMAL
 
     # -- EngineConnection -------------------------------------------------
@@ -463,7 +475,13 @@ class Session:
 
     def _ping_timed_out(self) -> None:
         self._pong_call = None
-        _log.info("engine session {engine_sid} ping timeout", engine_sid=self._sid)
+        self._rejections.lifecycle(
+            LogLevel.info,
+            _log,
+            "ping-timeout",
+            "engine session {engine_sid} ping timeout",
+            engine_sid=self._sid,
+        )
         self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY, CloseKind.LOST)
 
     def _on_pong(self) -> None:
@@ -574,18 +592,76 @@ class Session:
             )
             return False
         self._poll = responder
+        self._cancel_repoll_deadline()
         if self._queue or self.state is SessionState.CLOSING:
             self._flush()
         elif self._probed:
             self._answer_poll_with_noop()
         return True
 
+    def begin_post(self, post: object) -> bool:
+        """A POST for this session began: its head arrived, its body follows.
+
+        engine.io-protocol v4, "Sending data": a client has at most one
+        active POST, or its packets could be taken out of order; a second
+        one while the first is still arriving closes the session, as the
+        reference server does.
+
+        @param post: stands for the request until L{end_post}.
+        @return: False if another POST was active: the session is closed,
+            and the caller's request will be answered 400.
+        """
+        if self._post is not None and self.state is not SessionState.CLOSED:
+            self.refuse(
+                "overlapping POST",
+                "engine session {engine_sid} closed: overlapping POST",
+                REASON_TRANSPORT_ERROR,
+            )
+            return False
+        self._post = post
+        return True
+
+    def end_post(self, post: object) -> None:
+        """The POST of L{begin_post} was answered, or its connection is gone."""
+        if self._post is post:
+            self._post = None
+
     def poll_lost(self, responder: PollResponder) -> None:
-        """The pending GET's connection went away before it was answered."""
-        if self._poll is responder:
-            self._poll = None
-            if self._transport_name == POLLING:
-                self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
+        """The pending GET's connection went away before it was answered.
+
+        Stricter for the client than the reference server (which closes the
+        session here) and kinder to mobile networks: the session stays, and
+        what is queued waits for the client's next GET, which must come
+        within the ping timeout (heartbeat rules apply meanwhile too).
+
+        Only packets no GET took are kept. Those written into a GET's answer
+        count as delivered, even if that connection dies afterwards: there
+        is no acknowledgement in Engine.IO to tell a lost answer from a read
+        one, and sending them again could deliver a message twice.
+        """
+        if self._poll is not responder:
+            return
+        self._poll = None
+        # (A closing session never holds a GET: close() answers it at once.)
+        if self._transport_name == POLLING and self.state is SessionState.OPEN:
+            self._cancel_repoll_deadline()
+            self._repoll_call = self._clock.callLater(
+                self._settings.ping_timeout_ms / 1000.0, self._repoll_missed
+            )
+
+    def _repoll_missed(self) -> None:
+        self._repoll_call = None
+        if loglevels.debug:
+            _log.debug(
+                "engine session {engine_sid}: no GET after a dropped one",
+                engine_sid=self._sid,
+            )
+        self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
+
+    def _cancel_repoll_deadline(self) -> None:
+        call, self._repoll_call = self._repoll_call, None
+        if call is not None and call.active():
+            call.cancel()
 
     def _answer_poll_with_noop(self) -> None:
         if self._poll is not None:
@@ -633,8 +709,12 @@ class Session:
         self._upgrade_call = None
         probe = self._abandon_upgrade()
         if probe is not None:
-            _log.info(
-                "engine session {engine_sid} upgrade timed out", engine_sid=self._sid
+            self._rejections.lifecycle(
+                LogLevel.info,
+                _log,
+                "upgrade-timeout",
+                "engine session {engine_sid} upgrade timed out",
+                engine_sid=self._sid,
             )
             probe.close_channel(WS_POLICY_VIOLATION, "upgrade timeout")
 
@@ -663,14 +743,26 @@ class Session:
             # Release the client's pending GET so it can pause polling.
             if not self._queue:
                 self._answer_poll_with_noop()
-        elif packet.type is PacketType.UPGRADE:
+        elif packet.type is PacketType.UPGRADE and self._probed:
             self._complete_upgrade(channel)
         else:
-            self._abandon_upgrade()
-            channel.close_channel(WS_PROTOCOL_ERROR, "unexpected packet during upgrade")
+            # Stricter than the reference, which also takes C{5} without a
+            # probe: the probe is what shows the WebSocket carries packets
+            # both ways, so anything else ends this WebSocket (not the
+            # session, which goes on polling).
+            self.refuse(
+                "unexpected packet during upgrade",
+                "engine session {engine_sid}: upgrade refused, {packet_type} "
+                "where the probe was expected",
+                "unexpected packet during upgrade",
+                WS_PROTOCOL_ERROR,
+                channel=channel,
+                packet_type=packet.type.name,
+            )
 
     def _complete_upgrade(self, channel: WebSocketChannel) -> None:
         self._abandon_upgrade()
+        self._cancel_repoll_deadline()
         if self.state is SessionState.CLOSED:
             channel.close_channel(WS_NORMAL, "session closed")
             return
@@ -684,7 +776,13 @@ class Session:
         self._transport_name = WEBSOCKET
         self.upgraded = True
         if loglevels.debug:
-            _log.debug("engine session {engine_sid} upgraded", engine_sid=self._sid)
+            self._rejections.lifecycle(
+                LogLevel.debug,
+                _log,
+                "upgraded",
+                "engine session {engine_sid} upgraded",
+                engine_sid=self._sid,
+            )
         self._flush()
 
     def websocket_lost(
@@ -724,10 +822,10 @@ class Session:
         if self._flush_pending:
             self._flush_pending = False
             self._flushes.discard(self)
-        for call in (self._close_call, self._upgrade_call):
+        for call in (self._close_call, self._upgrade_call, self._repoll_call):
             if call is not None and call.active():
                 call.cancel()
-        self._close_call = self._upgrade_call = None
+        self._close_call = self._upgrade_call = self._repoll_call = None
         self._queue = []
         self._queued_bytes = 0
         if self._poll is not None and notify is not None:
@@ -744,7 +842,10 @@ class Session:
         # leaves, and these events per connection are costly (docs/performance.md,
         # "Joins 1/4"). Room join/leave stay at info (signaling/handlers.py).
         if loglevels.debug:
-            _log.debug(
+            self._rejections.lifecycle(
+                LogLevel.debug,
+                _log,
+                "closed",
                 "engine session {engine_sid} closed ({reason})",
                 engine_sid=self._sid,
                 reason=reason,

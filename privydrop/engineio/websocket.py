@@ -13,6 +13,11 @@ buffer (a client that stops reading) are enforced here; the Origin allowlist
 is checked in L{EngineWebSocketProtocol.onConnect} through the server's
 request checks.
 
+A client's close frame that RFC 6455 does not allow (a one-byte payload, a
+reserved or unassigned code, a reason that is not UTF-8) is answered with
+close code 1002, and the TCP connection is then closed in order, so the
+client reads why (L{EngineWebSocketProtocol.onCloseFrame}).
+
 The common frames are read and written here rather than by Autobahn's
 parser and C{sendMessage} (see L{EngineWebSocketProtocol.dataReceived}).
 That needs Autobahn internals, reached only through
@@ -32,7 +37,9 @@ from autobahn.twisted.websocket import (
     WebSocketServerProtocol,
 )
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
-from twisted.logger import Logger
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 
 from privydrop.compat import autobahn as autobahn_compat
 from privydrop.compat.twisted import outbound_buffer_size
@@ -44,6 +51,7 @@ from privydrop.engineio.session import (
     REASON_OUTBOUND_LIMIT,
     REASON_PARSE_ERROR,
     REASON_TRANSPORT_CLOSE,
+    REASON_TRANSPORT_ERROR,
     WEBSOCKET,
     WS_NORMAL,
     WS_POLICY_VIOLATION,
@@ -51,7 +59,9 @@ from privydrop.engineio.session import (
     WS_TOO_BIG,
     Session,
 )
+from privydrop.logs.levels import Logger
 from privydrop.settings import EngineSettings
+from privydrop.web.clientip import peer_address
 
 try:
     from autobahn.websocket import USES_NVX as _AUTOBAHN_NVX
@@ -101,6 +111,12 @@ def unmask(payload: bytes, mask: bytes) -> bytes:
 
 #: The only WebSocket protocol version accepted (RFC 6455).
 WEBSOCKET_VERSIONS = [13]
+#: RFC 6455, 7.4: the close codes a peer may send, as Autobahn accepts them
+#: (besides 3000-4999); 1004-1006 and 1015 are reserved, the rest unassigned.
+_VALID_CLOSE_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013})
+_CLOSE_FRAME = 0x88
+#: RFC 6455, 5.5: a control frame's payload, code included, is at most 125 bytes.
+_REASON_BYTES = 123
 #: Besides 1000, the close codes Autobahn's public C{sendClose} takes (it
 #: leaves RFC 6455's other codes to the WebSocket layer itself).
 _PUBLIC_CLOSE_CODES = range(3000, 5000)
@@ -117,6 +133,30 @@ _MASKED = 0x80
 _CONNECTING = 0
 _OPEN = 1
 _CLOSING = 2
+
+
+def close_frame_error(code: int | None, reason: bytes | None) -> str | None:
+    """What is wrong with a client's close frame (RFC 6455, 5.5.1 and 7.4),
+    or None when it is valid.
+
+    @param code: its status code; None when it had no payload (a payload of
+        one byte is refused by Autobahn's frame parser before this is asked).
+    @param reason: the bytes after the code, if any.
+    """
+    if code is not None and code not in _VALID_CLOSE_CODES and not 3000 <= code <= 4999:
+        return "invalid close code %d" % (code,)
+    if reason:
+        try:
+            reason.decode("utf-8")
+        except UnicodeDecodeError:
+            return "close reason is not UTF-8"
+    return None
+
+
+def close_frame(code: int, reason: str) -> bytes:
+    """A server close frame (unmasked) with C{code} and C{reason}."""
+    payload = struct.pack("!H", code) + reason.encode("utf-8")[:_REASON_BYTES]
+    return bytes((_CLOSE_FRAME, len(payload))) + payload
 
 
 def server_frame(payload: bytes, binary: bool) -> bytes:
@@ -161,10 +201,17 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         #: The client started the closing handshake with a code that means
         #: it leaves on purpose (see L{onCloseFrame}).
         self._client_left = False
+        #: The closing handshake is over: nothing more is read.
+        self._input_closed = False
+        #: Aborts the connection if it has not closed in order in time.
+        self._close_deadline: IDelayedCall | None = None
 
     # -- opening ----------------------------------------------------------
 
     def connectionMade(self) -> None:
+        # Autobahn's own lines about this connection (a refused handshake, a
+        # failed connection) are a client's to cause: throttled like ours.
+        self.log = self.factory.autobahn_log
         super().connectionMade()
         if not self.factory.engine.settings.log_client_ips:
             # Autobahn names the peer in some of its own warnings; keep client
@@ -179,7 +226,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 query, "GET", upgrade=True, origin=request.headers.get("origin")
             )
         except EngineRequestError as e:
-            self._log.debug(
+            server.rejections.debug(
+                self._log,
+                "refused:" + e.code.name,
                 "engine websocket refused: {code}",
                 code=e.code.name,
                 transport=WEBSOCKET,
@@ -189,12 +238,17 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self._upgrade_sid = None if session is None else session.sid
         self._handshake = Handshake(
             headers=dict(request.headers),
-            remote_address=getattr(peer, "host", ""),
+            remote_address=peer_address(peer),
             query=query,
             url=autobahn_compat.request_uri(self, request),
             secure=bool(self.factory.isSecure),
             issued_ms=server.issued_ms(),
         )
+        if session is None:
+            try:
+                server.admit(self._handshake)
+            except EngineRequestError as e:
+                raise ConnectionDeny(e.status, e.message)
 
     def onOpen(self) -> None:
         server = self.factory.engine
@@ -208,7 +262,13 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             if self._upgrade_sid is None:
                 if self._handshake is None:
                     raise RuntimeError("onOpen before onConnect")
-                session = server.create_session(WEBSOCKET, self._handshake)
+                try:
+                    session = server.create_session(WEBSOCKET, self._handshake)
+                except EngineRequestError as e:
+                    # Admitted in onConnect; refused only if sessions of its
+                    # client opened in between.
+                    self.close_channel(WS_POLICY_VIOLATION, e.message)
+                    return
                 session.attach_websocket(self)
                 self._session = session
                 server.open(session)
@@ -241,6 +301,8 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         What the read's packets queue for other sessions is written when the
         read is handled (L{FlushQueue.hold}).
         """
+        if self._input_closed:
+            return
         factory = self.factory
         flushes = factory.engine.flushes
         flushes.hold()
@@ -436,13 +498,81 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         )
         self.close_channel(ws_code, reason)
 
-    def onCloseFrame(self, code: int, reasonRaw: bytes) -> Any:
-        # Autobahn's callback for a received close frame, the only place that
-        # tells who started the closing handshake: once a close frame left
-        # here first, the client's is just the answer.
-        if self._phase == _OPEN and code in _CLIENT_LEAVE_CODES:
+    def onCloseFrame(self, code: int | None, reasonRaw: bytes | None) -> bool | None:
+        """The client sent a close frame: answer it, then close the TCP
+        connection in order.
+
+        Autobahn fails an invalid close frame (code 1002, 1007 for a reason
+        that is not UTF-8) and then takes that very frame for the answer to
+        its own close, so it aborts the connection, and the close frame it
+        just queued never leaves: the client sees a bare reset. Here an
+        invalid close frame (L{close_frame_error}) is answered with 1002,
+        through Autobahn with its internals and written as bytes without
+        them, and the connection is closed in order; so is one that
+        Autobahn's frame parser already failed (a one-byte payload).
+        """
+        error = close_frame_error(code, reasonRaw)
+        internals = self.factory.autobahn_internals
+        if error is None and self._phase == _OPEN and code in _CLIENT_LEAVE_CODES:
+            # The client started the closing handshake meaning to leave (once
+            # a close frame left here first, the client's is the answer).
             self._client_left = True
-        return super().onCloseFrame(code, reasonRaw)
+        if error is None:
+            if internals and not autobahn_compat.failed(self):
+                # A valid close: Autobahn answers it and closes in order (or,
+                # if it answers a close of ours, ends the connection).
+                # (Autobahn passes None for both when the frame has no
+                # payload, though its hints say otherwise.)
+                return super().onCloseFrame(code, reasonRaw)  # type: ignore[arg-type]
+            if not internals and self._phase == _OPEN:
+                # Ignored by Autobahn when it has failed the connection already.
+                self.sendClose(WS_NORMAL)
+        else:
+            self._send_close_frame(WS_PROTOCOL_ERROR, error)
+            self._refuse(
+                "bad close frame",
+                "engine session {engine_sid} sent an invalid close frame ({error})",
+                REASON_TRANSPORT_ERROR,
+                WS_PROTOCOL_ERROR,
+                error=error,
+            )
+        self._close_in_order()
+        return True
+
+    def _send_close_frame(self, code: int, reason: str) -> None:
+        """Send a close frame with any RFC 6455 C{code}, unless one was sent."""
+        if self.factory.autobahn_internals:
+            autobahn_compat.close(self, code, reason)
+        elif self._phase == _OPEN and self.transport is not None:
+            # Autobahn's public sendClose takes no code under 3000 but 1000.
+            self.transport.write(close_frame(code, reason))
+        self._phase = _CLOSING
+
+    def _close_in_order(self) -> None:
+        """The closing handshake is over: read nothing more, close the TCP
+        connection once what is queued has left, and abort it if that takes
+        longer than the close handshake timeout (a client that does not read)."""
+        self._phase = _CLOSING
+        self._input_closed = True
+        if self.factory.autobahn_internals:
+            autobahn_compat.close_after_close_frame(self)
+        elif self.transport is not None:
+            self.transport.loseConnection()
+        if self._close_deadline is None:
+            self._close_deadline = self.factory.engine.clock.callLater(
+                self.factory.engine.settings.ws_close_handshake_timeout_s,
+                self._close_deadline_passed,
+            )
+
+    def _close_deadline_passed(self) -> None:
+        self._close_deadline = None
+        self._abort_transport()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        deadline, self._close_deadline = self._close_deadline, None
+        if deadline is not None and deadline.active():
+            deadline.cancel()
+        super().connectionLost(reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         self._phase = _CLOSING
@@ -559,7 +689,12 @@ class EngineWebSocketFactory(WebSocketServerFactory):
         super().__init__(server=None)
         self.engine = engine
         self.autobahn_internals = autobahn_compat.protocol_internals_usable()
+        autobahn_compat.check_hooks()
         self._shared_options = autobahn_compat.SharedOptions()
+        #: The C{log} of every protocol this factory builds.
+        self.autobahn_log = autobahn_compat.ThrottledAutobahnLog(
+            engine.rejections, self.protocol.log
+        )
         apply_limits(self, engine.settings)
 
     def buildProtocol(self, addr: Any) -> Any:

@@ -1,7 +1,8 @@
-"""Rate limits: the join sliding window (over the store) and in-process call budgets.
+"""Rate limits: the join sliding window (over the store) and the API call budgets.
 
 No I/O of its own: L{privydrop.ratelimit.join} computes what the store checks
-and interprets its answer; L{privydrop.ratelimit.budget} counts in memory.
+and interprets its answer; L{privydrop.ratelimit.budget} decides in memory
+and, given a store, counts there too so processes share one budget.
 """
 
 from privydrop.ratelimit.budget import BudgetDecision, CallBudget

@@ -4,6 +4,8 @@
   - L{privydrop.redis.handshake}: what a new connection says first (AUTH,
     SELECT, CLIENT SETNAME) and how refusals are judged (pure).
   - L{privydrop.redis.endpoint}: where connections are made.
+  - L{privydrop.redis.sentinel}: the master named by Sentinel, asked at every
+    connection attempt; the announcements of a new master.
   - L{privydrop.redis.protocol}: one connection: pipelined commands, the FIFO
     of owed replies, the handshake.
   - L{privydrop.redis.pool}: the connection pool that pipelines on a ready

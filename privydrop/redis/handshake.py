@@ -6,13 +6,21 @@ In this order, written at once (one round trip):
   - C{SELECT <db>} when the database is not 0 (every connection starts in 0);
   - C{CLIENT SETNAME <name>}, so that operators see in C{CLIENT LIST} which
     process and role each connection belongs to (L{client_name}:
-    C{privydrop:<node>:store}, C{...:publish}, C{...:subscribe}).
+    C{privydrop:<node>:store}, C{...:publish}, C{...:subscribe});
+  - C{ROLE}, when the server must be the master (its address came from
+    Sentinel, L{privydrop.redis.sentinel}): a server that answers anything
+    but C{master} (a replica, during or after a failover) is not used
+    (L{Handshake.wrong_role}); the connection is dropped and retried, which
+    asks the Sentinels again.
 
 A refusal of C{AUTH} or C{SELECT}, or a credentials error (C{NOAUTH},
 C{WRONGPASS}) on any step, is a configuration problem: the connection is
 dropped, retried with back-off, and reported. A refusal of C{CLIENT SETNAME}
 for another reason (a server where C{CLIENT} is renamed away or forbidden by
-an ACL) only costs the name: it is logged and the connection is used.
+an ACL) only costs the name: it is logged and the connection is used. The
+same goes for C{ROLE} (in the C{@admin} ACL category): refused, the role is
+not checked and a replica shows itself by refusing writes (C{-READONLY},
+which L{privydrop.redis.protocol} also answers by reconnecting).
 
 This module is pure: it builds the commands and judges the replies. The
 protocol (L{privydrop.redis.protocol}) sends them, and the blocking start-up
@@ -84,6 +92,10 @@ class HandshakeStep:
     required: bool = True
 
 
+#: Asks the server's role; see L{Handshake.wrong_role}.
+ROLE_STEP = HandshakeStep("ROLE", ("ROLE",), required=False)
+
+
 @attrs.frozen
 class Handshake:
     """What a connection says first; see the module docstring.
@@ -91,11 +103,13 @@ class Handshake:
     @ivar password: sent with C{AUTH}; None for a server without one.
     @ivar db: selected when not 0.
     @ivar name: the connection name; None to send none.
+    @ivar verify_master: whether to ask C{ROLE} and use only a master.
     """
 
     password: str | None = attrs.field(default=None, repr=False)
     db: int = 0
     name: str | None = None
+    verify_master: bool = False
 
     def steps(self) -> tuple[HandshakeStep, ...]:
         """The commands to write, in order (maybe none)."""
@@ -108,7 +122,24 @@ class Handshake:
             steps.append(
                 HandshakeStep("CLIENT SETNAME", ("CLIENT", "SETNAME", self.name), required=False)
             )
+        if self.verify_master:
+            steps.append(ROLE_STEP)
         return tuple(steps)
+
+    @staticmethod
+    def wrong_role(step: HandshakeStep, reply: Any) -> str | None:
+        """Judge a successful reply to one step: is the server the wrong role?
+
+        @return: the role the server named (C{"slave"}, C{"sentinel"}, or
+            C{"unknown"} for a reply that is not C{ROLE}'s) when the step is
+            L{ROLE_STEP} and the role is not C{master}; None otherwise.
+        """
+        if step != ROLE_STEP:
+            return None
+        role = reply[0] if type(reply) is list and reply else None
+        if role == "master":
+            return None
+        return role if type(role) is str else "unknown"
 
     @staticmethod
     def refusal(step: HandshakeStep, reply: str) -> HandshakeRefused | None:

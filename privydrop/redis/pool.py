@@ -17,6 +17,16 @@ connection with an overdue reply is given up at once (L{ReplyTimeout} for
 the overdue commands, L{ConnectionLost} for the others on it) and its slot
 reconnects. A stalled Redis thus costs at most the commands in flight.
 
+Known to be down. Once an attempt to connect fails (refused, or no answer
+within C{connect_timeout}) while no connection is ready, the pool knows
+Redis is unreachable, and logs so once (field C{state="unreachable"}). A
+pool built with C{fail_fast_when_unreachable=True} then fails the callers
+waiting for a connection at once, and every new command at once too, with
+L{NotConnected}, until an attempt connects again (logged with
+C{state="reachable"}): nothing waits on a server known to be away. The
+default waits, each command until its deadline, which suits a store whose
+callers answer 503 anyway and may see Redis back within that time.
+
 Handshake refusals (L{privydrop.redis.handshake}) are logged once per
 distinct reply. By default callers waiting for a connection then fail at
 once with L{HandshakeRefused}, as do later ones until a handshake succeeds:
@@ -24,6 +34,22 @@ a request answered 503 now beats one answered 503 later. A pool built with
 C{fail_fast_on_refusal=False} lets callers wait until their deadline
 instead (failing with L{HandshakeRefused} if none came), for work that is
 worth delivering late, such as a publication while a password is rotated.
+
+Sentinel. With Sentinel settings the pool connects through an endpoint that
+asks the Sentinels for the master at every attempt
+(L{privydrop.redis.endpoint}), the handshake checks the server is the
+master, a C{-READONLY} reply gives its connection up
+(L{privydrop.redis.protocol}), and a L{SentinelWatcher} gives up the
+connections to any other server as soon as the Sentinels announce a new
+master. Reconnection attempts are then at most the Sentinel settings'
+C{reconnect_max_delay} apart, so the pool finds the new master about that
+long after the promotion at worst.
+
+Timing. A pool given a L{CommandTiming} (the metrics' Redis timer) hands
+it every command with the time it was given and its reply; without one,
+nothing is measured. The service tree gives one to the store's pool only:
+the cluster's publications are on the relay path, where the metrics count
+publications instead of timing each.
 
 L{OrderedConnection} is a pool of one: commands reach Redis in the order
 they were given, which the cluster's publisher needs (an offer before its
@@ -43,18 +69,24 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import txredisapi
-from twisted.internet.defer import Deferred, TimeoutError, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, TimeoutError, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from privydrop.compat.txredisapi import forget_queued_connection
-from privydrop.redis.endpoint import describe, redis_endpoint
+from privydrop.logs.levels import Logger
+from privydrop.redis.endpoint import ReportingEndpoint, describe, redis_endpoint
 from privydrop.redis.errors import ClientClosed, ConnectionLost, HandshakeRefused, NotConnected
 from privydrop.redis.handshake import Handshake, HandshakeStep, check_client_name
 from privydrop.redis.protocol import PipelinedProtocol
+from privydrop.redis.sentinel import SentinelWatcher, format_address
 from privydrop.settings import RedisSettings
 
 _log = Logger()
+
+#: C{timing(command, started, reply)}: observes one command (its name, the
+#: reactor time it was given, the Deferred of its reply) and returns the reply.
+CommandTiming = Callable[[Any, float, "Deferred[Any]"], "Deferred[Any]"]
 
 #: Commands one connection carries before the next one is preferred (see
 #: L{ConnectionPool._pick}). Not a limit: past it on every connection,
@@ -107,6 +139,8 @@ class ConnectionPool:
 
     #: The protocol of this pool's connections.
     protocol: type[PipelinedProtocol] = PipelinedProtocol
+    #: Told of every command and its reply when set (see the module docstring).
+    timing: CommandTiming | None = None
 
     def __init__(
         self,
@@ -118,6 +152,7 @@ class ConnectionPool:
         db: int | None = None,
         command_timeout: float | None = None,
         fail_fast_on_refusal: bool = True,
+        fail_fast_when_unreachable: bool = False,
         reconnect_initial_delay: float = 0.2,
         reconnect_max_delay: float = 5.0,
     ) -> None:
@@ -134,9 +169,13 @@ class ConnectionPool:
             C{settings.command_timeout} when None.
         @param fail_fast_on_refusal: whether a refused handshake fails the
             callers waiting for a connection at once (see the module docstring).
+        @param fail_fast_when_unreachable: whether commands fail at once while
+            Redis is known to be unreachable (see the module docstring).
         @param reconnect_initial_delay: seconds before the first reconnection
             attempt of a slot; later ones back off exponentially.
-        @param reconnect_max_delay: longest wait between reconnection attempts.
+        @param reconnect_max_delay: longest wait between reconnection
+            attempts; with Sentinel, at most the Sentinel settings'
+            C{reconnect_max_delay}.
         @raise ValueError: a name Redis would refuse, or a size below 1.
         """
         size = settings.pool_size if size is None else size
@@ -151,6 +190,9 @@ class ConnectionPool:
             password=settings.password,
             db=settings.db if db is None else db,
             name=self.name,
+            # An address from Sentinel may be out of date (a failover under
+            # way): only the master will do.
+            verify_master=settings.sentinel is not None,
         )
         self.handshake_timeout = settings.connect_timeout
         self.command_timeout = (
@@ -158,9 +200,21 @@ class ConnectionPool:
         )
         self.address = describe(settings)
         self._fail_fast_on_refusal = fail_fast_on_refusal
+        self._fail_fast_when_unreachable = fail_fast_when_unreachable
+        #: Why the last attempt to connect failed, while no attempt has
+        #: connected since and no connection is ready; None otherwise.
+        self.unreachable: str | None = None
         self._initial_delay = reconnect_initial_delay
+        if settings.sentinel is not None:
+            # Each attempt asks the Sentinels first, so a short wait finds
+            # the new master soon after a failover.
+            reconnect_max_delay = min(reconnect_max_delay, settings.sentinel.reconnect_max_delay)
         self._max_delay = reconnect_max_delay
+        #: Conditions already logged since the last successful handshake.
+        self._reported: set[str] = set()
         self._factory: _PoolFactory | None = None
+        #: With Sentinel: hears the Sentinels switch the master.
+        self._watcher: SentinelWatcher | None = None
         self._connections: list[PipelinedProtocol] = []
         self._waiters: list[Deferred[PipelinedProtocol]] = []
         self._closed = False
@@ -206,7 +260,18 @@ class ConnectionPool:
         factory = self._factory = _PoolFactory(self, self.protocol, self.size)
         factory.initialDelay = self._initial_delay
         factory.maxDelay = self._max_delay
-        factory.startConnecting(redis_endpoint(self.settings, self._reactor))
+        factory.startConnecting(
+            ReportingEndpoint(
+                redis_endpoint(self.settings, self._reactor),
+                self.connection_attempt_succeeded,
+                self.connection_attempt_failed,
+            )
+        )
+        if self.settings.sentinel is not None:
+            watcher = self._watcher = SentinelWatcher(
+                self.settings.sentinel, self._reactor, self._master_switched
+            )
+            watcher.start()
 
     def close(self) -> Deferred[None]:
         """Close every connection and stop reconnecting (idempotent).
@@ -224,10 +289,13 @@ class ConnectionPool:
         if watchdog is not None and watchdog.active():
             watchdog.cancel()
         self._fail_waiters(lambda: ClientClosed(f"the connection pool {self.name} is closed"))
-        if self._factory is None:
-            return succeed(None)
-        closed: Deferred[Any] = self._factory.disconnect()
-        return closed.addCallback(lambda _: None)
+        closing: list[Deferred[Any]] = []
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None:
+            closing.append(watcher.stop())
+        if self._factory is not None:
+            closing.append(self._factory.disconnect())
+        return DeferredList(closing, consumeErrors=True).addCallback(lambda _: None)
 
     # -- commands ------------------------------------------------------------------
 
@@ -250,15 +318,25 @@ class ConnectionPool:
             C{txredisapi.InvalidData} (an argument that cannot be encoded;
             nothing was sent).
         """
+        if self.timing is not None:
+            return self.timing(args[0], self._reactor.seconds(), self._execute(args, deadline))
+        return self._execute(args, deadline)
+
+    def _execute(self, args: Sequence[Any], deadline: float | None) -> Deferred[Any]:
         if self._closed:
             return fail(ClientClosed(f"the connection pool {self.name} is closed"))
         if deadline is None:
             deadline = self._reactor.seconds() + self.command_timeout
         conn = self._pick()
         if conn is None:
+            if self.unreachable is not None and self._fail_fast_when_unreachable:
+                return fail(self._unreachable_error())
             self.start()
             return Deferred.fromCoroutine(self._execute_when_ready(args, deadline))
         return self._send(conn, args, deadline)
+
+    def _unreachable_error(self) -> NotConnected:
+        return NotConnected(f"redis at {self.address} is unreachable ({self.unreachable})")
 
     async def _execute_when_ready(self, args: Sequence[Any], deadline: float) -> Any:
         conn = await self._ready_connection(deadline)
@@ -358,6 +436,7 @@ class ConnectionPool:
             conn.transport.loseConnection()
             return
         self._connections.append(conn)
+        self._reported.clear()
         if self.handshake_error is not None:
             _log.info(
                 "redis at {address} accepted the {name} connection's handshake again",
@@ -368,6 +447,40 @@ class ConnectionPool:
         waiters, self._waiters = self._waiters, []
         for d in waiters:
             d.callback(conn)
+
+    def connection_attempt_succeeded(self) -> None:
+        """An attempt to connect succeeded: Redis is reachable (again)."""
+        if self.unreachable is None:
+            return
+        self.unreachable = None
+        _log.info(
+            "redis at {address} is reachable again; connection {name} reconnects",
+            address=self.address,
+            name=self.name,
+            state="reachable",
+        )
+
+    def connection_attempt_failed(self, reason: Failure) -> None:
+        """An attempt to connect failed: unless a connection is ready, Redis
+        is known to be unreachable until an attempt succeeds."""
+        if self._closed or any(conn.usable for conn in self._connections):
+            return
+        error = reason.getErrorMessage()
+        known, self.unreachable = self.unreachable, error
+        if self._fail_fast_when_unreachable:
+            self._fail_waiters(self._unreachable_error)
+        if known is None:
+            _log.warn(
+                "redis at {address} is unreachable ({error}); connection {name} "
+                "{consequence} until it is back",
+                address=self.address,
+                error=error,
+                name=self.name,
+                consequence="fails its commands at once"
+                if self._fail_fast_when_unreachable
+                else "keeps retrying",
+                state="unreachable",
+            )
 
     def connection_lost(self, conn: PipelinedProtocol) -> None:
         """A connection closed: stop using it."""
@@ -419,6 +532,54 @@ class ConnectionPool:
                 name=self.name,
             )
 
+    def _master_switched(self, master: tuple[str, int]) -> None:
+        """The Sentinels named a new master: leave every other server now.
+
+        Connections to the old master that a failover did not close (it is
+        paused, or cut off from the Sentinels) would otherwise stay there:
+        commands until their deadline, a subscriber for ever. A master
+        named by host name rather than address matches no connection, so
+        every connection reconnects: slower, never wrong.
+        """
+        stale = [conn for conn in self._connections if conn.peer != master]
+        if not stale:
+            return
+        _log.info(
+            "connection pool {name} leaves {count} connection(s) to the old redis master",
+            name=self.name,
+            count=len(stale),
+        )
+        for conn in stale:
+            conn.give_up(reason=f"Sentinel switched the master to {format_address(master)}")
+
+    def handshake_wrong_role(self, role: str, server: str) -> None:
+        """The server reached is not the master: say so once until a
+        connection succeeds (a failover takes a few attempts)."""
+        if "role" not in self._reported:
+            self._reported.add("role")
+            _log.warn(
+                "redis at {server} ({address}) answered as a {role}, not the master,"
+                " to connection {name} (a failover under way?); retrying",
+                server=server,
+                address=self.address,
+                role=role,
+                name=self.name,
+            )
+
+    def read_only_reply(self, reply: str, server: str) -> None:
+        """A connection's server became a replica: say so once until a
+        connection succeeds."""
+        if "read-only" not in self._reported:
+            self._reported.add("read-only")
+            _log.warn(
+                "redis at {server} ({address}) is a replica now ({error}); connection"
+                " {name} reconnects to the master",
+                server=server,
+                address=self.address,
+                error=reply,
+                name=self.name,
+            )
+
 
 class OrderedConnection(ConnectionPool):
     """One connection to Redis: commands reach Redis in the order they were given.
@@ -438,6 +599,7 @@ class OrderedConnection(ConnectionPool):
         db: int | None = None,
         command_timeout: float | None = None,
         fail_fast_on_refusal: bool = True,
+        fail_fast_when_unreachable: bool = False,
         reconnect_initial_delay: float = 0.2,
         reconnect_max_delay: float = 5.0,
     ) -> None:
@@ -450,6 +612,7 @@ class OrderedConnection(ConnectionPool):
             db=db,
             command_timeout=command_timeout,
             fail_fast_on_refusal=fail_fast_on_refusal,
+            fail_fast_when_unreachable=fail_fast_when_unreachable,
             reconnect_initial_delay=reconnect_initial_delay,
             reconnect_max_delay=reconnect_max_delay,
         )

@@ -21,7 +21,16 @@ L{PipelinedProtocol.whenConnected} fires only once it succeeded: that is
 when txredisapi's pool slot counts the connection and resets its back-off,
 so a refused password keeps backing off. A refusal is reported to the owner;
 a connection lost or stalled during the handshake is only dropped (its pool
-slot reconnects).
+slot reconnects). So is a server of the wrong role when the handshake asks
+C{ROLE} (L{privydrop.redis.handshake.Handshake.wrong_role}): a replica is
+reported to the owner and dropped, and the next attempt asks the Sentinels
+again.
+
+Replicas. A server that became a replica after the connection was made (the
+old master after a failover, when Sentinel did not kill our connections)
+answers writes with C{-READONLY}: that reply goes to its caller, like any
+error reply, and the connection is given up, so the pool reconnects to
+whichever server is the master by then.
 
 Replies are parsed by L{privydrop.redis.resp}, not by txredisapi.
 
@@ -38,12 +47,13 @@ from typing import Any, Protocol
 import txredisapi
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from privydrop.logs.levels import Logger
 from privydrop.redis.errors import ConnectionLost, HandshakeRefused, ReplyTimeout
 from privydrop.redis.handshake import Handshake, HandshakeStep
 from privydrop.redis.resp import ReplyParser, RESPProtocolError, encode_command
+from privydrop.redis.sentinel import format_address
 
 _log = Logger()
 
@@ -70,6 +80,20 @@ class ConnectionOwner(Protocol):
 
     def handshake_step_skipped(self, step: HandshakeStep, reply: str) -> None:
         """Redis refused an optional step; the connection is used without it."""
+
+    def handshake_wrong_role(self, role: str, server: str) -> None:
+        """The server (C{host:port}) is not the master; the connection is
+        being dropped."""
+
+    def read_only_reply(self, reply: str, server: str) -> None:
+        """The server answered C{-READONLY}: it is a replica now; the
+        connection is being given up."""
+
+
+def is_read_only_error(reply: Exception) -> bool:
+    """Whether an error reply says the server is a replica (C{-READONLY}, also
+    when a script's write was refused, which Redis reports with the same code)."""
+    return isinstance(reply, txredisapi.ResponseError) and str(reply).startswith("READONLY")
 
 
 class _Owed:
@@ -103,6 +127,22 @@ class PipelinedProtocol(txredisapi.BaseRedisProtocol):
         self._parser = ReplyParser(self.charset)
         self._ready_waiters: list[Deferred[PipelinedProtocol]] = []
         self._handshake_timer: IDelayedCall | None = None
+
+    @property
+    def peer(self) -> tuple[str, int] | None:
+        """The C{(host, port)} this connection reached, when it is TCP."""
+        get_peer = getattr(self.transport, "getPeer", None)
+        address = get_peer() if get_peer is not None else None
+        host, port = getattr(address, "host", None), getattr(address, "port", None)
+        if type(host) is not str or type(port) is not int:
+            return None
+        return host, port
+
+    @property
+    def server(self) -> str:
+        """The address this connection reached, C{host:port}, for messages."""
+        peer = self.peer
+        return "(unknown)" if peer is None else format_address(peer)
 
     @property
     def usable(self) -> bool:
@@ -152,6 +192,12 @@ class PipelinedProtocol(txredisapi.BaseRedisProtocol):
             return  # lost or stalled meanwhile; already dropped
         for (ok, value), step in zip(results, steps):
             if ok:
+                role = Handshake.wrong_role(step, value)
+                if role is not None:
+                    self.broken = True
+                    self.owner.handshake_wrong_role(role, self.server)
+                    self.transport.loseConnection()
+                    return
                 continue
             failure: Failure = value
             if failure.check(txredisapi.ResponseError):
@@ -241,6 +287,11 @@ class PipelinedProtocol(txredisapi.BaseRedisProtocol):
         # A cancelled Deferred ignores this (its place in the FIFO consumed
         # the reply, as it must).
         if isinstance(reply, Exception):
+            if is_read_only_error(reply):
+                # Given up first: whatever the caller does next goes to
+                # another connection.
+                self.owner.read_only_reply(str(reply), self.server)
+                self.give_up(reason="the server is a replica now (READONLY)")
             d.errback(reply)
         else:
             d.callback(reply)

@@ -33,9 +33,9 @@ from typing import Any
 
 import attrs
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from privydrop.logs.levels import Logger
 from privydrop.redis.pool import ConnectionPool
 from privydrop.redis.protocol import PipelinedProtocol
 from privydrop.settings import RedisSettings

@@ -38,8 +38,10 @@ import enum
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
+from privydrop.logs.levels import Logger
+from privydrop.logs.throttle import WarningThrottle
 from privydrop.ratelimit.join import (
     RateDecision,
     decide,
@@ -156,6 +158,8 @@ class Rooms:
         self._store = store
         self._settings = settings
         self._clock = clock
+        #: Rooms are created and left at the clients' pace: their lines are throttled.
+        self._warnings = WarningThrottle(clock)
         self._rng: RandomSource = rng if rng is not None else ids.default_random()
 
     def _now_ms(self) -> int:
@@ -180,7 +184,9 @@ class Rooms:
             valid, self._now_ms(), self._settings.room_ttl_s
         )
         if created:
-            _log.info("room {room_id} created", room_id=valid)
+            self._warnings.lifecycle(
+                LogLevel.info, _log, "created", "room {room_id} created", room_id=valid
+            )
             return CreateOutcome.CREATED
         if len(valid) >= self._settings.rejoin_id_length:
             return CreateOutcome.REJOIN_ALLOWED
@@ -211,14 +217,20 @@ class Rooms:
                 candidates, self._now_ms(), settings.room_ttl_s
             )
             if room_id is not None:
-                _log.info("room {room_id} allocated", room_id=room_id)
+                self._warnings.lifecycle(
+                    LogLevel.info, _log, "allocated", "room {room_id} allocated", room_id=room_id
+                )
                 return RoomId(room_id)
-            _log.warn(
+            self._warnings.warn(
+                _log,
+                "taken:" + kind,
                 "all {count} {kind} room id candidates were taken",
                 count=len(candidates),
                 kind=kind,
             )
-        _log.error("no free room id found; the id space is crowded")
+        self._warnings.emit(
+            LogLevel.error, _log, "exhausted", "no free room id found; the id space is crowded"
+        )
         raise RoomIdsExhausted("Failed to generate a unique room ID.")
 
     async def is_available(self, room_id: str) -> bool:
@@ -280,7 +292,10 @@ class Rooms:
             socket_id, valid, self._settings.empty_room_ttl_s
         )
         if result.room_id is not None and result.remaining == 0:
-            _log.info(
+            self._warnings.lifecycle(
+                LogLevel.info,
+                _log,
+                "emptied",
                 "room {room_id} is empty and expires in {ttl_s}s",
                 room_id=result.room_id,
                 ttl_s=self._settings.empty_room_ttl_s,

@@ -9,7 +9,10 @@
                                   so rooms and sends by socket id span hosts
       realtime   RealtimeService  Engine.IO + Socket.IO + signaling; on stop,
                                   ends every session and waits for clean-up
-      http       strports.service(settings.listen, site): the listener
+      http       strports.service(settings.listen, site): the listener, with
+                 the listen backlog LISTEN_BACKLOG (L{privydrop.service.listen})
+      metrics    with METRICS_LISTEN only: the reactor lag probe ("lag") and
+                 the /metrics listener ("listener"), a site of its own
 
 Children start in order and stop in reverse, each only once the one before
 it has finished stopping (L{_StopInOrder}): the listener stops first, then
@@ -28,14 +31,18 @@ from typing import Any, Callable
 from twisted.application import strports
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
 from privydrop.cluster.pubsub import ClusterService
-from privydrop.cluster.routing import new_node_id
+from privydrop.cluster.routing import ClusterAdapter, new_node_id
+from privydrop.logs.levels import Logger
+from privydrop.metrics import ProcessMetrics
+from privydrop.redis.endpoint import describe
 from privydrop.rooms import Rooms
-from privydrop.service.realtime import build_realtime
+from privydrop.service.listen import with_backlog
+from privydrop.service.metrics import api_routes, instrument, metrics_service
+from privydrop.service.realtime import Realtime, build_realtime
 from privydrop.settings import ConfigError, Settings
 from privydrop.store.service import StoreService
 from privydrop.web.site import build_site
@@ -82,10 +89,12 @@ def build_service(
     @param reactor: the reactor (a C{MemoryReactorClock} in tests).
     @param realtime: mount Socket.IO at C{settings.engine.path}; without it
         the tree serves only the REST API (and that path answers 404).
-    @raise ConfigError: when C{settings.listen} is not a valid endpoint.
+    @raise ConfigError: when C{settings.listen} (or C{settings.metrics.listen})
+        is not a valid endpoint.
     """
     top = _StopInOrder()
     top.setName("privydrop")
+    metrics = ProcessMetrics(reactor) if settings.metrics.enabled else None
 
     # One id per process: it marks its cluster messages and names its Redis
     # connections (privydrop:<node>:store, ...) in CLIENT LIST.
@@ -95,20 +104,21 @@ def build_service(
     store_service.setServiceParent(top)
     if settings.redis is None:
         _log.warn(
-            "No Redis configured (REDIS_HOST or REDIS_URL): using the in-memory "
-            "store. Rooms and statistics are per process and lost on restart; "
+            "No Redis configured (REDIS_HOST, REDIS_URL or REDIS_SENTINELS): using "
+            "the in-memory store. Rooms and statistics are per process and lost on restart; "
             "do not run more than one process like this."
         )
         redis_address = None
     else:
-        redis_address = "%s:%d" % (settings.redis.host, settings.redis.port)
+        redis_address = describe(settings.redis)
 
     rooms = Rooms(store_service.store, settings.rooms, reactor)
     engineio_resource: IResource | None = None
     notify_peer_left: PeerLeftHook | None = None
     connection_count: Callable[[], int] | None = None
+    layer: Realtime | None = None
+    adapter: ClusterAdapter | None = None
     if realtime:
-        adapter = None
         if settings.redis is not None:
             # Before "realtime", so it stops after it: disconnect notices sent
             # while sessions close on shutdown still reach other processes.
@@ -126,6 +136,7 @@ def build_service(
             reactor,
             rooms,
             adapter=adapter,
+            metrics=metrics,
         )
         realtime_service = layer.service()
         realtime_service.setName("realtime")
@@ -142,19 +153,35 @@ def build_service(
         notify_peer_left=notify_peer_left,
         connection_count=connection_count,
         redis_address=redis_address,
+        store_health=store_service.health,
     )
-    site = build_site(settings, reactor, api.resource(), engineio_resource)
+    site = build_site(
+        settings,
+        reactor,
+        api.resource(),
+        engineio_resource,
+        None if metrics is None else metrics.api_requests(api_routes(PrivyDropAPI.app)),
+    )
     try:
         # strports.service, unlike a bare StreamServerEndpointService, makes a
         # port that is taken fail start-up (twistd exits non-zero) instead of
         # being logged while the process runs on without listening.
-        http = strports.service(settings.listen, site, reactor=reactor)
+        http = strports.service(
+            with_backlog(settings.listen, settings.http.listen_backlog), site, reactor=reactor
+        )
     except Exception as e:
         raise ConfigError(
             "--listen: %r is not a Twisted endpoint string (%s)" % (settings.listen, e)
         ) from None
     http.setName("http")
     http.setServiceParent(top)
+    if metrics is not None:
+        instrument(metrics, store=store_service.store, site=site, realtime=layer, cluster=adapter)
+        metrics_service(settings, reactor, metrics).setServiceParent(top)
+        _log.info(
+            "Prometheus metrics at /metrics on {metrics_listen}",
+            metrics_listen=settings.metrics.listen,
+        )
     _log.info(
         "PrivyDrop backend in {environment} mode, listening on {listen}",
         environment=settings.environment,

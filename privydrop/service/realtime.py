@@ -17,14 +17,16 @@ import attrs
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from twisted.web.resource import IResource
 
 from privydrop.engineio.resource import build_engineio_resource
-from privydrop.engineio.server import EngineServer
+from privydrop.engineio.server import EngineServer, handshake_client_key
+from privydrop.logs.levels import Logger
+from privydrop.metrics import ProcessMetrics
 from privydrop.rooms import Rooms
 from privydrop.settings import Settings
 from privydrop.signaling.handlers import (
+    RELAYED_EVENTS,
     NotifyPeerLeft,
     Signaling,
     install_signaling,
@@ -68,6 +70,7 @@ def build_realtime(
     reactor: IReactorTime,
     rooms: Rooms,
     adapter: Adapter | None = None,
+    metrics: ProcessMetrics | None = None,
 ) -> Realtime:
     """Build Engine.IO and Socket.IO with PrivyDrop's signaling on C{"/"}.
 
@@ -76,12 +79,25 @@ def build_realtime(
     @param reactor: timers for heartbeats, timeouts and rate windows.
     @param rooms: the room rules over the store the REST API also uses.
     @param adapter: rooms and delivery across processes; in-process when None.
+    @param metrics: where signaling counts joins and relayed messages; no
+        counting when None.
     """
     sio = SocketIOServer(reactor, settings.socketio, adapter=adapter)
-    engine = EngineServer(reactor, settings.engine, sio)
+    engine = EngineServer(
+        reactor,
+        settings.engine,
+        sio,
+        client_key=handshake_client_key(
+            settings.http.trusted_proxies, settings.http.rate_limit_ipv6_prefix
+        ),
+    )
     namespace = sio.of("/")
     signaling = install_signaling(
-        namespace, rooms, settings, ice_servers=ice_server_source(settings.turn, reactor)
+        namespace,
+        rooms,
+        settings,
+        ice_servers=ice_server_source(settings.turn, reactor),
+        metrics=None if metrics is None else metrics.signaling(RELAYED_EVENTS),
     )
     return Realtime(
         engine_resource=build_engineio_resource(engine),

@@ -46,8 +46,38 @@ class OriginSettings:
 
 
 @attrs.frozen
+class SentinelSettings:
+    """The Sentinels that name the current Redis master, and how to ask them.
+
+    With these, the client never uses a fixed address: every connection
+    attempt asks the Sentinels where the master is (C{SENTINEL
+    get-master-addr-by-name}), checks that the server it reaches is the
+    master (C{ROLE}), and reconnects there after a failover.
+    """
+
+    #: C{(host, port)} of each Sentinel, asked in this order (the last one
+    #: that answered first).
+    addresses: tuple[tuple[str, int], ...]
+    #: The name the Sentinels monitor the master under (C{sentinel monitor <name> ...}).
+    master: str
+    #: The Sentinels' own password (their C{requirepass}); None for none.
+    password: str | None = attrs.field(default=None, repr=False)
+    #: Seconds one Sentinel may take to answer, connection included, before
+    #: the next one is asked.
+    timeout: float = 0.5
+    #: Longest wait, seconds, between two attempts to reconnect to the master
+    #: (each asks the Sentinels first): connections follow a failover within
+    #: about this long after the promotion.
+    reconnect_max_delay: float = 1.0
+
+
+@attrs.frozen
 class RedisSettings:
-    """Where Redis is and how long we wait for it."""
+    """Where Redis is and how long we wait for it.
+
+    With C{sentinel} set, C{host} and C{port} are unused: the Sentinels name
+    the master; C{password} and C{db} are still the master's.
+    """
 
     host: str = "127.0.0.1"
     port: int = 6379
@@ -62,6 +92,8 @@ class RedisSettings:
     #: Pub/sub ignores the db index: deployments sharing one Redis server need
     #: different prefixes.
     channel_prefix: str = "privydrop"
+    #: Find the master through Sentinel instead of at C{host}:C{port}.
+    sentinel: SentinelSettings | None = None
 
 
 @attrs.frozen
@@ -87,8 +119,15 @@ class EngineSettings:
     max_packets_per_payload: int = 1_000
     #: Bytes queued for one session (server -> client) before it is closed.
     max_buffered_bytes: int = 4_000_000
-    #: Open sessions per process that have not yet said anything beyond the handshake.
+    #: Open sessions per process that have not yet said anything beyond the
+    #: handshake; past it, the oldest of them is closed for a new one.
     max_pending_sessions: int = 10_000
+    #: Open sessions of one client (its rate-limit key,
+    #: L{privydrop.web.clientip.rate_limit_key}); more handshakes get 429.
+    max_sessions_per_ip: int = 256
+    #: Sessions of one client that have not said anything beyond the
+    #: handshake; more handshakes get 429.
+    max_pending_sessions_per_ip: int = 16
     #: Largest WebSocket frame accepted, bytes (max_payload when 0).
     max_frame_bytes: int = 0
     #: Fragments one WebSocket message may be split into.
@@ -113,8 +152,12 @@ class SocketIOSettings:
     max_attachments: int = 10
     max_pending_acks: int = 100
     max_rooms_per_socket: int = 64
-    #: Largest ack id accepted, as digits.
-    max_ack_id_digits: int = 15
+    #: Digits an ack id from a client may have (ids above 2^53-1, the
+    #: largest a JavaScript client counts to exactly, are refused anyway).
+    max_ack_id_digits: int = 16
+    #: Bytes of a CONNECT packet's payload (C{auth}); a larger one is
+    #: refused with CONNECT_ERROR without being parsed.
+    max_auth_bytes: int = 4096
     #: Bytes of one Socket.IO packet a client may send: text header plus all
     #: of its binary attachments together.
     max_packet_bytes: int = 1_000_000
@@ -180,6 +223,10 @@ class ApiSettings:
     #: API calls per client IP per window; 0 turns the limit off.
     rate_limit_calls: int = 600
     rate_limit_window_s: int = 60
+    #: logs_debug calls per client IP per window, besides the API budget
+    #: (each writes a log line); 0 turns this budget off.
+    logs_debug_rate_limit_calls: int = 30
+    logs_debug_rate_limit_window_s: int = 60
     max_log_message_length: int = 2_000
     #: Longest socket id accepted by leave_room (Socket.IO ids are 20 characters).
     max_socket_id_length: int = 64
@@ -199,7 +246,17 @@ class HttpSettings:
     idle_timeout_s: float = 60.0
     #: Peers whose X-Forwarded-For is believed (addresses or CIDR ranges).
     trusted_proxies: tuple[str, ...] = ("127.0.0.1/8", "::1/128")
+    #: IPv6 clients are one client per network of this prefix length for
+    #: every per-client limit (an IPv6 user has a whole /64 to choose from).
+    rate_limit_ipv6_prefix: int = 64
     log_client_ips: bool = False
+    #: Connections the kernel queues for a TCP or UNIX listener before the
+    #: server accepts them (the C{listen(2)} backlog). Twisted's default is
+    #: 50: a burst of connections beyond it waits in the kernel where no
+    #: deadline of the server reaches it (or has its SYN dropped). 1024
+    #: holds a burst of hundreds, as the systemd socket units do
+    #: (C{Backlog=1024}); Linux caps it at C{net.core.somaxconn}.
+    listen_backlog: int = 1024
 
 
 @attrs.frozen
@@ -227,6 +284,26 @@ class TurnSettings:
 
 
 @attrs.frozen
+class MetricsSettings:
+    """Prometheus metrics, served on a listener of their own.
+
+    Off unless C{listen} is given; never the public port, so figures about
+    the process (and the path C{/metrics}) are not published to clients.
+    """
+
+    #: A Twisted server endpoint string for C{GET /metrics}; None: off.
+    listen: str | None = None
+    #: Seconds between two measurements of the reactor's lag (how late a
+    #: timer fires).
+    lag_interval_s: float = 1.0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether metrics are collected and served."""
+        return self.listen is not None
+
+
+@attrs.frozen
 class Settings:
     """Everything the server needs to know, validated."""
 
@@ -245,8 +322,13 @@ class Settings:
     api: ApiSettings = ApiSettings()
     http: HttpSettings = HttpSettings()
     turn: TurnSettings = TurnSettings()
+    metrics: MetricsSettings = MetricsSettings()
     #: The .env file the settings were read from, if any (for the start-up log).
     env_file: str | None = None
+    #: The lowest level of the package's log events that is recorded
+    #: (C{debug}, C{info}, C{warn}, C{error}, C{critical}); None when not
+    #: given: C{info}, or what C{twist --log-level} says.
+    log_level: str | None = None
 
     @property
     def production(self) -> bool:

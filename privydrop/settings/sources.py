@@ -30,9 +30,11 @@ from privydrop.settings.sections import (
     ConfigError,
     EngineSettings,
     HttpSettings,
+    MetricsSettings,
     OriginSettings,
     RedisSettings,
     RoomSettings,
+    SentinelSettings,
     Settings,
     TrackingSettings,
     TurnSettings,
@@ -71,8 +73,18 @@ _ROOMS = RoomSettings()
 _TRACK = TrackingSettings()
 _REDIS = RedisSettings()
 _TURN = TurnSettings()
+_SENTINEL = SentinelSettings(addresses=(), master="")
+_SENTINEL_TIMEOUT = _SENTINEL.timeout
+_SENTINEL_RECONNECT_MAX_DELAY = _SENTINEL.reconnect_max_delay
+#: The port of a Sentinel given without one (Sentinel's own default).
+DEFAULT_SENTINEL_PORT = 26379
+_METRICS = MetricsSettings()
 #: Shortest TURN_SECRET accepted: the secret signs every credential.
 MIN_TURN_SECRET_LENGTH = 16
+#: The IPv6 prefix lengths RATE_LIMIT_IPV6_PREFIX accepts: a /48 is a whole
+#: site, a /128 one address.
+MIN_IPV6_PREFIX = 48
+MAX_IPV6_PREFIX = 128
 
 #: Every setting, in the order the README and C{--help} list them.
 VARIABLES: tuple[Variable, ...] = (
@@ -102,9 +114,29 @@ VARIABLES: tuple[Variable, ...] = (
     Variable("REDIS_PORT", None, str(_REDIS.port), "Redis port (with REDIS_HOST)."),
     Variable("REDIS_PASSWORD", None, "(none)",
              "Redis password (with REDIS_HOST, or REDIS_URL without a password)."),
-    Variable("REDIS_DB", None, str(_REDIS.db), "Redis database index (with REDIS_HOST)."),
+    Variable("REDIS_DB", None, str(_REDIS.db),
+             "Redis database index (with REDIS_HOST or REDIS_SENTINELS)."),
+    Variable("REDIS_SENTINELS", "redis-sentinels", "(none)",
+             "Comma-separated host:port of Redis Sentinels (port 26379 when left out): "
+             "the master is the one they name, followed through failovers. Instead of "
+             "REDIS_HOST/REDIS_URL (setting both is an error); REDIS_PASSWORD and "
+             "REDIS_DB are the master's."),
+    Variable("REDIS_SENTINEL_MASTER", "redis-sentinel-master", "(none)",
+             "The name the Sentinels monitor the master under (sentinel monitor <name>); "
+             "required with REDIS_SENTINELS."),
+    Variable("REDIS_SENTINEL_PASSWORD", None, "(none)",
+             "The Sentinels' own password (their requirepass), when they have one."),
+    Variable("REDIS_SENTINEL_TIMEOUT", "redis-sentinel-timeout", str(_SENTINEL_TIMEOUT),
+             "Seconds one Sentinel may take to answer, connection included, before the "
+             "next one is asked."),
+    Variable("REDIS_SENTINEL_RECONNECT_MAX_DELAY", "redis-sentinel-reconnect-max-delay",
+             str(_SENTINEL_RECONNECT_MAX_DELAY),
+             "With Sentinel, longest wait in seconds between two attempts to reconnect to "
+             "the master (each asks the Sentinels first), so connections follow a "
+             "failover within about this long after the promotion."),
     Variable("REDIS_COMMAND_TIMEOUT", "redis-command-timeout", str(_REDIS.command_timeout),
-             "Seconds one store operation may take before the request fails with 503."),
+             "Seconds one store operation may take before the request fails with 503; "
+             "also how long the store may be unusable before GET /health answers 503."),
     Variable("REDIS_CONNECT_TIMEOUT", "redis-connect-timeout", str(_REDIS.connect_timeout),
              "Seconds to wait for Redis at start-up."),
     Variable("REDIS_POOL_SIZE", "redis-pool-size", str(_REDIS.pool_size),
@@ -120,11 +152,21 @@ VARIABLES: tuple[Variable, ...] = (
              "Fresh Socket.IO joins per client IP as N/seconds (the Node backend's 2/5)."),
     Variable("TRUSTED_PROXIES", "trusted-proxies", ",".join(_HTTP.trusted_proxies),
              "Comma-separated addresses or CIDR ranges whose X-Forwarded-For is "
-             "believed; empty trusts none."),
+             "believed; empty trusts none. The peer of a UNIX socket listener is "
+             "always trusted."),
+    Variable("RATE_LIMIT_IPV6_PREFIX", "rate-limit-ipv6-prefix",
+             str(_HTTP.rate_limit_ipv6_prefix),
+             "Prefix length (%d to %d) of the IPv6 network that counts as one client "
+             "for every per-client limit; IPv4 clients count per address."
+             % (MIN_IPV6_PREFIX, MAX_IPV6_PREFIX)),
     Variable("API_RATE_LIMIT", "api-rate-limit",
              "%d/%d" % (_API.rate_limit_calls, _API.rate_limit_window_s),
              "API calls per client IP as N/seconds; 0 turns the limit off. "
-             "Health endpoints are exempt."),
+             "Health endpoints are exempt. With Redis, counted across processes."),
+    Variable("LOGS_DEBUG_RATE_LIMIT", "logs-debug-rate-limit",
+             "%d/%d" % (_API.logs_debug_rate_limit_calls, _API.logs_debug_rate_limit_window_s),
+             "logs_debug calls per client IP as N/seconds, on top of API_RATE_LIMIT; "
+             "0 turns this limit off."),
     Variable("MAX_BODY_BYTES", "max-body-bytes", str(_API.max_body_bytes),
              "Largest API request body; larger ones get 413 without being read."),
     Variable("MAX_ROOM_ID_LENGTH", "max-room-id-length", str(_ROOMS.max_room_id_length),
@@ -155,6 +197,16 @@ VARIABLES: tuple[Variable, ...] = (
              "Seconds an idle keep-alive connection is kept open."),
     Variable("LOG_CLIENT_IPS", "log-client-ips", "0",
              "1 includes client IP addresses in log events.", flag=True),
+    Variable("LOG_LEVEL", "log-level", "info",
+             "Lowest level of the server's log events that is recorded: debug, info, "
+             "warn, error or critical. When not given, twist --log-level applies "
+             "(twistd has no such option)."),
+    Variable("LISTEN_BACKLOG", "listen-backlog", str(_HTTP.listen_backlog),
+             "Connections the kernel queues before the server accepts them (the listen "
+             "backlog; Linux caps it at net.core.somaxconn), for tcp:, tcp6:, ssl: and "
+             "unix: listeners that do not set backlog= themselves; systemd sockets take "
+             "theirs from the .socket unit. Twisted's default, 50, leaves a burst of "
+             "connections waiting where no timeout reaches them."),
     Variable("TURN_SECRET", None, "(none)",
              "Secret shared with coturn (its static-auth-secret, with use-auth-secret), "
              "at least %d characters; with TURN_URLS, clients get short-lived TURN "
@@ -169,6 +221,13 @@ VARIABLES: tuple[Variable, ...] = (
              "the credential it started with, so this must outlast the longest transfer; "
              "the default is a day, the life of a room. Shorter limits what a leaked "
              "credential is worth."),
+    Variable("METRICS_LISTEN", "metrics-listen", "(none: off)",
+             "Twisted server endpoint string serving Prometheus metrics at /metrics, e.g. "
+             "tcp:9101:interface=127.0.0.1. Loopback or a private interface only; it "
+             "cannot be the public port."),
+    Variable("METRICS_LAG_INTERVAL", "metrics-lag-interval", str(_METRICS.lag_interval_s),
+             "Seconds between two measurements of the reactor lag metric (how late a "
+             "timer fires), with METRICS_LISTEN."),
 )
 
 
@@ -198,7 +257,14 @@ LIMITS: tuple[Limit, ...] = (
     Limit("ENGINE_MAX_BUFFERED_BYTES", "engine-max-buffered-bytes", "engine",
           "max_buffered_bytes", "Bytes queued for one session before it is closed."),
     Limit("ENGINE_MAX_PENDING_SESSIONS", "engine-max-pending-sessions", "engine",
-          "max_pending_sessions", "Open sessions per process that said nothing after the handshake."),
+          "max_pending_sessions", "Open sessions per process that said nothing after the "
+          "handshake; past it the oldest of them is closed to admit a new one."),
+    Limit("ENGINE_MAX_SESSIONS_PER_IP", "engine-max-sessions-per-ip", "engine",
+          "max_sessions_per_ip", "Open sessions of one client IP (IPv6: of its network, "
+          "RATE_LIMIT_IPV6_PREFIX); further handshakes get 429."),
+    Limit("ENGINE_MAX_PENDING_SESSIONS_PER_IP", "engine-max-pending-sessions-per-ip", "engine",
+          "max_pending_sessions_per_ip", "Open sessions of one client IP that said nothing "
+          "after the handshake; further handshakes get 429."),
     Limit("ENGINE_MAX_FRAGMENTS", "engine-max-fragments", "engine", "max_fragments",
           "Fragments one WebSocket message may be split into."),
     Limit("ENGINE_MAX_OUTBOUND_BUFFER", "engine-max-outbound-buffer", "engine",
@@ -222,6 +288,9 @@ LIMITS: tuple[Limit, ...] = (
           "recovery_max_packets", "Events kept per socket for replay after a recovery."),
     Limit("SOCKETIO_RECOVERY_MAX_BYTES", "socketio-recovery-max-bytes", "socketio",
           "recovery_max_bytes", "Bytes of events kept per socket for replay after a recovery."),
+    Limit("SOCKETIO_MAX_AUTH_BYTES", "socketio-max-auth-bytes", "socketio",
+          "max_auth_bytes", "Bytes of a Socket.IO CONNECT payload (auth); a larger one "
+          "is refused with a connect_error.", 2),
 )
 
 
@@ -436,10 +505,20 @@ def parse_redis_url(url: str, label: str = "REDIS_URL") -> RedisSettings:
 
 
 def _redis(sources: _Sources) -> tuple[RedisSettings | None, str | None]:
+    with_sentinel = _sentinel(sources)
     found = sources.find("REDIS_URL", "REDIS_HOST")
-    if found is None or not found.value.strip():
+    if found is not None and not found.value.strip():
+        found = None
+    if with_sentinel is not None:
+        sentinel, found = with_sentinel
+        redis = RedisSettings(
+            password=sources.text("REDIS_PASSWORD", "") or None,
+            db=sources.number("REDIS_DB", 0, int, 0),
+            sentinel=sentinel,
+        )
+    elif found is None:
         return None, None
-    if found.name == "REDIS_URL":
+    elif found.name == "REDIS_URL":
         redis = parse_redis_url(found.value, found.label)
         if redis.password is None:
             password_found = sources.find("REDIS_PASSWORD")
@@ -463,6 +542,89 @@ def _redis(sources: _Sources) -> tuple[RedisSettings | None, str | None]:
         channel_prefix=_channel_prefix(sources),
     )
     return redis, found.label
+
+
+def _sentinel(sources: _Sources) -> tuple[SentinelSettings, _Found] | None:
+    """The Sentinel settings, with how C{REDIS_SENTINELS} was found; None
+    when no Sentinels are named.
+
+    The other C{REDIS_SENTINEL_*} names without C{REDIS_SENTINELS} are a
+    mistake (half a configuration), reported as such.
+    """
+    found = sources.find("REDIS_SENTINELS")
+    master_found = sources.find("REDIS_SENTINEL_MASTER")
+    password_found = sources.find("REDIS_SENTINEL_PASSWORD")
+    if found is None or not found.value.strip():
+        for other in (master_found, password_found):
+            if other is not None and other.value.strip():
+                raise ConfigError(
+                    "%s is set but REDIS_SENTINELS is empty: name the Sentinels as "
+                    "host:port,host:port" % (other.label,)
+                )
+        return None
+    for name in ("REDIS_URL", "REDIS_HOST"):
+        direct = sources.find(name)
+        if direct is not None and direct.value.strip():
+            raise ConfigError(
+                "%s and %s are both set: with Sentinel the master's address comes "
+                "from the Sentinels; remove %s (the master's password and database "
+                "go in REDIS_PASSWORD and REDIS_DB)" % (found.label, direct.label, direct.label)
+            )
+    addresses = _sentinel_addresses(found)
+    if master_found is None or not master_found.value.strip():
+        raise ConfigError(
+            "%s is set but REDIS_SENTINEL_MASTER is empty: give the name the Sentinels "
+            "monitor the master under (sentinel monitor <name> ...)" % (found.label,)
+        )
+    master = master_found.value.strip()
+    if any(not "!" <= char <= "~" for char in master):
+        raise ConfigError(
+            "%s: expected a master name without spaces or control characters, got %r"
+            % (master_found.label, master_found.value)
+        )
+    password = password_found.value if password_found is not None else ""
+    sentinel = SentinelSettings(
+        addresses=addresses,
+        master=master,
+        password=password or None,
+        timeout=sources.number("REDIS_SENTINEL_TIMEOUT", _SENTINEL_TIMEOUT, float, 0.001),
+        reconnect_max_delay=sources.number(
+            "REDIS_SENTINEL_RECONNECT_MAX_DELAY", _SENTINEL_RECONNECT_MAX_DELAY, float, 0.01
+        ),
+    )
+    return sentinel, found
+
+
+#: One Sentinel: a host name or IPv4 address, or a bracketed IPv6 address,
+#: and an optional port.
+_SENTINEL_ADDRESS = re.compile(
+    r"(?:\[(?P<ipv6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?))"
+    r"(?::(?P<port>\d{1,5}))?"
+)
+
+
+def _sentinel_addresses(found: _Found) -> tuple[tuple[str, int], ...]:
+    addresses: list[tuple[str, int]] = []
+    for item in found.value.split(","):
+        text = item.strip()
+        if not text:
+            continue
+        match = _SENTINEL_ADDRESS.fullmatch(text)
+        port = int(match.group("port") or DEFAULT_SENTINEL_PORT) if match else 0
+        if match is None or not 0 < port < 65536:
+            raise ConfigError(
+                "%s: %r is not a Sentinel address like host:26379 or [::1]:26379"
+                % (found.label, text)
+            )
+        address = (match.group("ipv6") or match.group("host"), port)
+        if address in addresses:
+            raise ConfigError("%s: %r is named twice" % (found.label, text))
+        addresses.append(address)
+    if not addresses:
+        raise ConfigError(
+            "%s: expected host:port,host:port, got %r" % (found.label, found.value)
+        )
+    return tuple(addresses)
 
 
 #: Characters a channel prefix cannot hold: the separator and glob syntax
@@ -528,6 +690,21 @@ def _trusted_proxies(sources: _Sources) -> tuple[str, ...]:
                 "%s: %r is not an IP address or CIDR range" % (found.label, item)
             ) from None
     return tuple(networks)
+
+
+def _ipv6_prefix(sources: _Sources) -> int:
+    found = sources.find("RATE_LIMIT_IPV6_PREFIX")
+    if found is None:
+        return _HTTP.rate_limit_ipv6_prefix
+    value = found.value.strip()
+    if not (value.isascii() and value.isdigit()) or not (
+        MIN_IPV6_PREFIX <= int(value) <= MAX_IPV6_PREFIX
+    ):
+        raise ConfigError(
+            "%s: expected a prefix length from %d to %d, got %r"
+            % (found.label, MIN_IPV6_PREFIX, MAX_IPV6_PREFIX, found.value)
+        )
+    return int(value)
 
 
 def _rate(
@@ -602,6 +779,58 @@ def _turn(sources: _Sources) -> TurnSettings:
             "needed to sign credentials" % (urls_found.label,)  # type: ignore[union-attr]
         )
     return TurnSettings(secret=secret or None, urls=urls, credential_ttl_s=ttl)
+
+
+#: The names LOG_LEVEL accepts (C{twisted.logger}'s levels, and C{warning}).
+LOG_LEVELS = ("debug", "info", "warn", "warning", "error", "critical")
+
+
+def _log_level(sources: _Sources) -> str | None:
+    found = sources.find("LOG_LEVEL")
+    if found is None or not found.value.strip():
+        return None
+    value = found.value.strip().lower()
+    if value not in LOG_LEVELS:
+        raise ConfigError(
+            "%s: expected debug, info, warn, error or critical, got %r"
+            % (found.label, found.value)
+        )
+    return "warn" if value == "warning" else value
+
+
+def _endpoint_port(endpoint: str) -> int | None:
+    """The TCP port a C{tcp:}, C{tcp6:} or C{ssl:} endpoint string listens on.
+
+    None for other endpoint types (C{unix:}, C{systemd:}, ...), whose
+    sockets cannot be compared by a port number, and for strings that do
+    not say; L{privydrop.service} reports those that are not endpoints.
+    """
+    parts = re.split(r"(?<!\\):", endpoint.strip())
+    if parts[0] not in ("tcp", "tcp6", "ssl"):
+        return None
+    positional = [p for p in parts[1:] if "=" not in p]
+    named = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+    port = named.get("port", positional[0] if positional else None)
+    return int(port) if port is not None and port.isdigit() else None
+
+
+def _metrics(sources: _Sources, listen: str) -> MetricsSettings:
+    """METRICS_LISTEN, kept off the public port (which it would share with
+    every client)."""
+    interval = sources.number(
+        "METRICS_LAG_INTERVAL", _METRICS.lag_interval_s, float, 0.01
+    )
+    found = sources.find("METRICS_LISTEN")
+    if found is None or not found.value.strip():
+        return MetricsSettings(lag_interval_s=interval)
+    endpoint = found.value.strip()
+    port = _endpoint_port(endpoint)
+    if port and port == _endpoint_port(listen):
+        raise ConfigError(
+            "%s: %r is the public port (%s); metrics need a port of their own, on "
+            "loopback or a private interface" % (found.label, endpoint, listen)
+        )
+    return MetricsSettings(listen=endpoint, lag_interval_s=interval)
 
 
 def _listen(sources: _Sources) -> str:
@@ -685,6 +914,12 @@ def settings_from_options(
     calls, window = _rate(
         sources, "API_RATE_LIMIT", (_API.rate_limit_calls, _API.rate_limit_window_s), True
     )
+    logs_calls, logs_window = _rate(
+        sources,
+        "LOGS_DEBUG_RATE_LIMIT",
+        (_API.logs_debug_rate_limit_calls, _API.logs_debug_rate_limit_window_s),
+        True,
+    )
     join_limit, join_window = _rate(
         sources, "JOIN_RATE_LIMIT", (_ROOMS.join_limit, _ROOMS.join_window_s), False
     )
@@ -692,6 +927,8 @@ def settings_from_options(
         max_body_bytes=sources.number("MAX_BODY_BYTES", _API.max_body_bytes, int, 1),
         rate_limit_calls=calls,
         rate_limit_window_s=window,
+        logs_debug_rate_limit_calls=logs_calls,
+        logs_debug_rate_limit_window_s=logs_window,
         max_log_message_length=sources.number(
             "MAX_LOG_MESSAGE_LENGTH", _API.max_log_message_length, int, 1
         ),
@@ -707,7 +944,9 @@ def settings_from_options(
         body_timeout_s=sources.number("HTTP_BODY_TIMEOUT", _HTTP.body_timeout_s, float, 0.001),
         idle_timeout_s=sources.number("HTTP_IDLE_TIMEOUT", _HTTP.idle_timeout_s, float, 0.001),
         trusted_proxies=_trusted_proxies(sources),
+        rate_limit_ipv6_prefix=_ipv6_prefix(sources),
         log_client_ips=sources.flag("LOG_CLIENT_IPS"),
+        listen_backlog=sources.number("LISTEN_BACKLOG", _HTTP.listen_backlog, int, 1),
     )
     engine = attrs.evolve(
         _ENGINE,
@@ -741,9 +980,10 @@ def settings_from_options(
         default = _limit_default(limit)
         value = sources.number(limit.env, default, type(default), limit.minimum)
         sections[limit.section] = attrs.evolve(sections[limit.section], **{limit.field: value})
+    listen = _listen(sources)
     return Settings(
         environment=environment,  # type: ignore[arg-type]
-        listen=_listen(sources),
+        listen=listen,
         redis=redis,
         origins=origins,
         engine=sections["engine"],
@@ -753,7 +993,9 @@ def settings_from_options(
         api=api,
         http=http,
         turn=_turn(sources),
+        metrics=_metrics(sources, listen),
         env_file=env_file,
+        log_level=_log_level(sources),
     )
 
 

@@ -8,7 +8,8 @@ without any I/O (C{tests/unit/test_signaling_events.py}).
 What is checked is the I{shape} a handler relies on: the payload is a JSON
 object; C{roomId} and C{peerId} are non-empty strings no longer than their
 limits; the forwarded SDP or ICE candidate, encoded as JSON, is no larger than
-C{ApiSettings.max_signal_bytes}. Whether a room id may name a room at all
+C{ApiSettings.max_signal_bytes} and encodes inside the event that relays it
+(so a payload that passes never fails to be sent). Whether a room id may name a room at all
 (control characters, C{:}) is the room rules' decision
 (L{privydrop.rooms.validate_room_id}), not this module's.
 
@@ -159,15 +160,28 @@ def _string_field(payload: dict[str, Any], name: str, limit: int) -> str:
     return value
 
 
+#: Containers a relayed value travels inside: the event's argument list and
+#: its payload object, C{[event, {field: value, from, peerId}]}.
+RELAY_NESTING = 2
+
+
 def encoded_size(value: Any) -> int:
     """Bytes of C{value} encoded as JSON, the way it would travel onwards.
 
+    The value is encoded inside as many containers as the relayed event
+    wraps it in (L{RELAY_NESTING}): the encoder's depth limit applies to the
+    whole packet, so a value that encodes alone may not once wrapped, and
+    that failure would come only when the event is sent.
+
     @raise InvalidPayload: C{NOT_JSON} for what JSON cannot carry (binary
         attachments, integers beyond 64 bits, nesting deeper than the
-        encoder allows).
+        encoder allows once wrapped).
     """
+    wrapped = value
+    for _ in range(RELAY_NESTING):
+        wrapped = [wrapped]
     try:
-        return len(orjson.dumps(value))
+        return len(orjson.dumps(wrapped)) - 2 * RELAY_NESTING
     except (orjson.JSONEncodeError, TypeError):
         raise InvalidPayload(Reason.NOT_JSON) from None
 

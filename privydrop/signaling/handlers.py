@@ -65,14 +65,16 @@ C{POST /api/leave_room} sends the same C{peer-disconnected} to the room
 before unbinding, through L{peer_left_notifier}.
 
 Malformed payloads of the relayed events (L{privydrop.signaling.events}) are
-dropped with a debug log and counted in L{Signaling.dropped}; nothing of
-them is broadcast.
+dropped with a debug log (one per event and reason per interval) and counted
+in L{Signaling.dropped}; nothing of them is broadcast.
 
 The join rate limit keys on the client IP under the REST API's rule
 (L{privydrop.web.clientip}): the direct peer, or behind a trusted proxy the
-right-most X-Forwarded-For address that is not a trusted proxy. The Node
-backend takes the first X-Forwarded-For address, which the client writes
-itself, so every join could claim a fresh address and escape the limit.
+right-most X-Forwarded-For address that is not a trusted proxy; an IPv6
+client counts as its network (C{RATE_LIMIT_IPV6_PREFIX}, a /64 by default).
+The Node backend takes the first X-Forwarded-For address, which the client
+writes itself, so every join could claim a fresh address and escape the
+limit.
 
 Per socket, joins and the disconnect clean-up run one at a time (a
 L{DeferredLock}), so a disconnect that arrives while a join waits for the
@@ -90,8 +92,10 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
+from privydrop.logs.levels import Logger
+from privydrop.metrics import SignalingMetrics
 from privydrop.rooms import InvalidRoomId, Rooms
 from privydrop.settings import Settings
 from privydrop.signaling import events
@@ -100,7 +104,7 @@ from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.sockets import Socket
 from privydrop.store.interface import StoreUnavailable
 from privydrop.turn import IceServerSource
-from privydrop.web.clientip import client_ip, trusted_proxies
+from privydrop.web.clientip import client_ip, rate_limit_key, trusted_proxies
 
 _log = Logger()
 
@@ -115,27 +119,35 @@ MAX_WAITING_JOINS = 4
 #: Disconnect reason of a detached socket unbound by POST /api/leave_room.
 LEFT_BY_API = "left by leave_room"
 
+#: The events handed on to a peer or a room (the C{event} label of the
+#: relayed-messages metric).
+RELAYED_EVENTS = (*events.SIGNAL_FIELDS, events.INITIATOR_ONLINE, events.RECIPIENT_READY)
+
 INVALID_ROOM_ID = "Invalid roomId"
 SERVER_ERROR = "Server error while joining room"
 
-#: Callable giving the client IP that a socket's joins count against.
+#: Callable giving the client (its rate-limit key) that a socket's joins count against.
 ClientIpOf = Callable[[Socket], str]
 #: The API's hook: C{notify_peer_left(room_id, socket_id)}.
 NotifyPeerLeft = Callable[[str, str], None]
 
 
 def handshake_client_ip(settings: Settings) -> ClientIpOf:
-    """The client IP of a socket under the REST API's rule.
+    """The client of a socket under the REST API's rule, as its rate-limit key.
 
     Reads the Engine.IO handshake's direct peer address and its
-    X-Forwarded-For header (believed only from C{settings.http.trusted_proxies}).
+    X-Forwarded-For header (believed only from C{settings.http.trusted_proxies});
+    an IPv6 client counts as its network (C{RATE_LIMIT_IPV6_PREFIX},
+    L{privydrop.web.clientip.rate_limit_key}).
     """
     proxies = trusted_proxies(tuple(settings.http.trusted_proxies))
+    prefix = settings.http.rate_limit_ipv6_prefix
 
     def client_ip_of(socket: Socket) -> str:
         handshake = socket.handshake
         forwarded = handshake.headers.get("x-forwarded-for")
-        return client_ip(handshake.address, [forwarded] if forwarded else [], proxies)
+        address = client_ip(handshake.address, [forwarded] if forwarded else [], proxies)
+        return rate_limit_key(address, prefix)
 
     return client_ip_of
 
@@ -170,6 +182,7 @@ class Signaling:
     @ivar dropped: payloads refused by validation, by event and reason.
     @ivar unroutable: relayed messages dropped because the sender is in no
         room, or is not in the room it named.
+    @ivar metrics: joins by outcome and relayed messages by event.
     """
 
     def __init__(
@@ -179,6 +192,7 @@ class Signaling:
         settings: Settings,
         client_ip_of: ClientIpOf,
         ice_servers: IceServerSource | None = None,
+        metrics: SignalingMetrics | None = None,
     ) -> None:
         self._namespace = namespace
         self._ice_servers = ice_servers
@@ -186,10 +200,13 @@ class Signaling:
         self._limits = EventLimits.from_settings(settings)
         self._client_ip_of = client_ip_of
         self._log_ips = settings.http.log_client_ips
+        #: Every line a client can cause goes through it (per cause, per interval).
+        self._warnings = namespace.warnings
         self._sockets: dict[str, _SocketState] = {}
         self._idle_waiters: list[Deferred[None]] = []
         self.dropped = events.DroppedPayloads()
         self.unroutable = 0
+        self.metrics = metrics if metrics is not None else SignalingMetrics.disabled()
 
     def install(self) -> None:
         """Register every handler on the namespace."""
@@ -252,7 +269,9 @@ class Signaling:
             # bound the socket, and this is where such a binding goes away.
             result = await self._rooms.leave(socket_id)
         except StoreUnavailable:
-            _log.warn(
+            self._warnings.warn(
+                _log,
+                "store:leave",
                 "store unavailable; socket {sid} stays bound to room {room_id} until its TTL",
                 sid=socket_id,
                 room_id=room,
@@ -261,7 +280,10 @@ class Signaling:
         if room is None and result.room_id is not None:
             self._namespace.to(result.room_id).emit(PEER_DISCONNECTED, {"peerId": socket_id})
         if result.room_id is not None:
-            _log.info(
+            self._warnings.lifecycle(
+                LogLevel.info,
+                _log,
+                "left",
                 "socket {sid} left room {room_id} ({remaining} remaining)",
                 sid=socket_id,
                 room_id=result.room_id,
@@ -275,6 +297,7 @@ class Signaling:
             request = events.parse_join(args, self._limits)
         except InvalidPayload as error:
             self._drop(socket, events.JOIN, error)
+            self.metrics.join_invalid.inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, INVALID_ROOM_ID, error.room_id))
             return
         if not socket.connected:
@@ -295,27 +318,38 @@ class Signaling:
             decision = await self._rooms.join(socket.id, room_id, ip)
         except InvalidRoomId:
             self.dropped.record(events.JOIN, events.Reason.REFUSED_ROOM_ID)
-            _log.debug("socket {sid} asked for an invalid room id", sid=socket.id)
+            self._warnings.debug(
+                _log, "invalid-room-id", "socket {sid} asked for an invalid room id", sid=socket.id
+            )
+            self.metrics.join_invalid.inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, INVALID_ROOM_ID, room_id))
             return
         except StoreUnavailable:
-            _log.warn(
+            self._warnings.warn(
+                _log,
+                "store:join",
                 "store unavailable while socket {sid} joined room {room_id}",
                 sid=socket.id,
                 room_id=room_id,
             )
+            self.metrics.join_error.inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
             return
         except Exception:  # noqa: BLE001 - error boundary: log, answer, go on
             _log.failure(
                 "join of socket {sid} to room {room_id} failed", sid=socket.id, room_id=room_id
             )
+            self.metrics.join_error.inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
             return
 
         if not decision.success:
+            # A client can be refused as fast as it can ask (a full rate
+            # window): one line per outcome and interval.
             if self._log_ips:
-                _log.info(
+                self._warnings.info(
+                    _log,
+                    "join-refused:" + decision.outcome.value,
                     "join of socket {sid} from {peer} to room {room_id} refused: {outcome}",
                     sid=socket.id,
                     peer=ip,
@@ -323,12 +357,15 @@ class Signaling:
                     outcome=decision.outcome.value,
                 )
             else:
-                _log.info(
+                self._warnings.info(
+                    _log,
+                    "join-refused:" + decision.outcome.value,
                     "join of socket {sid} to room {room_id} refused: {outcome}",
                     sid=socket.id,
                     room_id=room_id,
                     outcome=decision.outcome.value,
                 )
+            self.metrics.join_refused[decision.outcome.value].inc()
             socket.emit(JOIN_RESPONSE, _join_response(False, decision.message, room_id))
             return
 
@@ -350,14 +387,23 @@ class Signaling:
                 )
                 await self._undo_binding(socket.id, room_id)
                 state.room = None
+                self.metrics.join_error.inc()
                 socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
                 return
             state.room = room_id
-            _log.info("socket {sid} joined room {room_id}", sid=socket.id, room_id=room_id)
+            self._warnings.lifecycle(
+                LogLevel.info,
+                _log,
+                "joined",
+                "socket {sid} joined room {room_id}",
+                sid=socket.id,
+                room_id=room_id,
+            )
         response = _join_response(True, decision.message, room_id)
         if self._ice_servers is not None:
             # Only sockets that got into a room receive relay credentials.
             response["iceServers"] = self._ice_servers(socket.id).as_json()["iceServers"]
+        self.metrics.join_success.inc()
         socket.emit(JOIN_RESPONSE, response)
         socket.to(room_id).emit(READY, {"peerId": socket.id})
 
@@ -390,6 +436,7 @@ class Signaling:
             {request.field: request.value, "from": socket.id, "peerId": socket.id},
             only_if_in_room=room,
         )
+        self.metrics.relayed[event].inc()
 
     def _offer(self, socket: Socket, *args: Any) -> None:
         self._relay(events.OFFER, socket, args)
@@ -416,6 +463,7 @@ class Signaling:
             return
         if self._announcement_room(socket, events.INITIATOR_ONLINE, request.room_id):
             socket.to(request.room_id).emit(events.INITIATOR_ONLINE, {"roomId": request.room_id})
+            self.metrics.relayed[events.INITIATOR_ONLINE].inc()
 
     def _recipient_ready(self, socket: Socket, *args: Any) -> None:
         try:
@@ -425,12 +473,15 @@ class Signaling:
             return
         if self._announcement_room(socket, events.RECIPIENT_READY, request.room_id):
             socket.to(request.room_id).emit(events.RECIPIENT_READY, {"peerId": socket.id})
+            self.metrics.relayed[events.RECIPIENT_READY].inc()
 
     # -- bookkeeping -------------------------------------------------------------
 
     def _drop(self, socket: Socket, event: str, error: InvalidPayload) -> None:
         self.dropped.record(event, error.reason)
-        _log.debug(
+        self._warnings.debug(
+            _log,
+            "dropped:%s:%s" % (event, error.reason.value),
             "dropped {event} from socket {sid}: {reason} ({field})",
             event=event,
             sid=socket.id,
@@ -440,8 +491,12 @@ class Signaling:
 
     def _unroutable(self, socket: Socket, event: str) -> None:
         self.unroutable += 1
-        _log.debug(
-            "dropped {event} from socket {sid}: not in that room", event=event, sid=socket.id
+        self._warnings.debug(
+            _log,
+            "unroutable:" + event,
+            "dropped {event} from socket {sid}: not in that room",
+            event=event,
+            sid=socket.id,
         )
 
 
@@ -451,6 +506,7 @@ def install_signaling(
     settings: Settings,
     client_ip_of: ClientIpOf | None = None,
     ice_servers: IceServerSource | None = None,
+    metrics: SignalingMetrics | None = None,
 ) -> Signaling:
     """Put PrivyDrop's signaling events on a namespace.
 
@@ -462,6 +518,7 @@ def install_signaling(
         (L{handshake_client_ip}).
     @param ice_servers: issues TURN credentials for a successful
         C{joinResponse}; none are sent when None.
+    @param metrics: counts joins and relayed messages; nothing when None.
     @return: the installed handlers, whose counters operators and tests read.
     """
     signaling = Signaling(
@@ -470,6 +527,7 @@ def install_signaling(
         settings,
         client_ip_of if client_ip_of is not None else handshake_client_ip(settings),
         ice_servers,
+        metrics,
     )
     signaling.install()
     return signaling

@@ -12,8 +12,8 @@ from typing import Any, Awaitable, Callable, Sequence
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 
+from privydrop.logs.levels import Logger
 from privydrop.socketio.errors import AckLimitError
 
 _log = Logger()

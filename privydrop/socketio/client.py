@@ -11,9 +11,10 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from twisted.internet.interfaces import IDelayedCall
-from twisted.logger import Logger
 
 from privydrop.engineio.interface import EngineConnection, Message
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.packets import (
     BinaryReassembler,
@@ -68,10 +69,12 @@ class Client:
         data: dict[str, Any] = {"message": refusal.message}
         if refusal.data is not None:
             data["data"] = refusal.data
-        _log.info(
+        self.server.warnings.info(
+            _log,
+            "refused",
             "connection to {namespace} refused: {message}",
             namespace=socket.namespace.name,
-            message=refusal.message,
+            message=clip(refusal.message),
         )
         self.send(encode(Packet(PacketType.CONNECT_ERROR, socket.namespace.name, data)))
 

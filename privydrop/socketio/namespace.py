@@ -12,9 +12,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, Union
 
 from twisted.internet.defer import Deferred
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from privydrop.logs.client_text import clip
+from privydrop.logs.levels import Logger
+from privydrop.logs.throttle import WarningThrottle
 from privydrop.socketio.acks import as_deferred_if_awaitable
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.ids import RoomId, SocketId
@@ -68,10 +70,21 @@ class Namespace:
     """
 
     def __init__(
-        self, name: str, adapter: Adapter, recovery: RecoverySettings | None = None
+        self,
+        name: str,
+        adapter: Adapter,
+        warnings: WarningThrottle,
+        recovery: RecoverySettings | None = None,
     ) -> None:
+        """
+        @param name: the namespace's name (C{/}, C{/chat}).
+        @param adapter: rooms and delivery.
+        @param warnings: throttles the log lines its clients cause.
+        @param recovery: connection state recovery's settings; None: off.
+        """
         self.name = name
         self._adapter = adapter
+        self.warnings = warnings
         self.recovery = recovery
         self.offsets = None if recovery is None else Offsets()
         #: Connected and detached sockets by private session id.
@@ -287,9 +300,11 @@ class Namespace:
         args = packet.data[1:]
         handler = self._handlers.get(event)
         if handler is None:
-            _log.debug(
+            self.warnings.debug(
+                _log,
+                "no-handler",
                 "no handler for event {event!r} in {namespace}",
-                event=event,
+                event=clip(event),
                 namespace=self.name,
             )
             return

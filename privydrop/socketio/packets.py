@@ -48,6 +48,10 @@ MAIN_NAMESPACE = "/"
 # capped by PacketLimits.max_attachments; this only bounds the int() parse).
 _MAX_ATTACHMENT_COUNT_DIGITS = 6
 
+#: The largest ack id: Number.MAX_SAFE_INTEGER, the largest integer a
+#: JavaScript client holds exactly (16 digits).
+MAX_ACK_ID = 2**53 - 1
+
 
 class SocketIOProtocolError(Exception):
     """A peer sent something that is not a valid Socket.IO v5 packet, or that
@@ -56,6 +60,21 @@ class SocketIOProtocolError(Exception):
     The receiving side closes that peer's connection; the message says which
     rule or limit was broken, and is logged, never sent back.
     """
+
+
+class AuthTooLarge(SocketIOProtocolError):
+    """A CONNECT whose payload (C{auth}) passes C{max_auth_bytes}; not parsed.
+
+    Unlike other protocol errors it is answered with CONNECT_ERROR for its
+    namespace rather than by closing the connection (see
+    L{privydrop.socketio.server}).
+
+    @ivar namespace: the namespace the CONNECT was for.
+    """
+
+    def __init__(self, namespace: str) -> None:
+        super().__init__("CONNECT payload larger than max_auth_bytes")
+        self.namespace = namespace
 
 
 class PacketType(enum.IntEnum):
@@ -80,14 +99,17 @@ class PacketLimits:
     """Limits the decoder enforces on what a peer sends.
 
     @ivar max_attachments: binary attachments one packet may announce.
-    @ivar max_ack_id_digits: digits an ack id may have.
+    @ivar max_ack_id_digits: digits an ack id may have; whatever it says, an
+        id above L{MAX_ACK_ID} is refused.
     @ivar max_packet_bytes: bytes of one packet: its text header plus all of
         its attachments.
+    @ivar max_auth_bytes: bytes of a CONNECT packet's payload.
     """
 
     max_attachments: int = 10
-    max_ack_id_digits: int = 15
+    max_ack_id_digits: int = 16
     max_packet_bytes: int = 1_000_000
+    max_auth_bytes: int = 4096
 
 
 class Packet(tuple):
@@ -218,12 +240,17 @@ def encode(packet: Packet) -> list[Message]:
     return messages
 
 
-def _payload_valid(packet_type: PacketType, payload: Any) -> bool:
-    """The payload rules of socket.io-protocol v5 for each packet type."""
+def _payload_valid(packet_type: PacketType, payload: Any, present: bool) -> bool:
+    """The payload rules of socket.io-protocol v5 for each packet type, as
+    socket.io-parser applies them.
+
+    @param present: whether the packet had a payload at all (JSON C{null}
+        is a payload, and not an object).
+    """
     if packet_type is PacketType.CONNECT:
-        return payload is None or isinstance(payload, dict)
+        return not present or isinstance(payload, dict)
     if packet_type is PacketType.DISCONNECT:
-        return payload is None
+        return not present
     if packet_type is PacketType.CONNECT_ERROR:
         return isinstance(payload, (dict, str))
     if packet_type in (PacketType.EVENT, PacketType.BINARY_EVENT):
@@ -252,6 +279,7 @@ def decode(text: str, limits: PacketLimits) -> Packet:
     A BINARY_EVENT or BINARY_ACK comes back with C{attachments} set and its
     placeholders still in C{data}; L{BinaryReassembler} completes it.
 
+    @raise AuthTooLarge: a CONNECT payload over C{max_auth_bytes}.
     @raise SocketIOProtocolError: unknown type, bad attachment count, bad ack
         id, invalid JSON, a payload the type does not allow, a reserved event
         name, or a limit exceeded.
@@ -304,8 +332,17 @@ def decode(text: str, limits: PacketLimits) -> Packet:
             raise SocketIOProtocolError("ack id longer than max_ack_id_digits")
     if i > start:
         ack_id = int(text[start:i])
+        if ack_id > MAX_ACK_ID:
+            raise SocketIOProtocolError("ack id above 2^53-1")
+    if (
+        packet_type is PacketType.CONNECT
+        and length - i > 0
+        and _utf8_length_exceeds(text[i:], limits.max_auth_bytes)
+    ):
+        raise AuthTooLarge(namespace)
     payload: Any = None
-    if i < length:
+    present = i < length
+    if present:
         try:
             payload = orjson.loads(text[i:])
         except orjson.JSONDecodeError:
@@ -319,7 +356,7 @@ def decode(text: str, limits: PacketLimits) -> Packet:
         raise SocketIOProtocolError("ack id on a packet type that has none")
     if packet_type in (PacketType.ACK, PacketType.BINARY_ACK) and ack_id is None:
         raise SocketIOProtocolError("acknowledgement without an ack id")
-    if not _payload_valid(packet_type, payload):
+    if not _payload_valid(packet_type, payload, present):
         raise SocketIOProtocolError("invalid payload for packet type")
     if packet_type in (PacketType.EVENT, PacketType.BINARY_EVENT):
         if payload[0] in RESERVED_EVENTS:

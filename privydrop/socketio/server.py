@@ -26,6 +26,23 @@ with C{skipMiddlewares}). When that socket still has a connection (the
 server has not noticed its loss yet), the old connection is closed and the
 socket goes on over the new one. A C{pid} whose offset is not found ends its
 socket at once: its client is back, under a new socket.
+
+The one exception is a CONNECT whose payload (C{auth}) passes
+C{max_auth_bytes}: it is answered with CONNECT_ERROR C{{message: "auth payload
+too large"}} for its namespace, without the payload being parsed, and the
+connection stays open. socket.io-client then reports C{connect_error} and
+leaves that socket disconnected, where a closed connection would make it
+reconnect, and send the same payload, again and again. (The reference server
+has no such cap: a CONNECT is bounded only by C{maxHttpBufferSize}, past which
+the transport is closed.) The payload goes to the connect handlers and is not
+kept afterwards (L{SocketHandshake} has no C{auth}); a few KiB leave room for
+what connection-state recovery puts there (C{{pid, offset}}).
+
+Namespace state, as the reference server's C{Client}: a client may send
+CONNECT for a namespace it has no socket in (none connected, none being
+accepted), and anything but CONNECT for one it is connected to. Any other
+packet (an event or ack before CONNECT or after the client's DISCONNECT, a
+second CONNECT) closes the Engine.IO connection.
 """
 
 from __future__ import annotations
@@ -33,20 +50,22 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
 from privydrop.engineio.interface import CloseKind, EngineConnection, EngineSid, Message
 from privydrop.logs import levels as loglevels
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.acks import PendingAcks
 from privydrop.socketio.adapter import Adapter, LocalAdapter
-from privydrop.socketio.client import Client
+from privydrop.socketio.client import CLOSE_FORCED, Client
 from privydrop.socketio.ids import SocketId, new_socket_id
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.packets import (
     MAIN_NAMESPACE,
+    AuthTooLarge,
     Packet,
     PacketLimits,
     PacketType,
@@ -73,6 +92,17 @@ MAX_OFFSET_LENGTH = 64
 
 #: Engine.IO ends that leave sockets recoverable.
 _RECOVERABLE = frozenset({CloseKind.LOST, CloseKind.SHUTDOWN})
+#: The CONNECT_ERROR message for a CONNECT to a namespace nobody registered.
+INVALID_NAMESPACE = "Invalid namespace"
+#: The CONNECT_ERROR message for a CONNECT payload over max_auth_bytes.
+AUTH_TOO_LARGE = "auth payload too large"
+#: Engine.IO close reason when a packet does not fit its namespace's state
+#: (the reference server's, which closes with C{"forced server close"}).
+CLOSE_INVALID_STATE = CLOSE_FORCED
+
+
+class InvalidState(SocketIOProtocolError):
+    """A well-formed packet that the state of its namespace does not allow."""
 
 
 class SocketIOServer:
@@ -98,6 +128,7 @@ class SocketIOServer:
             max_attachments=settings.max_attachments,
             max_ack_id_digits=settings.max_ack_id_digits,
             max_packet_bytes=settings.max_packet_bytes,
+            max_auth_bytes=settings.max_auth_bytes,
         )
         self._adapter: Adapter = adapter if adapter is not None else LocalAdapter()
         self._adapter.attach(self)
@@ -121,6 +152,12 @@ class SocketIOServer:
     def adapter(self) -> Adapter:
         return self._adapter
 
+    @property
+    def warnings(self) -> WarningThrottle:
+        """The throttle of every log line about this server's clients; counts
+        the rejections among them by cause."""
+        return self._warnings
+
     def of(self, name: str) -> Namespace:
         """The namespace called C{name}, registered on first use.
 
@@ -130,7 +167,9 @@ class SocketIOServer:
             raise ValueError("namespace names start with '/'")
         namespace = self._namespaces.get(name)
         if namespace is None:
-            namespace = self._namespaces[name] = Namespace(name, self._adapter, self._recovery)
+            namespace = self._namespaces[name] = Namespace(
+                name, self._adapter, self._warnings, self._recovery
+            )
         return namespace
 
     def connection_count(self) -> int:
@@ -187,6 +226,8 @@ class SocketIOServer:
             packet = client.reassembler.feed(message)
             if packet is not None:
                 self._on_packet(client, packet)
+        except AuthTooLarge as e:
+            self._refuse_auth(client, e.namespace)
         except SocketIOProtocolError as e:
             self._warnings.warn(
                 _log,
@@ -195,7 +236,9 @@ class SocketIOServer:
                 engine_sid=connection.sid,
                 error=str(e),
             )
-            self._close_client(client, CLOSE_PARSE_ERROR)
+            self._close_client(
+                client, CLOSE_INVALID_STATE if isinstance(e, InvalidState) else CLOSE_PARSE_ERROR
+            )
         except Exception:
             _log.failure("error handling a packet from {engine_sid}", engine_sid=connection.sid)
             self._close_client(client, CLOSE_PARSE_ERROR)
@@ -221,7 +264,9 @@ class SocketIOServer:
         client.connect_timer = None
         if client.closed or client.sockets:
             return
-        _log.info(
+        self._warnings.info(
+            _log,
+            "connect-timeout",
             "closing client {engine_sid}: no namespace joined within {timeout_ms} ms",
             engine_sid=client.connection.sid,
             timeout_ms=self._settings.connect_timeout_ms,
@@ -230,20 +275,19 @@ class SocketIOServer:
 
     def _on_packet(self, client: Client, packet: Packet) -> None:
         packet_type = packet.type
+        name = packet.namespace
         if packet_type is PacketType.CONNECT:
+            if name in client.sockets or name in client.connecting:
+                raise InvalidState("CONNECT to a namespace already connected")
             self._connect(client, packet)
             return
         if packet_type is PacketType.CONNECT_ERROR:
             raise SocketIOProtocolError("CONNECT_ERROR sent by a client")
-        socket = client.sockets.get(packet.namespace)
+        socket = client.sockets.get(name)
         if socket is None:
-            # As the reference server does: packets for a namespace the client
-            # is not connected to are ignored.
-            _log.debug(
-                "ignoring packet for unconnected namespace {namespace}",
-                namespace=packet.namespace,
-            )
-            return
+            # Before CONNECT, while connect handlers run, or after a
+            # DISCONNECT: the reference server closes the connection too.
+            raise InvalidState("packet for a namespace not connected")
         if packet_type is PacketType.EVENT or packet_type is PacketType.BINARY_EVENT:
             socket._on_event(packet)
         elif packet_type is PacketType.ACK or packet_type is PacketType.BINARY_ACK:
@@ -251,18 +295,32 @@ class SocketIOServer:
         else:  # DISCONNECT
             socket._on_close("client namespace disconnect")
 
+    def _refuse_auth(self, client: Client, name: str) -> None:
+        """Answer a CONNECT whose payload is over C{max_auth_bytes}."""
+        if name not in self._namespaces:
+            # The answer to any CONNECT of an unknown namespace.
+            message = INVALID_NAMESPACE
+        else:
+            message = AUTH_TOO_LARGE
+            self._warnings.warn(
+                _log,
+                "max_auth_bytes",
+                "refused a CONNECT of client {engine_sid} to {namespace}: {limit} exceeded",
+                engine_sid=client.connection.sid,
+                namespace=name,
+                limit="max_auth_bytes",
+            )
+        client.send(encode(Packet(PacketType.CONNECT_ERROR, name, {"message": message})))
+
     def _connect(self, client: Client, packet: Packet) -> None:
         name = packet.namespace
         namespace = self._namespaces.get(name)
         if namespace is None:
             client.send(
                 encode(
-                    Packet(PacketType.CONNECT_ERROR, name, {"message": "Invalid namespace"})
+                    Packet(PacketType.CONNECT_ERROR, name, {"message": INVALID_NAMESPACE})
                 )
             )
-            return
-        if name in client.sockets or name in client.connecting:
-            _log.debug("ignoring repeated CONNECT to {namespace}", namespace=name)
             return
         auth: Mapping[str, Any] = packet.data if packet.data is not None else {}
         engine = client.connection.handshake
@@ -270,7 +328,6 @@ class SocketIOServer:
             headers=engine.headers,
             address=engine.remote_address,
             query=engine.query,
-            auth=auth,
             issued_ms=int(self._clock.seconds() * 1000),
             url=engine.url,
             secure=engine.secure,
@@ -375,7 +432,10 @@ class SocketIOServer:
         # building these events is a measurable share of a join's CPU
         # (docs/performance.md).
         if loglevels.debug:
-            _log.debug(
+            self._warnings.lifecycle(
+                LogLevel.debug,
+                _log,
+                "connected",
                 "socket {sid} joined namespace {namespace}",
                 sid=socket.id,
                 namespace=name,

@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import attrs
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
+from twisted.logger import LogLevel
 
 from privydrop.logs import levels as loglevels
+from privydrop.logs.levels import Logger
 from privydrop.socketio.acks import PendingAcks
 from privydrop.socketio.errors import (
     AckTimeout,
@@ -56,10 +57,12 @@ _log = Logger()
 class SocketHandshake:
     """What a socket's client said when it connected.
 
+    The CONNECT packet's payload (C{auth}) is not here: it is handed to the
+    namespace's connect handlers and not kept for the socket's life.
+
     @ivar headers: request headers of the Engine.IO handshake, lower-cased.
     @ivar address: the client's address as Engine.IO saw it.
     @ivar query: query parameters of the Engine.IO handshake.
-    @ivar auth: the CONNECT packet's payload (C{{}} when there was none).
     @ivar issued_ms: when the socket was created, ms since the epoch.
     @ivar url: path and query of the Engine.IO handshake request.
     @ivar secure: whether the handshake came over TLS.
@@ -68,7 +71,6 @@ class SocketHandshake:
     headers: Mapping[str, str]
     address: str
     query: Mapping[str, str]
-    auth: Mapping[str, Any]
     issued_ms: int
     url: str
     secure: bool
@@ -453,8 +455,12 @@ class Socket:
 
     def _on_ack(self, packet: Packet) -> None:
         if packet.ack_id is None or not self._acks.resolve(packet.ack_id, packet.data):
-            _log.debug(
-                "unexpected ack {ack_id} on socket {sid}", ack_id=packet.ack_id, sid=self.id
+            self.namespace.warnings.debug(
+                _log,
+                "unexpected-ack",
+                "unexpected ack {ack_id} on socket {sid}",
+                ack_id=packet.ack_id,
+                sid=self.id,
             )
 
     def _on_close(self, reason: str) -> None:
@@ -487,7 +493,10 @@ class Socket:
         # building these events is a measurable share of a join's CPU
         # (docs/performance.md).
         if loglevels.debug:
-            _log.debug(
+            self.namespace.warnings.lifecycle(
+                LogLevel.debug,
+                _log,
+                "disconnected",
                 "socket {sid} left namespace {namespace}: {reason}",
                 sid=self.id,
                 namespace=self.namespace.name,

@@ -84,6 +84,18 @@ class RateResult:
 
 
 @attrs.frozen
+class CallCounts:
+    """A client's calls of one budget, by every process, after a count.
+
+    @ivar current: calls in the window counted into, this count included.
+    @ivar previous: calls in the window before it.
+    """
+
+    current: int
+    previous: int
+
+
+@attrs.frozen
 class JoinResult:
     outcome: JoinOutcome
     #: The room the socket is bound to, for OTHER_ROOM (and JOINED/REJOINED).
@@ -159,6 +171,16 @@ class IStore(Interface):
 
     async def record_attempt(rate: RateWindow, now_ms: int) -> RateResult:
         """Record one attempt in a sliding window (without joining anything)."""
+
+    async def count_calls(
+        budget: str, client_key: str, window_s: int, window_index: int, calls: int, ttl_s: int
+    ) -> CallCounts:
+        """Add C{calls} to C{ratelimit:<budget>:<window_s>:<window_index>:<client>}.
+
+        The key gets C{ttl_s} when this call creates it.
+
+        @return: that window's total and the previous window's.
+        """
 
     async def track_referrer(
         day: str, ref: str, ttl_s: int, max_referrers: int

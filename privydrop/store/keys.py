@@ -17,10 +17,19 @@ C{room:<id>:sockets} (set)
 C{socket:<sid>} (string)
     The room id the socket is bound to. TTL: room TTL + 1 h, set on binding.
 
-C{ratelimit:join:<ip>} (sorted set)
+C{ratelimit:join:<client>} (sorted set)
     One member per join attempt (C{<now_ms>-<random>}), scored by the
     attempt's time in milliseconds. Members older than the window are pruned
-    on each attempt. TTL: the window's length.
+    on each attempt. TTL: the window's length. C{<client>} is the client's
+    rate-limit key (L{privydrop.web.clientip.rate_limit_key}): an IPv4
+    address, or an IPv6 network in CIDR text (C{ratelimit:join:2001:db8:1:2::/64}).
+
+C{ratelimit:<budget>:<window_s>:<index>:<client>} (string)
+    Not in the Node backend. How many calls of an API budget (C{api},
+    C{logs_debug}) one client made, by every process together, in the fixed
+    window number C{<index>} (seconds since the epoch divided by
+    C{<window_s>}). TTL: two windows and a second, so it can still be read
+    as the previous window.
 
 C{referrers:daily:<YYYY-MM-DD>} (hash)
     Referrer name -> count of C{/api/set_track} calls that UTC day. TTL:
@@ -37,7 +46,8 @@ import unicodedata
 ROOM_PREFIX = "room:"
 SOCKETS_SUFFIX = ":sockets"
 SOCKET_PREFIX = "socket:"
-JOIN_RATE_PREFIX = "ratelimit:join:"
+RATE_LIMIT_PREFIX = "ratelimit:"
+JOIN_RATE_PREFIX = RATE_LIMIT_PREFIX + "join:"
 REFERRERS_PREFIX = "referrers:daily:"
 
 #: The hash field that marks a room as existing.
@@ -62,6 +72,12 @@ def socket(socket_id: str) -> str:
 def join_rate(key_suffix: str) -> str:
     """The join rate window of one client, C{ratelimit:join:<ip>}."""
     return JOIN_RATE_PREFIX + key_suffix
+
+
+def call_count(budget: str, window_s: int, window_index: int, client_key: str) -> str:
+    """One client's calls of a budget in one window,
+    C{ratelimit:<budget>:<window_s>:<index>:<client>}."""
+    return "%s%s:%d:%d:%s" % (RATE_LIMIT_PREFIX, budget, window_s, window_index, client_key)
 
 
 def referrers(day: str) -> str:

@@ -22,11 +22,12 @@ import math
 from collections.abc import Sequence
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from privydrop.logs.levels import Logger
 from privydrop.store import keys
 from privydrop.store.interface import (
+    CallCounts,
     IStore,
     JoinOutcome,
     JoinResult,
@@ -243,6 +244,26 @@ class MemoryStore:
     async def record_attempt(self, rate: RateWindow, now_ms: int) -> RateResult:
         """Record one attempt in a sliding window. See L{IStore.record_attempt}."""
         return self._record_attempt(rate, now_ms)
+
+    async def count_calls(
+        self,
+        budget: str,
+        client_key: str,
+        window_s: int,
+        window_index: int,
+        calls: int,
+        ttl_s: int,
+    ) -> CallCounts:
+        """Count a client's calls of a budget. See L{IStore.count_calls}."""
+        key = keys.call_count(budget, window_s, window_index, client_key)
+        value = self._get_string(key)
+        current = calls + (0 if value is None else int(value))
+        if value is None:
+            self._set_string(key, str(current), ttl_s)
+        else:
+            self._strings[key] = str(current)
+        previous = self._get_string(keys.call_count(budget, window_s, window_index - 1, client_key))
+        return CallCounts(current=current, previous=0 if previous is None else int(previous))
 
     async def track_referrer(
         self, day: str, ref: str, ttl_s: int, max_referrers: int

@@ -12,7 +12,8 @@ C{privydrop:<node>:store}), pipelining and the deadline of each command
 (L{privydrop.redis.pool}); this module turns the client's failures into
 L{StoreUnavailable} with a message naming the server and the reason
 ("authentication failed (...)", "no answer in time", ...), which the API
-answers with 503.
+answers with 503. Every command's outcome is also told to L{RedisStore.health}
+(L{privydrop.store.health}), which C{GET /health} reads.
 
 This module knows the key schema and nothing of PrivyDrop's policies, HTTP or
 Socket.IO.
@@ -27,9 +28,9 @@ from typing import Any
 
 import attrs
 import txredisapi
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from privydrop.logs.levels import Logger
 from privydrop.redis.errors import (
     ClientClosed,
     ConnectionLost,
@@ -40,7 +41,9 @@ from privydrop.redis.handshake import client_name, is_auth_error
 from privydrop.redis.pool import ConnectionPool
 from privydrop.settings import RedisSettings
 from privydrop.store import keys
+from privydrop.store.health import StoreHealth
 from privydrop.store.interface import (
+    CallCounts,
     IStore,
     JoinOutcome,
     JoinResult,
@@ -77,7 +80,9 @@ JOIN_ROOM = Script.load("join_room", "rate_window")
 LEAVE_ROOM = Script.load("leave_room")
 RECORD_ATTEMPT = Script.load("record_attempt", "rate_window")
 TRACK_REFERRER = Script.load("track_referrer")
+COUNT_CALLS = Script.load("count_calls")
 ALL_SCRIPTS = (
+    COUNT_CALLS,
     CREATE_ROOM,
     CREATE_FIRST_FREE_ROOM,
     JOIN_ROOM,
@@ -116,6 +121,8 @@ class RedisStore:
         """
         self._settings = settings
         self._reactor = reactor
+        #: The outcome of every command, for C{GET /health}.
+        self.health = StoreHealth(reactor, settings.command_timeout)
         self._pool = ConnectionPool(
             settings,
             reactor,
@@ -162,16 +169,20 @@ class RedisStore:
         for script in ALL_SCRIPTS:
             await self._command(("SCRIPT", "LOAD", script.source), deadline)
         _log.info(
-            "connected to redis {host}:{port} db {db}",
-            host=self._settings.host,
-            port=self._settings.port,
+            "connected to redis {address} db {db}",
+            address=self._pool.address,
             db=self._settings.db,
         )
 
     # -- the bounded command path ---------------------------------------------
 
-    def _unavailable(self, why: str) -> StoreUnavailable:
-        return StoreUnavailable(f"{self._where()}: {why}")
+    def _unavailable(self, why: str, started: float | None = None) -> StoreUnavailable:
+        """The failure to raise; with C{started}, one of a command begun then,
+        recorded as such in L{health}."""
+        error = StoreUnavailable(f"{self._where()}: {why}")
+        if started is not None:
+            self.health.failed(started, str(error))
+        return error
 
     async def _command(self, args: Sequence[Any], deadline: float | None = None) -> Any:
         """Send one command on the pool, before the deadline.
@@ -184,28 +195,36 @@ class RedisStore:
             with C{EVAL}).
         @raise StoreError: an argument cannot be encoded.
         """
+        started = self._reactor.seconds()
         try:
-            return await self._pool.execute(args, deadline)
+            reply = await self._pool.execute(args, deadline)
         except ReplyTimeout:
             raise self._unavailable(
-                f"no answer in time (command timeout {self._pool.command_timeout}s)"
+                f"no answer in time (command timeout {self._pool.command_timeout}s)", started
             ) from None
         except txredisapi.ResponseError as e:
             message = str(e)
             if message.startswith("NOSCRIPT"):
+                # An answer: Redis works, it only lost its script cache.
+                self.health.succeeded(started)
                 raise
             if is_auth_error(message):
-                raise self._unavailable(f"authentication failed ({message})") from None
-            raise self._unavailable(f"error reply ({message})") from None
+                raise self._unavailable(
+                    f"authentication failed ({message})", started
+                ) from None
+            # -LOADING, -READONLY, -OOM, -MISCONF...: Redis cannot serve us.
+            raise self._unavailable(f"error reply ({message})", started) from None
         except ClientClosed:
             raise self._unavailable("the store is closed") from None
         except NotConnected as e:
             # HandshakeRefused included: its message says what was refused.
-            raise self._unavailable(str(e)) from None
+            raise self._unavailable(str(e), started) from None
         except ConnectionLost as e:
-            raise self._unavailable(f"connection lost ({e})") from None
+            raise self._unavailable(f"connection lost ({e})", started) from None
         except txredisapi.InvalidData as e:
             raise StoreError(f"cannot encode a command argument: {e}") from None
+        self.health.succeeded(started)
+        return reply
 
     async def _script(
         self, script: Script, script_keys: Sequence[str], args: Sequence[Any]
@@ -336,6 +355,26 @@ class RedisStore:
             (rate.member, now_ms, rate.window_ms, rate.ttl_s),
         )
         return RateResult(count=int(count), oldest_ms=int(oldest))
+
+    async def count_calls(
+        self,
+        budget: str,
+        client_key: str,
+        window_s: int,
+        window_index: int,
+        calls: int,
+        ttl_s: int,
+    ) -> CallCounts:
+        """Count a client's calls of a budget. One round trip (script)."""
+        current, previous = await self._script(
+            COUNT_CALLS,
+            (
+                keys.call_count(budget, window_s, window_index, client_key),
+                keys.call_count(budget, window_s, window_index - 1, client_key),
+            ),
+            (calls, ttl_s),
+        )
+        return CallCounts(current=int(current), previous=int(previous))
 
     async def track_referrer(
         self, day: str, ref: str, ttl_s: int, max_referrers: int

@@ -2,9 +2,11 @@
 
 With Redis settings, L{StoreService} builds a L{RedisStore} (connections open
 on C{startService}; production start-up calls L{verify_store} first so an
-unreachable Redis stops the process before it listens). Without them it
-builds a L{MemoryStore} and sweeps its expired keys on a timer that logs
-failures and keeps running.
+unreachable Redis stops the process before it listens), and pings it when it
+has been idle for L{health_ping_interval} so that its health
+(L{StoreService.health}, read by C{GET /health}) stays current without
+traffic. Without them it builds a L{MemoryStore} and sweeps its expired keys
+on a timer that logs failures and keeps running.
 
 The store object exists from construction on, so other components can be
 wired to C{service.store} before anything starts.
@@ -16,9 +18,10 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet import defer, task
-from twisted.logger import Logger
 
+from privydrop.logs.levels import Logger
 from privydrop.settings import Settings
+from privydrop.store.health import StoreHealth
 from privydrop.store.interface import IStore, StoreUnavailable
 from privydrop.store.memory import MemoryStore
 from privydrop.store.redis import RedisStore
@@ -27,6 +30,21 @@ _log = Logger()
 
 #: Seconds between two sweeps of the memory store's expired keys.
 DEFAULT_SWEEP_INTERVAL_S = 60.0
+
+#: The shortest time between two health pings (with a very short command
+#: timeout, at most one a second).
+MIN_HEALTH_PING_INTERVAL_S = 1.0
+
+
+def health_ping_interval(command_timeout: float) -> float:
+    """Seconds without any store operation after which the store is pinged.
+
+    The command timeout: the health answer then changes within about twice
+    the timeout of the store going bad or coming back, even on an idle
+    process, for one PING every two seconds (by default) while idle, and
+    none while the store is busy with real operations.
+    """
+    return max(command_timeout, MIN_HEALTH_PING_INTERVAL_S)
 
 
 class StoreService(Service):
@@ -55,13 +73,20 @@ class StoreService(Service):
         self._reactor = reactor
         self._sweep_interval_s = sweep_interval_s
         self._sweeper: task.LoopingCall | None = None
+        self._pinger: task.LoopingCall | None = None
         self._memory: MemoryStore | None = None
         self.store: IStore
+        #: What the store's operations say of it (None: the memory store,
+        #: always usable).
+        self.health: StoreHealth | None = None
         if settings.redis is None:
             self._memory = MemoryStore(reactor)
             self.store = self._memory
         else:
-            self.store = RedisStore.from_settings(settings.redis, reactor, node_id=node_id)
+            redis_store = RedisStore.from_settings(settings.redis, reactor, node_id=node_id)
+            self.store = redis_store
+            self.health = redis_store.health
+            self._ping_interval_s = health_ping_interval(settings.redis.command_timeout)
 
     def startService(self) -> None:
         super().startService()
@@ -77,6 +102,27 @@ class StoreService(Service):
             defer.Deferred.fromCoroutine(self.store.connect()).addErrback(
                 self._connect_failed
             )
+            pinger = self._pinger = task.LoopingCall(self._ping_if_idle)
+            pinger.clock = self._reactor
+            pinger.start(self._ping_interval_s, now=False).addErrback(
+                lambda failure: _log.failure("store health pinger stopped", failure=failure)
+            )
+
+    def _ping_if_idle(self) -> defer.Deferred[None] | None:
+        """PING the store unless some operation ended recently (its outcome
+        is in the health already). Failures are recorded there, not raised."""
+        health = self.health
+        if health is None or health.idle_for() < self._ping_interval_s:
+            return None
+        return defer.Deferred.fromCoroutine(self._ping())
+
+    async def _ping(self) -> None:
+        try:
+            await self.store.ping()
+        except StoreUnavailable:
+            pass
+        except Exception:  # noqa: BLE001 - a timer callback is an error boundary
+            _log.failure("store health ping failed")
 
     def _connect_failed(self, failure: Any) -> None:
         # Development keeps running and retries on each command; production
@@ -100,6 +146,9 @@ class StoreService(Service):
         if self._sweeper is not None and self._sweeper.running:
             self._sweeper.stop()
         self._sweeper = None
+        if self._pinger is not None and self._pinger.running:
+            self._pinger.stop()
+        self._pinger = None
         return defer.Deferred.fromCoroutine(self.store.close())
 
 

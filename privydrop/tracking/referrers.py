@@ -21,8 +21,9 @@ import math
 import re
 
 from twisted.internet.interfaces import IReactorTime
-from twisted.logger import Logger
 
+from privydrop.logs.levels import Logger
+from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import TrackingSettings
 from privydrop.store import keys
 from privydrop.store.interface import IStore
@@ -125,6 +126,7 @@ class ReferrerTracker:
         self._store = store
         self._settings = settings
         self._clock = clock
+        self._warnings = WarningThrottle(clock)
 
     async def track(self, ref: object, timestamp: object) -> bool:
         """Count one referral on the server's UTC day. One store round trip.
@@ -145,7 +147,9 @@ class ReferrerTracker:
             day, valid_ref, settings.ttl_s, settings.max_referrers_per_day
         )
         if not counted:
-            _log.warn(
+            self._warnings.warn(
+                _log,
+                "day-full",
                 "referrer not counted: {day} already has {limit} distinct referrers",
                 day=day,
                 limit=settings.max_referrers_per_day,

@@ -1,4 +1,4 @@
-"""Which address a request comes from.
+"""Which address a request comes from, and which client that address counts as.
 
 The rule: the direct peer's address, unless the direct peer is a trusted
 proxy (C{TRUSTED_PROXIES}); then the right-most X-Forwarded-For address that is
@@ -6,8 +6,21 @@ not itself a trusted proxy. A proxy such as nginx I{appends} the address it
 saw to whatever X-Forwarded-For the client sent, so everything left of the
 addresses our own proxies wrote is the client's own, forgeable, claim.
 
-Pure functions over strings: the REST API and signaling's join rate limit both
-use it, and neither this module nor its callers' tests need a socket.
+The peer of a connection to a UNIX socket listener (C{--listen unix:...},
+nginx on the same host) is always a trusted proxy: only a local process with
+access to the socket file can be that peer. L{peer_address} names such a peer
+L{UNIX_PEER}; without X-Forwarded-For, all its requests are that one client.
+
+Every per-client limit (the join window, the API budgets, Engine.IO's
+handshake and session caps) counts per L{rate_limit_key} of the client's
+address: an IPv4 address (IPv4-mapped IPv6 included) is its own key; an IPv6
+address counts as its network of C{RATE_LIMIT_IPV6_PREFIX} bits (64 by
+default), written in CIDR text (C{2001:db8:1:2::/64}), since an IPv6 user
+can pick any address of a /64 and would otherwise escape every limit. The key
+is what the Redis keys of the limits end with (C{ratelimit:join:<key>}).
+
+Pure functions over strings: the REST API, Engine.IO and signaling all use
+it, and neither this module nor its callers' tests need a socket.
 """
 
 from __future__ import annotations
@@ -16,8 +29,30 @@ import functools
 import ipaddress
 from typing import Iterable, Sequence, Union
 
+from twisted.internet.address import UNIXAddress
+
 _Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 _Address = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+
+
+#: The peer of a connection that came in on a UNIX socket: a local proxy.
+UNIX_PEER = "unix"
+
+#: The IPv6 prefix length taken as one client unless told otherwise.
+DEFAULT_IPV6_PREFIX = 64
+
+
+def peer_address(address: object) -> str:
+    """The text L{client_ip} takes as the direct peer of a connection.
+
+    @param address: the connection's peer (C{IAddress}): C{IPv4Address} and
+        C{IPv6Address} give their host; a C{UNIXAddress} gives L{UNIX_PEER}
+        (its name is the socket file's, or none at all, never the client's).
+    """
+    if isinstance(address, UNIXAddress):
+        return UNIX_PEER
+    host = getattr(address, "host", None)
+    return host if isinstance(host, str) else ""
 
 
 class TrustedProxies:
@@ -96,7 +131,8 @@ def client_ip(
 ) -> str:
     """The client's address under the rule in the module docstring.
 
-    @param peer: the direct peer's address (the TCP connection's host).
+    @param peer: the direct peer's address (L{peer_address}); L{UNIX_PEER}
+        is trusted whatever C{trusted} holds.
     @param forwarded_for: every X-Forwarded-For header value, in the order
         received (each may be a comma-separated list).
     @param trusted: the trusted proxies.
@@ -107,7 +143,7 @@ def client_ip(
         attributed to a proxy we trust.
     """
     peer_normal = normalize(peer) or peer
-    if peer_normal not in trusted:
+    if peer_normal != UNIX_PEER and peer_normal not in trusted:
         return peer_normal
     chain = [item for value in forwarded_for for item in value.split(",")]
     client = peer_normal
@@ -119,3 +155,24 @@ def client_ip(
         if address not in trusted:
             break
     return client
+
+
+@functools.lru_cache(maxsize=4096)
+def rate_limit_key(address: str, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> str:
+    """The client an address counts as for every per-client limit.
+
+    @param address: a client address (as L{client_ip} gives it).
+    @param ipv6_prefix: how many leading bits of an IPv6 address name one
+        client (C{RATE_LIMIT_IPV6_PREFIX}, 48 to 128).
+    @return: an IPv4 address (IPv4-mapped IPv6 too) as itself; an IPv6
+        address as its network in CIDR text (C{2001:db8:1:2::/64}), or as
+        itself with a prefix of 128; anything that is not an address
+        (L{UNIX_PEER}) unchanged.
+    """
+    parsed = _parse(address)
+    if parsed is None:
+        return address
+    if parsed.version == 4 or ipv6_prefix >= 128:
+        return str(parsed)
+    network = ipaddress.IPv6Network((int(parsed), ipv6_prefix), strict=False)
+    return str(network)

@@ -10,19 +10,29 @@ resource. It also hardens C{twisted.web} for a public port:
    few seconds would hold a connection for ever);
  - a body cap per path (the API's C{max_body_bytes}, Engine.IO's
    C{max_payload} under its path): a request whose declared
-   C{Content-Length} or received bytes pass it gets a 413 JSON answer and the
-   connection is closed, without the body being read on; bodies are kept in
-   memory and never spooled to a temporary file as C{twisted.web} does by
-   default for large ones;
+   C{Content-Length} or received bytes pass it gets a 413 JSON answer, and
+   the connection is closed lingeringly (L{HardenedChannel.refuse_too_large}):
+   what the client still sends is read and thrown away, within bounds, so
+   that it gets to read the answer; bodies are kept in memory and never
+   spooled to a temporary file as C{twisted.web} does by default for large
+   ones;
  - a client that sends requests but does not read the answers (HTTP
    pipelining) has its connection dropped once the answers waiting to be
    sent pass C{engine.max_outbound_buffer} bytes: C{twisted.web} stops
    reading such a client only between requests, so pipelined requests would
    otherwise queue answers in memory without end;
+ - the Engine.IO resource is told of each request head under its path
+   (L{IRequestHeadObserver}), for its rules on requests whose bodies are
+   still arriving;
  - form bodies are not parsed into C{request.args} (nothing here takes
    forms; L{privydrop.compat.twisted.site_options});
  - no C{Server: TwistedWeb/<version>} header;
- - the access log holds client addresses only when C{LOG_CLIENT_IPS} says so.
+ - the log holds client addresses only when C{LOG_CLIENT_IPS} says so, never
+   an Engine.IO C{sid} (URIs are redacted), and its lines about clients are
+   throttled per cause (Twisted's own "Timing out client: <address>" and
+   "HEAD request <request>" lines are replaced by ours).
+ - every finished API request (any path but Engine.IO's) can be counted
+   (C{count_api_request}, the metrics' request counter).
 
 This module knows the two resources it routes to only as C{IResource}s.
 """
@@ -30,22 +40,26 @@ This module knows the two resources it routes to only as C{IResource}s.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
-from twisted.logger import Logger
 from twisted.web import http, server
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
+from zope.interface import Interface
 
 from privydrop.compat.twisted import (
     hooks_missing,
     outbound_buffer_size,
     request_head,
+    request_method,
     site_options,
 )
 from privydrop.logs import levels as loglevels
+from privydrop.logs.client_text import redact_uri
+from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import Settings
 from privydrop.web.cors import api_headers
@@ -54,6 +68,33 @@ _log = Logger()
 
 #: The one 413 answer, in the API's error shape.
 _TOO_LARGE_BODY = orjson.dumps({"error": "Request body is too large"})
+
+#: Bytes of a refused body read and thrown away after its 413, so that the
+#: client, which reads the answer only once it has sent everything, gets it
+#: (closing a connection with unread bytes makes the kernel reset it, and
+#: the reset destroys the answer). Honest clients that pass the cap do so
+#: with a file or a paste of a few megabytes; beyond this the bandwidth is
+#: not worth the answer and the connection is closed. The time allowed is
+#: C{HTTP_BODY_TIMEOUT}, what any body gets.
+LINGER_MAX_BYTES = 8 * 1024 * 1024
+
+
+class IRequestHeadObserver(Interface):
+    """A resource told of each of its requests when the head has arrived.
+
+    C{twisted.web} renders a request only once its whole body is read; a
+    resource whose rules concern requests still arriving (Engine.IO: one
+    active POST per session) learns of them here.
+    """
+
+    def head_received(request: IRequest, method: bytes, target: bytes) -> None:
+        """The head of C{request} arrived; its body, if any, has not been read.
+
+        @param request: the request (C{notifyFinish} fires when it is
+            answered, or fails when its connection is lost first).
+        @param method: the request method as sent.
+        @param target: the request-target as sent (path and query).
+        """
 
 
 class LimitedRequest(server.Request):
@@ -108,6 +149,22 @@ class LimitedRequest(server.Request):
             self.responseHeaders.removeHeader(b"server")
         super().write(data)
 
+    def render(self, resrc: IResource) -> None:
+        if self.method != b"HEAD":
+            super().render(resrc)
+            return
+        # Twisted answers a HEAD whose resource renders a body by logging
+        # "HEAD request <request> ... I think I'll eat it" at info, once per
+        # request and with the URI (an Engine.IO sid included). The answer is
+        # the same without that line: the headers, the length, no body. Our
+        # resources take HEAD themselves (never UnsupportedMethod).
+        body = resrc.render(self)
+        if body is server.NOT_DONE_YET:
+            return
+        self.setHeader(b"content-length", b"%d" % (len(body),))
+        self.write(b"")
+        self.finish()
+
 
 class HardenedChannel(http.HTTPChannel):
     """C{HTTPChannel} with header and body deadlines and an early 413.
@@ -122,6 +179,11 @@ class HardenedChannel(http.HTTPChannel):
     refused = False
     _head_deadline: IDelayedCall | None = None
     _body_deadline: IDelayedCall | None = None
+    #: Set while a refused request's connection is being drained (L{_linger}).
+    _linger_deadline: IDelayedCall | None = None
+    _linger_left = 0
+    #: The abort that follows an idle timeout's close (L{timeoutConnection}).
+    _idle_abort: IDelayedCall | None = None
     #: True while the next bytes belong to a request line or headers.
     _awaiting_head = True
     #: True from a request's complete body until its answer is finished:
@@ -137,6 +199,7 @@ class HardenedChannel(http.HTTPChannel):
 
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
+            self._drain(data)
             return
         if outbound_buffer_size(self.transport) > self.site.settings.engine.max_outbound_buffer:
             # Checked per read (and per pipelined request played back from
@@ -156,6 +219,7 @@ class HardenedChannel(http.HTTPChannel):
 
     def rawDataReceived(self, data: bytes) -> None:
         if self.refused:
+            self._drain(data)
             return
         super().rawDataReceived(data)
 
@@ -178,6 +242,8 @@ class HardenedChannel(http.HTTPChannel):
             self._body_deadline = self.callLater(
                 self.site.settings.http.body_timeout_s, self._deadline_passed, "body"
             )
+        if target is not None:
+            self.site.head_received(request, request_method(self), target)
 
     def allContentReceived(self) -> None:
         if self.refused:
@@ -223,17 +289,82 @@ class HardenedChannel(http.HTTPChannel):
             lines.append(name + b": " + value)
         if self.transport is not None:
             self.transport.write(b"\r\n".join(lines) + b"\r\n\r\n" + _TOO_LARGE_BODY)
+            self._linger()
+
+    def _linger(self) -> None:
+        """Close after the answer as nginx does (C{lingering_close}).
+
+        The client may still be sending the body it was refused, and reads
+        the answer only once it is done. Closing now would leave its bytes
+        unread, and the kernel answers that with a reset, which destroys the
+        413 in the client's receive buffer. So: stop writing (the answer,
+        then a FIN), read and discard up to L{LINGER_MAX_BYTES} for at most
+        C{HTTP_BODY_TIMEOUT}, and close once the client closes or a bound
+        is reached. A transport that cannot half-close (TLS) is closed at
+        once, as before.
+        """
+        transport = self.transport
+        half_close = getattr(transport, "loseWriteConnection", None)
+        if half_close is None:
             self.loseConnection()
+            return
+        self._linger_left = LINGER_MAX_BYTES
+        half_close()
+        # HTTPChannel may have paused reading while it handled a request.
+        transport.resumeProducing()
+        self._linger_deadline = self.callLater(
+            self.site.settings.http.body_timeout_s, self._linger_over
+        )
+
+    def _drain(self, data: bytes) -> None:
+        """Throw away what a refused client still sends, up to the bound."""
+        if self._linger_deadline is None:
+            return
+        self._linger_left -= len(data)
+        if self._linger_left < 0:
+            self._linger_over()
+
+    def _linger_over(self) -> None:
+        self._cancel("_linger_deadline")
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def timeoutConnection(self) -> None:
         if self.transport is None:
             # The connection was handed to a WebSocket protocol.
             return
-        super().timeoutConnection()
+        # Twisted's own version logs "Timing out client: <address>" at info
+        # for every such connection, whatever LOG_CLIENT_IPS says; this one
+        # does the same (close, and abort if that does not end it within
+        # abortTimeout), with a throttled line that names no address.
+        peer = self._peer_field()
+        self.site.warnings.info(
+            _log,
+            "idle-timeout",
+            "closing a connection idle for {timeout} s" + (" from {peer}" if peer else ""),
+            timeout=self.site.settings.http.idle_timeout_s,
+            **peer,
+        )
+        if self.abortTimeout is not None:
+            self._idle_abort = self.callLater(self.abortTimeout, self._abort_idle)
+        self.loseConnection()
+
+    def _peer_field(self) -> dict[str, str]:
+        """C{{"peer": address}} when LOG_CLIENT_IPS allows it, else nothing."""
+        if not self.site.settings.http.log_client_ips or self.transport is None:
+            return {}
+        return {"peer": str(getattr(self.transport.getPeer(), "host", ""))}
+
+    def _abort_idle(self) -> None:
+        self._idle_abort = None
+        if self.transport is not None:
+            self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self._cancel("_head_deadline")
         self._cancel("_body_deadline")
+        self._cancel("_linger_deadline")
+        self._cancel("_idle_abort")
         super().connectionLost(reason)
 
     def _start_head_deadline(self) -> None:
@@ -266,7 +397,20 @@ class PrivyDropSite(server.Site):
     protocol = HardenedChannel  # type: ignore[assignment]
     displayTracebacks = False
 
-    def __init__(self, resource: IResource, settings: Settings, reactor: IReactorTime) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        settings: Settings,
+        reactor: IReactorTime,
+        engine_heads: IRequestHeadObserver | None = None,
+        count_api_request: Callable[[Any], None] | None = None,
+    ) -> None:
+        """
+        @param engine_heads: told of every request head under the Engine.IO
+            path (L{IRequestHeadObserver}), when given.
+        @param count_api_request: called with every finished request to a
+            path other than Engine.IO's, when given.
+        """
         super().__init__(
             resource,
             requestFactory=LimitedRequest,
@@ -286,6 +430,8 @@ class PrivyDropSite(server.Site):
         self.warnings = WarningThrottle(reactor)
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
+        self._engine_heads = engine_heads
+        self._count_api_request = count_api_request
 
     def largest_body_limit(self) -> int:
         """The largest body accepted on any path."""
@@ -293,28 +439,51 @@ class PrivyDropSite(server.Site):
 
     def body_limit(self, uri: bytes) -> int:
         """The largest body accepted for a request URI (path and query)."""
-        path = uri.split(b"?", 1)[0]
-        if path == self._engine_bare or path.startswith(self._engine_path):
+        if self._under_engine_path(uri):
             return self.settings.engine.max_payload
         return self.settings.api.max_body_bytes
 
+    def head_received(self, request: IRequest, method: bytes | None, uri: bytes) -> None:
+        """Tell the Engine.IO resource of a request head under its path.
+
+        @param method: None where the channel could not tell it (then
+            nobody is told).
+        """
+        heads = self._engine_heads
+        if heads is not None and method is not None and self._under_engine_path(uri):
+            heads.head_received(request, method, uri)
+
+    def _under_engine_path(self, uri: bytes) -> bool:
+        return self._is_engine_path(uri.split(b"?", 1)[0])
+
+    def _is_engine_path(self, path: bytes) -> bool:
+        return path == self._engine_bare or path.startswith(self._engine_path)
+
     def log(self, request: Any) -> None:
+        # Called by twisted.web once per finished request.
+        if self._count_api_request is not None and not self._is_engine_path(request.path):
+            self._count_api_request(request)
         # Once per HTTP request (every long poll): skip building the event when
         # nothing records debug (docs/performance.md, "Joins 1/4").
         if not loglevels.debug:
             return
+        # One line per request, which a client can repeat at will: throttled
+        # per status code. The URI never shows an Engine.IO sid.
+        method = request.method.decode("latin-1")[:16]
+        fields: dict[str, Any] = {}
+        line = "{method} {uri} {code}"
         if self.settings.http.log_client_ips:
-            _log.debug(
-                "{method} {uri} {code} from {peer}",
-                method=request.method,
-                uri=request.uri,
-                code=request.code,
-                peer=request.getClientAddress(),
-            )
-        else:
-            _log.debug(
-                "{method} {uri} {code}", method=request.method, uri=request.uri, code=request.code
-            )
+            fields["peer"] = getattr(request.getClientAddress(), "host", "")
+            line += " from {peer}"
+        self.warnings.debug(
+            _log,
+            "request:%d" % (request.code,),
+            line,
+            method=method,
+            uri=redact_uri(request.uri),
+            code=request.code,
+            **fields,
+        )
 
 
 class _Root(Resource):
@@ -360,6 +529,7 @@ def build_site(
     reactor: IReactorTime,
     api_resource: IResource,
     engineio_resource: IResource | None = None,
+    count_api_request: Callable[[Any], None] | None = None,
 ) -> PrivyDropSite:
     """The HTTP site for the one listening port.
 
@@ -367,6 +537,15 @@ def build_site(
         C{engine.path}, C{engine.max_payload} and C{origins}).
     @param reactor: for connection deadlines.
     @param api_resource: the REST API (L{privydrop.api.routes.PrivyDropAPI.resource}).
-    @param engineio_resource: mounted at C{settings.engine.path} when given.
+    @param engineio_resource: mounted at C{settings.engine.path} when given;
+        told of its request heads if it provides L{IRequestHeadObserver}.
+    @param count_api_request: called with every finished request to a path
+        other than Engine.IO's (L{privydrop.metrics.ApiRequests}).
     """
-    return PrivyDropSite(_Root(settings, api_resource, engineio_resource), settings, reactor)
+    return PrivyDropSite(
+        _Root(settings, api_resource, engineio_resource),
+        settings,
+        reactor,
+        IRequestHeadObserver(engineio_resource, None),
+        count_api_request,
+    )

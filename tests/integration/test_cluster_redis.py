@@ -180,7 +180,7 @@ async def start_node() -> AsyncIterator[StartNode]:
             reconnect_initial_delay=0.05,
             reconnect_max_delay=0.5,
         )
-        sio = SocketIOServer(reactor, SocketIOSettings(), adapter=service.adapter)
+        sio = SocketIOServer(reactor, SocketIOSettings(recovery_window_ms=0), adapter=service.adapter)
         _install_handlers(sio)
         engine = EngineServer(reactor, ENGINE_SETTINGS, sio)
         root = Resource()
@@ -379,8 +379,9 @@ async def test_publications_during_an_outage_fail_in_time_and_leave_nothing_wait
     deadline and nothing stays queued (a long outage must not grow memory
     with one waiter per lost message); once Redis is back, publishing works
     without a restart."""
+    name = "privydrop:t:publish"
     publisher = RedisPublisher(
-        redis_settings(private_redis), reactor, timeout=0.3,
+        redis_settings(private_redis), reactor, name=name, timeout=0.3,
         reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
     )
     publisher.start()
@@ -396,15 +397,74 @@ async def test_publications_during_an_outage_fail_in_time_and_leave_nothing_wait
         assert connection is not None and connection.waiting == 0
         private_redis.start()
         for _ in range(40):  # each try is bounded by the publisher's timeout
+            up, stop_up = pool_event(name, "reachable")
             try:
                 assert await within(publisher.publish("p#/#", b"{}")) == 0
                 break
             except PublishError:
-                pass
+                if connection.unreachable is not None:
+                    # Failed at once: Redis was known to be away; it is
+                    # back once the next attempt connects.
+                    await within(up)
+            finally:
+                stop_up()
         else:
             raise AssertionError("publishing did not recover after Redis came back")
         assert connection.waiting == 0
     finally:
+        await publisher.close()
+
+
+def pool_event(name: str, state: str) -> tuple[Deferred[None], Callable[[], None]]:
+    """A Deferred fired when the Redis connection C{name} reports C{state}
+    (C{"unreachable"}, C{"reachable"}), and the function that stops watching."""
+    from twisted.logger import globalLogPublisher
+
+    seen: Deferred[None] = Deferred()
+
+    def observe(event: dict[str, Any]) -> None:
+        if event.get("name") == name and event.get("state") == state and not seen.called:
+            seen.callback(None)
+
+    globalLogPublisher.addObserver(observe)
+    return seen, lambda: globalLogPublisher.removeObserver(observe)
+
+
+@pytest_twisted.ensureDeferred
+async def test_publications_while_redis_is_known_down_fail_at_once_and_leave_nothing_waiting(
+    private_redis: RedisServer,
+) -> None:
+    """Once the publisher knows Redis is down (a reconnection attempt was
+    refused), each publication fails at once, not after
+    REDIS_COMMAND_TIMEOUT, and leaves no waiter behind: a long outage with
+    busy rooms neither grows memory with one waiter per lost message nor
+    fires them all in one reactor turn when Redis returns. Once Redis is
+    back, publishing works again without a restart."""
+    publisher = RedisPublisher(
+        redis_settings(private_redis), reactor, name="privydrop:t:publish", timeout=5.0,
+        reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
+    )
+    down, stop_down = pool_event("privydrop:t:publish", "unreachable")
+    up, stop_up = pool_event("privydrop:t:publish", "reachable")
+    publisher.start()
+    try:
+        assert await within(publisher.publish("p#/#", b"{}")) == 0
+        private_redis.kill()
+        await within(down)
+        publications = [publisher.publish("p#/#", b"%d" % i) for i in range(50)]
+        connection = publisher.connection
+        assert connection is not None and connection.waiting == 0
+        assert all(d.called for d in publications)  # failed already: nothing waits
+        outcomes = await DeferredList(publications, consumeErrors=True)
+        assert all(not ok and failure.check(PublishError) for ok, failure in outcomes)
+        assert "unreachable" in str(outcomes[0][1].value)
+        private_redis.start()
+        await within(up)
+        assert await within(publisher.publish("p#/#", b"{}")) == 0
+        assert connection.waiting == 0
+    finally:
+        stop_down()
+        stop_up()
         await publisher.close()
 
 

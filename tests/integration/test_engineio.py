@@ -8,6 +8,7 @@ session and client and stops listening.
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientPr
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, DeferredList, DeferredQueue, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, connectProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.protocol import Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import capturedLogs, formatEvent
@@ -48,6 +50,7 @@ class EchoCommandsApp:
 
     connections: dict[str, EngineConnection] = attrs.Factory(dict)
     close_reasons: dict[str, str] = attrs.Factory(dict)
+    close_calls: list[str] = attrs.Factory(list)
     _close_waiters: dict[str, list[Deferred[str]]] = attrs.Factory(dict)
 
     def on_open(self, connection: EngineConnection) -> None:
@@ -68,6 +71,7 @@ class EchoCommandsApp:
         reactor.callLater(0, self._flood, connection)  # type: ignore[attr-defined]
 
     def on_close(self, connection: EngineConnection, reason: str) -> None:
+        self.close_calls.append(connection.sid)
         self.close_reasons[connection.sid] = reason
         for waiter in self._close_waiters.pop(connection.sid, []):
             waiter.callback(reason)
@@ -296,6 +300,32 @@ async def test_polling_ping_timeout_closes_session(engine: Any) -> None:
     assert status == 400 and orjson.loads(body)["code"] == 1
 
 
+@pytest_twisted.ensureDeferred
+async def test_get_reset_by_the_client_keeps_the_session(engine: Any) -> None:
+    """A long-poll whose TCP connection the client resets (a phone changing
+    networks) does not end the session: the next GET collects what was sent
+    in between."""
+    running = await engine()
+    sid = await running.handshake_polling()
+    session = running.server.get_session(sid)
+    assert session is not None
+    query = f"EIO=4&transport=polling&sid={sid}"
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", running.port)
+    raw = await connectProtocol(endpoint, _RawHTTP())
+    raw.transport.write(
+        f"GET {PATH}?{query} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode("ascii")
+    )
+    while not session.has_pending_poll:
+        await _next_turn()
+    raw.transport.abortConnection()  # SO_LINGER 0: the server sees a reset
+    while session.has_pending_poll:
+        await _next_turn()
+    status, _, _ = await running.request("POST", query, b"4burst:3")
+    assert status == 200
+    assert (await running.request("GET", query))[:2] == (200, b"4n0\x1e4n1\x1e4n2")
+    assert sid not in running.app.close_reasons
+
+
 # -- websocket -------------------------------------------------------------------
 
 
@@ -381,6 +411,28 @@ async def test_upgrade_from_polling_loses_and_reorders_nothing(
     assert received == ["4n0", "4n1", "4n2", "4n3", "4n4", "4after"]
     status, body, _ = await running.request("GET", query)
     assert status == 400 and orjson.loads(body)["code"] == 3
+
+
+@pytest.mark.parametrize("first", [b"5", b"2probe?", b"4hello"])
+@pytest_twisted.ensureDeferred
+async def test_upgrade_without_the_probe_closes_only_that_websocket(
+    engine: Any, autobahn_api: str, first: bytes
+) -> None:
+    """A WebSocket that sends C{5} (or anything but C{2probe}) before the
+    probe is closed (1002), and the polling session it named goes on."""
+    running = await engine()
+    sid = await running.handshake_polling()
+    query = f"EIO=4&transport=polling&sid={sid}"
+    client = await running.websocket(f"EIO=4&transport=websocket&sid={sid}")
+    await client.opened
+    client.sendMessage(first)
+    _, code = await client.closed
+    assert code == (1002 if autobahn_api == "internals" else 1000)
+    status, _, _ = await running.request("POST", query, b"4still polling")
+    assert status == 200
+    assert (await running.request("GET", query))[:2] == (200, b"4still polling")
+    assert running.server.get_session(sid).transport_name == "polling"  # type: ignore[union-attr]
+    assert sid not in running.app.close_reasons
 
 
 # -- origins ---------------------------------------------------------------------
@@ -512,6 +564,62 @@ async def test_websocket_handshake_hides_version_and_accepts_only_rfc6455(
     assert refused.startswith(b"HTTP/1.1 400")
     closing = [running.app.closed(sid) for sid in list(running.app.connections)]
     await DeferredList(closing)
+    assert running.server.clients_count == 0
+
+
+class _RawWebSocket(Protocol):
+    """A WebSocket client written by hand, to send what no library would."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.opened: Deferred[None] = Deferred()
+        self.lost: Deferred[Any] = Deferred()
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        # The 101 head, then the Engine.IO open packet's frame.
+        if not self.opened.called and b"\r\n\r\n" in self.received:
+            head, _, frames = self.received.partition(b"\r\n\r\n")
+            if frames and len(frames) >= 2 + frames[1]:
+                assert head.startswith(b"HTTP/1.1 101")
+                self.received = frames[2 + frames[1] :]
+                self.opened.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.lost.callback([reason])  # a Failure as the result would be an error
+
+    def send_frame(self, opcode: int, payload: bytes) -> None:
+        mask = b"\x11\x22\x33\x44"
+        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        self.transport.write(bytes((0x80 | opcode, 0x80 | len(payload))) + mask + masked)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x03", struct.pack("!H", 999), struct.pack("!H", 1005), struct.pack("!H", 1006),
+     struct.pack("!H", 5000), struct.pack("!H", 1000) + b"\xff\xfe"],
+    ids=["one byte", "999", "1005", "1006", "5000", "reason not UTF-8"],
+)
+@pytest_twisted.ensureDeferred
+async def test_invalid_close_frame_gets_1002_before_an_orderly_close(
+    engine: Any, autobahn_api: str, payload: bytes
+) -> None:
+    """Over a real socket: the client reads a close frame with 1002, then
+    the end of the connection (not a reset), and the session ends once."""
+    running = await engine()
+    endpoint = TCP4ClientEndpoint(reactor, "127.0.0.1", running.port)
+    raw = await connectProtocol(endpoint, _RawWebSocket())
+    lines = [f"GET {PATH}?EIO=4&transport=websocket HTTP/1.1", "Host: 127.0.0.1"]
+    lines += [f"{k}: {v}" for k, v in _UPGRADE.items()]
+    raw.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("ascii"))
+    await raw.opened
+    (sid,) = running.app.connections
+    raw.send_frame(0x8, payload)
+    (reason,) = await raw.lost
+    assert reason.check(ConnectionDone), reason  # FIN, not a reset
+    assert raw.received[:1] == b"\x88" and raw.received[2:4] == struct.pack("!H", 1002)
+    assert await running.app.closed(sid)
+    assert running.app.close_calls == [sid]
     assert running.server.clients_count == 0
 
 

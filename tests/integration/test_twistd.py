@@ -169,3 +169,43 @@ def test_help_lists_options(runner: str, tmp_path: Path) -> None:
     for option in ("--listen", "--redis", "--env-file", "--api-rate-limit",
                    "--trusted-proxies", "--max-body-bytes", "--cors-origin"):
         assert option in out
+
+
+async def _log_of_one_request(tmp_path: Path, **env: str) -> bytes:
+    """Run twistd -n privydrop, make one request, stop it; its whole output."""
+    port = free_port()
+    proc = spawn(TWISTD + ["-n", "--pidfile=", "privydrop",
+                           "--listen", "tcp:%d:interface=127.0.0.1" % port],
+                 tmp_path, child_env(**env))
+    try:
+        await wait_for_health("http://127.0.0.1:%d/health" % port, proc)
+    finally:
+        if not proc.ended.called:
+            os.kill(reactor_pid(proc), signal.SIGTERM)
+    await ended_within(proc, 15)
+    return proc.output
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_records_info_and_above_by_default(tmp_path: Path) -> None:
+    """twistd has no --log-level: the server itself keeps debug lines out (Docker, systemd)."""
+    output = await _log_of_one_request(tmp_path)
+    assert b"[privydrop.service#info]" in output  # "listening on ..."
+    assert b"[privydrop.web.site#debug]" not in output, output[-2000:]
+    assert b"#debug]" not in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_records_debug_with_log_level_debug(tmp_path: Path) -> None:
+    """LOG_LEVEL=debug brings the per-request lines back."""
+    output = await _log_of_one_request(tmp_path, LOG_LEVEL="debug")
+    assert b"[privydrop.web.site#debug]" in output, output[-2000:]
+    assert b"GET /health 200" in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistd_log_level_warn_hides_info(tmp_path: Path) -> None:
+    output = await _log_of_one_request(tmp_path, LOG_LEVEL="warn")
+    assert b"[privydrop.service#info]" not in output
+    # The in-memory store warning is still there.
+    assert b"in-memory store" in output

@@ -14,6 +14,8 @@ forwarded normally, so a reconnecting client gets through):
   - L{TcpProxy.hold_new} / L{TcpProxy.release}: new connections wait (their
     bytes are kept) until released, so a test decides when a reconnecting
     client gets through.
+  - L{TcpProxy.refuse_new} / L{TcpProxy.release}: new connections are reset
+    at once, as during a network outage, until released.
 """
 
 from __future__ import annotations
@@ -53,6 +55,9 @@ class _FromClient(protocol.Protocol):
         self.severed = False
 
     def connectionMade(self) -> None:
+        if self.factory.refusing:
+            self.transport.abortConnection()  # type: ignore[union-attr]
+            return
         if self.factory.holding is not None:
             self.factory.holding.append(self)
             return
@@ -92,6 +97,7 @@ class _ProxyFactory(protocol.Factory):
         self.target_port = target_port
         self.open: set[_FromClient] = set()
         self.holding: list[_FromClient] | None = None
+        self.refusing = False
 
 
 class TcpProxy:
@@ -120,7 +126,11 @@ class TcpProxy:
         if self._factory.holding is None:
             self._factory.holding = []
 
+    def refuse_new(self) -> None:
+        self._factory.refusing = True
+
     def release(self) -> None:
+        self._factory.refusing = False
         held, self._factory.holding = self._factory.holding or [], None
         for connection in held:
             if connection.transport is not None and connection.transport.connected:  # type: ignore[attr-defined]

@@ -232,7 +232,8 @@ SEVERED_S = 3.0
 
 class _SeverResource(Resource):
     """POST cuts the proxied signaling connections (a TCP reset, no close
-    frame) and keeps new ones waiting for L{SEVERED_S}."""
+    frame) and resets new ones for L{SEVERED_S}, as a network outage does
+    (so a polling client notices even with no request in flight)."""
 
     isLeaf = True
 
@@ -243,7 +244,7 @@ class _SeverResource(Resource):
 
     def render_POST(self, request: Any) -> bytes:
         self.cuts += 1
-        self.proxy.hold_new()
+        self.proxy.refuse_new()
         self.proxy.sever()
         reactor.callLater(SEVERED_S, self.proxy.release)  # type: ignore[attr-defined]
         return b"severed"

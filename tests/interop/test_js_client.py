@@ -80,3 +80,23 @@ async def test_js_client_reconnects_after_connection_loss(server: RunningServer,
     assert result["firstTransport"] == EXPECTED_TRANSPORT[mode]
     assert result["secondId"] != result["firstId"]
     assert result["ackAfterReconnect"] == ["again"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest_twisted.ensureDeferred
+async def test_js_client_reports_an_oversize_auth_and_does_not_retry(
+    server: RunningServer, mode: str
+) -> None:
+    """A CONNECT whose auth passes SOCKETIO_MAX_AUTH_BYTES reaches the page as
+    a connect_error with the server's message, and socket.io-client leaves it
+    there instead of reconnecting with the same payload in a loop (which a
+    closed connection would cause); an auth of the size connection-state
+    recovery uses connects."""
+    run = await run_node("socketio_scenarios.js", server.url, mode, "bigAuth")
+    assert run.exit_code == 0, (run.lines, run.stderr)
+    result = run.result
+    assert result["message"] == "auth payload too large"
+    assert result["active"] is False and result["connected"] is False
+    assert result["managerState"] == "closed"
+    assert result["smallAuth"] == {"pid": "p" * 20, "offset": "o" * 20}
+    assert result["reconnectAttempts"] == 0

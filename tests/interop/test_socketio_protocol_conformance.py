@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Union
 
 import attrs
 import orjson
+import pytest
 import pytest_twisted
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
 from twisted.internet import reactor
@@ -153,14 +154,57 @@ async def test_no_handshake_closes_connection(connect: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
-async def test_disconnect_from_main_namespace_then_nothing_is_delivered(connect: Any) -> None:
-    """After leaving "/", its events get no answer, and the connection stays
-    open for other namespaces."""
+async def test_disconnect_from_main_namespace_keeps_the_connection(connect: Any) -> None:
+    """After leaving "/" the connection stays open (the suite waits for the
+    next ping on it): another namespace can still be joined."""
     client = await socketio_connection(connect)
     client.send("41")
-    client.send('42["message","after leaving"]')
     client.send("40/custom,")
     handshake_sid(await client.next(), "40/custom,")
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        ["41", '42["message","after leaving"]'],  # after the client's DISCONNECT
+        ["40"],  # a second CONNECT to "/"
+        ['42/custom,["message","never connected"]'],
+        ["43/custom,1[]"],
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_packets_out_of_namespace_state_close_the_connection(
+    connect: Any, frames: list[str]
+) -> None:
+    """As the reference server: a packet its namespace's state does not
+    allow closes the connection, and gets no answer."""
+    client = await socketio_connection(connect)
+    for frame in frames:
+        client.send(frame)
+    await client.is_closed
+    assert client.received.pending == []
+
+
+@pytest.mark.parametrize("frame", ["40null", '40"x"', "40[]", "40/custom,null"])
+@pytest_twisted.ensureDeferred
+async def test_connect_with_a_payload_that_is_not_an_object_closes_the_connection(
+    connect: Any, frame: str
+) -> None:
+    """socket.io-parser refuses such a CONNECT, and the reference server
+    closes the connection: no socket is created."""
+    client = await connect()
+    client.send(frame)
+    await client.is_closed
+    assert client.received.pending == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_event_before_connect_closes_the_connection(connect: Any) -> None:
+    """Nothing but CONNECT is allowed before the client is connected."""
+    client = await connect()
+    client.send('42["message","too early"]')
+    await client.is_closed
+    assert client.received.pending == []
 
 
 @pytest_twisted.ensureDeferred
@@ -220,9 +264,23 @@ async def test_binary_event_with_binary_ack(connect: Any) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_ack_id_of_16_digits_is_answered(connect: Any) -> None:
+    """The largest ack id a JavaScript client holds exactly comes back as sent."""
+    client = await socketio_connection(connect)
+    client.send('429007199254740991["message-with-ack",1]')
+    assert await client.next() == "439007199254740991[1]"
+
+
+@pytest_twisted.ensureDeferred
 async def test_invalid_packets_close_connection(connect: Any) -> None:
     """Unknown type, bad payload and bad ack id each close the connection."""
-    for frame in ("4abc", "42{}", '42abc["message-with-ack",1,"2",{"3":[false]}]'):
+    for frame in (
+        "4abc",
+        "42{}",
+        '42abc["message-with-ack",1,"2",{"3":[false]}]',
+        '4212345678901234567["message-with-ack",1]',  # 17 digits
+        '429007199254740992["message-with-ack",1]',  # 2^53
+    ):
         client = await socketio_connection(connect)
         client.send(frame)
         await client.is_closed

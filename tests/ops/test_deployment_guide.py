@@ -11,11 +11,23 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
 from privydrop.admin.cli import parser
 from privydrop.settings.sources import VARIABLES
 from tests.ops.programs import NGINX_SHELL_FORMAT, ROOT
-from tests.ops.test_systemd import FD_NAME, SERVER_ARGS, VERIFY_ARGS, socket_activate_args
+from tests.ops.test_systemd import (
+    FD_NAME,
+    SERVER_ARGS,
+    VERIFY_ARGS,
+    socket_activate_args,
+)
+from tests.sentinel_group import (
+    MASTER_QUESTION,
+    REPLICATION_INFO,
+    SentinelGroup,
+    sentinel_argv,
+)
 
 GUIDE = (ROOT / "docs" / "deployment.md").read_text()
 
@@ -57,3 +69,35 @@ def test_every_setting_in_the_guide_is_known() -> None:
     block = GUIDE.split("/etc/privydrop/privydrop.env`", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     names = re.findall(r"^([A-Z_]+)=", block, re.MULTILINE)
     assert names and set(names) <= known
+
+
+def _directive(line: str) -> str:
+    """A configuration line's directive: C{requirepass}, C{sentinel monitor}..."""
+    words = line.split()
+    return " ".join(words[:2]) if words[0] == "sentinel" else words[0]
+
+
+def test_sentinel_setup_is_the_tested_one(tmp_path: Path) -> None:
+    """The Sentinel section configures what C{tests/sentinel_group.py} runs:
+    the same directives for the replica and the Sentinels, the same way of
+    starting a Sentinel, the same checks, and only settings the server knows."""
+    section = GUIDE.split("### Redis with Sentinel", 1)[1].split("\n### ", 1)[0]
+    blocks = re.findall(r"```[a-z]*\n(.*?)```", section, re.DOTALL)
+    replica_conf, sentinel_conf, environment, checks = blocks
+
+    group = SentinelGroup(tmp_path, password="pw", sentinel_password="sentinel pw")
+    replica_options = {arg[2:] for arg in group.replica.extra_args if arg.startswith("--")}
+    assert {line.split()[0] for line in replica_conf.splitlines()} <= replica_options
+
+    tested = {_directive(line) for line in group.sentinels[0].lines}
+    assert {_directive(line) for line in sentinel_conf.splitlines()} <= tested
+    config = "/etc/redis/sentinel.conf"
+    assert sentinel_argv(Path(config))[1:] in ([config], [config, "--sentinel"])
+    assert f"`redis-sentinel {config}`" in section
+
+    known = {v.env for v in VARIABLES if v.env}
+    names = re.findall(r"^([A-Z_]+)=", environment, re.MULTILINE)
+    assert "REDIS_SENTINELS" in names and set(names) <= known
+
+    asked = [line.split("--askpass ", 1)[1] for line in checks.splitlines()]
+    assert asked == [" ".join(MASTER_QUESTION) + " privydrop", " ".join(REPLICATION_INFO)]

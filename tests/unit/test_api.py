@@ -330,6 +330,53 @@ def test_call_budget_429_and_health_exempt() -> None:
     assert client.post("/api/check_room", {"roomId": "1"}, headers=me)[0] == 200
 
 
+def test_ipv6_clients_share_one_budget_per_64() -> None:
+    """A client cannot walk room ids with check_room by using a fresh address
+    of its /64 for each call: the whole network has one budget."""
+    settings = Settings(api=ApiSettings(rate_limit_calls=3, rate_limit_window_s=60),
+                        http=HttpSettings(trusted_proxies=("127.0.0.0/8",)))
+    client = make_client(settings)
+    codes = [client.post("/api/check_room", {"roomId": "1"},
+                         headers={"X-Forwarded-For": "2001:db8:1:2::%x" % n})[0]
+             for n in range(1, 6)]
+    assert codes == [200, 200, 200, 429, 429]
+    assert client.post("/api/check_room", {"roomId": "1"},
+                       headers={"X-Forwarded-For": "2001:db8:1:3::1"})[0] == 200
+    wider = make_client(attrs.evolve(
+        settings, http=attrs.evolve(settings.http, rate_limit_ipv6_prefix=128)))
+    assert [wider.post("/api/check_room", {"roomId": "1"},
+                       headers={"X-Forwarded-For": "2001:db8:1:2::%x" % n})[0]
+            for n in range(1, 6)] == [200] * 5
+
+
+def test_logs_debug_has_its_own_tighter_budget() -> None:
+    """Each logs_debug call writes a log line: past its own budget a client
+    gets 429 there while its other API calls still work."""
+    settings = Settings(
+        api=ApiSettings(rate_limit_calls=20, logs_debug_rate_limit_calls=2,
+                        logs_debug_rate_limit_window_s=60),
+        http=HttpSettings(trusted_proxies=("127.0.0.0/8",)))
+    client = make_client(settings)
+    me = {"X-Forwarded-For": "203.0.113.9"}
+    line = {"message": "hello", "timestamp": 1}
+    assert [client.post("/api/logs_debug", line, headers=me)[0] for _ in range(4)] == [
+        200, 200, 429, 429]
+    code, headers, body = client.post("/api/logs_debug", line, headers=me)
+    assert code == 429 and "error" in body and int(headers.getRawHeaders("retry-after")[0]) >= 1
+    assert client.post("/api/check_room", {"roomId": "1"}, headers=me)[0] == 200
+    assert client.post("/api/logs_debug", line,
+                       headers={"X-Forwarded-For": "198.51.100.2"})[0] == 200
+    client.clock.advance(120)
+    assert client.post("/api/logs_debug", line, headers=me)[0] == 200
+
+
+def test_logs_debug_budget_off_with_zero() -> None:
+    """LOGS_DEBUG_RATE_LIMIT=0 leaves logs_debug to the API budget alone."""
+    client = make_client(Settings(api=ApiSettings(logs_debug_rate_limit_calls=0)))
+    for _ in range(50):
+        assert client.post("/api/logs_debug", {"message": "m", "timestamp": 1})[0] == 200
+
+
 def test_call_budget_off_with_zero() -> None:
     """API_RATE_LIMIT=0 lets a benchmark hammer the API."""
     client = make_client(Settings(api=ApiSettings(rate_limit_calls=0)))
@@ -408,3 +455,131 @@ def test_cors_headers_match_the_node_cors_middleware(client: Client, origin: str
     assert h.getRawHeaders("access-control-allow-credentials") == ["true"]
     assert h.getRawHeaders("access-control-allow-methods") == ["GET,POST,OPTIONS"]
     assert h.getRawHeaders("access-control-allow-headers") == ["Content-Type,Authorization"]
+
+
+# -- request bodies: JSON only ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "text/plain;charset=UTF-8",  # what fetch() sends for a string body: a "simple" request
+        "application/x-www-form-urlencoded",
+        "application/json; charset=iso-8859-1",
+        "application/json; charset=utf-16",
+        "application/jsonp",
+        "application/json-patch+json",
+        "",
+    ],
+)
+def test_a_body_that_is_not_declared_json_is_415(client: Client, content_type: str) -> None:
+    """A cross-site page can POST text/plain or a form without a CORS preflight;
+    such bodies never reach a route (no room created, no referrer counted)."""
+    body = json.dumps({"roomId": "4321"}).encode()
+    code, headers, answer = client.request(
+        "POST", "/api/create_room", raw=body,
+        headers={"Content-Type": content_type, "Origin": "http://localhost:3002"})
+    assert code == 415
+    assert answer == {"error": "Content-Type must be application/json"}
+    assert headers.getRawHeaders("content-type")[0].startswith("application/json")
+    assert headers.getRawHeaders("access-control-allow-origin") == ["http://localhost:3002"]
+    assert client.post("/api/check_room", {"roomId": "4321"})[2] == {"available": True}
+
+
+def test_a_body_without_content_type_is_415(client: Client) -> None:
+    stub = client.stub
+    d = stub.request("POST", BASE + "/api/set_track", data=b'{"ref":"x","timestamp":1}',
+                     headers={})
+    stub.flush()
+    response = result_of(d)
+    assert response.code == 415
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "application/json; charset=utf-8", "Application/JSON;charset=UTF-8",
+     'application/json; charset="utf-8"'],
+)
+def test_json_bodies_are_accepted(client: Client, content_type: str) -> None:
+    code, _, answer = client.post("/api/create_room", raw=b'{"roomId": "4321"}',
+                                  headers={"Content-Type": content_type})
+    assert (code, answer) == (200, {"success": True, "message": "create room success"})
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "x-custom", "gzip, identity"])
+def test_an_encoded_body_is_415(client: Client, encoding: str) -> None:
+    """The server decodes no Content-Encoding; it must not parse compressed bytes as JSON."""
+    code, _, answer = client.post("/api/create_room", {"roomId": "4321"},
+                                  headers={"Content-Encoding": encoding})
+    assert code == 415
+    assert answer == {"error": "Content-Encoding is not supported"}
+
+
+def test_identity_encoding_is_no_encoding(client: Client) -> None:
+    code, _, _ = client.post("/api/create_room", {"roomId": "4321"},
+                             headers={"Content-Encoding": "identity"})
+    assert code == 200
+
+
+def test_bodiless_requests_need_no_content_type(client: Client) -> None:
+    """GETs, and a POST without a body, are not held to a body's type."""
+    assert client.get("/api/get_room")[0] == 200
+    assert client.get("/health", headers={"Content-Type": "text/plain"})[0] == 200
+    assert client.post("/api/create_room")[::2] == (400, {"error": "Room ID is required"})
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(
+    "field, depth, code, answer",
+    [
+        ("message", 10, 200, {"success": True}),
+        ("message", 254, 200, {"success": True}),
+        ("message", 255, 400, {"error": "message is nested too deeply"}),
+        ("message", 1000, 400, {"error": "message is nested too deeply"}),
+        ("timestamp", 300, 400, {"error": "timestamp is nested too deeply"}),
+        ("message", 2000, 400, {"error": "Malformed JSON body"}),
+    ],
+)
+def test_logs_debug_with_deep_json_is_a_400_not_a_500(
+    client: Client, field: str, depth: int, code: int, answer: Any
+) -> None:
+    """The JSON parser takes documents nested deeper than the encoder writes:
+    a message the log cannot hold is the client's error, not the server's."""
+    nested = b"[" * depth + b'"x"' + b"]" * depth
+    other = "timestamp" if field == "message" else "message"
+    body = b'{"%s": %s, "%s": "1"}' % (field.encode(), nested, other.encode())
+    with capturedLogs() as events:
+        assert client.post("/api/logs_debug", raw=body)[::2] == (code, answer)
+    assert not [e for e in events if e.get("log_failure") is not None]
+
+
+def test_health_is_readiness_and_health_live_is_liveness() -> None:
+    """/health follows the store's health; /health/live only the process."""
+    from privydrop.store.health import StoreHealth
+
+    clock = Clock()
+    clock.advance(1_700_000_000)
+    health = StoreHealth(clock, grace_s=2.0)
+    api = PrivyDropAPI(Settings(), MemoryStore(clock), clock, store_health=health)
+    client = Client(StubTreq(api.resource()), clock, MemoryStore(clock))
+    for path in ("/health", "/api/health", "/health/live"):
+        code, _, body = client.get(path)
+        assert (code, body["status"]) == (200, "healthy")
+    health.failed(clock.seconds(), "Redis at 10.0.0.1:6379: error reply (LOADING ...)")
+    clock.advance(2.5)
+    for path in ("/health", "/api/health"):
+        code, _, body = client.get(path)
+        assert (code, body["status"]) == (503, "unhealthy")
+        assert body["errors"] == ["store unusable for 2.5 s: Redis at 10.0.0.1:6379: "
+                                  "error reply (LOADING ...)"]
+    code, _, body = client.get("/health/live")
+    assert (code, body["status"]) == (200, "healthy")
+    health.succeeded(clock.seconds())
+    assert client.get("/health")[0] == 200

@@ -57,6 +57,13 @@ def test_installed_autobahn_has_every_internal_the_transport_uses() -> None:
     assert autobahn_compat.protocol_internals_missing() == ()
     assert autobahn_compat.debug_text_missing() == ()
     assert autobahn_compat.install_lazy_debug_text() == ()
+    assert autobahn_compat.hooks_missing() == ()
+    assert autobahn_compat.check_hooks() == ()
+
+
+def test_hook_check_names_a_renamed_hook() -> None:
+    """An overridden method Autobahn stopped calling (renamed) is named."""
+    assert autobahn_compat.hooks_missing(_renamed("onCloseFrame")) == ("onCloseFrame",)
 
 
 class _Without:
@@ -306,3 +313,57 @@ def test_request_uri_is_rebuilt_when_autobahn_does_not_keep_it() -> None:
     assert (
         autobahn_compat.request_uri(object(), request) == "/socket.io/?EIO=4&transport=websocket"
     )
+
+
+# -- Autobahn's own log lines --------------------------------------------------------
+
+
+def test_autobahn_logs_through_the_methods_the_wrapper_has() -> None:
+    """If Autobahn's protocol logger lost one of these, its events would go
+    around the throttle (the wrapper takes any other name from the original)."""
+    stock = WebSocketServerProtocol.log
+    assert autobahn_compat.missing(stock, autobahn_compat.AUTOBAHN_LOG_METHODS) == ()
+
+
+def test_autobahn_lines_a_client_causes_are_throttled_and_clipped() -> None:
+    from privydrop.logs.throttle import WarningThrottle
+
+    clock = Clock()
+    log = autobahn_compat.ThrottledAutobahnLog(
+        WarningThrottle(clock), WebSocketServerProtocol.log
+    )
+    with capturedLogs() as events:
+        for _ in range(100):
+            log.warn('failing WebSocket connection (code={code}): "{reason}"',
+                     code=1002, reason="r" * 10_000)
+            log.info("failing WebSocket opening handshake ('{reason}')", reason="x")
+            log.debug("Connection to/from {peer} was closed cleanly", peer="-")
+    assert len(events) == 2
+    assert all(len(formatEvent(e)) < 400 for e in events)
+    assert {e["log_namespace"] for e in events} == {autobahn_compat.AUTOBAHN_LOG_NAMESPACE}
+
+
+def test_a_refused_handshake_is_logged_once_per_interval() -> None:
+    """Through a real protocol of the server's factory."""
+    clock = Clock()
+    engine = EngineServer(clock, EngineSettings(), application=_NoApplication())
+    factory = EngineWebSocketFactory(engine)
+    with capturedLogs() as events:
+        for _ in range(20):
+            protocol = factory.buildProtocol(None)
+            transport = _Transport()
+            protocol.makeConnection(transport)
+            protocol.dataReceived(_UPGRADE.replace(b"EIO=4", b"EIO=3"))
+    handshake_lines = [e for e in events if "opening handshake" in str(e.get("log_format"))]
+    assert len(handshake_lines) == 1
+
+
+class _NoApplication:
+    def on_open(self, connection: Any) -> None:  # pragma: no cover - never opened
+        pass
+
+    def on_message(self, connection: Any, message: Any) -> None:  # pragma: no cover
+        pass
+
+    def on_close(self, connection: Any, reason: str) -> None:  # pragma: no cover
+        pass

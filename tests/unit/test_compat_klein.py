@@ -58,7 +58,8 @@ def _request(
     resource: Resource, method: str, path: str, body: bytes | None = None
 ) -> tuple[int, bytes]:
     stub = StubTreq(resource)
-    d = stub.request(method, "http://127.0.0.1" + path, data=body)
+    headers = {"Content-Type": "application/json"} if body is not None else {}
+    d = stub.request(method, "http://127.0.0.1" + path, data=body, headers=headers)
     stub.flush()
     response = result_of(d)
     return response.code, result_of(response.content())

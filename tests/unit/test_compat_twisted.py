@@ -67,11 +67,13 @@ def test_installed_twisted_has_every_internal_used() -> None:
 
     heads: list[tuple[Any, bytes | None, int | None]] = []
     present: list[tuple[str, ...]] = []
+    methods: list[bytes | None] = []
 
     class Channel(http.HTTPChannel):
         def allHeadersReceived(self) -> None:
             present.append(twisted_compat.missing(self, twisted_compat.HTTP_HEAD_INTERNALS))
             heads.append(twisted_compat.request_head(self))
+            methods.append(twisted_compat.request_method(self))
             super().allHeadersReceived()
 
     channel = Channel()
@@ -81,6 +83,7 @@ def test_installed_twisted_has_every_internal_used() -> None:
     request, target, length = heads[0]
     assert isinstance(request, http.Request)
     assert (target, length) == (b"/api/x?y=1", 7)
+    assert methods == [b"POST"]
 
 
 def test_check_names_each_attribute_an_upgrade_could_remove() -> None:

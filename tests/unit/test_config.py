@@ -290,3 +290,53 @@ def test_redis_channel_prefix_is_settable_and_validated() -> None:
     for bad in ("", "a#b", "drop*"):
         with pytest.raises(ConfigError, match="REDIS_CHANNEL_PREFIX"):
             settings({**base, "REDIS_CHANNEL_PREFIX": bad})
+
+
+def test_per_client_limits_are_settable_and_validated() -> None:
+    """Operators can tune the limits one client address may not pass: the
+    IPv6 prefix taken as one client, the handshakes and sessions per client,
+    the logs_debug budget and the CONNECT payload; nonsense names the variable."""
+    s = settings()
+    assert s.http.rate_limit_ipv6_prefix == 64
+    assert (s.api.logs_debug_rate_limit_calls, s.api.logs_debug_rate_limit_window_s) == (30, 60)
+    assert s.api.logs_debug_rate_limit_calls < s.api.rate_limit_calls
+    assert s.engine.max_pending_sessions_per_ip < s.engine.max_sessions_per_ip
+    assert s.socketio.max_auth_bytes == 4096
+    s = settings({
+        "RATE_LIMIT_IPV6_PREFIX": "56",
+        "LOGS_DEBUG_RATE_LIMIT": "5/30",
+        "ENGINE_MAX_SESSIONS_PER_IP": "12",
+        "ENGINE_MAX_PENDING_SESSIONS_PER_IP": "3",
+        "SOCKETIO_MAX_AUTH_BYTES": "512",
+    })
+    assert s.http.rate_limit_ipv6_prefix == 56
+    assert (s.api.logs_debug_rate_limit_calls, s.api.logs_debug_rate_limit_window_s) == (5, 30)
+    assert (s.engine.max_sessions_per_ip, s.engine.max_pending_sessions_per_ip) == (12, 3)
+    assert s.socketio.max_auth_bytes == 512
+    assert settings({}, ["--rate-limit-ipv6-prefix", "128"]).http.rate_limit_ipv6_prefix == 128
+    assert settings({"LOGS_DEBUG_RATE_LIMIT": "0"}).api.logs_debug_rate_limit_calls == 0
+    for bad in ("47", "129", "64.5", "x"):
+        with pytest.raises(ConfigError, match="RATE_LIMIT_IPV6_PREFIX"):
+            settings({"RATE_LIMIT_IPV6_PREFIX": bad})
+    with pytest.raises(ConfigError, match="LOGS_DEBUG_RATE_LIMIT"):
+        settings({"LOGS_DEBUG_RATE_LIMIT": "ten"})
+    with pytest.raises(ConfigError, match="ENGINE_MAX_PENDING_SESSIONS_PER_IP"):
+        settings({"ENGINE_MAX_PENDING_SESSIONS_PER_IP": "0"})
+
+
+def test_log_level_setting() -> None:
+    """Not given: None (info under twistd, or twist's own level); given: validated."""
+    assert settings().log_level is None
+    assert settings({"LOG_LEVEL": "debug"}).log_level == "debug"
+    assert settings({"LOG_LEVEL": " Warning "}).log_level == "warn"
+    assert settings({"LOG_LEVEL": "info"}, ["--log-level", "error"]).log_level == "error"
+    with pytest.raises(ConfigError, match="LOG_LEVEL.*'verbose'"):
+        settings({"LOG_LEVEL": "verbose"})
+
+
+def test_listen_backlog_setting() -> None:
+    assert settings().http.listen_backlog == 1024
+    assert settings({"LISTEN_BACKLOG": "4096"}).http.listen_backlog == 4096
+    assert settings({}, ["--listen-backlog", "128"]).http.listen_backlog == 128
+    with pytest.raises(ConfigError, match="LISTEN_BACKLOG"):
+        settings({"LISTEN_BACKLOG": "0"})

@@ -8,15 +8,19 @@ import attrs
 import orjson
 import pytest
 from treq.testing import StubTreq
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 
 from privydrop.engineio.interface import EngineConnection, Message
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
-from privydrop.settings import EngineSettings, OriginSettings
+from privydrop.settings import EngineSettings, OriginSettings, Settings
+from privydrop.web.site import build_site
 
 T = TypeVar("T")
 BASE = "http://engine.example/engine.io/"
@@ -169,3 +173,184 @@ def test_repeated_header_lines_reach_the_handshake_joined() -> None:
     assert app.headers[0]["x-forwarded-for"] == "198.51.100.9, 203.0.113.5"
     server.close_all()
     clock.advance(60)
+
+
+# -- over the real site: requests whose bodies are still arriving ---------------
+
+
+class _Recording(Echo):
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.closed: list[str] = []
+
+    def on_message(self, connection: EngineConnection, message: Message) -> None:
+        self.messages.append(message)
+
+    def on_close(self, connection: EngineConnection, reason: str) -> None:
+        self.closed.append(reason)
+
+
+@attrs.define
+class SiteStub:
+    """The production site (its channels see a request's head before its
+    body) with the Engine.IO resource at /engine.io/, over StringTransports."""
+
+    clock: Clock
+    server: EngineServer
+    app: _Recording
+    site: Any
+
+    def connect(self) -> Any:
+        channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        channel.makeConnection(
+            StringTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+        )
+        return channel
+
+    def handshake(self) -> str:
+        channel = self.connect()
+        channel.dataReceived(b"GET /engine.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n")
+        code, body = _answer(channel)
+        assert code == 200
+        return str(orjson.loads(body[1:])["sid"])
+
+
+def _post_head(sid: str, length: int) -> bytes:
+    return (
+        b"POST /engine.io/?EIO=4&transport=polling&sid=%s HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: text/plain;charset=UTF-8\r\nContent-Length: %d\r\n\r\n"
+        % (sid.encode(), length)
+    )
+
+
+def _answers(channel: Any) -> list[tuple[int, bytes]]:
+    """Every HTTP answer written on C{channel} so far: (status, body)."""
+    raw = channel.transport.value()
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        length = next(
+            int(line.split(b":", 1)[1]) for line in lines if line.lower().startswith(b"content-length:")
+        )
+        out.append((int(lines[0].split()[1]), rest[:length]))
+        raw = rest[length:]
+    return out
+
+
+def _answer(channel: Any) -> tuple[int, bytes]:
+    answers = _answers(channel)
+    assert len(answers) == 1, answers
+    return answers[0]
+
+
+def make_site_stub() -> SiteStub:
+    clock = Clock()
+    settings = Settings(
+        engine=EngineSettings(path="/engine.io/", ping_interval_ms=1000, ping_timeout_ms=500)
+    )
+    app = _Recording()
+    server = EngineServer(clock, settings.engine, app)
+    site = build_site(settings, clock, Resource(), build_engineio_resource(server))
+    return SiteStub(clock, server, app, site)
+
+
+def test_second_post_while_the_first_body_arrives_gets_400_and_closes_session() -> None:
+    """engine.io-protocol v4: a client has one active POST at a time. A
+    second one while the first one's body is still coming is answered 400
+    and the session is closed, as the reference server does; nothing either
+    of them carried reaches the application."""
+    stub = make_site_stub()
+    sid = stub.handshake()
+    first, second = stub.connect(), stub.connect()
+    first.dataReceived(_post_head(sid, 6) + b"4a")
+    second.dataReceived(_post_head(sid, 2) + b"4b")
+    assert _answer(second)[0] == 400
+    assert stub.app.closed == ["transport error"]
+    assert stub.server.get_session(sid) is None
+    first.dataReceived(b"\x1e4c2")
+    assert _answer(first)[0] == 400
+    assert stub.app.messages == []
+
+
+def test_posts_one_after_the_other_are_all_delivered() -> None:
+    """Sequential POSTs, on separate connections or one after the other on a
+    kept-alive one, are the normal case and never count as overlapping."""
+    stub = make_site_stub()
+    sid = stub.handshake()
+    one, two = stub.connect(), stub.connect()
+    one.dataReceived(_post_head(sid, 2) + b"4a")
+    two.dataReceived(_post_head(sid, 2) + b"4b")
+    one.dataReceived(_post_head(sid, 2) + b"4c" + _post_head(sid, 2) + b"4d")
+    assert _answers(one) == [(200, b"ok")] * 3
+    assert _answers(two) == [(200, b"ok")]
+    assert stub.app.messages == ["a", "b", "c", "d"]
+    assert stub.app.closed == []
+
+
+def test_post_whose_connection_dropped_mid_body_is_no_longer_active() -> None:
+    """A POST cut off by the network delivers nothing and does not make the
+    client's next POST an overlapping one."""
+    stub = make_site_stub()
+    sid = stub.handshake()
+    cut, retry = stub.connect(), stub.connect()
+    cut.dataReceived(_post_head(sid, 6) + b"4a")
+    cut.connectionLost(Failure(ConnectionDone()))
+    retry.dataReceived(_post_head(sid, 2) + b"4b")
+    assert _answer(retry) == (200, b"ok")
+    assert stub.app.messages == ["b"]
+    assert stub.app.closed == []
+
+
+def _get(sid: str) -> bytes:
+    return b"GET /engine.io/?EIO=4&transport=polling&sid=%s HTTP/1.1\r\nHost: x\r\n\r\n" % (
+        sid.encode(),
+    )
+
+
+def test_get_dropped_by_the_network_leaves_its_packets_for_the_next_get() -> None:
+    """A held GET whose connection resets does not end the session; what is
+    sent meanwhile reaches the next GET, once and in order."""
+    stub = make_site_stub()
+    sid = stub.handshake()
+    session = stub.server.get_session(sid)
+    assert session is not None
+    dropped = stub.connect()
+    dropped.dataReceived(_get(sid))
+    assert session.has_pending_poll
+    dropped.connectionLost(Failure(ConnectionLost("reset by peer")))
+    assert not session.has_pending_poll
+    session.send("m1")
+    session.send("m2")
+    stub.clock.advance(0)
+    assert dropped.transport.value() == b""
+    retry = stub.connect()
+    retry.dataReceived(_get(sid))
+    assert _answer(retry) == (200, b"4m1\x1e4m2")
+    again = stub.connect()
+    again.dataReceived(_get(sid))
+    session.send("m3")
+    stub.clock.advance(0)
+    assert _answer(again) == (200, b"4m3")
+    assert stub.app.closed == []
+
+
+def test_answer_written_before_the_connection_died_is_not_repeated() -> None:
+    """What a GET's answer carried counts as delivered: a later reset of
+    that connection does not make the next GET repeat it."""
+    stub = make_site_stub()
+    sid = stub.handshake()
+    session = stub.server.get_session(sid)
+    assert session is not None
+    first = stub.connect()
+    first.dataReceived(_get(sid))
+    session.send("m1")
+    stub.clock.advance(0)
+    assert _answer(first) == (200, b"4m1")
+    first.connectionLost(Failure(ConnectionLost("reset by peer")))
+    second = stub.connect()
+    second.dataReceived(_get(sid))
+    session.send("m2")
+    stub.clock.advance(0)
+    assert _answer(second) == (200, b"4m2")
+    assert stub.app.closed == []

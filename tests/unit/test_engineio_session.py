@@ -15,7 +15,12 @@ from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineError, EngineRequestError
 from privydrop.engineio.interface import EngineConnection, Handshake, Message
 from privydrop.engineio.packets import Packet, PacketType
-from privydrop.engineio.server import EngineServer, TooManyPendingSessions
+from privydrop.engineio.server import (
+    REASON_EVICTED,
+    EngineServer,
+    TooManySessions,
+    handshake_client_key,
+)
 from privydrop.engineio.session import (
     REASON_BUFFER_LIMIT,
     REASON_PING_TIMEOUT,
@@ -157,7 +162,7 @@ def test_sids_are_unique_and_unguessable_length(
     clock: Clock, app: RecordingApp
 ) -> None:
     """Short or repeated sids would let one client reach another's session."""
-    server = make_server(clock, app)
+    server = make_server(clock, app, max_pending_sessions_per_ip=200, max_sessions_per_ip=200)
     sids = {server.create_session("polling", HANDSHAKE).sid for _ in range(200)}
     assert len(sids) == 200
     assert all(
@@ -279,21 +284,116 @@ def test_transport_mismatch_after_upgrade_is_bad_request(
     assert raised.value.code is EngineError.BAD_REQUEST
 
 
-def test_pending_sessions_are_capped_until_clients_speak(
+def handshake_from(address: str, forwarded: str | None = None) -> Handshake:
+    headers = {"x-forwarded-for": forwarded} if forwarded else {}
+    return attrs.evolve(HANDSHAKE, remote_address=address, headers=headers)
+
+
+def open_polling_from(server: EngineServer, handshake: Handshake) -> Session:
+    session = server.create_session("polling", handshake)
+    session.attach_poll(FakePoll())
+    server.open(session)
+    return session
+
+
+def test_silent_sessions_are_capped_per_client_until_they_speak(
     clock: Clock, app: RecordingApp
 ) -> None:
-    """Handshake floods that never continue must not grow the server without bound."""
-    server = make_server(clock, app, max_pending_sessions=2)
-    query = {"EIO": "4", "transport": "polling"}
-    first, _ = open_polling(server)
-    open_polling(server)
-    with capturedLogs() as events, pytest.raises(TooManyPendingSessions) as raised:
-        server.verify(query, "GET", False, None)
-    assert raised.value.status == 503
-    assert [e.get("limit") for e in events] == ["max_pending_sessions"]
+    """One address opening handshakes it never continues is refused (429)
+    past its own cap, and only its own handshakes are: the cap frees up as
+    its sessions speak."""
+    server = make_server(clock, app, max_pending_sessions_per_ip=2)
+    flooder = handshake_from("203.0.113.66")
+    first = open_polling_from(server, flooder)
+    open_polling_from(server, flooder)
+    with capturedLogs() as events, pytest.raises(TooManySessions) as raised:
+        server.create_session("polling", flooder)
+    assert raised.value.status == 429
+    assert [e.get("limit") for e in events if e.get("limit")] == ["max_pending_sessions_per_ip"]
+    assert not any("203.0.113.66" in repr(e) for e in events)
+    open_polling_from(server, handshake_from("198.51.100.7"))
     first.receive(msg("hi"))
-    assert server.pending_count == 1
-    assert server.verify(query, "GET", False, None) is None
+    assert server.admit(flooder) == "203.0.113.66"
+    open_polling_from(server, flooder)
+    assert server.pending_count == 3
+
+
+def test_open_sessions_are_capped_per_client(clock: Clock, app: RecordingApp) -> None:
+    """Sessions that do speak are capped per client too, and a closed one
+    makes room again."""
+    server = make_server(clock, app, max_sessions_per_ip=3)
+    client = handshake_from("203.0.113.66")
+    sessions = [open_polling_from(server, client) for _ in range(3)]
+    for session in sessions:
+        session.receive(msg("hi"))
+    with pytest.raises(TooManySessions) as raised:
+        server.admit(client)
+    assert raised.value.limit == "max_sessions_per_ip"
+    open_polling_from(server, handshake_from("198.51.100.7"))
+    sessions[0].receive(Packet(PacketType.CLOSE))
+    open_polling_from(server, client)
+    assert server.clients_count == 4
+
+
+def test_ipv6_clients_are_capped_per_network(clock: Clock, app: RecordingApp) -> None:
+    """Every address of one /64 is one client: a fresh address per handshake
+    does not escape the cap; the next /64 is another client."""
+    server = make_server(clock, app, max_pending_sessions_per_ip=2)
+    open_polling_from(server, handshake_from("2001:db8:1:2::1"))
+    open_polling_from(server, handshake_from("2001:db8:1:2::2"))
+    with pytest.raises(TooManySessions):
+        server.admit(handshake_from("2001:db8:1:2::3"))
+    open_polling_from(server, handshake_from("2001:db8:1:3::1"))
+
+
+def test_client_behind_a_trusted_proxy_is_its_forwarded_address(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """Behind nginx every visitor arrives from the proxy's address: the caps
+    count the address the proxy forwards, as the API and the join window do."""
+    server = EngineServer(
+        clock,
+        attrs.evolve(SETTINGS, max_pending_sessions_per_ip=1),
+        app,
+        client_key=handshake_client_key(("127.0.0.0/8",), 64),
+    )
+    open_polling_from(server, handshake_from("127.0.0.1", "203.0.113.66"))
+    with pytest.raises(TooManySessions):
+        server.admit(handshake_from("127.0.0.1", "6.6.6.6, 203.0.113.66"))
+    open_polling_from(server, handshake_from("127.0.0.1", "198.51.100.7"))
+    # Without a trusted proxy the header is the client's own claim.
+    direct = make_server(clock, app, max_pending_sessions_per_ip=1)
+    open_polling_from(direct, handshake_from("127.0.0.1", "203.0.113.66"))
+    with pytest.raises(TooManySessions):
+        direct.admit(handshake_from("127.0.0.1", "198.51.100.7"))
+
+
+def test_full_process_evicts_its_oldest_silent_session_for_a_new_visitor(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """When silent sessions fill the process (a flood from many addresses),
+    a new visitor still gets in: the session silent longest is closed for it,
+    and sessions that spoke are never evicted."""
+    server = make_server(clock, app, max_pending_sessions=3)
+    talker = open_polling_from(server, handshake_from("198.51.100.1"))
+    talker.receive(msg("hi"))
+    silent = [open_polling_from(server, handshake_from(f"203.0.113.{n}")) for n in range(3)]
+    with capturedLogs() as events:
+        visitor = open_polling_from(server, handshake_from("198.51.100.2"))
+    assert silent[0].state is SessionState.CLOSED
+    assert silent[0].close_reason == REASON_EVICTED
+    assert (silent[0].sid, REASON_EVICTED) in app.closed
+    assert server.get_session(silent[0].sid) is None
+    assert [e.get("limit") for e in events if e.get("limit")] == ["max_pending_sessions"]
+    assert server.pending_count == 3
+    visitor.receive(msg("hello"))
+    for n in range(10):
+        open_polling_from(server, handshake_from(f"203.0.114.{n}"))
+    assert server.pending_count == 3
+    assert talker.state is SessionState.OPEN and visitor.state is SessionState.OPEN
+    assert server.clients_count == 5
+    # An evicted client's counts are released with its session.
+    assert server.admit(handshake_from("203.0.113.0")) == "203.0.113.0"
 
 
 def test_close_all_closes_every_session(clock: Clock, app: RecordingApp) -> None:
@@ -488,6 +588,35 @@ def test_second_get_closes_session_and_first_get_gets_close(
     assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
 
 
+def test_second_post_in_flight_closes_session(clock: Clock, app: RecordingApp) -> None:
+    """engine.io-protocol v4: one active POST at a time (packet order); a
+    second one while the first is still arriving closes the session."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    first, second = object(), object()
+    assert session.begin_post(first) is True
+    with capturedLogs() as events:
+        assert session.begin_post(second) is False
+    assert session.state is SessionState.CLOSED
+    assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
+    assert server.get_session(session.sid) is None
+    assert [e["cause"] for e in events if "cause" in e] == ["overlapping POST"]
+
+
+def test_posts_one_after_the_other_keep_the_session(clock: Clock, app: RecordingApp) -> None:
+    """A POST that ended (answered or its connection lost) is no longer active."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    for _ in range(3):
+        post = object()
+        assert session.begin_post(post)
+        session.end_post(post)
+    stale = object()
+    session.end_post(stale)  # ending one that never began changes nothing
+    assert session.begin_post(object())
+    assert session.state is SessionState.OPEN
+
+
 def test_graceful_close_delivers_queue_then_close_packet(
     clock: Clock, app: RecordingApp
 ) -> None:
@@ -546,16 +675,115 @@ def test_application_error_closes_only_that_session(
     assert any(e.get("log_failure") is not None for e in events)
 
 
-def test_lost_get_connection_closes_polling_session(
+def test_lost_get_keeps_the_session_and_the_next_get_gets_its_packets(
     clock: Clock, app: RecordingApp
 ) -> None:
-    """A client that went away mid-poll must be cleaned up before the ping timeout."""
+    """A long-poll dropped by the network (mobile clients lose connections
+    all the time) does not end the session: what was queued for it, and
+    what comes after, reaches the client's next GET once and in order."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.send("m1")  # queued in this turn, not yet written to the GET
+    session.poll_lost(poll)
+    session.send("m2")
+    clock.advance(0)
+    assert poll.bodies == []
+    assert session.state is SessionState.OPEN
+    clock.advance(0.4)  # within the ping timeout (0.5 s)
+    retry = FakePoll()
+    session.attach_poll(retry)
+    assert retry.packets == [msg("m1"), msg("m2")]
+    clock.advance(0.2)  # past the ping timeout since the loss: the GET came in time
+    later = FakePoll()
+    session.attach_poll(later)
+    session.send("m3")
+    clock.advance(0)
+    assert later.packets == [msg("m3")]
+    assert app.closed == []
+
+
+def test_packets_handed_to_a_get_are_not_sent_again(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """Once a GET is answered its packets count as delivered: Engine.IO has
+    no acknowledgement, so a connection lost after the answer was written
+    cannot be told from one lost after the client read it, and sending them
+    again could deliver a message twice. Only what no GET took is kept."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    session.send("handed over")
+    clock.advance(0)
+    assert poll.packets == [msg("handed over")]
+    session.poll_lost(poll)  # the answered GET's connection dies afterwards
+    assert session.state is SessionState.OPEN
+    retry = FakePoll()
+    session.attach_poll(retry)
+    session.send("next")
+    clock.advance(0)
+    assert retry.packets == [msg("next")]
+
+
+def test_client_that_does_not_poll_again_is_closed_after_the_ping_timeout(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client gone for good after its GET was dropped is cleaned up
+    within the ping timeout, not kept until the heartbeat notices."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    clock.advance(0.25)
+    session.poll_lost(poll)
+    clock.advance(0.375)
+    assert session.state is SessionState.OPEN
+    clock.advance(0.125)  # the ping timeout (0.5 s) since the loss
+    assert session.state is SessionState.CLOSED
+    assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
+    assert server.get_session(session.sid) is None
+    assert clock.getDelayedCalls() == []
+
+
+def test_heartbeat_still_ends_a_session_whose_client_keeps_polling_without_pong(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client that comes back after a dropped GET but never answers the
+    ping is still closed by the heartbeat."""
     server = make_server(clock, app)
     session, _ = open_polling(server)
     poll = FakePoll()
     session.attach_poll(poll)
     session.poll_lost(poll)
-    assert session.state is SessionState.CLOSED
+    retry = FakePoll()
+    session.attach_poll(retry)
+    clock.advance(1.0)
+    clock.advance(0)
+    assert retry.packets == [packets.PING]
+    session.attach_poll(FakePoll())
+    clock.advance(0.5)
+    assert app.closed == [(session.sid, REASON_PING_TIMEOUT)]
+
+
+def test_get_lost_during_an_upgrade_does_not_close_the_upgraded_session(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """A client that finishes its upgrade after its last GET was dropped
+    stays connected over WebSocket."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    channel = FakeChannel()
+    session.begin_upgrade(channel)
+    session.poll_lost(poll)
+    session.receive_websocket(channel, packets.PING_PROBE)
+    session.receive_websocket(channel, packets.UPGRADE)
+    clock.advance(0.6)
+    session.receive_websocket(channel, packets.PONG)
+    assert session.state is SessionState.OPEN and session.upgraded
 
 
 # -- upgrade (engine.io-protocol v4, "Upgrade") ------------------------------------
@@ -634,6 +862,7 @@ def test_second_websocket_cannot_upgrade(clock: Clock, app: RecordingApp) -> Non
     first = FakeChannel()
     assert session.begin_upgrade(first)
     assert not session.begin_upgrade(FakeChannel())
+    session.receive_websocket(first, packets.PING_PROBE)
     session.receive_websocket(first, packets.UPGRADE)
     assert not session.begin_upgrade(FakeChannel())
 
@@ -650,6 +879,66 @@ def test_unexpected_packet_on_probe_ends_only_the_probe(
     assert channel.closed is not None
     assert session.state is SessionState.OPEN
     assert app.messages == []
+
+
+def test_upgrade_packet_before_the_probe_ends_only_that_websocket(
+    clock: Clock, app: RecordingApp
+) -> None:
+    """C{5} is only the answer to a completed probe: a WebSocket that skips
+    the probe is closed, and the polling session keeps its queue and its GET."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    channel = FakeChannel()
+    assert session.begin_upgrade(channel)
+    session.receive_websocket(channel, packets.UPGRADE)
+    assert channel.closed is not None and channel.closed[0] == 1002
+    assert session.state is SessionState.OPEN
+    assert session.transport_name == "polling" and not session.upgraded
+    session.send("still polling")
+    clock.advance(0)
+    assert channel.sent == []
+    poll = FakePoll()
+    session.attach_poll(poll)
+    assert poll.packets == [msg("still polling")]
+    # A later, well-behaved upgrade still works.
+    second = FakeChannel()
+    assert session.begin_upgrade(second)
+    session.receive_websocket(second, packets.PING_PROBE)
+    session.receive_websocket(second, packets.UPGRADE)
+    assert session.upgraded and session.uses(second)
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        Packet(PacketType.PING, ""),
+        Packet(PacketType.PING, "probe "),
+        Packet(PacketType.PING, "PROBE"),
+        Packet(PacketType.PONG, "probe"),
+        Packet(PacketType.NOOP, ""),
+    ],
+)
+def test_a_probe_other_than_2probe_ends_only_that_websocket(
+    clock: Clock, app: RecordingApp, probe: Packet
+) -> None:
+    """Only C{2probe} opens an upgrade; anything else closes that WebSocket
+    (code 1002) and leaves the polling session as it was."""
+    server = make_server(clock, app)
+    session, _ = open_polling(server)
+    poll = FakePoll()
+    session.attach_poll(poll)
+    channel = FakeChannel()
+    assert session.begin_upgrade(channel)
+    session.receive_websocket(channel, probe)
+    assert channel.closed is not None and channel.closed[0] == 1002
+    assert channel.sent == []
+    assert poll.bodies == []  # the GET was not released for an upgrade
+    session.receive_websocket(channel, packets.UPGRADE)
+    assert session.state is SessionState.OPEN
+    assert session.transport_name == "polling" and not session.upgraded
+    session.send("m")
+    clock.advance(0)
+    assert poll.packets == [msg("m")]
 
 
 def test_lost_websocket_closes_upgraded_session(
@@ -817,7 +1106,14 @@ def test_close_kinds_tell_leaving_from_losing(clock: Clock) -> None:
     refused.receive(Packet(PacketType.OPEN, ""))
     for step in (1.0, 0, 0.5):  # ping interval, the flush, ping timeout
         clock.advance(step)
-    assert app.kinds == [CloseKind.CLIENT, CloseKind.LOST, CloseKind.SERVER, CloseKind.LOST]
+    # (A dropped GET ends the session only when no new one came in time.)
+    kinds = dict(zip([sid for sid, _ in app.closed], app.kinds))
+    assert kinds == {
+        closed_by_client.sid: CloseKind.CLIENT,
+        timed_out.sid: CloseKind.LOST,
+        polling_gone.sid: CloseKind.LOST,
+        refused.sid: CloseKind.SERVER,
+    }
 
     app.kinds.clear()
     open_websocket(server)

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import pytest
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
+from twisted.internet.error import ConnectionDone
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
+from twisted.python.failure import Failure
 
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.websocket import (
@@ -349,3 +351,115 @@ def test_server_close_is_not_a_client_close(autobahn_api: str) -> None:
 
     protocol.connectionLost(Failure(ConnectionDone()))
     assert app.kinds == [CloseKind.SERVER]
+def test_websocket_handshakes_are_capped_per_client_before_the_upgrade() -> None:
+    """A client opening sessions directly over WebSocket meets the same caps
+    as over polling, refused with an HTTP 429 instead of the 101 upgrade."""
+    app = _Recorder()
+    server = EngineServer(
+        Clock(), EngineSettings(max_pending_sessions_per_ip=2), app  # type: ignore[arg-type]
+    )
+    factory = EngineWebSocketFactory(server)
+    answers = []
+    for _ in range(3):
+        protocol = factory.buildProtocol(None)
+        transport = _Transport()
+        protocol.makeConnection(transport)
+        protocol.dataReceived(_UPGRADE)
+        answers.append(transport.value().split(b"\r\n", 1)[0])
+    assert answers[:2] == [b"HTTP/1.1 101 Switching Protocols"] * 2
+    assert answers[2].startswith(b"HTTP/1.1 429 ")
+    assert server.clients_count == 2
+
+
+# -- close frames (RFC 6455, 5.5.1 and 7.4) ----------------------------------------
+
+#: Close frames a client must not send: a 1-byte payload, codes reserved or
+#: out of range, a reason that is not UTF-8.
+INVALID_CLOSE_PAYLOADS = {
+    "one byte": b"\x03",
+    "code 999": struct.pack("!H", 999),
+    "code 1004": struct.pack("!H", 1004),
+    "code 1005": struct.pack("!H", 1005),
+    "code 1006": struct.pack("!H", 1006),
+    "code 1015": struct.pack("!H", 1015),
+    "code 2999": struct.pack("!H", 2999),
+    "code 5000": struct.pack("!H", 5000),
+    "reason not UTF-8": struct.pack("!H", 1000) + b"ok \xff\xfe",
+    "reason a lone surrogate": struct.pack("!H", 1000) + b"\xed\xa0\x80",
+}
+
+
+def _close_frames(data: bytes) -> list[bytes]:
+    """The payloads of the close frames in C{data}, which holds server
+    frames only (unmasked, payloads under 126 bytes for control frames)."""
+    payloads = []
+    while data:
+        head, size = data[0], data[1]
+        if size == 126:
+            size = struct.unpack("!H", data[2:4])[0]
+            start = 4
+        elif size == 127:
+            size = struct.unpack("!Q", data[2:10])[0]
+            start = 10
+        else:
+            start = 2
+        if head == 0x88:
+            payloads.append(data[start : start + size])
+        data = data[start + size :]
+    return payloads
+
+
+@pytest.mark.parametrize("name", list(INVALID_CLOSE_PAYLOADS))
+def test_invalid_close_frame_is_answered_with_1002_then_closed(
+    autobahn_api: str, name: str
+) -> None:
+    """An invalid close frame gets a close frame with 1002 (protocol error)
+    before the TCP connection is closed in order, not aborted (a bare reset
+    would throw the close frame away); the session's clean-up runs once."""
+    protocol, transport, app = _open_connection()
+    protocol.dataReceived(_client_frame(b"4before"))
+    protocol.dataReceived(_client_frame(INVALID_CLOSE_PAYLOADS[name], opcode=8))
+    closes = _close_frames(transport.value())
+    assert len(closes) == 1 and closes[0][:2] == struct.pack("!H", 1002), closes
+    assert transport.disconnecting and not transport.disconnected  # not aborted
+    protocol.dataReceived(_client_frame(b"4after"))
+    assert app.messages == ["before"]
+    assert len(_close_frames(transport.value())) == 1
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert len(app.closed) == 1, app.closed
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"", struct.pack("!H", 1000), struct.pack("!H", 1001) + "bye é".encode(), struct.pack("!H", 4000)],
+)
+def test_valid_close_frame_is_answered_and_closed_in_order(
+    autobahn_api: str, payload: bytes
+) -> None:
+    """A client's close is answered with a close frame, then the connection
+    is closed in order; the session ends once."""
+    protocol, transport, app = _open_connection()
+    protocol.dataReceived(_client_frame(payload, opcode=8))
+    closes = _close_frames(transport.value())
+    assert len(closes) == 1 and closes[0][:2] == struct.pack("!H", 1000), closes
+    assert transport.disconnecting and not transport.disconnected
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert len(app.closed) == 1, app.closed
+
+
+def test_connection_not_closed_after_an_invalid_close_frame_is_dropped_in_time(
+    autobahn_api: str,
+) -> None:
+    """A client that neither reads nor closes after its invalid close frame
+    does not hold the connection: it is aborted after the close handshake
+    timeout."""
+    protocol, transport, app = _open_connection(ws_close_handshake_timeout_s=2.0)
+    clock = protocol.factory.engine.clock
+    protocol.dataReceived(_client_frame(struct.pack("!H", 999), opcode=8))
+    clock.advance(1.9)
+    assert not transport.disconnected
+    clock.advance(0.1)
+    assert transport.disconnected
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert clock.getDelayedCalls() == []
+    assert len(app.closed) == 1

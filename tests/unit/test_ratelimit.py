@@ -15,6 +15,7 @@ from privydrop.ratelimit import (
     rate_limit_message,
 )
 from privydrop.store.interface import RateResult
+from privydrop.store.memory import MemoryStore
 
 NOW = 1_700_000_000_000
 
@@ -173,3 +174,104 @@ def test_budget_never_exceeds_n_per_window_nor_2n_per_interval(
     for i, start in enumerate(allowed_at):
         in_interval = [t for t in allowed_at[i:] if t < start + window]
         assert len(in_interval) <= (2 * calls - 1 if sliding else 2 * calls)
+
+
+def test_eviction_cost_does_not_grow_with_the_table() -> None:
+    """Forgetting idle clients costs each call a bounded number of steps
+    however many clients are remembered: an IPv6 flood fills the table with
+    100,000 keys, and scanning them all once per window would stall every
+    API call of that moment."""
+
+    def steps_per_call(size: int) -> float:
+        clock = Clock()
+        budget = CallBudget(5, 60, clock, max_keys=size)
+        for n in range(size):
+            budget.spend(f"old{n}")
+        clock.advance(60)  # one window on: every key still counts (previous window)
+        for n in range(size):
+            budget.spend(f"new{n}")
+        before = budget.keys_examined
+        clock.advance(60)  # now the "old" keys are idle for two windows
+        calls = 2 * size
+        for n in range(calls):
+            budget.spend(f"next{n}")
+        assert len(budget) <= size
+        return (budget.keys_examined - before) / calls
+
+    small, large = steps_per_call(1_000), steps_per_call(50_000)
+    assert small <= 3 and large <= 3
+    # Idle keys are forgotten each in one step, at most once each.
+    clock = Clock()
+    budget = CallBudget(5, 60, clock)
+    for n in range(10_000):
+        budget.spend(f"k{n}")
+    clock.advance(60)
+    start = budget.keys_examined
+    for _ in range(100):  # a key still in use keeps no idle key alive, nor costs a scan
+        budget.spend("busy")
+    assert budget.keys_examined - start <= 2 * 100
+    clock.advance(120)
+    budget.spend("late")
+    assert len(budget) == 1
+    assert budget.keys_examined - start <= 10_000 + 2 * 101
+
+
+# -- one budget across processes ------------------------------------------------
+
+
+def alternate(budgets: list[CallBudget], key: str, n: int) -> list[bool]:
+    return [budgets[i % len(budgets)].spend(key).allowed for i in range(n)]
+
+
+def test_processes_sharing_a_store_share_the_budget() -> None:
+    """Two processes behind one load balancer give a client one budget, not
+    two: calls alternating between them are counted together."""
+    clock = Clock()
+    clock.advance(1_000)
+    store = MemoryStore(clock)
+    one = CallBudget(10, 60, clock, store=store, name="api")
+    two = CallBudget(10, 60, clock, store=store, name="api")
+    allowed = alternate([one, two], "203.0.113.9", 40)
+    assert 10 <= sum(allowed) <= 11
+    assert two.spend("198.51.100.1").allowed  # another client, another budget
+    # The next window grants a budget again (minus what still slides in).
+    clock.advance(120)
+    assert sum(alternate([one, two], "203.0.113.9", 40)) in (10, 11)
+
+
+def test_budgets_of_different_names_count_apart() -> None:
+    """The logs_debug budget and the API budget of one client are two counts."""
+    clock = Clock()
+    store = MemoryStore(clock)
+    api = CallBudget(3, 60, clock, store=store, name="api")
+    logs = CallBudget(3, 60, clock, store=store, name="logs_debug")
+    assert spend_many(api, "k", 3) == [True] * 3
+    assert spend_many(logs, "k", 3) == [True] * 3
+
+
+def test_counts_of_other_processes_arriving_late_still_count() -> None:
+    """Another process's calls, learned only when the shared count answers,
+    are added to what this process allows from then on."""
+    clock = Clock()
+    clock.advance(1_000)
+    store = MemoryStore(clock)
+    here = CallBudget(10, 60, clock, store=store, name="api")
+    there = CallBudget(10, 60, clock, store=store, name="api")
+    assert spend_many(there, "k", 8) == [True] * 8
+    assert here.spend("k").allowed  # learns of the 8 from its own count's answer
+    assert spend_many(here, "k", 3) == [True, False, False]
+
+
+class _DownStore(MemoryStore):
+    async def count_calls(self, *args: object) -> object:
+        from privydrop.store.interface import StoreUnavailable
+
+        raise StoreUnavailable("Redis at nowhere: not connected")
+
+
+def test_an_unreachable_store_leaves_the_budget_per_process() -> None:
+    """With Redis down the budget still answers at once, counting this
+    process's calls alone; nothing is raised into the request."""
+    clock = Clock()
+    budget = CallBudget(3, 60, clock, store=_DownStore(clock), name="api")
+    assert spend_many(budget, "k", 4) == [True, True, True, False]

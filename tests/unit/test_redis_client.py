@@ -313,6 +313,70 @@ def test_waiting_for_a_connection_is_bounded_and_leaves_no_waiter(
     assert pool.waiting == 0
 
 
+def _refused() -> Failure:
+    from twisted.internet.error import ConnectionRefusedError
+
+    return Failure(ConnectionRefusedError("Connection refused"))
+
+
+def test_a_pool_that_fails_fast_when_unreachable_leaves_nothing_waiting(
+    reactor: MemoryReactorClock,
+) -> None:
+    """Once an attempt to connect failed (Redis known to be away), the callers
+    waiting fail at once and so does every new command, until an attempt
+    connects again; then commands wait for the handshake as usual."""
+    pool = OrderedConnection(SETTINGS, reactor, name=NAME, fail_fast_when_unreachable=True)
+    waiting = pool.execute(("PUBLISH", "c", "0"))
+    assert pool.waiting == 1
+    with capturedLogs() as events:
+        pool.connection_attempt_failed(_refused())
+        pool.connection_attempt_failed(_refused())
+    failed = failure_of(waiting)
+    assert failed.check(NotConnected) and "unreachable" in str(failed.value)
+    assert [e["state"] for e in events if "state" in e] == ["unreachable"]  # once per outage
+    timers = len(reactor.getDelayedCalls())
+    later = pool.execute(("PUBLISH", "c", "1"))
+    assert failure_of(later).check(NotConnected) and pool.waiting == 0
+    assert len(reactor.getDelayedCalls()) == timers  # no deadline timer either
+    with capturedLogs() as events:
+        pool.connection_attempt_succeeded()
+    assert [e["state"] for e in events if "state" in e] == ["reachable"]
+    after = pool.execute(("PUBLISH", "c", "2"))
+    assert pool.waiting == 1 and not after.called
+    conn, transport = ready(pool)
+    assert transport.value() == commands(("PUBLISH", "c", "2"))
+    conn.dataReceived(b":0\r\n")
+    assert result_of(after) == 0
+    pool.close()
+
+
+def test_a_failed_attempt_of_one_slot_is_no_outage_while_another_connection_works(
+    reactor: MemoryReactorClock,
+) -> None:
+    """A pool with a working connection keeps using it whatever another
+    slot's reconnection attempts say."""
+    pool = ConnectionPool(SETTINGS, reactor, name=NAME, fail_fast_when_unreachable=True)
+    conn, transport = ready(pool)
+    pool.connection_attempt_failed(_refused())
+    assert pool.unreachable is None
+    d = pool.execute(("GET", "k"))
+    conn.dataReceived(b"$-1\r\n")
+    assert result_of(d) is None
+    pool.close()
+
+
+def test_a_pool_that_waits_keeps_waiting_while_unreachable(
+    pool: ConnectionPool, reactor: MemoryReactorClock
+) -> None:
+    """By default (the store) a command still waits its deadline for Redis
+    to come back."""
+    waiting = pool.execute(("PING",))
+    pool.connection_attempt_failed(_refused())
+    assert pool.unreachable is not None and not waiting.called and pool.waiting == 1
+    reactor.advance(SETTINGS.command_timeout)
+    assert failure_of(waiting).check(NotConnected) and pool.waiting == 0
+
+
 def test_closing_fails_waiting_callers_at_once(pool: ConnectionPool) -> None:
     """Shutdown does not wait for the deadlines of requests that wait for Redis."""
     waiting = pool.execute(("PING",))

@@ -80,3 +80,43 @@ def test_a_port_that_is_taken_fails_start_up() -> None:
     tree = build_service(Settings(listen="tcp:3456:interface=127.0.0.1"), TakenPortReactor())
     with pytest.raises(CannotListenError):
         tree.startService()
+
+
+@pytest.mark.parametrize(
+    "listen, expected",
+    [
+        ("tcp:3001", "tcp:3001:backlog=1024"),
+        ("tcp:3001:interface=127.0.0.1", "tcp:3001:interface=127.0.0.1:backlog=1024"),
+        ("TCP6:3001", "TCP6:3001:backlog=1024"),
+        ("unix:/run/privydrop.sock:mode=660", "unix:/run/privydrop.sock:mode=660:backlog=1024"),
+        ("ssl:443:privateKey=k.pem", "ssl:443:privateKey=k.pem:backlog=1024"),
+        # The operator's own backlog wins.
+        ("tcp:3001:backlog=64", "tcp:3001:backlog=64"),
+        ("tcp:3001: backlog =64:interface=::1", "tcp:3001: backlog =64:interface=::1"),
+        # An escaped colon is part of a value, not a separator.
+        ("unix:/run/a\\:backlog=5.sock", "unix:/run/a\\:backlog=5.sock:backlog=1024"),
+        # systemd made the socket (with its .socket unit's Backlog=).
+        ("systemd:domain=INET:index=0", "systemd:domain=INET:index=0"),
+    ],
+)
+def test_the_listen_backlog_goes_where_the_endpoint_takes_one(listen: str, expected: str) -> None:
+    from privydrop.service.listen import with_backlog
+
+    assert with_backlog(listen, 1024) == expected
+
+
+def test_the_listener_uses_the_listen_backlog() -> None:
+    """Twisted's default backlog (50) leaves bursts waiting where no deadline
+    reaches them; the setting (default 1024) goes to listen(2)."""
+    from privydrop.settings import HttpSettings
+
+    for http, backlog in ((HttpSettings(), 1024), (HttpSettings(listen_backlog=4096), 4096)):
+        reactor = MemoryReactorClock()
+        tree = build_service(Settings(listen="tcp:3456", http=http), reactor)
+        tree.startService()
+        assert reactor.tcpServers[0][2] == backlog
+        tree.stopService()
+    reactor = MemoryReactorClock()
+    tree = build_service(Settings(listen="tcp:3456:backlog=7"), reactor)
+    tree.startService()
+    assert reactor.tcpServers[0][2] == 7

@@ -152,3 +152,35 @@ def test_dropped_payloads_are_counted_by_event_and_reason() -> None:
     assert dropped.count(events.OFFER) == 2
     assert dropped.count(reason=Reason.NOT_A_STRING) == 1
     assert dropped.count(events.ANSWER) == 0
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+@pytest.mark.parametrize("event", [events.OFFER, events.ANSWER, events.ICE_CANDIDATE])
+def test_a_signal_that_passes_also_encodes_as_relayed(event: str) -> None:
+    """Nesting is checked on what will be encoded: the value inside the relayed
+    event ([event, {field, from, peerId}]), not the value alone. An offer nested
+    some 250 levels used to pass, then fail to encode once wrapped, with a
+    critical traceback per message."""
+    from privydrop.socketio.packets import Packet, PacketType, encode
+
+    limits = EventLimits(max_room_id_length=64, max_signal_bytes=1_000_000)
+    field = events.SIGNAL_FIELDS[event]
+    refused_from = None
+    for depth in range(240, 300):
+        value = _nested(depth)
+        try:
+            request = parse_signal(event, ({"peerId": "p", field: value},), limits)
+        except InvalidPayload as error:
+            assert error.reason is Reason.NOT_JSON and error.field == field
+            refused_from = depth if refused_from is None else refused_from
+            continue
+        assert refused_from is None, "refused at %d, accepted at %d" % (refused_from, depth)
+        data = [event, {request.field: request.value, "from": "s", "peerId": "s"}]
+        encode(Packet(PacketType.EVENT, "/", data))
+    assert refused_from is not None

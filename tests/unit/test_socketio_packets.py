@@ -161,6 +161,66 @@ def test_ack_id_longer_than_limit_is_an_error() -> None:
         decode('21000["a"]', limits)
 
 
+@pytest.mark.parametrize(
+    "text, ack_id",
+    [
+        ('21["a"]', 1),
+        ('20["a"]', 0),
+        ('29007199254740991["a"]', 2**53 - 1),  # 16 digits: Number.MAX_SAFE_INTEGER
+        ("39007199254740991[]", 2**53 - 1),
+        ('2/admin,9007199254740991["a"]', 2**53 - 1),
+        ('51-9007199254740991["a",{"_placeholder":true,"num":0}]', 2**53 - 1),
+    ],
+)
+def test_ack_ids_up_to_max_safe_integer_are_accepted(text: str, ack_id: int) -> None:
+    """Every id a JavaScript client can count to is a valid ack id."""
+    assert decode(text, LIMITS).ack_id == ack_id
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '29007199254740992["a"]',  # 2^53: past what a JavaScript number holds exactly
+        '29999999999999999["a"]',
+        '212345678901234567["a"]',  # 17 digits
+        "312345678901234567[]",
+        '2abc["a"]',
+        '20x1f["a"]',
+        '2-1["a"]',
+        '2+1["a"]',
+        '21.5["a"]',
+        '21e3["a"]',
+        '2\uff11["a"]'.encode().decode("unicode_escape"),  # a fullwidth digit
+        '2\u0661["a"]'.encode().decode("unicode_escape"),  # an Arabic-Indic digit
+        "3abc[]",
+        "3-1[]",
+    ],
+)
+def test_ack_ids_longer_or_not_decimal_are_refused(text: str) -> None:
+    """An ack id is 1 to 16 ASCII digits, at most 2^53-1; anything else
+    closes the client."""
+    with pytest.raises(SocketIOProtocolError):
+        decode(text, LIMITS)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["0null", '0"x"', "0[]", "01", "0true", "0/custom,null", '0/custom,"x"', "0/custom,[]", "1null"],
+)
+def test_connect_payload_must_be_an_object(text: str) -> None:
+    """socket.io-parser: a CONNECT payload, when present, is an object
+    (JSON null is not), and a DISCONNECT has none."""
+    with pytest.raises(SocketIOProtocolError):
+        decode(text, LIMITS)
+
+
+def test_connect_without_payload_or_with_an_object_is_accepted() -> None:
+    assert decode("0", LIMITS).data is None
+    assert decode("0{}", LIMITS).data == {}
+    assert decode("0/custom,", LIMITS).data is None
+    assert decode('0/custom,{"a":[1]}', LIMITS).data == {"a": [1]}
+
+
 def test_packet_larger_than_limit_is_an_error() -> None:
     """One packet cannot exceed max_packet_bytes, counting multi-byte text."""
     limits = PacketLimits(max_packet_bytes=20)

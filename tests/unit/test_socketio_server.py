@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
 from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, Message
+from privydrop.logs.client_text import sid_label
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.errors import (
     AckLimitError,
@@ -139,11 +140,50 @@ def test_connect_handler_receives_auth_and_handshake(server: SocketIOServer) -> 
 
     @server.of("/").on_connect
     def connected(socket: Socket, auth: Any) -> None:
-        seen.append((auth, socket.handshake.auth, socket.handshake.headers["user-agent"],
+        seen.append((auth, socket.handshake.headers["user-agent"],
                      socket.handshake.address, socket.handshake.query["EIO"]))
 
     join(server, "e1", auth='{"token":"123"}')
-    assert seen == [({"token": "123"}, {"token": "123"}, "test", "127.0.0.1", "4")]
+    assert seen == [({"token": "123"}, "test", "127.0.0.1", "4")]
+
+
+def test_auth_is_not_kept_for_the_socket_s_life(server: SocketIOServer) -> None:
+    """The CONNECT payload goes to the connect handlers and nowhere else: a
+    socket does not hold it while it lives (a thousand sockets with a large
+    auth each would hold it all in memory)."""
+    kept: list[Socket] = []
+    server.of("/").on_connect(lambda socket, auth: kept.append(socket))
+    join(server, "e1", auth='{"token":"' + "x" * 4000 + '"}')
+    assert not hasattr(kept[0].handshake, "auth")
+    assert "x" * 4000 not in repr(vars(kept[0]))
+
+
+def test_oversize_auth_is_refused_with_connect_error_without_parsing(clock: Clock) -> None:
+    """A CONNECT whose payload passes SOCKETIO_MAX_AUTH_BYTES is answered with
+    CONNECT_ERROR (socket.io-client reports connect_error and does not retry
+    in a loop, as it would after a close), without the payload being parsed:
+    even invalid JSON gets that answer. The connection stays usable."""
+    server = SocketIOServer(clock, SocketIOSettings(max_auth_bytes=64))
+    handled: list[Any] = []
+    server.of("/").on_connect(lambda socket, auth: handled.append(auth))
+    conn = connect_engine(server)
+    with capturedLogs() as events:
+        conn.receive('0{"token":"' + "x" * 64 + '"}')
+        conn.receive("0{" + "[" * 100)  # not JSON: still a size refusal
+    assert conn.take_text() == ['4{"message":"auth payload too large"}'] * 2
+    assert conn.closed is None and handled == []
+    assert len([e for e in events if e.get("log_level").name == "warn"]) == 1
+    # Exactly at the cap is accepted; so is a session-recovery sized auth.
+    small = '{"pid":"' + "p" * 20 + '","offset":"' + "o" * 20 + '"}'
+    assert len(small) <= 64
+    conn.receive("0" + small)
+    clock.advance(0)
+    assert conn.take_text()[0].startswith('0{"sid":')
+    assert handled == [orjson.loads(small)]
+    # Namespaced CONNECTs are capped the same way.
+    server.of("/custom")
+    conn.receive("0/custom," + '{"t":"' + "y" * 80 + '"}')
+    assert conn.take_text() == ['4/custom,{"message":"auth payload too large"}']
 
 
 def test_events_emitted_in_connect_handler_follow_connect_answer(
@@ -513,17 +553,82 @@ def test_malformed_packet_closes_only_that_client(server: SocketIOServer, messag
     assert server.connection_count() == 1
     good.receive('2["m",1]')
     assert events == [(1,)]
-    assert any(e.get("engine_sid") == "bad" for e in logged)
+    # Named by its label, never by its sid (a session's credential).
+    assert any(e.get("engine_sid") == sid_label("bad") for e in logged)
 
 
-def test_packets_for_unconnected_namespace_are_ignored(server: SocketIOServer) -> None:
-    """As with the reference server, stray packets for other namespaces don't
-    reach handlers and don't close the connection."""
+@pytest.mark.parametrize(
+    "before, packet",
+    [
+        ([], '2["m"]'),  # EVENT before any CONNECT
+        ([], '21["m"]'),
+        ([], "31[]"),  # ACK before CONNECT
+        ([], "1"),  # DISCONNECT before CONNECT
+        (["0"], '2/other,["m"]'),  # EVENT for a namespace not connected
+        (["0"], "3/other,1[]"),
+        (["0"], "0"),  # a second CONNECT to a connected namespace
+        (["0", "0/other,"], "0/other"),
+        (["0", "1"], '2["m"]'),  # anything after the client's DISCONNECT of it
+        (["0", "1"], "31[]"),
+        (["0", "1"], "1"),
+        (["0", "0/other,", "1/other"], '2/other,["m"]'),
+    ],
+)
+def test_packets_the_namespace_state_does_not_allow_close_the_connection(
+    server: SocketIOServer, before: list[str], packet: str
+) -> None:
+    """As the reference server: only CONNECT for a namespace the client is
+    not in, and anything but CONNECT for one it is in. Anything else closes
+    the Engine.IO connection, and reaches no handler."""
     got: list[Any] = []
-    server.of("/other").on("m", lambda socket: got.append(1))
-    conn, _ = join(server, "e1")
-    conn.receive('2/other,["m"]')
+    for name in ("/", "/other"):
+        server.of(name).on("m", lambda socket: got.append(1))
+    conn = connect_engine(server)
+    conn.receive(*before)
+    server._clock.advance(0)  # type: ignore[attr-defined]
+    assert conn.closed is None
+    with capturedLogs() as logged:
+        conn.receive(packet)
+    assert conn.closed == "forced server close"
     assert got == []
+    assert server.connection_count() == 0
+    assert any(e.get("engine_sid") == sid_label("e1") for e in logged)
+
+
+@pytest.mark.parametrize("second", ['2["m"]', "0", "1"])
+def test_packets_while_the_connect_handler_runs_close_the_connection(
+    server: SocketIOServer, second: str
+) -> None:
+    """The socket is not connected until its connect handlers accepted it:
+    an event, a second CONNECT or a DISCONNECT meanwhile is out of order."""
+    gate: Deferred[bool] = Deferred()
+    got: list[Any] = []
+
+    async def check(socket: Socket, auth: Any) -> bool:
+        return await gate
+
+    ns = server.of("/")
+    ns.on_connect(check)
+    ns.on("m", lambda socket: got.append(1))
+    conn = connect_engine(server)
+    conn.receive("0")
+    conn.receive(second)
+    assert conn.closed == "forced server close"
+    gate.callback(True)
+    assert conn.take() == [] and got == []
+    assert len(ns.sockets) == 0
+
+
+def test_reconnecting_a_namespace_after_disconnecting_it_is_allowed(
+    server: SocketIOServer,
+) -> None:
+    """A client that left a namespace may CONNECT to it again (a new socket)."""
+    conn, first = join(server, "e1")
+    conn.receive("1")
+    conn.receive("0")
+    server._clock.advance(0)  # type: ignore[attr-defined]
+    answer = conn.take_text()[0]
+    assert answer.startswith("0{") and orjson.loads(answer[1:])["sid"] != first
     assert conn.closed is None
 
 
@@ -753,7 +858,8 @@ def test_protocol_error_warnings_are_throttled_per_cause(server: SocketIOServer,
         conn, _ = join(server, "late")
         conn.receive("2{}")
     warnings = [e for e in events if e.get("error") is not None]
-    assert [(w["engine_sid"], w["suppressed"]) for w in warnings] == [("bad0", 0), ("late", 4)]
+    assert [(w["engine_sid"], w["suppressed"]) for w in warnings] == [
+        (sid_label("bad0"), 0), (sid_label("late"), 4)]
 
 
 def test_disconnect_from_disconnecting_handler_runs_handlers_once(server: SocketIOServer) -> None:
@@ -836,3 +942,14 @@ def test_arbitrary_client_input_never_escapes_the_server(frames: list[Message]) 
     assert bystander.take() == ['31["still here"]']
     if conn.closed is not None:
         assert server.connection_count() == 1
+
+
+def test_oversize_auth_to_an_unknown_namespace_is_an_invalid_namespace(clock: Clock) -> None:
+    """Whatever its payload, a CONNECT to a namespace nobody registered gets
+    the usual answer, and nothing about it is logged."""
+    server = SocketIOServer(clock, SocketIOSettings(max_auth_bytes=8))
+    conn = connect_engine(server)
+    with capturedLogs() as events:
+        conn.receive('0/nowhere,{"t":"' + "y" * 80 + '"}')
+    assert conn.take_text() == ['4/nowhere,{"message":"Invalid namespace"}']
+    assert not [e for e in events if "nowhere" in repr(e)]

@@ -74,3 +74,69 @@ async def test_a_failing_sweep_is_logged_and_the_sweeper_keeps_going(
 async def test_verify_store_accepts_the_memory_store() -> None:
     """Development without Redis starts normally."""
     await verify_store(MemoryStore(Clock()))
+
+
+# -- the store's health, from its operations ---------------------------------------
+
+
+def test_store_health_reports_only_a_lasting_failure() -> None:
+    from privydrop.store.health import StoreHealth
+
+    clock = Clock()
+    health = StoreHealth(clock, grace_s=2.0)
+    assert health.problem() is None
+    # One failure between successes (a restart, a failover) is not reported.
+    health.failed(clock.seconds(), "Redis at x: connection lost")
+    clock.advance(1.9)
+    assert health.problem() is None
+    health.succeeded(clock.seconds())
+    clock.advance(5)
+    assert health.problem() is None
+    # A failure that lasts the grace period is, with its reason.
+    began = clock.seconds()
+    health.failed(began, "Redis at x: error reply (LOADING Redis is loading)")
+    clock.advance(1)
+    health.failed(clock.seconds(), "Redis at x: error reply (LOADING Redis is loading)")
+    assert health.problem() is None
+    clock.advance(1)
+    problem = health.problem()
+    assert problem is not None and "LOADING" in problem and "2.0 s" in problem
+    # The first answer ends it.
+    health.succeeded(clock.seconds())
+    assert health.problem() is None and health.unusable_for() == 0
+
+
+def test_a_stalled_operation_counts_from_its_start() -> None:
+    """An operation that times out after the command timeout was unusable for
+    all of it: reported at once."""
+    from privydrop.store.health import StoreHealth
+
+    clock = Clock()
+    health = StoreHealth(clock, grace_s=2.0)
+    began = clock.seconds()
+    clock.advance(2.0)
+    health.failed(began, "no answer in time")
+    assert health.problem() is not None
+
+
+def test_a_late_failure_of_an_older_operation_says_nothing_new() -> None:
+    from privydrop.store.health import StoreHealth
+
+    clock = Clock()
+    health = StoreHealth(clock, grace_s=2.0)
+    old = clock.seconds()
+    clock.advance(1)
+    health.succeeded(clock.seconds())
+    clock.advance(1.5)
+    health.failed(old, "no answer in time")
+    clock.advance(10)
+    assert health.problem() is None
+    assert health.idle_for() == 10
+
+
+def test_the_health_ping_interval_is_the_command_timeout_at_most_once_a_second() -> None:
+    from privydrop.store.service import health_ping_interval
+
+    assert health_ping_interval(2.0) == 2.0
+    assert health_ping_interval(0.001) == 1.0
+    assert StoreService(Settings(), Clock()).health is None

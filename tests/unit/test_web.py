@@ -362,3 +362,143 @@ def test_pipelined_request_waits_for_the_answer_before_its_deadline() -> None:
     assert not conn.transport.disconnecting
     conn.clock.advance(10)
     assert conn.transport.disconnecting
+
+
+# -- what reaches the log ------------------------------------------------------------
+
+
+def _text_of(events: list[dict[str, Any]]) -> str:
+    """Everything an observer could write of these events: the formatted line
+    and every field (a JSON log writes them all)."""
+    from twisted.logger import formatEvent
+
+    parts = []
+    for event in events:
+        parts.append(formatEvent(event))
+        parts.extend(repr(v) for k, v in event.items() if not k.startswith("log_"))
+        failure = event.get("log_failure")
+        if failure is not None:
+            parts.append(failure.getTraceback())
+    return "\n".join(parts)
+
+
+@pytest.mark.parametrize("log_ips", [False, True])
+def test_an_idle_timeout_names_the_client_only_when_allowed(log_ips: bool) -> None:
+    """Twisted's own "Timing out client: <address>" ignored LOG_CLIENT_IPS."""
+    settings = attrs.evolve(SETTINGS, http=attrs.evolve(SETTINGS.http, log_client_ips=log_ips))
+    conn = connect(settings)
+    with capturedLogs() as events:
+        conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert conn.response()[0] == 200
+        conn.clock.advance(SETTINGS.http.idle_timeout_s + 1)
+    assert conn.transport.disconnecting
+    text = _text_of(list(events))
+    assert "idle" in text
+    assert ("127.0.0.1" in text) is log_ips
+
+
+def test_an_idle_connection_that_does_not_close_is_aborted() -> None:
+    conn = connect()
+    conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.clock.advance(SETTINGS.http.idle_timeout_s + 1)
+    assert conn.transport.disconnecting and not conn.transport.disconnected
+    conn.clock.advance(HardenedChannel.abortTimeout)
+    assert conn.transport.disconnected
+
+
+@pytest.mark.parametrize("method", [b"GET", b"HEAD", b"POST"])
+def test_logged_uris_never_carry_the_engineio_sid(method: bytes) -> None:
+    """The sid is a session's only credential; HEAD used to reach Twisted's own
+    "HEAD request <request>" line, which shows the URI."""
+    conn = connect(engine=EngineStub())
+    with capturedLogs() as events:
+        conn.send(method + b" /socket.io/?EIO=4&transport=polling&sid=SECRETSID HTTP/1.1\r\n"
+                  b"Host: x\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n")
+    code, headers, body = conn.response()
+    assert code == 200
+    if method == b"HEAD":
+        assert body == b"" and int(headers[b"content-length"]) > 0
+    text = _text_of(list(events))
+    assert "/socket.io/" in text  # the access line is there...
+    assert "SECRETSID" not in text  # ...without the credential
+
+
+def test_head_is_answered_with_headers_only() -> None:
+    conn = connect()
+    conn.send(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    code, headers, body = conn.response()
+    assert code == 200 and body == b""
+    assert int(headers[b"content-length"]) > 0
+
+
+def test_a_flood_of_requests_logs_few_access_lines() -> None:
+    conn = connect()
+    with capturedLogs() as events:
+        for _ in range(500):
+            conn.send(b"GET /nothing/" + b"x" * 5000 + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    lines = [e for e in events if e.get("log_namespace") == "privydrop.web.site"]
+    assert 1 <= len(lines) <= 2
+    assert all(len(str(e.get("uri", ""))) < 300 for e in lines)
+
+
+def test_a_multipart_body_is_415_at_the_site() -> None:
+    conn = connect()
+    body = b"--x\r\nContent-Disposition: form-data; name=roomId\r\n\r\n1234\r\n--x--\r\n"
+    conn.send(b"POST /api/create_room HTTP/1.1\r\nHost: x\r\n"
+              b"Content-Type: multipart/form-data; boundary=x\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (len(body), body))
+    code, _, answer = conn.response()
+    assert (code, json.loads(answer)) == (415, {"error": "Content-Type must be application/json"})
+
+
+class HalfClosingTransport(StringTransport):
+    """A StringTransport that can half-close, as TCP can."""
+
+    write_closed = False
+
+    def loseWriteConnection(self) -> None:
+        self.write_closed = True
+
+
+def _connect_half_closing(settings: Settings = SETTINGS) -> Connection:
+    clock = Clock()
+    api = PrivyDropAPI(settings, MemoryStore(clock), clock)
+    site = build_site(settings, clock, api.resource())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = HalfClosingTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.makeConnection(transport)
+    return Connection(channel, transport, clock)
+
+
+def test_a_refused_body_is_drained_after_the_413_within_bounds() -> None:
+    """Lingering close: answer, stop writing, read and discard the rest of the
+    body (bounded in bytes and time), then close."""
+    from privydrop.web.site import LINGER_MAX_BYTES
+
+    conn = _connect_half_closing()
+    transport = conn.transport
+    assert isinstance(transport, HalfClosingTransport)
+    conn.send(b"POST /api/check_room HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 2000000\r\n\r\n")
+    assert conn.response()[0] == 413
+    assert transport.write_closed and not transport.disconnecting
+    answer = transport.value()
+    conn.send(b"x" * 1_000_000)
+    assert transport.value() == answer and not transport.disconnecting
+    # The client closes once it has read the answer: nothing more to do.
+    conn.channel.connectionLost(Failure(ConnectionLost("client closed")))
+    assert conn.clock.getDelayedCalls() == []
+
+    # A client that keeps sending past the byte bound is cut off...
+    conn = _connect_half_closing()
+    conn.send(b"POST /api/check_room HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999\r\n\r\n")
+    for _ in range(LINGER_MAX_BYTES // 1_000_000 + 1):
+        conn.send(b"x" * 1_000_000)
+    assert conn.transport.disconnected
+    # ...and so is one that keeps the connection open past the body deadline.
+    conn = _connect_half_closing()
+    conn.send(b"POST /api/check_room HTTP/1.1\r\nHost: x\r\nContent-Length: 2000000\r\n\r\n")
+    conn.clock.advance(SETTINGS.http.body_timeout_s - 1)
+    assert not conn.transport.disconnecting
+    conn.clock.advance(1)
+    assert conn.transport.disconnected

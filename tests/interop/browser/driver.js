@@ -90,10 +90,14 @@ async function main(options) {
         { size: options.size, seed: options.seed, pauseAfterBytes: options.severUrl ? options.size / 2 : 0 });
       const receiverConnected = await receiverPage.evaluate(function (o) { return window.privydropTest.connect(o); }, receiverOptions);
       const receiving = receiverPage.evaluate(function (o) { return window.privydropTest.receive(o); }, { roomId: roomId });
+      // Awaited below; a failure meanwhile must not end the driver unreported.
+      sending.catch(function () {});
+      receiving.catch(function () {});
       let reconnect = null;
       if (options.severUrl) {
         await senderPage.evaluate(function () { return window.privydropTest.sendingPaused(); });
         const back = receiverPage.evaluate(function () { return window.privydropTest.reconnected(); });
+        back.catch(function () {});
         const cut = await fetch(options.severUrl, { method: "POST" });
         if (!cut.ok) {
           throw new Error("sever answered " + cut.status);

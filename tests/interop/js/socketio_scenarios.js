@@ -6,7 +6,7 @@
  *
  * mode: "websocket" (websocket only), "polling" (polling only), or
  * "upgrade" (polling first, then upgrade to websocket).
- * scenario: "exchange" or "reconnect" (see below).
+ * scenario: "exchange", "reconnect" or "bigAuth" (see below).
  *
  * Prints one JSON object per line: {"step": name, ...} as it goes, and at the
  * end {"result": {...}} with everything observed. Buffers are written as
@@ -131,7 +131,31 @@ async function reconnect() {
   return result;
 }
 
-const scenarios = { exchange, reconnect };
+// A CONNECT whose auth passes the server's cap: connect_error, and the
+// client does not keep reconnecting with the same payload; a small auth
+// (what connection-state recovery sends) still connects.
+async function bigAuth() {
+  const result = {};
+  const socket = io(baseUrl, options({ auth: { blob: "x".repeat(10000) },
+    reconnectionDelay: 10, reconnectionDelayMax: 50 }));
+  let attempts = 0;
+  socket.io.on("reconnect_attempt", () => attempts++);
+  const [err] = await once(socket, "connect_error");
+  result.message = err.message;
+  result.active = socket.active;
+  result.connected = socket.connected;
+  result.managerState = socket.io._readyState;
+  const small = io(baseUrl, options({ auth: { pid: "p".repeat(20), offset: "o".repeat(20) },
+    forceNew: true, reconnection: false }));
+  const authReceived = once(small, "auth");
+  await connected(small);
+  result.smallAuth = plain((await authReceived)[0]);
+  result.reconnectAttempts = attempts;
+  small.disconnect();
+  return result;
+}
+
+const scenarios = { exchange, reconnect, bigAuth };
 
 const timer = setTimeout(() => {
   out({ error: "deadline exceeded" });

@@ -52,7 +52,14 @@ C{recipient-ready {roomId, peerId}}
 
 disconnect
     C{peer-disconnected {peerId: <socket id>}} to the room, then the socket
-    is unbound in the store; a room left empty expires after 900 s.
+    is unbound in the store; a room left empty expires after 900 s. With
+    connection state recovery on (the default), that happens at once only
+    when the client left on purpose (its Socket.IO DISCONNECT, an Engine.IO
+    close packet, a WebSocket close frame 1000/1001/none); a connection
+    that was lost keeps the socket in its room, silently, for
+    C{SOCKETIO_RECOVERY_WINDOW_MS}, and this runs only if the client has
+    not recovered it by then. A recovered socket keeps its id, room and
+    signaling state: no C{join}, so no rate-limit count and no C{ready}.
 
 C{POST /api/leave_room} sends the same C{peer-disconnected} to the room
 before unbinding, through L{peer_left_notifier}.
@@ -108,6 +115,9 @@ PEER_DISCONNECTED = "peer-disconnected"
 #: Joins of one socket waiting behind the one in progress; more are dropped.
 #: An honest client has one join in flight at a time.
 MAX_WAITING_JOINS = 4
+
+#: Disconnect reason of a detached socket unbound by POST /api/leave_room.
+LEFT_BY_API = "left by leave_room"
 
 #: The events handed on to a peer or a room (the C{event} label of the
 #: relayed-messages metric).
@@ -299,7 +309,7 @@ class Signaling:
             self._drop(socket, events.JOIN, InvalidPayload(events.Reason.BUSY))
             return
         async with state.lock:
-            if socket.connected:
+            if not socket.disconnected:
                 await self._join_locked(socket, state, request.room_id)
 
     async def _join_locked(self, socket: Socket, state: _SocketState, room_id: str) -> None:
@@ -359,9 +369,11 @@ class Signaling:
             socket.emit(JOIN_RESPONSE, _join_response(False, decision.message, room_id))
             return
 
-        if not socket.connected:
+        if socket.disconnected:
             # Gone while the store answered; the disconnect clean-up waits
-            # for this lock and unbinds what was just written.
+            # for this lock and unbinds what was just written. A socket whose
+            # connection was lost meanwhile (detached, recoverable) goes on:
+            # its joinResponse is replayed when its client recovers it.
             return
         if state.room != room_id:
             try:
@@ -530,6 +542,10 @@ def peer_left_notifier(namespace: Namespace) -> NotifyPeerLeft:
     """
 
     def notify_peer_left(room_id: str, socket_id: str) -> None:
+        if namespace.end_detached(socket_id, LEFT_BY_API):
+            # A socket waiting for its client to recover it left on purpose:
+            # it ends now, and its disconnect clean-up tells the room once.
+            return
         namespace.to(room_id).emit(PEER_DISCONNECTED, {"peerId": socket_id})
 
     return notify_peer_left

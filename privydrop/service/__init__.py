@@ -175,6 +175,8 @@ def build_service(
                 # and join afresh, under a new node id.
                 signaling.forget_rooms()
                 engine_server.close_all()
+                # Nobody may recover them here: their peers were told.
+                layer.sio_server.end_all_detached("this process was judged dead")
                 adapter_service.renew(new_node_id())
 
             monitor = NodeMonitor(

@@ -134,6 +134,9 @@ class RealtimeService(Service):
         # The listener stopped first (see service.py): no polling client can
         # come back for a close packet, so end idle polling sessions now.
         self.realtime.engine_server.close_all(linger=False)
+        # Closing on shutdown leaves sockets recoverable, but no process
+        # here will recover them: they leave now (peers told, store unbound).
+        self.realtime.sio_server.end_all_detached()
         drained = self.realtime.signaling.wait_idle()
         drained.addTimeout(SHUTDOWN_DRAIN_S, self.realtime.clock)
         drained.addErrback(self._not_drained)

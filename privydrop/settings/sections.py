@@ -169,6 +169,23 @@ class SocketIOSettings:
     #: Seconds between two warnings of the same cause about a client closed
     #: for an invalid packet; the ones in between are counted.
     rejection_log_interval_s: float = 10.0
+    #: Connection state recovery: how long (ms) a socket whose transport was
+    #: lost without a deliberate close waits, still in its rooms, for its
+    #: client to come back with its private session id; 0 turns recovery off
+    #: (CONNECT answers carry C{sid} only and events no offset).
+    recovery_window_ms: int = 120_000
+    #: Events kept per socket for replay after a recovery. A PrivyDrop
+    #: negotiation with one peer is an offer, an answer and a few dozen
+    #: candidates; this covers several at once.
+    recovery_max_packets: int = 256
+    #: Bytes of those events kept per socket (the older ones go first). An
+    #: SDP offer is a few kB, a candidate a few hundred bytes: 64 KiB holds
+    #: several negotiations and caps what one socket can pin in memory.
+    recovery_max_bytes: int = 65_536
+
+    @property
+    def recovery_enabled(self) -> bool:
+        return self.recovery_window_ms > 0
 
 
 @attrs.frozen

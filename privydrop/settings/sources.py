@@ -285,6 +285,15 @@ LIMITS: tuple[Limit, ...] = (
           "max_rooms_per_socket", "Socket.IO rooms one socket may be in."),
     Limit("SOCKETIO_MAX_PACKET_BYTES", "socketio-max-packet-bytes", "socketio",
           "max_packet_bytes", "Bytes of one Socket.IO packet, attachments included."),
+    Limit("SOCKETIO_RECOVERY_WINDOW_MS", "socketio-recovery-window", "socketio",
+          "recovery_window_ms",
+          "Milliseconds a socket whose connection was lost (not closed on purpose) stays in "
+          "its room for its client to recover it (connection state recovery); 0 turns "
+          "recovery off.", 0),
+    Limit("SOCKETIO_RECOVERY_MAX_PACKETS", "socketio-recovery-max-packets", "socketio",
+          "recovery_max_packets", "Events kept per socket for replay after a recovery."),
+    Limit("SOCKETIO_RECOVERY_MAX_BYTES", "socketio-recovery-max-bytes", "socketio",
+          "recovery_max_bytes", "Bytes of events kept per socket for replay after a recovery."),
     Limit("SOCKETIO_MAX_AUTH_BYTES", "socketio-max-auth-bytes", "socketio",
           "max_auth_bytes", "Bytes of a Socket.IO CONNECT payload (auth); a larger one "
           "is refused with a connect_error.", 2),

@@ -65,13 +65,21 @@ disconnect
     backend tells the room before unbinding, whether or not the socket was
     still a member.)} If the store cannot be reached, the members this
     process knew of are told. If its room had ended meanwhile, its old
-    peers (and only they) are told.
+    peers (and only they) are told. With connection state recovery on (the
+    default), this happens at once only when the client left on purpose
+    (its Socket.IO DISCONNECT, an Engine.IO close packet, a WebSocket close
+    frame 1000/1001/none); a connection that was lost keeps the socket in
+    its room, silently, for C{SOCKETIO_RECOVERY_WINDOW_MS}, and this runs
+    only if the client has not recovered it by then. A recovered socket
+    keeps its id, room and signaling state: no C{join}, so no rate-limit
+    count and no C{ready}.
 
 C{POST /api/leave_room} unbinds the socket the same way, on any process;
 when that removed a member, L{peer_left_notifier} tells the remaining
 members and asks the process holding the socket (a server event) to take
 it out of its Socket.IO room, so it gets no more room traffic and its
-later disconnect announces nothing: its peers hear of it exactly once. A
+later disconnect announces nothing: its peers hear of it exactly once (a
+detached socket, waiting for its client to recover it, ends at once). A
 request naming a socket that is not a member changes nothing and tells no
 one. A process whose sockets were cleaned up after it was judged dead
 (L{Signaling.socket_reaped}, called by the cluster's clean-up) has them
@@ -144,6 +152,9 @@ CHECK_BATCH = 200
 #: Joins of one socket waiting behind the one in progress; more are dropped.
 #: An honest client has one join in flight at a time.
 MAX_WAITING_JOINS = 4
+
+#: Disconnect reason of a detached socket unbound by POST /api/leave_room.
+LEFT_BY_API = "left by leave_room"
 
 #: The events handed on to a peer or a room (the C{event} label of the
 #: relayed-messages metric).
@@ -388,6 +399,9 @@ class Signaling:
         async with state.lock:
             if state.room == room_id and state.incarnation == incarnation:
                 self._take_out(socket_id, state, "left through the API")
+                # A socket waiting for its client to recover it left on
+                # purpose: it ends now (its peers were told already).
+                self._namespace.end_detached(socket_id, LEFT_BY_API)
 
     def _take_out(self, socket_id: str, state: _SocketState, why: str) -> None:
         """Out of its Socket.IO room without a notice (the store says it is
@@ -498,7 +512,7 @@ class Signaling:
             self._drop(socket, events.JOIN, InvalidPayload(events.Reason.BUSY))
             return
         async with state.lock:
-            if socket.connected:
+            if not socket.disconnected:
                 # What other processes send to it for the room it may enter
                 # waits for the answer (see the cluster adapter).
                 self._namespace.hold(socket.id)
@@ -567,9 +581,11 @@ class Signaling:
             socket.emit(JOIN_RESPONSE, _join_response(False, decision.message, room_id))
             return
 
-        if not socket.connected:
+        if socket.disconnected:
             # Gone while the store answered; the disconnect clean-up waits
-            # for this lock and unbinds what was just written.
+            # for this lock and unbinds what was just written. A socket whose
+            # connection was lost meanwhile (detached, recoverable) goes on:
+            # its joinResponse is replayed when its client recovers it.
             return
         name = room_name(room_id, decision.incarnation)
         if state.room_name != name:

@@ -21,6 +21,7 @@ from privydrop.socketio.acks import as_deferred_if_awaitable
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Packet, PacketType
+from privydrop.socketio.recovery import Offsets, RecoverySettings
 from privydrop.socketio.sockets import (
     BroadcastOperator,
     Socket,
@@ -65,17 +66,31 @@ class Namespace:
     """One namespace of a L{privydrop.socketio.server.SocketIOServer}.
 
     Get it with C{server.of(name)}; C{"/"} always exists.
+
+    @ivar recovery: connection state recovery's settings, None when off.
+    @ivar offsets: issues the offsets events carry, None when recovery is off.
     """
 
-    def __init__(self, name: str, adapter: Adapter, warnings: WarningThrottle) -> None:
+    def __init__(
+        self,
+        name: str,
+        adapter: Adapter,
+        warnings: WarningThrottle,
+        recovery: RecoverySettings | None = None,
+    ) -> None:
         """
         @param name: the namespace's name (C{/}, C{/chat}).
         @param adapter: rooms and delivery.
         @param warnings: throttles the log lines its clients cause.
+        @param recovery: connection state recovery's settings; None: off.
         """
         self.name = name
         self._adapter = adapter
         self.warnings = warnings
+        self.recovery = recovery
+        self.offsets = None if recovery is None else Offsets()
+        #: Connected and detached sockets by private session id.
+        self._by_pid: dict[str, Socket] = {}
         self._connect_handlers: list[ConnectHandler] = []
         self._handlers: dict[str, EventHandler] = {}
         self._disconnecting_handlers: list[DisconnectHandler] = []
@@ -156,16 +171,45 @@ class Namespace:
         """The connected socket with that id in this process, or None."""
         return self._connected.get(SocketId(socket_id))
 
+    def detached_count(self) -> int:
+        """Sockets of this process waiting for their client to recover them."""
+        return sum(1 for s in self._all.values() if s.state is SocketState.DETACHED)
+
+    def end_detached(self, socket_id: str, reason: str = "recovery ended") -> bool:
+        """End a detached socket now, as if its window had passed.
+
+        @return: whether a detached socket with that id was here.
+        """
+        socket = self._all.get(SocketId(socket_id))
+        if socket is None or socket.state is not SocketState.DETACHED:
+            return False
+        socket._on_close(reason)
+        return True
+
+    def end_all_detached(self, reason: str = "recovery ended") -> int:
+        """End every detached socket now (no one can recover them any more).
+
+        @return: how many were ended.
+        """
+        detached = [s for s in self._all.values() if s.state is SocketState.DETACHED]
+        for socket in detached:
+            socket._on_close(reason)
+        return len(detached)
+
     def to(self, room: str) -> BroadcastOperator:
         """Emit to every socket in C{room}."""
-        return BroadcastOperator(self._adapter, self.name, frozenset({RoomId(room)}))
+        return BroadcastOperator(
+            self._adapter, self.name, frozenset({RoomId(room)}), frozenset(), self.offsets
+        )
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit to every socket of the namespace.
 
         @raise ValueError: a reserved or non-string event name.
         """
-        BroadcastOperator(self._adapter, self.name, frozenset()).emit(event, *args)
+        BroadcastOperator(
+            self._adapter, self.name, frozenset(), frozenset(), self.offsets
+        ).emit(event, *args)
 
     def emit_to_socket(
         self,
@@ -184,8 +228,12 @@ class Namespace:
         @raise ValueError: a reserved or non-string event name.
         """
         check_event_name(event)
+        data = [event, *args]
+        offsets = self.offsets
+        if offsets is not None:
+            data.append(offsets.next())
         self._adapter.send_to_socket(
-            Packet(PacketType.EVENT, self.name, [event, *args]),
+            Packet(PacketType.EVENT, self.name, data),
             SocketId(socket_id),
             None if only_if_in_room is None else RoomId(only_if_in_room),
         )
@@ -262,8 +310,19 @@ class Namespace:
             )
 
     def _local_socket(self, socket_id: SocketId) -> Socket | None:
-        """Connected or connecting socket (the adapter delivers to both)."""
+        """Connected, connecting or detached socket (the adapter delivers to
+        all three)."""
         return self._all.get(socket_id)
+
+    def _recoverable(self, pid: str) -> Socket | None:
+        """The connected or detached socket with that private session id."""
+        return self._by_pid.get(pid)
+
+    def _detached(self, socket: Socket) -> None:
+        self._connected.pop(socket.id, None)
+
+    def _resumed(self, socket: Socket) -> None:
+        self._connected[socket.id] = socket
 
     def _begin(self, socket: Socket, auth: Mapping[str, Any]) -> Deferred[bool]:
         """Register a connecting socket and run the connect handlers.
@@ -308,12 +367,16 @@ class Namespace:
             self._forget(socket)
             return False
         self._connected[socket.id] = socket
+        if socket.pid is not None:
+            self._by_pid[socket.pid] = socket
         socket._accept()
         return True
 
     def _forget(self, socket: Socket) -> None:
         self._all.pop(socket.id, None)
         self._connected.pop(socket.id, None)
+        if socket.pid is not None and self._by_pid.get(socket.pid) is socket:
+            del self._by_pid[socket.pid]
 
     def _dispatch(self, socket: Socket, packet: Packet) -> None:
         event = packet.data[0]

@@ -184,7 +184,7 @@ async def start_node() -> AsyncIterator[StartNode]:
             reconnect_initial_delay=0.05,
             reconnect_max_delay=0.5,
         )
-        sio = SocketIOServer(reactor, SocketIOSettings(), adapter=service.adapter)
+        sio = SocketIOServer(reactor, SocketIOSettings(recovery_window_ms=0), adapter=service.adapter)
         _install_handlers(sio)
         engine = EngineServer(reactor, ENGINE_SETTINGS, sio)
         root = Resource()

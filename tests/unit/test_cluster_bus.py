@@ -26,7 +26,7 @@ from twisted.logger import LogLevel, capturedLogs
 from privydrop.cluster.bus import MemoryBus
 from privydrop.cluster.messages import ClusterSend, all_channel, encode_message, node_channel
 from privydrop.cluster.routing import ClusterAdapter
-from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, Message
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.ids import SocketId
 from privydrop.socketio.server import SocketIOServer
@@ -50,6 +50,7 @@ class FakeConnection:
         self.transport_name = "websocket"
         self.sent: list[Message] = []
         self.closed: str | None = None
+        self.close_kind: CloseKind | None = None
 
     def send(self, message: Message) -> None:
         self.sent.append(message)
@@ -57,9 +58,11 @@ class FakeConnection:
     def send_many(self, messages: Sequence[Message]) -> None:
         self.sent.extend(messages)
 
-    def close(self, reason: str = "forced close") -> None:
+    def close(self, reason: str = "forced close", kind: CloseKind = CloseKind.SERVER) -> None:
+        """End the session; C{kind} is how (a client leaving, a lost transport, ...)."""
         if self.closed is None:
             self.closed = reason
+            self.close_kind = kind
             self._server.on_close(self, reason)
 
     def receive(self, message: Message) -> None:
@@ -102,7 +105,7 @@ class Cluster:
 def make_node(name: str, bus: MemoryBus, clock: Clock) -> Node:
     adapter = ClusterAdapter(name, bus.publish, clock=clock)
     bus.attach(adapter)
-    server = SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000), adapter=adapter)
+    server = SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000, recovery_window_ms=0), adapter=adapter)
     ns = server.of("/")
     ns.on("join", lambda socket, room: socket.join(room))
     ns.on("leave", lambda socket, room: socket.leave(room))
@@ -370,7 +373,7 @@ def test_failed_publish_is_logged_and_local_delivery_still_happens() -> None:
         return fail(ConnectionError("redis down"))
 
     adapter = ClusterAdapter("solo", broken_publish, clock=clock)
-    server = SocketIOServer(clock, SocketIOSettings(), adapter=adapter)
+    server = SocketIOServer(clock, SocketIOSettings(recovery_window_ms=0), adapter=adapter)
     node = Node("solo", server, adapter, clock)
     c1, s1 = node.connect("e1")
     s1.join("r")

@@ -20,7 +20,7 @@ from twisted.internet.task import Clock
 
 from privydrop.cluster.bus import MemoryBus
 from privydrop.cluster.routing import ClusterAdapter
-from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, Message
 from privydrop.rooms import Rooms
 from privydrop.settings import Settings, SocketIOSettings
 from privydrop.signaling import events
@@ -56,6 +56,7 @@ class FakeEngineConnection:
         )
         self.sent: list[Message] = []
         self.closed: str | None = None
+        self.close_kind: CloseKind | None = None
 
     @property
     def sid(self) -> EngineSid:
@@ -75,9 +76,11 @@ class FakeEngineConnection:
     def send_many(self, messages: Any) -> None:
         self.sent.extend(messages)
 
-    def close(self, reason: str = "forced close") -> None:
+    def close(self, reason: str = "forced close", kind: CloseKind = CloseKind.SERVER) -> None:
+        """End the session; C{kind} is how (a client leaving, a lost transport, ...)."""
         if self.closed is None:
             self.closed = reason
+            self.close_kind = kind
             self._app.on_close(self, reason)
 
 
@@ -96,6 +99,8 @@ class Client:
         first = self.connection.sent[0]
         assert isinstance(first, str) and first.startswith("0")
         self.id: str = json.loads(first[1:])["sid"]
+        #: The offset sent in the last recovery.
+        self.offset: str | None = None
 
     def emit(self, event: str, *args: Any) -> None:
         for message in encode(Packet(PacketType.EVENT, "/", [event, *args])):
@@ -117,7 +122,40 @@ class Client:
         return got[-1]
 
     def disconnect(self) -> None:
-        self.connection.close("transport close")
+        """The browser leaves on purpose (a page closing its WebSocket)."""
+        self.connection.close("transport close", CloseKind.CLIENT)
+
+    def lose(self, reason: str = "ping timeout") -> None:
+        """The connection is lost (network change, ping timeout)."""
+        self.connection.close(reason, CloseKind.LOST)
+
+    def last_offset(self) -> str:
+        """The offset of the last event received (what socket.io-client keeps)."""
+        for message in reversed(self.connection.sent):
+            if isinstance(message, str) and message.startswith("2"):
+                offset = json.loads(message[1:])[-1]
+                assert isinstance(offset, str)
+                return offset
+        if self.offset is None:
+            raise AssertionError("no event received")
+        return self.offset
+
+    def recover(self, clock: Clock, offset: str | None = None) -> dict[str, Any]:
+        """Come back on a new connection with C{{pid, offset}} (the last
+        offset received unless given; none at all with C{""}); return the
+        CONNECT answer. Later events are received on the new connection."""
+        answer = json.loads(str(self.connection.sent[0])[1:])
+        auth = {"pid": answer["pid"]}
+        if offset != "":
+            auth["offset"] = self.offset = offset or self.last_offset()
+        self.connection = FakeEngineConnection(
+            self.app, self.connection.sid + "+", self.connection.handshake.remote_address, {}
+        )
+        self.app.on_open(self.connection)
+        self.app.on_message(self.connection, "0" + json.dumps(auth))
+        clock.advance(0)
+        reply: dict[str, Any] = json.loads(str(self.connection.sent[0])[1:])
+        return reply
 
 
 class GatedStore(MemoryStore):

@@ -9,7 +9,7 @@ but the event that raised.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, Union
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -41,6 +41,8 @@ ConnectHandler = Callable[[Socket, Mapping[str, Any]], Any]
 EventHandler = Callable[..., Any]
 #: disconnect / disconnecting handler: (socket, reason).
 DisconnectHandler = Callable[[Socket, str], Any]
+#: server event handler: (*args) -> None, possibly awaitable.
+ServerEventHandler = Callable[..., Any]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,6 +97,7 @@ class Namespace:
         self._disconnect_handlers: list[DisconnectHandler] = []
         self._connected: dict[SocketId, Socket] = {}
         self._all: dict[SocketId, Socket] = {}
+        self._server_handlers: dict[str, ServerEventHandler] = {}
 
     def __repr__(self) -> str:
         return "<Namespace {}>".format(self.name)
@@ -145,6 +148,17 @@ class Namespace:
         are gone by then; use L{on_disconnecting} to see them)."""
         self._disconnect_handlers.append(fn)
         return fn
+
+    def on_server(self, event: str, handler: ServerEventHandler) -> ServerEventHandler:
+        """Handle a server event sent to this process (L{send_server_event}):
+        C{handler(*args)}; failures are logged.
+
+        @raise ValueError: the event already has a handler.
+        """
+        if event in self._server_handlers:
+            raise ValueError("server event {!r} already has a handler".format(event))
+        self._server_handlers[event] = handler
+        return handler
 
     # Sockets and emitting
 
@@ -224,7 +238,76 @@ class Namespace:
             None if only_if_in_room is None else RoomId(only_if_in_room),
         )
 
+    def emit_to_members(
+        self,
+        room: str,
+        members: Mapping[str, str],
+        event: str,
+        *args: Any,
+        departed: str | None = None,
+    ) -> None:
+        """Emit to these members of C{room} (socket id -> the node holding
+        it), wherever they are connected; each receives it only while in
+        the room.
+
+        @param departed: a socket that left the room (processes tracking
+            the room forget it).
+        @raise ValueError: a reserved or non-string event name.
+        """
+        check_event_name(event)
+        self._adapter.send_to_members(
+            Packet(PacketType.EVENT, self.name, [event, *args]),
+            RoomId(room),
+            {SocketId(sid): node for sid, node in members.items()},
+            None if departed is None else SocketId(departed),
+        )
+
+    def members(self, room: str) -> Mapping[str, str]:
+        """The room's members as this process knows them, with their nodes."""
+        return {str(sid): node for sid, node in self._adapter.members(self.name, RoomId(room)).items()}
+
+    def note_members(self, room: str, members: Mapping[str, str]) -> None:
+        """A fresher list of a tracked room's members (see the adapter)."""
+        self._adapter.note_members(
+            self.name, RoomId(room), {SocketId(k): v for k, v in members.items()}
+        )
+
+    def hold(self, socket_id: str) -> None:
+        """Keep room traffic for a socket whose join is in flight (see the adapter)."""
+        self._adapter.hold(self.name, SocketId(socket_id))
+
+    def release(self, socket_id: str) -> None:
+        """The join ended without entering a room: drop what was held."""
+        self._adapter.release(self.name, SocketId(socket_id))
+
+    def send_server_event(self, node: str, event: str, *args: Any) -> None:
+        """Call the server event handler C{event} of this namespace on the
+        process with node id C{node} (this one included); C{args} must be
+        JSON values."""
+        self._adapter.server_event(node, self.name, event, args)
+
     # Internals used by the server and sockets.
+
+    def _server_event(self, event: str, args: Sequence[Any]) -> None:
+        handler = self._server_handlers.get(event)
+        if handler is None:
+            _log.debug(
+                "no handler for server event {event!r} in {namespace}",
+                event=event,
+                namespace=self.name,
+            )
+            return
+        try:
+            result = _awaited(handler(*args))
+        except Exception:
+            _log.failure("server event handler {event!r} failed", event=event)
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(
+                lambda failure: _log.failure(
+                    "server event handler {event!r} failed", failure=failure, event=event
+                )
+            )
 
     def _local_socket(self, socket_id: SocketId) -> Socket | None:
         """Connected, connecting or detached socket (the adapter delivers to

@@ -209,6 +209,11 @@ class SocketIOServer:
         if socket is not None:
             socket._deliver(messages)
 
+    def server_event(self, namespace: str, event: str, args: Sequence[Any]) -> None:
+        ns = self._namespaces.get(namespace)
+        if ns is not None:
+            ns._server_event(event, args)
+
     # EngineApplication
 
     def on_open(self, connection: EngineConnection) -> None:

@@ -292,9 +292,12 @@ class Socket:
 
     # Rooms
 
-    def join(self, room: str) -> None:
+    def join(self, room: str, members: Mapping[str, str] | None = None) -> None:
         """Join a room (joining one it is already in does nothing).
 
+        @param members: the room's members and the node holding each, as
+            the store answered the join: the adapter then tracks the room
+            (see L{privydrop.socketio.adapter}).
         @raise RoomLimitError: already in C{max_rooms_per_socket} rooms.
         @raise ValueError: the room name is not a string.
         """
@@ -307,7 +310,12 @@ class Socket:
             return
         if len(current) >= self._max_rooms:
             raise RoomLimitError("max_rooms_per_socket reached")
-        self._adapter.add(self.namespace.name, self.id, RoomId(room))
+        self._adapter.add(
+            self.namespace.name,
+            self.id,
+            RoomId(room),
+            None if members is None else {SocketId(k): v for k, v in members.items()},
+        )
 
     def leave(self, room: str) -> None:
         """Leave a room (leaving one it is not in does nothing)."""

@@ -46,6 +46,6 @@ def server(clock: Clock) -> SocketIOServer:
     adapter = ClusterAdapter("node-under-test", bus.publish, clock=clock)
     other = ClusterAdapter("other-node", bus.publish, clock=clock)
     SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000, recovery_window_ms=0), adapter=other)
-    bus.subscribe(adapter.channel_prefix + "#", adapter.receive)
-    bus.subscribe(other.channel_prefix + "#", other.receive)
+    bus.attach(adapter)
+    bus.attach(other)
     return SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000, recovery_window_ms=0), adapter=adapter)

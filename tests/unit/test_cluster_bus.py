@@ -5,6 +5,11 @@ fake Engine.IO connections driven through the server's L{EngineApplication}
 methods, as Engine.IO would. The bus delivers only on C{flush()}, like Redis
 delivering on a later turn, so each test shows what happens locally at once
 and what arrives from the other node.
+
+The rooms here are joined without their members (no store behind them), so
+the adapter routes them as untracked rooms: through the channel every node
+subscribes to, each node deciding by its own sockets. Tracked rooms (what
+signaling uses) are in C{test_cluster_routing.py}.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from privydrop.cluster.bus import MemoryBus
-from privydrop.cluster.messages import ClusterSend, channel_name, encode_message
+from privydrop.cluster.messages import ClusterSend, all_channel, encode_message, node_channel
 from privydrop.cluster.routing import ClusterAdapter
 from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, Message
 from privydrop.settings import SocketIOSettings
@@ -99,7 +104,7 @@ class Cluster:
 
 def make_node(name: str, bus: MemoryBus, clock: Clock) -> Node:
     adapter = ClusterAdapter(name, bus.publish, clock=clock)
-    bus.subscribe(adapter.channel_prefix + "#", adapter.receive)
+    bus.attach(adapter)
     server = SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000, recovery_window_ms=0), adapter=adapter)
     ns = server.of("/")
     ns.on("join", lambda socket, room: socket.join(room))
@@ -312,7 +317,7 @@ def test_garbage_on_the_channel_is_dropped_with_a_warning(cluster: Cluster) -> N
     """Junk from another program or release must not crash delivery, and
     real messages after it still arrive."""
     b1, _ = cluster.b.connect("b1")
-    channel = channel_name("privydrop", "/")
+    channel = all_channel("privydrop")
     with capturedLogs() as events:
         cluster.bus.publish(channel, b"not json")
         cluster.bus.publish(channel, b'{"v":99,"kind":"socket"}')
@@ -335,8 +340,8 @@ def test_garbage_on_the_channel_is_dropped_with_a_warning(cluster: Cluster) -> N
 
 
 def test_message_on_the_wrong_channel_is_dropped(cluster: Cluster) -> None:
-    """A message whose namespace does not match its channel is suspicious
-    (a misconfigured publisher) and is not delivered."""
+    """A message that arrives on a channel that is not the node's (a
+    misconfigured subscriber) is not delivered."""
     b1, s_b1 = cluster.b.connect("b1")
     payload = encode_message(
         ClusterSend(
@@ -347,11 +352,10 @@ def test_message_on_the_wrong_channel_is_dropped(cluster: Cluster) -> None:
             origin="elsewhere",
         )
     )
-    cluster.bus.publish(channel_name("privydrop", "/other"), payload)
-    cluster.bus.flush()
+    cluster.b.adapter.receive(node_channel("privydrop", "node-a"), payload)
     assert b1.take() == []
     assert cluster.b.adapter.dropped == 1
-    cluster.bus.publish(channel_name("privydrop", "/"), payload)
+    cluster.bus.publish(node_channel("privydrop", "node-b"), payload)
     cluster.bus.flush()
     assert b1.take() == ['2["x"]']
 
@@ -377,7 +381,7 @@ def test_failed_publish_is_logged_and_local_delivery_still_happens() -> None:
         server.of("/").to("r").emit("x")
         server.of("/").to("r").emit("y")
     assert c1.take() == ['2["x"]', '2["y"]']
-    assert attempts == ["privydrop#/#", "privydrop#/#"]
+    assert attempts == ["privydrop#all#", "privydrop#all#"]
     assert adapter.publish_failures == 2
     warned = [e for e in events if e["log_level"] is LogLevel.warn]
     assert len(warned) == 1 and warned[0]["error"] == "redis down"
@@ -439,11 +443,15 @@ def test_adapter_service_connects_to_the_configured_redis_and_stops_cleanly() ->
 
     reactor = MemoryReactorClock()
     service = ClusterService(
-        RedisSettings(host="10.1.2.3", port=6390), reactor, node_id="n-1", channel_prefix="pd"
+        RedisSettings(host="10.1.2.3", port=6390),
+        reactor,
+        node_id="n-1",
+        channel_prefix="pd",
+        pubsub="classic",
     )
     assert service.name == "adapter"
     assert service.adapter.node_id == "n-1"
-    assert service.adapter.subscription_pattern == "pd#*"
+    assert service.adapter.channels == ("pd#node#n-1", "pd#all#")
     assert reactor.tcpClients == []
     service.startService()
     # (MemoryReactor resolves every name to 127.0.0.1; the port tells.)

@@ -3,12 +3,10 @@ is not a leave (see the signaling module docstring)."""
 
 from __future__ import annotations
 
-from typing import Callable
-
 from twisted.internet.defer import Deferred
 
 from privydrop.settings import Settings
-from privydrop.signaling.handlers import peer_left_notifier
+from privydrop.signaling.handlers import NotifyPeerLeft, peer_left_notifier
 from tests.unit.test_signaling_handlers import ROOM, World, make_world
 
 WINDOW_S = Settings().socketio.recovery_window_ms / 1000.0
@@ -92,8 +90,9 @@ def test_leave_room_of_a_detached_socket_announces_once_and_ends_it() -> None:
     a = world.joined(ROOM)
     b = world.joined(ROOM, address="198.51.100.2")
     b.lose()
-    notify: Callable[[str, str], None] = peer_left_notifier(world.app.of("/"))
-    notify(ROOM, b.id)
+    notify: NotifyPeerLeft = peer_left_notifier(world.app.of("/"))
+    # As POST /api/leave_room does: unbind in the store, then the hook.
+    notify(b.id, world.stored(world.rooms.leave(b.id, ROOM)))
     assert a.received("peer-disconnected") == [{"peerId": b.id}]
     assert world.stored(world.store.room_of_socket(b.id)) is None
     answer = b.recover(world.clock)

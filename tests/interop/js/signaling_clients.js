@@ -47,6 +47,8 @@ const clientVersion = require(path.join(clientDir, "package.json")).version;
 const SIGNALING_EVENTS = [
   "joinResponse", "ready", "offer", "answer", "ice-candidate",
   "initiator-online", "recipient-ready", "peer-disconnected",
+  // Not signaling: the reason, when the server ends the connection.
+  "disconnect",
 ];
 
 const clients = new Map();

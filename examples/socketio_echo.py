@@ -45,7 +45,9 @@ SUITE_ENGINE_SETTINGS = EngineSettings(
 #: The Socket.IO settings of the suite's reference server. The suite's client
 #: attaches one listener per expected message, so the CONNECT answer and the
 #: "auth" event must not reach it in one TCP read: a few ms apart they don't.
-SUITE_SOCKETIO_SETTINGS = SocketIOSettings(connect_timeout_ms=1000, connect_answer_gap_ms=5)
+SUITE_SOCKETIO_SETTINGS = SocketIOSettings(
+    connect_timeout_ms=1000, connect_answer_gap_ms=5, recovery_window_ms=0
+)
 
 
 def _emit_auth(socket: Socket, auth: Mapping[str, Any]) -> None:

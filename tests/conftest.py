@@ -32,12 +32,23 @@ import pytest
 import pytest_twisted
 from twisted.internet.task import Clock
 
+from privydrop.logs import levels as loglevels
 from privydrop.settings import RedisSettings
 from privydrop.store.interface import IStore
 from privydrop.store.memory import MemoryStore
 from privydrop.store.redis import RedisStore
 from tests.redis_server import RedisServer
 from tests.sentinel_group import SentinelGroup
+
+
+@pytest.fixture(autouse=True)
+def _restore_log_levels() -> Iterator[None]:
+    """Each test starts with every level recorded and leaves it so: building
+    a service tree sets the process-wide minimum from LOG_LEVEL, which would
+    otherwise decide what later tests see logged."""
+    loglevels.set_minimum(None)
+    yield
+    loglevels.set_minimum(None)
 
 #: The database index the Redis tests use (the server is private to the run).
 TEST_DB = 9

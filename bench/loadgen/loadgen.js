@@ -25,6 +25,10 @@ common options:
   --host 127.0.0.1     loopback only
   --port N             server port (required)
   --pid N              server process id, for CPU time and RSS from /proc
+  --ports a,b,..       relay / polling: several server processes sharing one Redis; the two
+                       clients of pair i connect to ports[2i mod n] and ports[2i+1 mod n], so
+                       with n > 1 every relay crosses processes (--port is the first)
+  --pids a,b,..        their process ids; the relay's server CPU is their sum
   --duration S         measured seconds (default 5)
   --warmup S           unmeasured seconds before measuring (default 2)
   --label TEXT         copied into the JSON line
@@ -75,6 +79,10 @@ if (!PORT) {
   process.exit(2);
 }
 const PID = num('pid', 0) || null;
+const PORTS = list('ports') || [PORT];
+const PIDS = list('pids') || (PID ? [PID] : []);
+// CPU seconds of every server process of the relay; null without pids.
+const serversCpuSeconds = () => (PIDS.length === 0 ? null : PIDS.reduce((s, p) => s + procCpuSeconds(p), 0));
 const DURATION = num('duration', 5);
 const WARMUP = num('warmup', 2);
 const LABEL = args.label || null;
@@ -175,8 +183,8 @@ async function join(c, roomId) {
   if (!resp || resp.success !== true) throw new Error('join failed: ' + JSON.stringify(resp));
 }
 
-function newClient(transport, agent) {
-  return transport === 'polling' ? new PollingClient(HOST, PORT, agent) : new WsClient(HOST, PORT);
+function newClient(transport, agent, port = PORT) {
+  return transport === 'polling' ? new PollingClient(HOST, port, agent) : new WsClient(HOST, port);
 }
 
 // Short SDP bodies, enough to make offer/answer realistic in size.
@@ -191,8 +199,8 @@ const SDP = 'v=0\r\no=- 4611731400430051336 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r
 async function setupPair(i, transport, agent, opts) {
   const roomId = `bench-${runTag}-${i}`;
   await createRoom(roomId);
-  const a = newClient(transport, agent);
-  const b = newClient(transport, agent);
+  const a = newClient(transport, agent, PORTS[(2 * i) % PORTS.length]);
+  const b = newClient(transport, agent, PORTS[(2 * i + 1) % PORTS.length]);
   attachInbox(a);
   attachInbox(b);
   try {
@@ -322,14 +330,14 @@ async function relayPoint(P, W, transport) {
 
   for (let k = 0; k < W; k++) for (const c of clients) sendOne(c);
   await sleep(WARMUP * 1000);
-  let cpu0 = procCpuSeconds(PID);
+  let cpu0 = serversCpuSeconds();
   const self = selfCpuMeter();
   st.tStart = now();
   st.measuring = true;
   await sleep(DURATION * 1000);
   st.measuring = false;
   st.tEnd = now();
-  const cpu1 = procCpuSeconds(PID);
+  const cpu1 = serversCpuSeconds();
   const selfCpu = self();
   st.sending = false;
   // Drain: everything still in flight should arrive; what does not is counted as lost.
@@ -345,7 +353,7 @@ async function relayPoint(P, W, transport) {
   const cpuS = cpu0 === null ? null : cpu1 - cpu0;
   const lat = st.lat.summary();
   return {
-    transport, pairs: P, window: W, clients: clients.length,
+    transport, pairs: P, window: W, clients: clients.length, servers: PORTS.length,
     duration_s: round(windowS, 3), warmup_s: WARMUP, setup_s: round(setupS, 2),
     delivered: st.delivered,
     msgs_per_s: round(st.delivered / windowS, 0),

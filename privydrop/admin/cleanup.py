@@ -22,9 +22,11 @@ from privydrop.store import keys
 
 #: Deletes KEYS[1] only if it still has no TTL.
 _DELETE_IF_NO_TTL = "if redis.call('TTL', KEYS[1]) == -1 then return redis.call('DEL', KEYS[1]) end return 0"
-#: Removes ARGV[1] from the set KEYS[1] only if its binding KEYS[2] is still gone.
+#: Removes ARGV[1] from the set KEYS[1] (and the room's node hash KEYS[3])
+#: only if its binding KEYS[2] is still gone.
 _REMOVE_IF_UNBOUND = (
-    "if redis.call('EXISTS', KEYS[2]) == 0 then return redis.call('SREM', KEYS[1], ARGV[1]) end return 0"
+    "if redis.call('EXISTS', KEYS[2]) == 0 then redis.call('HDEL', KEYS[3], ARGV[1]) "
+    "return redis.call('SREM', KEYS[1], ARGV[1]) end return 0"
 )
 
 
@@ -73,7 +75,15 @@ def apply(client: RedisClient, findings: Findings) -> tuple[int, int]:
     )
     removed = client.pipeline(
         [
-            ("EVAL", _REMOVE_IF_UNBOUND, 2, m.set_key, keys.socket(m.socket_id), m.socket_id)
+            (
+                "EVAL",
+                _REMOVE_IF_UNBOUND,
+                3,
+                m.set_key,
+                keys.socket(m.socket_id),
+                m.set_key[: -len(keys.SOCKETS_SUFFIX)] + keys.NODES_SUFFIX,
+                m.socket_id,
+            )
             for m in findings.stale_members
         ]
     )

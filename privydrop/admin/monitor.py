@@ -5,9 +5,12 @@ from the key schema (L{privydrop.store.keys}) with C{SCAN}, so watching a
 busy Redis never blocks it; keys of the schema without a TTL are listed
 because every key PrivyDrop writes has one (see L{privydrop.admin.cleanup}).
 
-The live processes of the cluster are not known yet: a process does not
-announce itself in Redis. L{Snapshot.processes} is where they will appear;
-a C{ProcessLister} handed to L{take_snapshot} fills it.
+The live processes of the cluster are read from their heartbeats
+(C{cluster:heartbeats} and each C{cluster:node:<id>:info}, see
+L{privydrop.store.keys}): one line per process with its stable name, pid,
+endpoint, the age of its last heartbeat (by the process's clock against
+Redis's) and its counters as of that heartbeat. A process being cleaned up
+after it died is marked so.
 """
 
 from __future__ import annotations
@@ -35,8 +38,47 @@ BATCH = 500
 
 
 def no_process_list(client: RedisClient) -> None:
-    """Processes do not announce themselves yet: unknown."""
+    """Processes unknown (the view of a deployment without heartbeats)."""
     return None
+
+
+#: Counters a process writes with each heartbeat, shown as numbers.
+_COUNTERS = ("connections", "published", "deliveries", "received", "unroutable")
+
+
+def live_processes(client: RedisClient) -> list[dict[str, Any]]:
+    """The processes with a heartbeat in Redis, oldest start first.
+
+    @raise RedisError: when Redis fails.
+    """
+    beats = client.command("HGETALL", keys.HEARTBEATS) or []
+    nodes = [str(node) for node in beats[::2]]
+    replies = client.pipeline(
+        [("TIME",)]
+        + [("HGETALL", keys.node_info(node)) for node in nodes]
+        + [("GET", keys.reap_claim(node)) for node in nodes]
+    )
+    seconds, micros = replies[0]
+    now_ms = int(seconds) * 1000 + int(micros) // 1000
+    infos, claims = replies[1 : 1 + len(nodes)], replies[1 + len(nodes) :]
+    found = []
+    for node, info_flat, claim in zip(nodes, infos, claims):
+        info = dict(zip(info_flat[::2], info_flat[1::2])) if isinstance(info_flat, list) else {}
+        entry: dict[str, Any] = {
+            "node": node,
+            "name": info.get("name", ""),
+            "pid": int(info["pid"]) if info.get("pid", "").isdigit() else None,
+            "listen": info.get("listen", ""),
+            "startedMs": int(info["started_ms"]) if info.get("started_ms", "").isdigit() else None,
+            "beatAgeMs": now_ms - int(info["beat_ms"]) if info.get("beat_ms", "").isdigit() else None,
+            "reapedBy": claim if isinstance(claim, str) else None,
+        }
+        for counter in _COUNTERS:
+            value = info.get(counter, "")
+            entry[counter] = int(value) if value.isdigit() else None
+        found.append(entry)
+    found.sort(key=lambda e: (e["startedMs"] or 0, e["node"]))
+    return found
 
 
 @attrs.frozen
@@ -96,7 +138,7 @@ def _memory(client: RedisClient) -> dict[str, str]:
     return {name: fields[name].strip() for name in wanted if name in fields}
 
 
-def take_snapshot(client: RedisClient, processes: ProcessLister = no_process_list) -> Snapshot:
+def take_snapshot(client: RedisClient, processes: ProcessLister = live_processes) -> Snapshot:
     """Count what Redis holds now.
 
     @raise RedisError: when Redis fails.
@@ -107,7 +149,10 @@ def take_snapshot(client: RedisClient, processes: ProcessLister = no_process_lis
     joined = sum(card for card in cards if isinstance(card, int))
     return Snapshot(
         rooms=sum(
-            1 for n in names if n.startswith(keys.ROOM_PREFIX) and not n.endswith(keys.SOCKETS_SUFFIX)
+            1
+            for n in names
+            if n.startswith(keys.ROOM_PREFIX)
+            and not n.endswith((keys.SOCKETS_SUFFIX, keys.NODES_SUFFIX))
         ),
         joined_sockets=joined,
         socket_bindings=sum(1 for n in names if n.startswith(keys.SOCKET_PREFIX)),
@@ -140,12 +185,38 @@ def render(snapshot: Snapshot, address: str) -> str:
             memory.get("maxmemory_policy", "?"),
         ),
         "  processes           %s" % (
-            "unknown (processes do not announce themselves yet)"
-            if snapshot.processes is None
-            else len(snapshot.processes),
+            "unknown" if snapshot.processes is None else len(snapshot.processes),
         ),
     ]
+    for process in snapshot.processes or ():
+        age = process["beatAgeMs"]
+        lines.append(
+            "    %s  %s  pid %s  beat %s ago  %s connections  %s msgs out (%s deliveries), %s in%s"
+            % (
+                process["node"],
+                process["name"] or "?",
+                process["pid"] if process["pid"] is not None else "?",
+                "?" if age is None else "%.1fs" % (max(age, 0) / 1000,),
+                _count(process["connections"]),
+                _count(process["published"]),
+                _count(process["deliveries"]),
+                _count(process["received"]),
+                "  DEAD, being cleaned up by %s" % process["reapedBy"] if process["reapedBy"] else "",
+            )
+        )
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["ProcessLister", "RedisError", "Snapshot", "render", "take_snapshot"]
+def _count(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+__all__ = [
+    "ProcessLister",
+    "RedisError",
+    "Snapshot",
+    "live_processes",
+    "no_process_list",
+    "render",
+    "take_snapshot",
+]

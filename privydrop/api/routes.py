@@ -77,7 +77,7 @@ from privydrop.rooms import (
 from privydrop.settings import Settings
 from privydrop.store import keys
 from privydrop.store.health import StoreHealth
-from privydrop.store.interface import IStore, StoreUnavailable
+from privydrop.store.interface import IStore, LeaveResult, StoreUnavailable
 from privydrop.tracking import InvalidTrack, ReferrerTracker
 from privydrop.turn import ice_server_source
 from privydrop.web.clientip import client_ip, peer_address, rate_limit_key, trusted_proxies
@@ -85,8 +85,9 @@ from privydrop.web.cors import api_headers, api_preflight_headers
 
 _log = Logger()
 
-#: Called before a socket is unbound by C{leave_room}: tell the room's peers.
-PeerLeftHook = Callable[[str, str], "Awaitable[None] | None"]
+#: Called after C{leave_room} unbound a socket, with the socket id and the
+#: store's answer: tells the room's peers when a member was removed.
+PeerLeftHook = Callable[[str, LeaveResult], "Awaitable[None] | None"]
 
 #: Paths that are never counted against the call budget.
 HEALTH_PATHS = frozenset({b"/health", b"/api/health", b"/health/live", b"/health/detailed"})
@@ -262,9 +263,10 @@ class PrivyDropAPI:
         @param clock: "now" for rules, rate budgets and health figures.
         @param rooms: the room rules, shared with signaling (the service tree
             builds one); one over C{store} when None.
-        @param notify_peer_left: awaited with C{(room_id, socket_id)} before
-            C{leave_room} unbinds the socket, so the room's peers hear of it
-            (Socket.IO's C{peer-disconnected}); None until Socket.IO exists.
+        @param notify_peer_left: awaited with C{(socket_id, result)} after
+            C{leave_room} unbound the socket, so the room's peers hear of it
+            (Socket.IO's C{peer-disconnected}) when it was a member; None
+            until Socket.IO exists.
         @param connection_count: open Socket.IO connections, for
             C{/health/detailed}; None until Socket.IO exists.
         @param redis_address: C{host:port} shown by C{/health/detailed}, or
@@ -429,14 +431,15 @@ class PrivyDropAPI:
             raise bad_request(LEAVE_FIELDS_REQUIRED)
         room_id = self._room_id(room_id)
         socket_id = _validate_socket_id(socket_id, self._settings.api.max_socket_id_length)
-        if await self._rooms.is_available(room_id):
+        result = await self._rooms.leave(socket_id, room_id)
+        if result.room_id is None:
             return {"success": True, "message": "Room does not exist."}
-        if self._notify_peer_left is not None:
-            # Before unbinding, as the Node backend does: the peers learn who left.
-            pending = self._notify_peer_left(room_id, socket_id)
+        if self._notify_peer_left is not None and result.removed:
+            # Only a member's leave is announced: anyone may name a room id
+            # and an arbitrary socket id.
+            pending = self._notify_peer_left(socket_id, result)
             if inspect.isawaitable(pending):
                 await pending
-        await self._rooms.leave(socket_id, room_id)
         return {"success": True, "message": "Successfully left the room"}
 
     # -- TURN ----------------------------------------------------------------------

@@ -4,8 +4,9 @@ expects from Redis, for running several servers in one process.
 It implements the same seam as the Redis connections of
 L{privydrop.cluster.pubsub}: a C{publish(channel, payload)} callable returning
 a Deferred that fires with the number of receivers, and subscribers that
-receive C{(channel, payload)} for every channel starting with a prefix (Redis
-does the same with C{PSUBSCRIBE <prefix>*}). Unit tests wire two
+receive C{(channel, payload)} for one channel (C{SUBSCRIBE}, L{MemoryBus.attach}
+subscribes an adapter to its channels) or for every channel starting with a
+prefix (as C{PSUBSCRIBE <prefix>*}). Unit tests wire two
 L{privydrop.cluster.routing.ClusterAdapter}s to one L{MemoryBus} and run the
 cross-process scenarios without a Redis server.
 
@@ -22,6 +23,7 @@ This module knows nothing of Socket.IO or of the message format.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
 import attrs
 from twisted.internet.defer import Deferred, succeed
@@ -35,6 +37,15 @@ _log = Logger()
 Receiver = Callable[[str, bytes | str], None]
 
 
+class Node(Protocol):
+    """What L{MemoryBus.attach} needs of an adapter."""
+
+    @property
+    def channels(self) -> tuple[str, ...]: ...
+
+    def receive(self, channel: str | bytes, payload: bytes | str) -> None: ...
+
+
 @attrs.define(eq=False)
 class BusSubscription:
     """One subscriber of a L{MemoryBus}; L{cancel} stops its deliveries."""
@@ -43,6 +54,12 @@ class BusSubscription:
     receiver: Receiver
     _bus: MemoryBus
     active: bool = True
+    exact: bool = False
+
+    def matches(self, channel: str) -> bool:
+        if self.exact:
+            return channel == self.prefix
+        return channel.startswith(self.prefix)
 
     def cancel(self) -> None:
         """Stop receiving; queued publications no longer reach this subscriber."""
@@ -70,11 +87,16 @@ class MemoryBus:
         self._flushing = False
         self.published: list[tuple[str, bytes | str]] = []
 
-    def subscribe(self, prefix: str, receiver: Receiver) -> BusSubscription:
-        """Receive every later publication on a channel starting with C{prefix}."""
-        subscription = BusSubscription(prefix, receiver, self)
+    def subscribe(self, prefix: str, receiver: Receiver, *, exact: bool = False) -> BusSubscription:
+        """Receive every later publication on a channel starting with
+        C{prefix} (with C{exact}, on that one channel)."""
+        subscription = BusSubscription(prefix, receiver, self, exact=exact)
         self._subscriptions.append(subscription)
         return subscription
+
+    def attach(self, node: Node) -> list[BusSubscription]:
+        """Subscribe an adapter to its channels, as its subscriber does over Redis."""
+        return [self.subscribe(channel, node.receive, exact=True) for channel in node.channels]
 
     def publish(self, channel: str, payload: bytes | str) -> Deferred[int]:
         """Queue a publication.
@@ -86,7 +108,7 @@ class MemoryBus:
         self._queue.append((channel, payload))
         if self._clock is not None and self._scheduled is None:
             self._scheduled = self._clock.callLater(0, self._scheduled_flush)
-        return succeed(sum(1 for s in self._subscriptions if channel.startswith(s.prefix)))
+        return succeed(sum(1 for s in self._subscriptions if s.matches(channel)))
 
     @property
     def pending(self) -> int:
@@ -116,7 +138,7 @@ class MemoryBus:
                 channel, payload = self._queue.pop(0)
                 delivered += 1
                 for subscription in list(self._subscriptions):
-                    if not subscription.active or not channel.startswith(subscription.prefix):
+                    if not subscription.active or not subscription.matches(channel):
                         continue
                     try:
                         subscription.receiver(channel, payload)

@@ -10,37 +10,60 @@ anything it cannot read.
 
 Channels
 ========
-One channel per Socket.IO namespace::
+Each process (node) subscribes to its own channel, and every node to one
+shared channel::
 
-    <prefix>#<namespace>#          e.g.  privydrop#/#
+    <prefix>#node#<node id>        what is addressed to that node
+    <prefix>#all#                  what every node must see
 
-The prefix defaults to L{DEFAULT_CHANNEL_PREFIX}; deployments that share a
-Redis between unrelated clusters give each its own prefix. Every process
-subscribes to the pattern C{<prefix>#*} (L{channel_pattern}), so namespaces
-created after start-up need no new subscription. Operators can watch the
-traffic with C{redis-cli PSUBSCRIBE 'privydrop#*'}. Pub/sub ignores database
-indexes: the prefix alone separates clusters.
+e.g. C{privydrop#node#5f0c1a2b3c4d5e6f} and C{privydrop#all#}. A message
+for one socket goes to the channel of the node holding it, a broadcast to
+a tracked room (L{privydrop.socketio.adapter}) to the channels of the nodes
+holding its members; only broadcasts to rooms no local socket tracks (and
+to a whole namespace) use the shared channel. The prefix defaults to
+L{DEFAULT_CHANNEL_PREFIX}; deployments that share a Redis between unrelated
+clusters give each its own prefix. On Redis 7 and later the channels are
+sharded (C{SSUBSCRIBE}/C{SPUBLISH}), otherwise classic
+(C{SUBSCRIBE}/C{PUBLISH}); operators watch one node with C{redis-cli
+SSUBSCRIBE 'privydrop#node#<id>'} (or C{SUBSCRIBE}). Pub/sub ignores
+database indexes: the prefix alone separates clusters.
 
-Message format (version 1)
+Message format (version 2)
 ==========================
 One JSON object (UTF-8) per publication::
 
-    {"v": 1, "kind": "broadcast", "origin": "<node id>", "ns": "/",
-     "rooms": ["r1", ...], "except": ["<socket id>", ...], "msgs": [...]}
+    {"v": 2, "kind": "broadcast", "origin": "<node id>", "ns": "/",
+     "rooms": ["r1", ...], "except": ["<socket id>", ...], "msgs": [...],
+     "to": ["<socket id>", ...], "gone": ["<socket id>", ...]}
 
-    {"v": 1, "kind": "socket", "origin": "<node id>", "ns": "/",
+    {"v": 2, "kind": "socket", "origin": "<node id>", "ns": "/",
      "sid": "<socket id>", "room": "<room>" | null, "msgs": [...]}
 
-C{rooms} empty means every socket of the namespace. C{room} is the
-C{only_if_in_room} condition of a send. C{msgs} are the Engine.IO messages
-of one already encoded Socket.IO packet, in order, each framed as one JSON
-string: C{"t" + text} for a text message, C{"b" + base64} for a binary
-attachment. The first message is always text (the packet header).
+    {"v": 2, "kind": "members", "origin": "<node id>", "ns": "/",
+     "room": "<room>", "add": {"<socket id>": "<node id>", ...},
+     "remove": ["<socket id>", ...]}
+
+    {"v": 2, "kind": "server", "origin": "<node id>", "ns": "/",
+     "event": "<name>", "args": [...]}
+
+A broadcast reaches the receiving node's sockets that are in any of
+C{rooms} (all sockets when it names none), minus C{except}; with C{to} (the
+recipients the sender knew) only those of them. C{gone} names sockets that
+left the rooms (the node forgets them). C{room} is the C{only_if_in_room}
+condition of a send. A C{members} message tells a node that tracks the room
+who entered (with their node) or left it. A C{server} message calls a
+server-event handler of the namespace with JSON C{args}. C{msgs} are the
+Engine.IO messages of one already encoded Socket.IO packet, in order, each
+framed as one JSON string: C{"t" + text} for a text message, C{"b" + base64}
+for a binary attachment. The first message is always text (the packet
+header).
 
 Versioning: a reader accepts only the versions it knows (L{VERSION}) and
 refuses others with L{ClusterMessageError}; within one version, fields it
 does not know are ignored, so optional fields can be added without a new
 version. A change that old readers would misread needs a new version number.
+Version 1 (one channel per namespace, every node receiving everything) is
+not read: all processes of a cluster run one release.
 """
 
 from __future__ import annotations
@@ -57,7 +80,7 @@ from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Message
 
 #: The format version this module writes and the only one it reads.
-VERSION = 1
+VERSION = 2
 
 #: Channel prefix used when none is configured.
 DEFAULT_CHANNEL_PREFIX = "privydrop"
@@ -68,6 +91,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 4_000_000
 
 _KIND_BROADCAST = "broadcast"
 _KIND_SOCKET = "socket"
+_KIND_MEMBERS = "members"
+_KIND_SERVER = "server"
 _TEXT = "t"
 _BINARY = "b"
 # Characters Redis glob patterns give a meaning to; a prefix must avoid them
@@ -93,6 +118,9 @@ class ClusterBroadcast:
     @ivar exclude: sockets that must not receive it (e.g. the sender).
     @ivar messages: the encoded packet (text header, then binary attachments).
     @ivar origin: the node id of the publisher.
+    @ivar recipients: when given, only these sockets may receive it (the
+        members the sender knew of when it sent).
+    @ivar departed: sockets that left the rooms (receivers forget them).
     """
 
     namespace: str
@@ -100,6 +128,8 @@ class ClusterBroadcast:
     exclude: frozenset[SocketId]
     messages: tuple[Message, ...]
     origin: str
+    recipients: frozenset[SocketId] | None = None
+    departed: frozenset[SocketId] = frozenset()
 
 
 @attrs.frozen
@@ -120,7 +150,41 @@ class ClusterSend:
     origin: str
 
 
-ClusterMessage = ClusterBroadcast | ClusterSend
+@attrs.frozen
+class ClusterMembers:
+    """Sockets entered or left a tracked room.
+
+    @ivar namespace: the Socket.IO namespace.
+    @ivar room: the room.
+    @ivar added: sockets that entered it, with the node holding each.
+    @ivar removed: sockets that left it.
+    @ivar origin: the node id of the publisher.
+    """
+
+    namespace: str
+    room: RoomId
+    added: dict[SocketId, str] = attrs.field(hash=False)
+    removed: frozenset[SocketId]
+    origin: str
+
+
+@attrs.frozen
+class ClusterServerEvent:
+    """Call a server-event handler of a namespace on the receiving node.
+
+    @ivar namespace: the Socket.IO namespace.
+    @ivar event: the handler's name.
+    @ivar args: its arguments (JSON values).
+    @ivar origin: the node id of the publisher.
+    """
+
+    namespace: str
+    event: str
+    args: tuple[Any, ...]
+    origin: str
+
+
+ClusterMessage = ClusterBroadcast | ClusterSend | ClusterMembers | ClusterServerEvent
 
 
 def check_channel_prefix(prefix: str) -> str:
@@ -135,14 +199,14 @@ def check_channel_prefix(prefix: str) -> str:
     return prefix
 
 
-def channel_name(prefix: str, namespace: str) -> str:
-    """The channel carrying cluster messages of C{namespace}."""
-    return f"{prefix}#{namespace}#"
+def node_channel(prefix: str, node_id: str) -> str:
+    """The channel of one node: what is addressed to it."""
+    return f"{prefix}#node#{node_id}"
 
 
-def channel_pattern(prefix: str) -> str:
-    """The Redis pattern matching every channel of L{channel_name}."""
-    return f"{check_channel_prefix(prefix)}#*"
+def all_channel(prefix: str) -> str:
+    """The channel every node subscribes to."""
+    return f"{prefix}#all#"
 
 
 def _frame(message: Message) -> str:
@@ -190,20 +254,46 @@ def encode_message(message: ClusterMessage) -> bytes:
     @raise ClusterMessageError: no messages, a non-text first message, or a
         string JSON cannot carry (a lone surrogate).
     """
-    _check_messages(message.messages)
-    msgs = [_frame(m) for m in message.messages]
-    if isinstance(message, ClusterBroadcast):
+    if isinstance(message, ClusterMembers):
         return _dumps(
             {
                 "v": VERSION,
-                "kind": _KIND_BROADCAST,
+                "kind": _KIND_MEMBERS,
                 "origin": message.origin,
                 "ns": message.namespace,
-                "rooms": sorted(message.rooms),
-                "except": sorted(message.exclude),
-                "msgs": msgs,
+                "room": message.room,
+                "add": dict(message.added),
+                "remove": sorted(message.removed),
             }
         )
+    if isinstance(message, ClusterServerEvent):
+        return _dumps(
+            {
+                "v": VERSION,
+                "kind": _KIND_SERVER,
+                "origin": message.origin,
+                "ns": message.namespace,
+                "event": message.event,
+                "args": list(message.args),
+            }
+        )
+    _check_messages(message.messages)
+    msgs = [_frame(m) for m in message.messages]
+    if isinstance(message, ClusterBroadcast):
+        document: dict[str, Any] = {
+            "v": VERSION,
+            "kind": _KIND_BROADCAST,
+            "origin": message.origin,
+            "ns": message.namespace,
+            "rooms": sorted(message.rooms),
+            "except": sorted(message.exclude),
+            "msgs": msgs,
+        }
+        if message.recipients is not None:
+            document["to"] = sorted(message.recipients)
+        if message.departed:
+            document["gone"] = sorted(message.departed)
+        return _dumps(document)
     if isinstance(message, ClusterSend):
         return _dumps(
             {
@@ -273,19 +363,50 @@ def decode_message(
     namespace = _string(document, "ns")
     if not namespace.startswith("/"):
         raise ClusterMessageError("namespace must start with '/'")
+    kind = document.get("kind")
+    if kind == _KIND_MEMBERS:
+        added = document.get("add")
+        if not isinstance(added, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in added.items()
+        ):
+            raise ClusterMessageError("field 'add' must map socket ids to node ids")
+        return ClusterMembers(
+            namespace=namespace,
+            room=RoomId(_string(document, "room")),
+            added={SocketId(k): v for k, v in added.items()},
+            removed=frozenset(SocketId(s) for s in _strings(document, "remove")),
+            origin=origin,
+        )
+    if kind == _KIND_SERVER:
+        args = document.get("args")
+        if not isinstance(args, list):
+            raise ClusterMessageError("field 'args' must be a list")
+        return ClusterServerEvent(
+            namespace=namespace,
+            event=_string(document, "event"),
+            args=tuple(args),
+            origin=origin,
+        )
     framed = document.get("msgs")
     if not isinstance(framed, list):
         raise ClusterMessageError("field 'msgs' must be a list")
     messages = tuple(_unframe(item) for item in framed)
     _check_messages(messages)
-    kind = document.get("kind")
     if kind == _KIND_BROADCAST:
+        recipients = None
+        if "to" in document:
+            recipients = frozenset(SocketId(s) for s in _strings(document, "to"))
+        departed: frozenset[SocketId] = frozenset()
+        if "gone" in document:
+            departed = frozenset(SocketId(s) for s in _strings(document, "gone"))
         return ClusterBroadcast(
             namespace=namespace,
             rooms=frozenset(RoomId(r) for r in _strings(document, "rooms")),
             exclude=frozenset(SocketId(s) for s in _strings(document, "except")),
             messages=messages,
             origin=origin,
+            recipients=recipients,
+            departed=departed,
         )
     if kind == _KIND_SOCKET:
         room = document.get("room")

@@ -9,9 +9,17 @@
     answer was lost).
   - L{ClusterService} is the Twisted service that builds the
     L{ClusterAdapter}, starts the publisher and a subscriber
-    (L{privydrop.redis.subscriber.Subscriber}) on the pattern C{<prefix>#*},
-    which re-subscribes after every reconnection, and hands what arrives to
-    the adapter.
+    (L{privydrop.redis.subscriber.Subscriber}) on the node's own channel and
+    the shared one, which re-subscribes after every reconnection, and hands
+    what arrives to the adapter.
+
+Sharded or classic pub/sub. On Redis 7 and later the channels are sharded
+(C{SSUBSCRIBE}/C{SPUBLISH}, which a Redis Cluster spreads over its shards);
+older servers get classic C{SUBSCRIBE}/C{PUBLISH}. The two are separate
+worlds in Redis (a C{SPUBLISH} never reaches a C{SUBSCRIBE}), so every node
+of a cluster must use the same: with C{pubsub="auto"} each node asks the
+server (C{INFO server}) once at start-up, before it subscribes, and
+publications wait (within their deadline) for the answer.
 
 The connections are named C{privydrop:<node>:publish} and
 C{privydrop:<node>:subscribe} (C{CLIENT LIST}).
@@ -22,12 +30,16 @@ and the routing rules (L{privydrop.cluster.routing}); PrivyDrop's events.
 
 from __future__ import annotations
 
+import enum
+import re
+from collections.abc import Callable
 from typing import Any
 
 import txredisapi
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from privydrop.cluster.messages import DEFAULT_CHANNEL_PREFIX
@@ -43,7 +55,7 @@ from privydrop.redis.errors import (
 from privydrop.redis.endpoint import describe
 from privydrop.redis.handshake import client_name
 from privydrop.redis.pool import OrderedConnection
-from privydrop.redis.subscriber import PATTERN, Subscriber, Subscription
+from privydrop.redis.subscriber import CHANNEL, SHARD, Subscriber, Subscription
 from privydrop.settings import RedisSettings
 
 _log = Logger()
@@ -52,6 +64,35 @@ _log = Logger()
 class PublishError(Exception):
     """A publication could not be handed to Redis (not running, no
     connection in time, no answer in time, refused)."""
+
+
+class PubSubMode(enum.Enum):
+    """Which pub/sub commands a cluster uses."""
+
+    #: C{SSUBSCRIBE}/C{SPUBLISH} (Redis 7 and later).
+    SHARDED = "sharded"
+    #: C{SUBSCRIBE}/C{PUBLISH}.
+    CLASSIC = "classic"
+
+    @property
+    def publish_command(self) -> str:
+        return "SPUBLISH" if self is PubSubMode.SHARDED else "PUBLISH"
+
+
+#: First Redis major version with sharded pub/sub.
+SHARDED_SINCE_MAJOR = 7
+
+_VERSION_LINE = re.compile(r"^redis_version:(\d+)\.", re.MULTILINE)
+
+
+def mode_for_server(info: str | bytes) -> PubSubMode:
+    """The pub/sub mode for the server whose C{INFO server} answer this is
+    (classic when the version cannot be read)."""
+    text = info.decode("utf-8", "replace") if isinstance(info, bytes) else str(info)
+    match = _VERSION_LINE.search(text)
+    if match is not None and int(match.group(1)) >= SHARDED_SINCE_MAJOR:
+        return PubSubMode.SHARDED
+    return PubSubMode.CLASSIC
 
 
 class RedisPublisher:
@@ -64,6 +105,8 @@ class RedisPublisher:
     attempt connects again. A PUBLISH
     whose answer does not come in time aborts the connection (it reconnects
     by itself), so later publications do not queue behind a stalled server.
+    Until its L{mode} is set, publications wait for it (in order, within
+    the same deadline).
     """
 
     def __init__(
@@ -90,6 +133,22 @@ class RedisPublisher:
         self._initial_delay = reconnect_initial_delay
         self._max_delay = reconnect_max_delay
         self._connection: OrderedConnection | None = None
+        self._mode: PubSubMode | None = None
+        self._waiting: list[tuple[str, bytes, Deferred[int], IDelayedCall]] = []
+
+    @property
+    def mode(self) -> PubSubMode | None:
+        """The pub/sub commands used; None until known."""
+        return self._mode
+
+    @mode.setter
+    def mode(self, mode: PubSubMode) -> None:
+        self._mode = mode
+        waiting, self._waiting = self._waiting, []
+        for channel, payload, d, timer in waiting:
+            if timer.active():
+                timer.cancel()
+            self._send(channel, payload).chainDeferred(d)
 
     @property
     def running(self) -> bool:
@@ -129,14 +188,49 @@ class RedisPublisher:
         @return: a Deferred firing with the number of subscribers Redis
             delivered it to, or failing with L{PublishError}.
         """
+        if self._connection is None:
+            return fail(PublishError("the cluster publisher is not running"))
+        if self._mode is None:
+            d: Deferred[int] = Deferred()
+            timer = self._reactor.callLater(self._timeout, self._mode_unknown, d)
+            self._waiting.append((channel, payload, d, timer))
+            return d
+        return self._send(channel, payload)
+
+    def _send(self, channel: str, payload: bytes) -> Deferred[int]:
+        connection = self._connection
+        if connection is None or self._mode is None:
+            return fail(PublishError("the cluster publisher is not running"))
+        reply = connection.execute((self._mode.publish_command, channel, payload))
+        return reply.addCallbacks(int, self._failed)
+
+    def _mode_unknown(self, d: Deferred[int]) -> None:
+        self._waiting = [entry for entry in self._waiting if entry[2] is not d]
+        d.errback(PublishError(f"the Redis version was not known within {self._timeout}s"))
+
+    async def ask_mode(self) -> PubSubMode:
+        """Ask the server which pub/sub it has (C{INFO server}), within the timeout.
+
+        @raise PublishError: when it does not answer.
+        """
         connection = self._connection
         if connection is None:
-            return fail(PublishError("the cluster publisher is not running"))
-        reply = connection.execute(("PUBLISH", channel, payload))
-        return reply.addCallbacks(int, self._failed)
+            raise PublishError("the cluster publisher is not running")
+        try:
+            info = await connection.execute(("INFO", "server"))
+        except (NotConnected, ReplyTimeout, ConnectionLost, ClientClosed) as e:
+            raise PublishError(f"INFO server: {e or type(e).__name__}") from None
+        except txredisapi.ResponseError as e:
+            raise PublishError(f"Redis refused INFO server ({e})") from None
+        return mode_for_server(info)
 
     def close(self) -> Deferred[None]:
         """Close the connection and stop reconnecting (idempotent)."""
+        waiting, self._waiting = self._waiting, []
+        for _, _, d, timer in waiting:
+            if timer.active():
+                timer.cancel()
+            d.errback(PublishError("the cluster publisher was closed"))
         connection, self._connection = self._connection, None
         if connection is None:
             return succeed(None)
@@ -172,7 +266,6 @@ class ClusterService(Service):
     (children stop in reverse order, so it stops after them).
 
     @ivar adapter: the adapter (usable for wiring right after construction).
-    @ivar node_id: this process's id in the cluster.
     @ivar publisher: the publishing connection.
     @ivar subscriptions: how many times the subscription was established;
         more than one means it was renewed after reconnections.
@@ -187,6 +280,7 @@ class ClusterService(Service):
         *,
         node_id: str | None = None,
         channel_prefix: str = DEFAULT_CHANNEL_PREFIX,
+        pubsub: str = "auto",
         reconnect_initial_delay: float = 0.2,
         reconnect_max_delay: float = 5.0,
     ) -> None:
@@ -195,23 +289,29 @@ class ClusterService(Service):
         @param reactor: provides C{IReactorTime} and C{IReactorTCP}.
         @param node_id: a fresh random one when None.
         @param channel_prefix: the same on every node of the cluster.
+        @param pubsub: C{"auto"} (sharded on Redis 7 and later), C{"sharded"}
+            or C{"classic"}; every node of a cluster must end up the same.
         @param reconnect_initial_delay: seconds before the first reconnection
             attempt after a loss; later attempts back off up to
             C{reconnect_max_delay}.
+        @raise ValueError: an unknown C{pubsub}.
         """
+        if pubsub not in ("auto", "sharded", "classic"):
+            raise ValueError(f"pubsub must be auto, sharded or classic, not {pubsub!r}")
         self._settings = settings
         self.clock: IReactorTime = reactor
         self._reactor = reactor
-        self.node_id = node_id if node_id is not None else new_node_id()
+        self._forced = None if pubsub == "auto" else PubSubMode(pubsub)
+        node_id = node_id if node_id is not None else new_node_id()
         self.publisher = RedisPublisher(
             settings,
             reactor,
-            name=client_name("publish", self.node_id),
+            name=client_name("publish", node_id),
             reconnect_initial_delay=reconnect_initial_delay,
             reconnect_max_delay=reconnect_max_delay,
         )
         self.adapter = ClusterAdapter(
-            self.node_id,
+            node_id,
             self.publisher.publish,
             channel_prefix=channel_prefix,
             clock=reactor,
@@ -219,43 +319,119 @@ class ClusterService(Service):
         self._initial_delay = reconnect_initial_delay
         self._max_delay = reconnect_max_delay
         self._subscriber: Subscriber | None = None
+        self._asking: Deferred[Any] | None = None
         self.subscriptions = 0
         self._waiters: list[tuple[int, Deferred[int]]] = []
+        self._resubscribed_hooks: list[Callable[[], None]] = []
+
+    @property
+    def node_id(self) -> str:
+        """This process's id in the cluster (it changes with L{renew})."""
+        return self.adapter.node_id
+
+    @property
+    def mode(self) -> PubSubMode | None:
+        """Sharded or classic pub/sub; None until known."""
+        return self.publisher.mode
 
     @property
     def subscribed(self) -> bool:
         """Whether a subscription is in place right now."""
         return self._subscriber is not None and self._subscriber.subscribed
 
+    def on_resubscribed(self, hook: Callable[[], None]) -> None:
+        """Call C{hook} each time the subscription is back after it was lost
+        (messages published meanwhile never arrived)."""
+        self._resubscribed_hooks.append(hook)
+
     def startService(self) -> None:
         super().startService()
         _log.info(
-            "cluster node {node_id} joining channels {pattern} on redis {address}",
+            "cluster node {node_id} joining channel {channel} on redis {address}",
             node_id=self.node_id,
-            pattern=self.adapter.subscription_pattern,
+            channel=self.adapter.channel,
             address=describe(self._settings),
         )
         self.publisher.start()
-        if self._subscriber is None:
-            # A closed subscriber does not reopen: a new one per start.
-            subscriber = self._subscriber = Subscriber(
-                self._settings,
-                self._reactor,
-                name=client_name("subscribe", self.node_id),
-                subscriptions=[Subscription(PATTERN, self.adapter.subscription_pattern)],
-                receive=self._received,
-                on_subscribed=self._subscribed,
-                on_lost=self._lost,
-                reconnect_initial_delay=self._initial_delay,
-                reconnect_max_delay=self._max_delay,
-            )
-            subscriber.start()
+        if self._forced is not None:
+            self._mode_known(self._forced)
+        else:
+            self._asking = Deferred.fromCoroutine(self._ask_mode())
+            self._asking.addErrback(self._ask_failed)
+
+    async def _ask_mode(self) -> None:
+        delay = self._initial_delay
+        while self.running:
+            try:
+                mode = await self.publisher.ask_mode()
+            except PublishError as e:
+                _log.warn(
+                    "cluster node {node_id} could not ask Redis for its version: {error}; "
+                    "trying again in {delay}s",
+                    node_id=self.node_id,
+                    error=str(e),
+                    delay=delay,
+                )
+                await deferLater(self._reactor, delay, lambda: None)
+                delay = min(delay * 2, self._max_delay)
+                continue
+            if self.running:
+                self._mode_known(mode)
+            return
+
+    @staticmethod
+    def _ask_failed(failure: Failure) -> None:
+        if not failure.check(CancelledError):
+            _log.failure("asking Redis for its pub/sub mode failed", failure=failure)
+
+    def _mode_known(self, mode: PubSubMode) -> None:
+        self.publisher.mode = mode
+        _log.info(
+            "cluster node {node_id} uses {mode} pub/sub", node_id=self.node_id, mode=mode.value
+        )
+        self._start_subscriber()
+
+    def _start_subscriber(self) -> None:
+        mode = self.publisher.mode
+        if self._subscriber is not None or mode is None:
+            return
+        kind = SHARD if mode is PubSubMode.SHARDED else CHANNEL
+        # A closed subscriber does not reopen: a new one per start.
+        subscriber = self._subscriber = Subscriber(
+            self._settings,
+            self._reactor,
+            name=client_name("subscribe", self.node_id),
+            subscriptions=[Subscription(kind, channel) for channel in self.adapter.channels],
+            receive=self._received,
+            on_subscribed=self._subscribed,
+            on_lost=self._lost,
+            reconnect_initial_delay=self._initial_delay,
+            reconnect_max_delay=self._max_delay,
+        )
+        subscriber.start()
+
+    def renew(self, node_id: str) -> Deferred[None]:
+        """Go on under a new node id: the adapter marks and addresses with it
+        and a new subscription follows its channel (the old one ends).
+
+        @return: fires once the old subscription is closed.
+        """
+        old, self._subscriber = self._subscriber, None
+        self.adapter.renew(node_id)
+        if self.running:
+            self._start_subscriber()
+        if old is None:
+            return succeed(None)
+        return old.close()
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         return Deferred.fromCoroutine(self._stop())
 
     async def _stop(self) -> None:
+        asking, self._asking = self._asking, None
+        if asking is not None and not asking.called:
+            asking.cancel()
         closing: list[Deferred[Any]] = [self.publisher.close()]
         subscriber, self._subscriber = self._subscriber, None
         if subscriber is not None:
@@ -288,17 +464,22 @@ class ClusterService(Service):
         self.subscriptions += 1
         if self.subscriptions == 1:
             _log.info(
-                "cluster node {node_id} subscribed to {pattern}",
+                "cluster node {node_id} subscribed to {channel}",
                 node_id=self.node_id,
-                pattern=self.adapter.subscription_pattern,
+                channel=self.adapter.channel,
             )
         else:
             _log.info(
-                "cluster node {node_id} subscribed again to {pattern} (subscription {count})",
+                "cluster node {node_id} subscribed again to {channel} (subscription {count})",
                 node_id=self.node_id,
-                pattern=self.adapter.subscription_pattern,
+                channel=self.adapter.channel,
                 count=self.subscriptions,
             )
+            for hook in list(self._resubscribed_hooks):
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - error boundary: one hook must not stop the rest
+                    _log.failure("a resubscription hook failed")
         ready = [(a, d) for a, d in self._waiters if self.subscriptions > a]
         self._waiters = [(a, d) for a, d in self._waiters if self.subscriptions <= a]
         for _, waiter in ready:

@@ -9,6 +9,7 @@ Engine.IO hands it an L{EngineConnection} for each session.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from enum import Enum
 from typing import NewType, Protocol, Union
 
 import attrs
@@ -18,6 +19,26 @@ EngineSid = NewType("EngineSid", str)
 
 #: One Engine.IO message payload: text, or binary.
 Message = Union[str, bytes]
+
+
+class CloseKind(Enum):
+    """How a session ended, as far as the transport can tell.
+
+    The layer above decides what each kind means for it (Socket.IO keeps a
+    socket recoverable after L{LOST} and L{SHUTDOWN}); Engine.IO only reports.
+    """
+
+    #: The client closed on purpose: an Engine.IO close packet, or a
+    #: WebSocket close frame with code 1000, 1001 or none.
+    CLIENT = "client"
+    #: The transport went away without a close: ping timeout, a connection
+    #: reset or closed without a close frame (or with an error code), a held
+    #: GET whose connection died, a write that failed.
+    LOST = "lost"
+    #: The server closed it: a limit, a protocol fault, or the application.
+    SERVER = "server"
+    #: The server is shutting down (the client is expected to reconnect).
+    SHUTDOWN = "shutdown"
 
 
 @attrs.frozen
@@ -54,6 +75,11 @@ class EngineConnection(Protocol):
     def transport_name(self) -> str:
         """C{"polling"} or C{"websocket"} (changes after an upgrade)."""
 
+    @property
+    def close_kind(self) -> CloseKind | None:
+        """How the session ended (None while it is open); set before
+        L{EngineApplication.on_close} is called."""
+
     def send(self, message: Message) -> None:
         """Queue one message; it is flushed with others queued in the same turn."""
 
@@ -75,4 +101,5 @@ class EngineApplication(Protocol):
         """A whole message arrived on a session."""
 
     def on_close(self, connection: EngineConnection, reason: str) -> None:
-        """A session ended (client close, transport error, ping timeout, limit)."""
+        """A session ended (client close, transport error, ping timeout, limit);
+        C{connection.close_kind} says which kind of end it was."""

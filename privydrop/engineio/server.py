@@ -30,7 +30,12 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 
 from privydrop.engineio.errors import EngineError, EngineRequestError
-from privydrop.engineio.interface import EngineApplication, EngineSid, Handshake
+from privydrop.engineio.interface import (
+    CloseKind,
+    EngineApplication,
+    EngineSid,
+    Handshake,
+)
 from privydrop.engineio.packets import Packet, PacketType
 from privydrop.engineio.session import (
     POLLING,
@@ -354,9 +359,9 @@ class EngineServer:
             C{polling_close_timeout_s}.
         """
         for session in list(self._sessions.values()):
-            session.close(reason, WS_GOING_AWAY)
+            session.close(reason, WS_GOING_AWAY, CloseKind.SHUTDOWN)
             if not linger and session.state is not SessionState.CLOSED:
-                session.force_close(reason, WS_GOING_AWAY)
+                session.force_close(reason, WS_GOING_AWAY, CloseKind.SHUTDOWN)
 
     def _session_closed(self, session: Session) -> None:
         if self._sessions.get(session.sid) is session:

@@ -45,6 +45,7 @@ from twisted.logger import LogLevel
 
 from privydrop.engineio import packets
 from privydrop.engineio.interface import (
+    CloseKind,
     EngineApplication,
     EngineSid,
     Handshake,
@@ -224,6 +225,8 @@ class Session:
         self.upgraded = False
         self.pending = True
         self.close_reason: str | None = None
+        self._close_kind: CloseKind | None = None
+        self._closing_kind = CloseKind.SERVER
         self._queue: list[Packet] = []
         self._queued_bytes = 0
         self._flushes = flushes if flushes is not None else FlushQueue(clock)
@@ -256,6 +259,10 @@ class Session:
     def transport_name(self) -> str:
         return self._transport_name
 
+    @property
+    def close_kind(self) -> CloseKind | None:
+        return self._close_kind
+
     def send(self, message: Message) -> None:
         """Queue one message packet; flushed with the rest of this turn's packets."""
         if self.state is not SessionState.OPEN:
@@ -271,7 +278,12 @@ class Session:
             if self.state is not SessionState.OPEN:
                 return
 
-    def close(self, reason: str = REASON_FORCED, ws_code: int = WS_NORMAL) -> None:
+    def close(
+        self,
+        reason: str = REASON_FORCED,
+        ws_code: int = WS_NORMAL,
+        kind: CloseKind = CloseKind.SERVER,
+    ) -> None:
         """Close the session after delivering what is already queued.
 
         Over WebSocket that happens in this turn. Over polling the client's
@@ -281,11 +293,13 @@ class Session:
 
         @param reason: given to L{EngineApplication.on_close}.
         @param ws_code: the WebSocket close code, if the session is on WebSocket.
+        @param kind: reported as L{close_kind}.
         """
         if self.state is not SessionState.OPEN:
             return
         self.state = SessionState.CLOSING
         self.close_reason = reason
+        self._closing_kind = kind
         self._close_code = ws_code
         self._cancel_heartbeat()
         if self._ws is None and self._poll is None:
@@ -294,6 +308,8 @@ class Session:
                 self._finish,
                 reason,
                 None,
+                WS_NORMAL,
+                kind,
             )
         self._flush()
 
@@ -309,11 +325,16 @@ class Session:
         self._schedule_ping()
         self._flush()
 
-    def force_close(self, reason: str, ws_code: int = WS_NORMAL) -> None:
-        """Close now, dropping the queue; a pending GET receives a close packet."""
+    def force_close(
+        self, reason: str, ws_code: int = WS_NORMAL, kind: CloseKind = CloseKind.SERVER
+    ) -> None:
+        """Close now, dropping the queue; a pending GET receives a close packet.
+
+        @param kind: reported as L{close_kind}.
+        """
         if self.state is SessionState.CLOSED:
             return
-        self._finish(reason, notify=packets.CLOSE, ws_code=ws_code)
+        self._finish(reason, notify=packets.CLOSE, ws_code=ws_code, kind=kind)
 
     def drop(
         self,
@@ -333,7 +354,7 @@ class Session:
         if channel is None or channel is self._ws:
             self.force_close(reason, ws_code)
         else:
-            self.websocket_lost(channel, reason)
+            self.websocket_lost(channel, reason, CloseKind.SERVER)
             channel.close_channel(ws_code, reason)
 
     def refuse(
@@ -410,14 +431,18 @@ class Session:
                         "engine session {engine_sid} failed to write",
                         engine_sid=self._sid,
                     )
-                    self.force_close(REASON_TRANSPORT_ERROR)
+                    self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
                     return
             elif self._poll is not None:
                 responder, self._poll = self._poll, None
                 queue = self._take_queue()
                 if self.state is SessionState.CLOSING:
                     queue.append(packets.CLOSE)
-                    self._finish(self.close_reason or REASON_FORCED, notify=None)
+                    self._finish(
+                        self.close_reason or REASON_FORCED,
+                        notify=None,
+                        kind=self._closing_kind,
+                    )
                 responder.respond(packets.encode_payload(queue))
                 return
         if (
@@ -431,6 +456,7 @@ class Session:
                 self.close_reason or REASON_FORCED,
                 notify=packets.CLOSE,
                 ws_code=self._close_code,
+                kind=self._closing_kind,
             )
 
     # -- heartbeat (engine.io-protocol v4, "Heartbeat") --------------------
@@ -456,7 +482,7 @@ class Session:
             "engine session {engine_sid} ping timeout",
             engine_sid=self._sid,
         )
-        self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY)
+        self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY, CloseKind.LOST)
 
     def _on_pong(self) -> None:
         # A pong with no ping outstanding is ignored, so a client cannot
@@ -488,7 +514,7 @@ class Session:
         elif kind is PacketType.PONG:
             self._on_pong()
         elif kind is PacketType.CLOSE:
-            self._finish(REASON_TRANSPORT_CLOSE, notify=packets.NOOP)
+            self._finish(REASON_TRANSPORT_CLOSE, notify=packets.NOOP, kind=self._close_packet_kind())
         elif kind is PacketType.NOOP:
             pass
         else:
@@ -501,6 +527,22 @@ class Session:
                 WS_PROTOCOL_ERROR,
                 packet_type=kind.name,
             )
+
+    def _close_packet_kind(self) -> CloseKind:
+        """What a close packet from the client means.
+
+        Over WebSocket, and over polling while the client's GET is held, the
+        client closes on purpose. A polling client whose GET failed (a
+        network change) also sends one before it reconnects, and then no GET
+        is held here: the last one was answered into the void or died. That
+        close reports a lost transport, so the client can still recover its
+        sockets. (A deliberate close in the instant between a GET's answer
+        and the next GET counts as lost too: its sockets end with the
+        recovery window instead of at once.)
+        """
+        if self._transport_name == POLLING and self._poll is None:
+            return CloseKind.LOST
+        return CloseKind.CLIENT
 
     def receive_message(self, message: Message) -> None:
         """Handle one message packet's data, sent on the active transport."""
@@ -614,7 +656,7 @@ class Session:
                 "engine session {engine_sid}: no GET after a dropped one",
                 engine_sid=self._sid,
             )
-        self.force_close(REASON_TRANSPORT_ERROR)
+        self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
 
     def _cancel_repoll_deadline(self) -> None:
         call, self._repoll_call = self._repoll_call, None
@@ -744,25 +786,38 @@ class Session:
         self._flush()
 
     def websocket_lost(
-        self, channel: WebSocketChannel, reason: str = REASON_TRANSPORT_CLOSE
+        self,
+        channel: WebSocketChannel,
+        reason: str = REASON_TRANSPORT_CLOSE,
+        kind: CloseKind = CloseKind.LOST,
     ) -> None:
-        """WebSocket C{channel} closed (by the client, the network or a limit)."""
+        """WebSocket C{channel} closed (by the client, the network or a limit).
+
+        @param kind: reported as L{close_kind} when C{channel} was the
+            session's transport: L{CloseKind.CLIENT} when the client sent a
+            deliberate close frame.
+        """
         if channel is self._ws:
             self._ws = None
-            self._finish(reason, notify=None)
+            self._finish(reason, notify=None, kind=kind)
         elif channel is self._probe:
             self._abandon_upgrade()
 
     # -- closing ----------------------------------------------------------
 
     def _finish(
-        self, reason: str, notify: Packet | None, ws_code: int = WS_NORMAL
+        self,
+        reason: str,
+        notify: Packet | None,
+        ws_code: int = WS_NORMAL,
+        kind: CloseKind = CloseKind.SERVER,
     ) -> None:
         """Close for good: stop timers, release transports, tell the application."""
         if self.state is SessionState.CLOSED:
             return
         self.state = SessionState.CLOSED
         self.close_reason = reason
+        self._close_kind = kind
         self._cancel_heartbeat()
         if self._flush_pending:
             self._flush_pending = False

@@ -45,7 +45,7 @@ from privydrop.compat import autobahn as autobahn_compat
 from privydrop.compat.twisted import outbound_buffer_size
 from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineRequestError
-from privydrop.engineio.interface import EngineSid, Handshake
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.session import (
     REASON_OUTBOUND_LIMIT,
@@ -79,6 +79,10 @@ if not ACCELERATED:  # pragma: no cover - depends on the environment
         ACCELERATED = True
     except ImportError:
         pass
+
+#: Close codes of a client that leaves on purpose: normal, going away (a page
+#: closing), and none at all (what socket.io-client sends).
+_CLIENT_LEAVE_CODES = frozenset({1000, 1001, None})
 
 # Autobahn's per-connection debug text, built only if an event is formatted.
 autobahn_compat.install_lazy_debug_text()
@@ -195,6 +199,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
     _receive_limit = 0
     #: Whether outgoing frames are built and written here.
     _plain_frames = False
+    #: The client started the closing handshake with a code that means
+    #: it leaves on purpose (see L{onCloseFrame}).
+    _client_left = False
     #: The closing handshake is over: nothing more is read.
     _input_closed = False
     #: Aborts the connection if it has not closed in order in time.
@@ -519,6 +526,10 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         """
         error = close_frame_error(code, reasonRaw)
         internals = self.factory.autobahn_internals
+        if error is None and self._phase == _OPEN and code in _CLIENT_LEAVE_CODES:
+            # The client started the closing handshake meaning to leave (once
+            # a close frame left here first, the client's is the answer).
+            self._client_left = True
         if error is None:
             if internals and not autobahn_compat.failed(self):
                 # A valid close: Autobahn answers it and closes in order (or,
@@ -594,8 +605,14 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                 limit="max_frame_bytes",
             )
             return
-        # After a limit passed here the session was told already.
-        session.websocket_lost(self, REASON_TRANSPORT_CLOSE)
+        # After a limit passed here the session was told already. A client
+        # that sent a close frame meaning "going away" left on purpose;
+        # anything else (no close frame, an error code) is a lost transport.
+        session.websocket_lost(
+            self,
+            REASON_TRANSPORT_CLOSE,
+            CloseKind.CLIENT if self._client_left else CloseKind.LOST,
+        )
 
     # -- WebSocketChannel -------------------------------------------------
 

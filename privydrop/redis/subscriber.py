@@ -18,7 +18,8 @@ and the FIFO of owed replies stays one entry per command; a push nobody
 asked for (Redis Cluster sends C{sunsubscribe} when a shard moves) puts the
 connection out of step, so it is dropped and subscribes again. A kind of
 subscription is the pair of commands that starts and ends it
-(L{SubscriptionKind}); sharded channels would be one more.
+(L{SubscriptionKind}): channels (L{CHANNEL}), patterns (L{PATTERN}) and
+sharded channels (L{SHARD}, Redis 7 and later).
 
 Payloads are text when they decode as UTF-8, bytes otherwise. Pub/sub ignores
 database indexes, so no C{SELECT} is sent.
@@ -62,6 +63,9 @@ class SubscriptionKind:
 CHANNEL = SubscriptionKind("SUBSCRIBE", "UNSUBSCRIBE")
 #: C{PSUBSCRIBE <pattern>}: publications on every channel the glob pattern matches.
 PATTERN = SubscriptionKind("PSUBSCRIBE", "PUNSUBSCRIBE")
+#: C{SSUBSCRIBE <channel>}: publications made with C{SPUBLISH} on that
+#: sharded channel (Redis 7 and later; separate from classic channels).
+SHARD = SubscriptionKind("SSUBSCRIBE", "SUNSUBSCRIBE")
 
 
 @attrs.frozen

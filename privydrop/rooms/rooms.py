@@ -14,19 +14,30 @@ This is the one statement of it; the store backends execute it atomically
 in memory), so two processes can never interleave a check with its act.
 A socket asks to join room R:
 
+ 0. A stale binding is no binding: it is deleted first. A binding
+    C{socket:<sid>} = B is live only while room B exists and, when the
+    caller knows the incarnation the socket joined B with, B still has that
+    incarnation; without one, while B's member set lists the socket. (A
+    room that ended, by its TTL or because Redis lost it, is over even when
+    its id is issued again: its old sockets join like fresh ones.)
  1. The socket is bound to another room: refused (C{OTHER_ROOM}); nothing
     is written.
  2. Unless the socket is already bound to R (a rejoin), and unless the join
     rate limit is off, the attempt is recorded in the client address's
     sliding window; over the limit: refused (C{RATE_LIMITED}). Refused
     attempts count too, as with the Node backend.
- 3. R does not exist: refused (C{NO_ROOM}); a rejoin of a room that expired
-    too.
- 4. A rejoin refreshes the TTLs of R's keys and of the socket's binding
+ 3. R does not exist: refused (C{NO_ROOM}).
+ 4. Ghost members of R (whose binding is gone or names another room) are
+    pruned, looking at most at C{prune_limit} of them.
+ 5. A rejoin refreshes the TTLs of R's keys and of the socket's binding,
+    and adds the socket to R's member set again if it is missing there
     (C{REJOINED}).
- 5. Otherwise the socket is bound to R (C{socket:<sid>}, with the room TTL
-    plus one hour), added to R's member set, and R's TTLs are refreshed
-    (C{JOINED}).
+ 6. Otherwise the socket is bound to R (C{socket:<sid>}, with the room TTL
+    plus one hour) and added to R's member set (C{JOINED}).
+ 7. Either way the node holding the socket is recorded with it
+    (C{room:<id>:nodes}, C{cluster:node:<node>:sockets}), R's TTLs are
+    refreshed, and the answer carries R's incarnation (C{created_at}) and
+    its members with their nodes.
 
 L{Rooms.join} computes the inputs (now, the window, the TTLs) and interprets
 the store's answer; L{JoinDecision.message} gives the Node backend's words.
@@ -35,6 +46,8 @@ the store's answer; L{JoinDecision.message} gives the Node backend's words.
 from __future__ import annotations
 
 import enum
+import secrets
+from collections.abc import Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.interfaces import IReactorTime
@@ -51,7 +64,13 @@ from privydrop.ratelimit.join import (
 from privydrop.rooms import ids
 from privydrop.rooms.ids import RandomSource, RoomId, validate_room_id
 from privydrop.settings import RoomSettings
-from privydrop.store.interface import IStore, JoinOutcome, LeaveResult
+from privydrop.store.interface import (
+    IStore,
+    JoinOutcome,
+    LeaveResult,
+    RoomCheck,
+    RoomProbe,
+)
 
 _log = Logger()
 
@@ -111,12 +130,17 @@ class JoinDecision:
     @ivar bound_room: the room the socket is bound to (for OTHER_ROOM, the
         other room).
     @ivar rate: the rate check's verdict, when one was made.
+    @ivar incarnation: on success, the room's incarnation (C{created_at}).
+    @ivar members: on success, the room's members with their nodes (the
+        joiner included).
     """
 
     outcome: JoinOutcome
     room_id: str
     bound_room: str | None = None
     rate: RateDecision | None = None
+    incarnation: int | None = None
+    members: Mapping[str, str] = attrs.field(factory=dict, hash=False)
 
     @property
     def success(self) -> bool:
@@ -147,6 +171,8 @@ class Rooms:
         settings: RoomSettings,
         clock: IReactorTime,
         rng: RandomSource | None = None,
+        *,
+        node_id: Callable[[], str] | None = None,
     ) -> None:
         """
         @param store: where rooms live.
@@ -154,6 +180,9 @@ class Rooms:
         @param clock: "now" for C{created_at} and the rate window.
         @param rng: random source for room ids and rate members (the
             operating system's by default; tests pass a seeded one).
+        @param node_id: this process's current node id, recorded with each
+            socket it binds (it changes when the process registers again);
+            a random one fixed for this object when None.
         """
         self._store = store
         self._settings = settings
@@ -161,6 +190,14 @@ class Rooms:
         #: Rooms are created and left at the clients' pace: their lines are throttled.
         self._warnings = WarningThrottle(clock)
         self._rng: RandomSource = rng if rng is not None else ids.default_random()
+        if node_id is None:
+            fixed = secrets.token_hex(8)
+            node_id = lambda: fixed  # noqa: E731 - a constant for one process
+        self._node_id = node_id
+
+    @property
+    def settings(self) -> RoomSettings:
+        return self._settings
 
     def _now_ms(self) -> int:
         return int(self._clock.seconds() * 1000)
@@ -240,10 +277,19 @@ class Rooms:
         """
         return not await self._store.room_exists(self._validate(room_id))
 
-    async def join(self, socket_id: str, room_id: str, client_ip: str) -> JoinDecision:
+    async def join(
+        self,
+        socket_id: str,
+        room_id: str,
+        client_ip: str,
+        known: tuple[str, int] | None = None,
+    ) -> JoinDecision:
         """Decide a Socket.IO C{join} under the join rule (module docstring).
 
         One store round trip.
+
+        @param known: the room and incarnation the caller believes the
+            socket is in (rule 0), if any.
 
         @raise InvalidRoomId: for an id the client may not use.
         @raise StoreUnavailable: when the store cannot be reached.
@@ -267,6 +313,10 @@ class Rooms:
             settings.room_ttl_s,
             settings.room_ttl_s + settings.socket_ttl_extra_s,
             window,
+            node_id=self._node_id(),
+            known_room=None if known is None else known[0],
+            known_incarnation=None if known is None else known[1],
+            prune_limit=settings.prune_limit,
         )
         rate = None
         if result.rate is not None and window is not None:
@@ -276,20 +326,26 @@ class Rooms:
             room_id=valid,
             bound_room=result.bound_room,
             rate=rate,
+            incarnation=result.incarnation,
+            members=result.members,
         )
 
     async def leave(self, socket_id: str, room_id: str | None = None) -> LeaveResult:
         """Unbind a socket (disconnect, or C{POST /api/leave_room}). One round trip.
 
         With no C{room_id} the socket's own room is left. A room left empty
-        expires after C{empty_room_ttl_s}.
+        expires after C{empty_room_ttl_s}. The result says whether the
+        socket was a member (C{removed}): only then may its peers be told.
 
         @raise InvalidRoomId: for an explicit id the client may not use.
         @raise StoreUnavailable: when the store cannot be reached.
         """
         valid = self._validate(room_id) if room_id is not None else None
         result = await self._store.leave_room(
-            socket_id, valid, self._settings.empty_room_ttl_s
+            socket_id,
+            valid,
+            self._settings.empty_room_ttl_s,
+            prune_limit=self._settings.prune_limit,
         )
         if result.room_id is not None and result.remaining == 0:
             self._warnings.lifecycle(
@@ -301,6 +357,14 @@ class Rooms:
                 ttl_s=self._settings.empty_room_ttl_s,
             )
         return result
+
+    async def check(self, probes: Sequence[RoomProbe]) -> list[RoomCheck]:
+        """Whether rooms still exist with the incarnation their sockets
+        joined, and who is in them. One round trip for all of them.
+
+        @raise StoreUnavailable: when the store cannot be reached.
+        """
+        return await self._store.check_rooms(probes, prune_limit=self._settings.prune_limit)
 
     async def room_of(self, socket_id: str) -> str | None:
         """The room a socket is bound to. One round trip."""

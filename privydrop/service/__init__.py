@@ -7,6 +7,8 @@
                                   also sweeps its expired keys on a timer)
       adapter    ClusterService   with Redis only: pub/sub between processes,
                                   so rooms and sends by socket id span hosts
+      nodes      NodeService      with Redis only: heartbeats; notices dead
+                                  processes and cleans up their sockets
       realtime   RealtimeService  Engine.IO + Socket.IO + signaling; on stop,
                                   ends every session and waits for clean-up
       http       strports.service(settings.listen, site): the listener, with
@@ -26,6 +28,8 @@ process. This module receives settings and a reactor and reads no environment.
 
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any, Callable
 
 from twisted.application import strports
@@ -34,6 +38,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.web.resource import IResource
 
 from privydrop.api.routes import PeerLeftHook, PrivyDropAPI
+from privydrop.cluster.nodes import NodeMonitor, NodeService
 from privydrop.cluster.pubsub import ClusterService
 from privydrop.cluster.routing import ClusterAdapter, new_node_id
 from privydrop.logs.levels import Logger
@@ -77,6 +82,22 @@ class _StopInOrder(MultiService):
                 _log.failure("stopping service {name} failed", name=service.name)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether a process with this pid runs on this host."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def node_name(listen: str) -> str:
+    """The default stable name of a process: its host and listen endpoint."""
+    return "%s|%s" % (socket.gethostname(), listen)
+
+
 def build_service(
     settings: Settings,
     reactor: Any,
@@ -112,7 +133,10 @@ def build_service(
     else:
         redis_address = describe(settings.redis)
 
-    rooms = Rooms(store_service.store, settings.rooms, reactor)
+    # The node id a process's sockets are recorded with; with Redis it is
+    # the cluster adapter's (which changes if the process registers again).
+    identity: list[Callable[[], str]] = [lambda: node_id]
+    rooms = Rooms(store_service.store, settings.rooms, reactor, node_id=lambda: identity[0]())
     engineio_resource: IResource | None = None
     notify_peer_left: PeerLeftHook | None = None
     connection_count: Callable[[], int] | None = None
@@ -131,6 +155,7 @@ def build_service(
             adapter_service.setName("adapter")
             adapter_service.setServiceParent(top)
             adapter = adapter_service.adapter
+            identity[0] = lambda: adapter_service.node_id
         layer = build_realtime(
             settings,
             reactor,
@@ -138,6 +163,53 @@ def build_service(
             adapter=adapter,
             metrics=metrics,
         )
+        if settings.redis is not None:
+            # Messages published while the subscription was down never
+            # arrived: refresh what this node knows of its rooms.
+            adapter_service.on_resubscribed(layer.signaling.check_rooms_soon)
+            signaling, engine_server = layer.signaling, layer.engine_server
+
+            def self_reaped() -> None:
+                # The others announced this process's sockets as gone: their
+                # disconnects must not announce them again; clients reconnect
+                # and join afresh, under a new node id.
+                signaling.forget_rooms()
+                engine_server.close_all()
+                # Nobody may recover them here: their peers were told.
+                layer.sio_server.end_all_detached("this process was judged dead")
+                adapter_service.renew(new_node_id())
+
+            monitor = NodeMonitor(
+                store_service.store,
+                reactor,
+                settings.cluster,
+                node_id=lambda: adapter_service.node_id,
+                name=settings.cluster.node_name or node_name(settings.listen),
+                info={
+                    "pid": str(os.getpid()),
+                    "host": socket.gethostname(),
+                    "listen": settings.listen,
+                    "started_ms": str(int(reactor.seconds() * 1000)),
+                },
+                socket_ttl_s=settings.rooms.room_ttl_s + settings.rooms.socket_ttl_extra_s,
+                empty_ttl_s=settings.rooms.empty_room_ttl_s,
+                prune_limit=settings.rooms.prune_limit,
+                on_socket_reaped=signaling.socket_reaped,
+                on_self_reaped=self_reaped,
+                process_alive=process_alive,
+                figures=lambda: {
+                    "connections": layer.sio_server.connection_count(),
+                    "published": adapter_service.adapter.published,
+                    "deliveries": adapter_service.adapter.deliveries,
+                    "received": adapter_service.adapter.received,
+                    "unroutable": adapter_service.adapter.unroutable,
+                },
+            )
+            # After the adapter, before realtime: it stops once the sessions
+            # ended, and leaves the heartbeats then.
+            nodes_service = NodeService(monitor)
+            nodes_service.setName("nodes")
+            nodes_service.setServiceParent(top)
         realtime_service = layer.service()
         realtime_service.setName("realtime")
         realtime_service.setServiceParent(top)

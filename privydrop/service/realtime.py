@@ -59,6 +59,7 @@ class Realtime:
     signaling: Signaling
     engine_server: EngineServer
     clock: IReactorTime
+    room_check_interval_s: float = 0.0
 
     def service(self) -> RealtimeService:
         """A service that ends every session when the tree stops."""
@@ -97,6 +98,7 @@ def build_realtime(
         rooms,
         settings,
         ice_servers=ice_server_source(settings.turn, reactor),
+        clock=reactor,
         metrics=None if metrics is None else metrics.signaling(RELAYED_EVENTS),
     )
     return Realtime(
@@ -106,6 +108,7 @@ def build_realtime(
         signaling=signaling,
         engine_server=engine,
         clock=reactor,
+        room_check_interval_s=settings.rooms.check_interval_s,
     )
 
 
@@ -121,11 +124,19 @@ class RealtimeService(Service):
     def __init__(self, realtime: Realtime) -> None:
         self.realtime = realtime
 
+    def startService(self) -> None:
+        super().startService()
+        self.realtime.signaling.start_room_checks(self.realtime.room_check_interval_s)
+
     def stopService(self) -> Deferred[Any] | None:
         super().stopService()
+        self.realtime.signaling.stop_room_checks()
         # The listener stopped first (see service.py): no polling client can
         # come back for a close packet, so end idle polling sessions now.
         self.realtime.engine_server.close_all(linger=False)
+        # Closing on shutdown leaves sockets recoverable, but no process
+        # here will recover them: they leave now (peers told, store unbound).
+        self.realtime.sio_server.end_all_detached()
         drained = self.realtime.signaling.wait_idle()
         drained.addTimeout(SHUTDOWN_DRAIN_S, self.realtime.clock)
         drained.addErrback(self._not_drained)

@@ -169,6 +169,23 @@ class SocketIOSettings:
     #: Seconds between two warnings of the same cause about a client closed
     #: for an invalid packet; the ones in between are counted.
     rejection_log_interval_s: float = 10.0
+    #: Connection state recovery: how long (ms) a socket whose transport was
+    #: lost without a deliberate close waits, still in its rooms, for its
+    #: client to come back with its private session id; 0 turns recovery off
+    #: (CONNECT answers carry C{sid} only and events no offset).
+    recovery_window_ms: int = 120_000
+    #: Events kept per socket for replay after a recovery. A PrivyDrop
+    #: negotiation with one peer is an offer, an answer and a few dozen
+    #: candidates; this covers several at once.
+    recovery_max_packets: int = 256
+    #: Bytes of those events kept per socket (the older ones go first). An
+    #: SDP offer is a few kB, a candidate a few hundred bytes: 64 KiB holds
+    #: several negotiations and caps what one socket can pin in memory.
+    recovery_max_bytes: int = 65_536
+
+    @property
+    def recovery_enabled(self) -> bool:
+        return self.recovery_window_ms > 0
 
 
 @attrs.frozen
@@ -187,6 +204,28 @@ class RoomSettings:
     join_window_s: int = 5
     join_limit: int = 2
     join_rate_limit_enabled: bool = True
+    #: Seconds between two checks that the rooms this process's sockets are
+    #: in still exist with the incarnation they joined (0: no check).
+    check_interval_s: int = 60
+    #: Members of a room a join, leave, check or reap looks at for ghosts.
+    prune_limit: int = 64
+
+
+@attrs.frozen
+class ClusterSettings:
+    """How processes sharing one Redis notice each other's death
+    (L{privydrop.cluster.nodes})."""
+
+    #: Milliseconds between two heartbeats of a process.
+    heartbeat_interval_ms: int = 2000
+    #: Milliseconds a process's heartbeat must stay unchanged, across the
+    #: judge's own successful heartbeats, before it is judged dead.
+    node_timeout_ms: int = 10000
+    #: Sockets of a dead process unbound per clean-up round trip.
+    reap_batch: int = 100
+    #: This process's stable name (a restarted process cleans up earlier
+    #: ones of its name at start-up); C{""}: host name and listen endpoint.
+    node_name: str = ""
 
 
 @attrs.frozen
@@ -305,6 +344,7 @@ class Settings:
     api: ApiSettings = ApiSettings()
     http: HttpSettings = HttpSettings()
     turn: TurnSettings = TurnSettings()
+    cluster: ClusterSettings = ClusterSettings()
     metrics: MetricsSettings = MetricsSettings()
     #: The .env file the settings were read from, if any (for the start-up log).
     env_file: str | None = None

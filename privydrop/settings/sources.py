@@ -27,6 +27,7 @@ from privydrop.settings.sections import (
     DEV_EXTRA_ORIGINS,
     DEV_ORIGIN_PATTERNS,
     ApiSettings,
+    ClusterSettings,
     ConfigError,
     EngineSettings,
     HttpSettings,
@@ -73,6 +74,7 @@ _ROOMS = RoomSettings()
 _TRACK = TrackingSettings()
 _REDIS = RedisSettings()
 _TURN = TurnSettings()
+_CLUSTER = ClusterSettings()
 _SENTINEL = SentinelSettings(addresses=(), master="")
 _SENTINEL_TIMEOUT = _SENTINEL.timeout
 _SENTINEL_RECONNECT_MAX_DELAY = _SENTINEL.reconnect_max_delay
@@ -145,6 +147,10 @@ VARIABLES: tuple[Variable, ...] = (
              "Prefix of the pub/sub channels between processes. Pub/sub ignores the "
              "database index, so deployments sharing one Redis server need different "
              "prefixes; every process of one deployment needs the same."),
+    Variable("CLUSTER_NODE_NAME", "cluster-node-name", "<host name>|<listen>",
+             "This process's stable name among the processes sharing Redis: a process "
+             "restarted under the same name cleans up what its killed predecessor left "
+             "at once. Give each process of a host its own."),
     Variable("DISABLE_JOIN_RATE_LIMIT", "disable-join-rate-limit", "0",
              "1 turns off the per-IP join rate limit (2 joins per 5 s).", flag=True),
     Variable("JOIN_RATE_LIMIT", "join-rate-limit",
@@ -279,9 +285,33 @@ LIMITS: tuple[Limit, ...] = (
           "max_rooms_per_socket", "Socket.IO rooms one socket may be in."),
     Limit("SOCKETIO_MAX_PACKET_BYTES", "socketio-max-packet-bytes", "socketio",
           "max_packet_bytes", "Bytes of one Socket.IO packet, attachments included."),
+    Limit("SOCKETIO_RECOVERY_WINDOW_MS", "socketio-recovery-window", "socketio",
+          "recovery_window_ms",
+          "Milliseconds a socket whose connection was lost (not closed on purpose) stays in "
+          "its room for its client to recover it (connection state recovery); 0 turns "
+          "recovery off.", 0),
+    Limit("SOCKETIO_RECOVERY_MAX_PACKETS", "socketio-recovery-max-packets", "socketio",
+          "recovery_max_packets", "Events kept per socket for replay after a recovery."),
+    Limit("SOCKETIO_RECOVERY_MAX_BYTES", "socketio-recovery-max-bytes", "socketio",
+          "recovery_max_bytes", "Bytes of events kept per socket for replay after a recovery."),
     Limit("SOCKETIO_MAX_AUTH_BYTES", "socketio-max-auth-bytes", "socketio",
           "max_auth_bytes", "Bytes of a Socket.IO CONNECT payload (auth); a larger one "
           "is refused with a connect_error.", 2),
+    Limit("ROOM_CHECK_INTERVAL", "room-check-interval", "rooms", "check_interval_s",
+          "Seconds between two checks that the rooms this process's sockets are in "
+          "still exist (a room Redis lost is left); 0 turns the check off.", 0),
+    Limit("ROOM_PRUNE_LIMIT", "room-prune-limit", "rooms", "prune_limit",
+          "Members of a room one join, leave or clean-up looks at for ghosts "
+          "(members whose binding is gone)."),
+    Limit("CLUSTER_HEARTBEAT_INTERVAL_MS", "cluster-heartbeat-interval", "cluster",
+          "heartbeat_interval_ms",
+          "With Redis: milliseconds between two heartbeats of a process.", 10),
+    Limit("CLUSTER_NODE_TIMEOUT_MS", "cluster-node-timeout", "cluster", "node_timeout_ms",
+          "With Redis: milliseconds a process's heartbeat stays unchanged, while the "
+          "judging process itself beats, before it is judged dead and its sockets are "
+          "cleaned up (their peers told). At least twice the heartbeat interval.", 20),
+    Limit("CLUSTER_REAP_BATCH", "cluster-reap-batch", "cluster", "reap_batch",
+          "Sockets of a dead process unbound per clean-up round trip."),
 )
 
 
@@ -966,11 +996,19 @@ def settings_from_options(
             "MAX_REFERRERS_PER_DAY", _TRACK.max_referrers_per_day, int, 1
         ),
     )
-    sections: dict[str, Any] = {"engine": engine, "socketio": _D.socketio}
+    sections: dict[str, Any] = {
+        "engine": engine,
+        "socketio": _D.socketio,
+        "rooms": rooms,
+        "cluster": attrs.evolve(
+            _CLUSTER, node_name=sources.text("CLUSTER_NODE_NAME", "").strip()
+        ),
+    }
     for limit in LIMITS:
         default = _limit_default(limit)
         value = sources.number(limit.env, default, type(default), limit.minimum)
         sections[limit.section] = attrs.evolve(sections[limit.section], **{limit.field: value})
+    _check_cluster(sections["cluster"], sources)
     listen = _listen(sources)
     return Settings(
         environment=environment,  # type: ignore[arg-type]
@@ -979,15 +1017,32 @@ def settings_from_options(
         origins=origins,
         engine=sections["engine"],
         socketio=sections["socketio"],
-        rooms=rooms,
+        rooms=sections["rooms"],
         tracking=tracking,
         api=api,
         http=http,
         turn=_turn(sources),
+        cluster=sections["cluster"],
         metrics=_metrics(sources, listen),
         env_file=env_file,
         log_level=_log_level(sources),
     )
+
+
+def _check_cluster(cluster: ClusterSettings, sources: _Sources) -> None:
+    """A process must get at least two chances to beat before it is judged dead."""
+    if cluster.node_timeout_ms < 2 * cluster.heartbeat_interval_ms:
+        timeout = sources.find("CLUSTER_NODE_TIMEOUT_MS")
+        interval = sources.find("CLUSTER_HEARTBEAT_INTERVAL_MS")
+        raise ConfigError(
+            "%s (%d) must be at least twice %s (%d)"
+            % (
+                "CLUSTER_NODE_TIMEOUT_MS" if timeout is None else timeout.label,
+                cluster.node_timeout_ms,
+                "CLUSTER_HEARTBEAT_INTERVAL_MS" if interval is None else interval.label,
+                cluster.heartbeat_interval_ms,
+            )
+        )
 
 
 class _LabelledSources(_Sources):

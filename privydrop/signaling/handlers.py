@@ -32,6 +32,13 @@ C{join {roomId}}
     store call may still be carried out by Redis afterwards; such a binding
     makes the client's retry a rejoin, and goes away when the socket
     disconnects (the clean-up always asks the store).
+    A socket whose room ended (its TTL, Redis losing its data) is in it no
+    longer: the Socket.IO room is named C{<room id>:<incarnation>} (the
+    room's C{created_at}), so the old members and whoever is given the same
+    id later never share one, on any process; the join rule treats the old
+    binding as none, so the socket joins the new room, or another, like a
+    fresh socket. A rejoin of the same room refreshes what this process
+    knows of its members.
 
 C{offer {peerId, offer, from?}}, C{answer {peerId, answer, from?}}, C{ice-candidate {peerId, candidate, from?}}
     Forwarded to socket C{peerId} as the same event with C{{offer|answer|
@@ -51,11 +58,40 @@ C{recipient-ready {roomId, peerId}}
     sender's id, not what it wrote)}.
 
 disconnect
-    C{peer-disconnected {peerId: <socket id>}} to the room, then the socket
-    is unbound in the store; a room left empty expires after 900 s.
+    The socket is unbound in the store (a room left empty expires after
+    900 s); when that took it out of its room's members, the remaining
+    members get C{peer-disconnected {peerId: <socket id>}}, wherever they
+    are connected (the members the store answered). I{(differs: the Node
+    backend tells the room before unbinding, whether or not the socket was
+    still a member.)} If the store cannot be reached, the members this
+    process knew of are told. If its room had ended meanwhile, its old
+    peers (and only they) are told. With connection state recovery on (the
+    default), this happens at once only when the client left on purpose
+    (its Socket.IO DISCONNECT, an Engine.IO close packet, a WebSocket close
+    frame 1000/1001/none); a connection that was lost keeps the socket in
+    its room, silently, for C{SOCKETIO_RECOVERY_WINDOW_MS}, and this runs
+    only if the client has not recovered it by then. A recovered socket
+    keeps its id, room and signaling state: no C{join}, so no rate-limit
+    count and no C{ready}.
 
-C{POST /api/leave_room} sends the same C{peer-disconnected} to the room
-before unbinding, through L{peer_left_notifier}.
+C{POST /api/leave_room} unbinds the socket the same way, on any process;
+when that removed a member, L{peer_left_notifier} tells the remaining
+members and asks the process holding the socket (a server event) to take
+it out of its Socket.IO room, so it gets no more room traffic and its
+later disconnect announces nothing: its peers hear of it exactly once (a
+detached socket, waiting for its client to recover it, ends at once). A
+request naming a socket that is not a member changes nothing and tells no
+one. A process whose sockets were cleaned up after it was judged dead
+(L{Signaling.socket_reaped}, called by the cluster's clean-up) has them
+announced the same way by the process that reaped them.
+
+Rooms that end. Every C{rooms.check_interval_s} (and when the cluster
+subscription comes back after a loss) L{Signaling.check_rooms} asks the
+store, in one round trip per batch, whether the rooms this process's
+sockets are in still exist with the incarnation they joined and still list
+them; sockets of ended rooms, and sockets no longer members, are taken out
+of their Socket.IO room without a notice; the members of the others are
+refreshed.
 
 Malformed payloads of the relayed events (L{privydrop.signaling.events}) are
 dropped with a debug log (one per event and reason per interval) and counted
@@ -81,10 +117,12 @@ knows nothing of Engine.IO, HTTP or the store's backends.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import LoopingCall
 from twisted.logger import LogLevel
 
 from privydrop.logs.levels import Logger
@@ -95,7 +133,7 @@ from privydrop.signaling import events
 from privydrop.signaling.events import EventLimits, InvalidPayload
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.sockets import Socket
-from privydrop.store.interface import StoreUnavailable
+from privydrop.store.interface import LeaveResult, ReapedSocket, RoomProbe, StoreUnavailable
 from privydrop.turn import IceServerSource
 from privydrop.web.clientip import client_ip, rate_limit_key, trusted_proxies
 
@@ -104,10 +142,19 @@ _log = Logger()
 JOIN_RESPONSE = "joinResponse"
 READY = "ready"
 PEER_DISCONNECTED = "peer-disconnected"
+#: Server event: C{(socket id, room id, incarnation)} left its room through
+#: another path (the REST API): the process holding it takes it out.
+ROOM_LEFT = "room-left"
+
+#: Rooms asked about in one store round trip by L{Signaling.check_rooms}.
+CHECK_BATCH = 200
 
 #: Joins of one socket waiting behind the one in progress; more are dropped.
 #: An honest client has one join in flight at a time.
 MAX_WAITING_JOINS = 4
+
+#: Disconnect reason of a detached socket unbound by POST /api/leave_room.
+LEFT_BY_API = "left by leave_room"
 
 #: The events handed on to a peer or a room (the C{event} label of the
 #: relayed-messages metric).
@@ -118,8 +165,14 @@ SERVER_ERROR = "Server error while joining room"
 
 #: Callable giving the client (its rate-limit key) that a socket's joins count against.
 ClientIpOf = Callable[[Socket], str]
-#: The API's hook: C{notify_peer_left(room_id, socket_id)}.
-NotifyPeerLeft = Callable[[str, str], None]
+#: The API's hook: C{notify_peer_left(socket_id, result)} after
+#: C{leave_room} unbound a socket.
+NotifyPeerLeft = Callable[[str, LeaveResult], None]
+
+
+def room_name(room_id: str, incarnation: int | None) -> str:
+    """The Socket.IO room of one incarnation of a room (room ids never hold C{:})."""
+    return f"{room_id}:{incarnation if incarnation is not None else 0}"
 
 
 def handshake_client_ip(settings: Settings) -> ClientIpOf:
@@ -154,14 +207,29 @@ class _SocketState:
 
     @ivar room: the room it is in (Socket.IO room and store binding), set
         only once both are done.
-    @ivar lock: serialises its joins and its disconnect clean-up.
+    @ivar incarnation: that room's incarnation (C{created_at}).
+    @ivar lock: serialises its joins, its disconnect clean-up and changes
+        from elsewhere (a REST leave, a room check).
+    @ivar members: at disconnect, the members this process knew of (told
+        if the store cannot be reached).
     """
 
-    __slots__ = ("lock", "room")
+    __slots__ = ("incarnation", "lock", "members", "room")
 
     def __init__(self) -> None:
         self.room: str | None = None
+        self.incarnation: int | None = None
+        self.members: Mapping[str, str] = {}
         self.lock = DeferredLock()
+
+    @property
+    def room_name(self) -> str | None:
+        """Its Socket.IO room, or None."""
+        return None if self.room is None else room_name(self.room, self.incarnation)
+
+    def leave(self) -> None:
+        self.room = None
+        self.incarnation = None
 
 
 class Signaling:
@@ -182,10 +250,14 @@ class Signaling:
         settings: Settings,
         client_ip_of: ClientIpOf,
         ice_servers: IceServerSource | None = None,
+        clock: IReactorTime | None = None,
         metrics: SignalingMetrics | None = None,
     ) -> None:
         self._namespace = namespace
         self._ice_servers = ice_servers
+        self._clock = clock
+        self._checker: LoopingCall | None = None
+        self._checking = False
         self._rooms = rooms
         self._limits = EventLimits.from_settings(settings)
         self._client_ip_of = client_ip_of
@@ -207,12 +279,24 @@ class Signaling:
         ns.on(events.ICE_CANDIDATE, self._ice_candidate)
         ns.on(events.INITIATOR_ONLINE, self._initiator_online)
         ns.on(events.RECIPIENT_READY, self._recipient_ready)
+        ns.on_disconnecting(self._disconnecting)
         ns.on_disconnect(self._disconnected)
+        ns.on_server(ROOM_LEFT, self._room_left)
 
     def room_of(self, socket_id: str) -> str | None:
         """The room a socket of this process is in, as signaling knows it."""
         state = self._sockets.get(socket_id)
         return None if state is None else state.room
+
+    def knows(self, socket_id: str) -> bool:
+        """Whether signaling holds state for a socket of this process (from
+        its first join until its disconnect clean-up has finished)."""
+        return socket_id in self._sockets
+
+    def room_name_of(self, socket_id: str) -> str | None:
+        """The Socket.IO room (C{<room id>:<incarnation>}) a socket is in."""
+        state = self._sockets.get(socket_id)
+        return None if state is None else state.room_name
 
     def wait_idle(self) -> Deferred[None]:
         """Fires once no socket of this process is known to signaling.
@@ -234,6 +318,13 @@ class Signaling:
             state = self._sockets[socket.id] = _SocketState()
         return state
 
+    def _disconnecting(self, socket: Socket, reason: str) -> None:
+        state = self._sockets.get(socket.id)
+        name = None if state is None else state.room_name
+        if state is not None and name is not None:
+            # Whom to tell if the store cannot say (it is down).
+            state.members = self._namespace.members(name)
+
     async def _disconnected(self, socket: Socket, reason: str) -> None:
         # State exists from a socket's first join on; a socket that never
         # asked to join cannot be bound anywhere.
@@ -242,7 +333,7 @@ class Signaling:
             return
         async with state.lock:
             try:
-                await self._leave_after_disconnect(socket.id, state.room)
+                await self._leave_after_disconnect(socket.id, state)
             finally:
                 self._sockets.pop(socket.id, None)
                 if not self._sockets:
@@ -250,10 +341,8 @@ class Signaling:
                     for waiter in waiters:
                         waiter.callback(None)
 
-    async def _leave_after_disconnect(self, socket_id: str, room: str | None) -> None:
-        if room is not None:
-            # Before unbinding, as the Node backend does.
-            self._namespace.to(room).emit(PEER_DISCONNECTED, {"peerId": socket_id})
+    async def _leave_after_disconnect(self, socket_id: str, state: _SocketState) -> None:
+        room, name = state.room, state.room_name
         try:
             # Always asked: a join whose store reply was lost may still have
             # bound the socket, and this is where such a binding goes away.
@@ -266,9 +355,19 @@ class Signaling:
                 sid=socket_id,
                 room_id=room,
             )
+            if name is not None:
+                self._tell_left(name, state.members, socket_id)
             return
-        if room is None and result.room_id is not None:
-            self._namespace.to(result.room_id).emit(PEER_DISCONNECTED, {"peerId": socket_id})
+        if result.removed and result.room_id is not None:
+            self._tell_left(
+                room_name(result.room_id, result.incarnation), result.members, socket_id
+            )
+        elif name is not None and (
+            result.room_id != room or result.incarnation != state.incarnation
+        ):
+            # Its room ended while it was in it: its old peers still count
+            # on it (the store knows them no more).
+            self._tell_left(name, state.members, socket_id)
         if result.room_id is not None:
             self._warnings.lifecycle(
                 LogLevel.info,
@@ -279,6 +378,120 @@ class Signaling:
                 room_id=result.room_id,
                 remaining=result.remaining,
             )
+
+    def _tell_left(self, name: str, members: Mapping[str, str], socket_id: str) -> None:
+        self._namespace.emit_to_members(
+            name, members, PEER_DISCONNECTED, {"peerId": socket_id}, departed=socket_id
+        )
+
+    def socket_reaped(self, reaped: ReapedSocket) -> None:
+        """A socket of a process judged dead was unbound (by this process's
+        clean-up): tell its room's remaining members, wherever they are."""
+        self._tell_left(
+            room_name(reaped.room_id, reaped.incarnation), reaped.members, reaped.socket_id
+        )
+
+    async def _room_left(self, socket_id: str, room_id: str, incarnation: int) -> None:
+        """Server event: the socket left its room through the REST API."""
+        state = self._sockets.get(socket_id)
+        if state is None or state.room != room_id or state.incarnation != incarnation:
+            return
+        async with state.lock:
+            if state.room == room_id and state.incarnation == incarnation:
+                self._take_out(socket_id, state, "left through the API")
+                # A socket waiting for its client to recover it left on
+                # purpose: it ends now (its peers were told already).
+                self._namespace.end_detached(socket_id, LEFT_BY_API)
+
+    def _take_out(self, socket_id: str, state: _SocketState, why: str) -> None:
+        """Out of its Socket.IO room without a notice (the store says it is
+        no member, and whoever made it so told the room)."""
+        name = state.room_name
+        socket = self._namespace.get_socket(socket_id)
+        if socket is not None and name is not None:
+            socket.leave(name)
+        _log.info(
+            "socket {sid} is out of room {room_id}: {why}",
+            sid=socket_id,
+            room_id=state.room,
+            why=why,
+        )
+        state.leave()
+
+    def forget_rooms(self) -> None:
+        """Take every socket out of its room without a notice: this process
+        was judged dead and its sockets were cleaned up (and announced) by
+        another one; their disconnects must announce nothing again."""
+        for socket_id, state in list(self._sockets.items()):
+            if state.room is not None:
+                self._take_out(socket_id, state, "this process was judged dead")
+
+    # -- rooms that end --------------------------------------------------------
+
+    def start_room_checks(self, interval_s: float) -> None:
+        """Check every C{interval_s} seconds that the rooms of this
+        process's sockets still exist (L{check_rooms}); 0 turns it off."""
+        if interval_s <= 0 or self._clock is None or self._checker is not None:
+            return
+        checker = self._checker = LoopingCall(self.check_rooms_soon)
+        checker.clock = self._clock
+        checker.start(interval_s, now=False).addErrback(
+            lambda failure: _log.failure("room checks stopped", failure=failure)
+        )
+
+    def stop_room_checks(self) -> None:
+        checker, self._checker = self._checker, None
+        if checker is not None and checker.running:
+            checker.stop()
+
+    def check_rooms_soon(self) -> None:
+        """Start L{check_rooms} unless one is running (errors are logged)."""
+        if self._checking:
+            return
+        Deferred.fromCoroutine(self.check_rooms()).addErrback(
+            lambda failure: _log.failure("checking rooms failed", failure=failure)
+        )
+
+    async def check_rooms(self) -> int:
+        """Take sockets out of rooms that ended or no longer list them, and
+        refresh what this process knows of the others' members.
+
+        @return: how many sockets were taken out.
+        """
+        self._checking = True
+        try:
+            groups: dict[tuple[str, int], list[str]] = {}
+            for socket_id, state in self._sockets.items():
+                if state.room is not None and state.incarnation is not None:
+                    groups.setdefault((state.room, state.incarnation), []).append(socket_id)
+            probes = [RoomProbe(room, inc, tuple(sids)) for (room, inc), sids in groups.items()]
+            taken_out = 0
+            for start in range(0, len(probes), CHECK_BATCH):
+                try:
+                    checks = await self._rooms.check(probes[start : start + CHECK_BATCH])
+                except StoreUnavailable:
+                    _log.warn("store unavailable; room check skipped")
+                    return taken_out
+                for check in checks:
+                    key = (check.room_id, check.incarnation)
+                    gone = groups.get(key, []) if not check.alive else sorted(check.missing)
+                    for socket_id in gone:
+                        taken_out += await self._take_out_if(socket_id, key, check.alive)
+                    if check.alive:
+                        self._namespace.note_members(room_name(*key), check.members)
+            return taken_out
+        finally:
+            self._checking = False
+
+    async def _take_out_if(self, socket_id: str, key: tuple[str, int], alive: bool) -> int:
+        state = self._sockets.get(socket_id)
+        if state is None:
+            return 0
+        async with state.lock:
+            if (state.room, state.incarnation) != key:
+                return 0  # it moved on meanwhile
+            self._take_out(socket_id, state, "no longer a member" if alive else "the room ended")
+            return 1
 
     # -- join ------------------------------------------------------------------
 
@@ -299,13 +512,22 @@ class Signaling:
             self._drop(socket, events.JOIN, InvalidPayload(events.Reason.BUSY))
             return
         async with state.lock:
-            if socket.connected:
-                await self._join_locked(socket, state, request.room_id)
+            if not socket.disconnected:
+                # What other processes send to it for the room it may enter
+                # waits for the answer (see the cluster adapter).
+                self._namespace.hold(socket.id)
+                try:
+                    await self._join_locked(socket, state, request.room_id)
+                finally:
+                    self._namespace.release(socket.id)
 
     async def _join_locked(self, socket: Socket, state: _SocketState, room_id: str) -> None:
         ip = self._client_ip_of(socket)
+        known = None
+        if state.room is not None and state.incarnation is not None:
+            known = (state.room, state.incarnation)
         try:
-            decision = await self._rooms.join(socket.id, room_id, ip)
+            decision = await self._rooms.join(socket.id, room_id, ip, known)
         except InvalidRoomId:
             self.dropped.record(events.JOIN, events.Reason.REFUSED_ROOM_ID)
             self._warnings.debug(
@@ -359,26 +581,31 @@ class Signaling:
             socket.emit(JOIN_RESPONSE, _join_response(False, decision.message, room_id))
             return
 
-        if not socket.connected:
+        if socket.disconnected:
             # Gone while the store answered; the disconnect clean-up waits
-            # for this lock and unbinds what was just written.
+            # for this lock and unbinds what was just written. A socket whose
+            # connection was lost meanwhile (detached, recoverable) goes on:
+            # its joinResponse is replayed when its client recovers it.
             return
-        if state.room != room_id:
+        name = room_name(room_id, decision.incarnation)
+        if state.room_name != name:
             try:
-                if state.room is not None:
-                    # Unbound meanwhile by POST /api/leave_room.
-                    socket.leave(state.room)
-                socket.join(room_id)
+                if state.room_name is not None:
+                    # Its room ended (this is the new one of that id, or
+                    # another), or it was unbound meanwhile.
+                    socket.leave(state.room_name)
+                    state.leave()
+                socket.join(name, members=decision.members)
             except Exception:  # noqa: BLE001 - undone below, then answered
                 _log.failure(
                     "socket {sid} could not enter room {room_id}", sid=socket.id, room_id=room_id
                 )
                 await self._undo_binding(socket.id, room_id)
-                state.room = None
+                state.leave()
                 self.metrics.join_error.inc()
                 socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
                 return
-            state.room = room_id
+            state.room, state.incarnation = room_id, decision.incarnation
             self._warnings.lifecycle(
                 LogLevel.info,
                 _log,
@@ -387,13 +614,15 @@ class Signaling:
                 sid=socket.id,
                 room_id=room_id,
             )
+        else:
+            self._namespace.note_members(name, decision.members)
         response = _join_response(True, decision.message, room_id)
         if self._ice_servers is not None:
             # Only sockets that got into a room receive relay credentials.
             response["iceServers"] = self._ice_servers(socket.id).as_json()["iceServers"]
         self.metrics.join_success.inc()
         socket.emit(JOIN_RESPONSE, response)
-        socket.to(room_id).emit(READY, {"peerId": socket.id})
+        socket.to(name).emit(READY, {"peerId": socket.id})
 
     async def _undo_binding(self, socket_id: str, room_id: str) -> None:
         try:
@@ -414,7 +643,7 @@ class Signaling:
             self._drop(socket, event, error)
             return
         state = self._sockets.get(socket.id)
-        room = None if state is None else state.room
+        room = None if state is None else state.room_name
         if room is None:
             self._unroutable(socket, event)
             return
@@ -437,11 +666,13 @@ class Signaling:
 
     # -- room announcements ------------------------------------------------------
 
-    def _announcement_room(self, socket: Socket, event: str, room_id: str) -> bool:
-        if self.room_of(socket.id) != room_id:
+    def _announcement_room(self, socket: Socket, event: str, room_id: str) -> str | None:
+        """The Socket.IO room to announce in, when the sender is in C{room_id}."""
+        state = self._sockets.get(socket.id)
+        if state is None or state.room != room_id:
             self._unroutable(socket, event)
-            return False
-        return True
+            return None
+        return state.room_name
 
     def _initiator_online(self, socket: Socket, *args: Any) -> None:
         try:
@@ -449,8 +680,9 @@ class Signaling:
         except InvalidPayload as error:
             self._drop(socket, events.INITIATOR_ONLINE, error)
             return
-        if self._announcement_room(socket, events.INITIATOR_ONLINE, request.room_id):
-            socket.to(request.room_id).emit(events.INITIATOR_ONLINE, {"roomId": request.room_id})
+        name = self._announcement_room(socket, events.INITIATOR_ONLINE, request.room_id)
+        if name is not None:
+            socket.to(name).emit(events.INITIATOR_ONLINE, {"roomId": request.room_id})
             self.metrics.relayed[events.INITIATOR_ONLINE].inc()
 
     def _recipient_ready(self, socket: Socket, *args: Any) -> None:
@@ -459,8 +691,9 @@ class Signaling:
         except InvalidPayload as error:
             self._drop(socket, events.RECIPIENT_READY, error)
             return
-        if self._announcement_room(socket, events.RECIPIENT_READY, request.room_id):
-            socket.to(request.room_id).emit(events.RECIPIENT_READY, {"peerId": socket.id})
+        name = self._announcement_room(socket, events.RECIPIENT_READY, request.room_id)
+        if name is not None:
+            socket.to(name).emit(events.RECIPIENT_READY, {"peerId": socket.id})
             self.metrics.relayed[events.RECIPIENT_READY].inc()
 
     # -- bookkeeping -------------------------------------------------------------
@@ -494,6 +727,7 @@ def install_signaling(
     settings: Settings,
     client_ip_of: ClientIpOf | None = None,
     ice_servers: IceServerSource | None = None,
+    clock: IReactorTime | None = None,
     metrics: SignalingMetrics | None = None,
 ) -> Signaling:
     """Put PrivyDrop's signaling events on a namespace.
@@ -506,6 +740,7 @@ def install_signaling(
         (L{handshake_client_ip}).
     @param ice_servers: issues TURN credentials for a successful
         C{joinResponse}; none are sent when None.
+    @param clock: for the periodic room checks (L{Signaling.start_room_checks}).
     @param metrics: counts joins and relayed messages; nothing when None.
     @return: the installed handlers, whose counters operators and tests read.
     """
@@ -515,6 +750,7 @@ def install_signaling(
         settings,
         client_ip_of if client_ip_of is not None else handshake_client_ip(settings),
         ice_servers,
+        clock,
         metrics,
     )
     signaling.install()
@@ -522,14 +758,25 @@ def install_signaling(
 
 
 def peer_left_notifier(namespace: Namespace) -> NotifyPeerLeft:
-    """The hook C{POST /api/leave_room} calls before it unbinds a socket.
+    """The hook C{POST /api/leave_room} calls after it unbound a socket.
 
-    @return: C{notify_peer_left(room_id, socket_id)}, which sends
-        C{peer-disconnected {peerId: socket_id}} to everyone in the room
-        (in every process, through the adapter), as the Node backend does.
+    @return: C{notify_peer_left(socket_id, result)}: when the leave removed a
+        member, sends C{peer-disconnected {peerId: socket_id}} to the room's
+        remaining members (in every process, through the adapter) and asks
+        the process holding the socket to take it out of its Socket.IO room
+        (L{ROOM_LEFT}); otherwise does nothing.
     """
 
-    def notify_peer_left(room_id: str, socket_id: str) -> None:
-        namespace.to(room_id).emit(PEER_DISCONNECTED, {"peerId": socket_id})
+    def notify_peer_left(socket_id: str, result: LeaveResult) -> None:
+        if not result.removed or result.room_id is None:
+            return
+        name = room_name(result.room_id, result.incarnation)
+        namespace.emit_to_members(
+            name, result.members, PEER_DISCONNECTED, {"peerId": socket_id}, departed=socket_id
+        )
+        if result.node:
+            namespace.send_server_event(
+                result.node, ROOM_LEFT, socket_id, result.room_id, result.incarnation or 0
+            )
 
     return notify_peer_left

@@ -12,6 +12,18 @@ L{LocalAdapter} keeps two indexes per namespace, in step: room -> socket ids
 (to find a broadcast's recipients) and socket id -> rooms (to answer
 C{rooms_of} and to clean up on disconnect without scanning every room).
 
+Tracked rooms. A room joined with its members known (C{add(...,
+members=...)}: who is in it and which node holds each, as the store
+answered the join) is I{tracked}: an adapter spanning processes then sends
+what is addressed to the room only to the nodes holding its members, and
+tells them when a socket of its own enters or leaves it. The in-process
+adapter has nothing to track: every member is local. Other methods serve
+tracked rooms: L{Adapter.send_to_members} (explicit recipients, e.g. the
+members a store operation answered), L{Adapter.note_members} (a fresher
+list), L{Adapter.hold} (a socket whose join is in flight), and
+L{Adapter.server_event} (a call to the upper layer of one node, e.g. "this
+socket left its room through the REST API").
+
 Adapters know Socket.IO packets (they encode a broadcast once for all its
 recipients) but nothing of sockets as objects, handlers, or transports: they
 hand encoded messages to a L{SocketDelivery}.
@@ -19,7 +31,7 @@ hand encoded messages to a L{SocketDelivery}.
 
 from __future__ import annotations
 
-from typing import Iterable, Protocol, Sequence
+from typing import Any, Iterable, Mapping, Protocol, Sequence
 
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Message, Packet, encode
@@ -36,6 +48,14 @@ class SocketDelivery(Protocol):
         Does nothing when the socket is not (or no longer) connected here.
         """
 
+    def server_event(self, namespace: str, event: str, args: Sequence[Any]) -> None:
+        """Hand a server event (L{Adapter.server_event}) to the namespace's handler."""
+
+
+#: Members of a room and the node holding each (C{""}: unknown, or this
+#: process for the in-process adapter).
+RoomMembers = Mapping[SocketId, str]
+
 
 class Adapter(Protocol):
     """Rooms and delivery for all namespaces of one server."""
@@ -49,14 +69,62 @@ class Adapter(Protocol):
     def remove_socket(self, namespace: str, socket_id: SocketId) -> None:
         """A socket left the namespace: forget it and take it out of every room."""
 
-    def add(self, namespace: str, socket_id: SocketId, room: RoomId) -> None:
-        """Put a connected socket into a room."""
+    def add(
+        self,
+        namespace: str,
+        socket_id: SocketId,
+        room: RoomId,
+        members: RoomMembers | None = None,
+    ) -> None:
+        """Put a connected socket into a room.
+
+        With C{members} the room is tracked (module docstring); held
+        traffic for the socket (L{hold}) that was addressed to this room is
+        delivered now.
+        """
 
     def remove(self, namespace: str, socket_id: SocketId, room: RoomId) -> None:
         """Take a socket out of a room (nothing happens if it is not in it)."""
 
     def rooms_of(self, namespace: str, socket_id: SocketId) -> frozenset[RoomId]:
         """The rooms a local socket is in."""
+
+    def members(self, namespace: str, room: RoomId) -> RoomMembers:
+        """The room's members as known here: the local ones, and for a
+        tracked room the remote ones with their nodes."""
+
+    def note_members(self, namespace: str, room: RoomId, members: RoomMembers) -> None:
+        """A fresher list of a tracked room's members (ignored for a room
+        without local members)."""
+
+    def send_to_members(
+        self,
+        packet: Packet,
+        room: RoomId,
+        members: RoomMembers,
+        departed: SocketId | None = None,
+    ) -> None:
+        """Deliver a packet to these members of C{room}, each once (those
+        still connected and in the room where they are held).
+
+        @param departed: a socket that left the room; nodes that track the
+            room forget it.
+        """
+
+    def hold(self, namespace: str, socket_id: SocketId) -> None:
+        """A local socket's join is in flight: traffic of a tracked room
+        addressed to it before it is in that room waits (bounded) for
+        L{add} instead of being dropped."""
+
+    def release(self, namespace: str, socket_id: SocketId) -> None:
+        """The join is over without L{add}: drop what was held."""
+
+    def server_event(
+        self, node: str, namespace: str, event: str, args: Sequence[Any]
+    ) -> None:
+        """Call the server-event handler C{event} of C{namespace} on the
+        process with node id C{node} (this one included) with C{args}
+        (JSON values)."""
 
     def broadcast(
         self,
@@ -119,7 +187,13 @@ class LocalAdapter:
         for room in joined:
             self._discard(ns, socket_id, room)
 
-    def add(self, namespace: str, socket_id: SocketId, room: RoomId) -> None:
+    def add(
+        self,
+        namespace: str,
+        socket_id: SocketId,
+        room: RoomId,
+        members: RoomMembers | None = None,
+    ) -> None:
         ns = self._ns(namespace)
         joined = ns.sids.get(socket_id)
         if joined is None:
@@ -159,6 +233,56 @@ class LocalAdapter:
         if ns is None:
             return frozenset()
         return frozenset(ns.rooms.get(room, ()))
+
+    def has_members(self, namespace: str, room: RoomId) -> bool:
+        """Whether a local socket is in the room."""
+        ns = self._namespaces.get(namespace)
+        return ns is not None and room in ns.rooms
+
+    def in_room(self, namespace: str, socket_id: SocketId, room: RoomId) -> bool:
+        """Whether a local socket is in the room."""
+        ns = self._namespaces.get(namespace)
+        return ns is not None and socket_id in ns.rooms.get(room, ())
+
+    def members(self, namespace: str, room: RoomId) -> RoomMembers:
+        return {sid: "" for sid in self.room_members(namespace, room)}
+
+    def note_members(self, namespace: str, room: RoomId, members: RoomMembers) -> None:
+        """Every member is local: nothing to learn."""
+
+    def send_to_members(
+        self,
+        packet: Packet,
+        room: RoomId,
+        members: RoomMembers,
+        departed: SocketId | None = None,
+    ) -> None:
+        ns = self._namespaces.get(packet.namespace)
+        delivery = self._delivery
+        if ns is None or delivery is None:
+            return
+        present = ns.rooms.get(room)
+        if not present:
+            return
+        recipients = [sid for sid in members if sid in present]
+        if not recipients:
+            return
+        messages = encode(packet)
+        for sid in recipients:
+            delivery.deliver(packet.namespace, sid, messages)
+
+    def hold(self, namespace: str, socket_id: SocketId) -> None:
+        """Local deliveries happen at once: nothing is ever in flight."""
+
+    def release(self, namespace: str, socket_id: SocketId) -> None:
+        """Nothing is held."""
+
+    def server_event(
+        self, node: str, namespace: str, event: str, args: Sequence[Any]
+    ) -> None:
+        """Every socket is here: the event is handled here, now."""
+        if self._delivery is not None:
+            self._delivery.server_event(namespace, event, args)
 
     def _recipients(
         self, ns: _NamespaceRooms, rooms: frozenset[RoomId]

@@ -90,12 +90,22 @@ class Client:
         if timer is not None and timer.active():
             timer.cancel()
 
-    def close_sockets(self, reason: str) -> None:
-        """The connection ended: every socket leaves with C{reason}."""
+    def close_sockets(self, reason: str, recoverable: bool = False) -> None:
+        """The connection ended: every socket leaves with C{reason}.
+
+        @param recoverable: the connection was lost rather than closed on
+            purpose: sockets with recovery on are detached and wait for
+            their client instead of leaving.
+        """
         self.closed = True
         self.cancel_connect_timer()
         for socket in [*self.connecting.values(), *self.sockets.values()]:
-            socket._on_close(reason)
+            if recoverable and socket.recoverable:
+                socket._detach(reason)
+            else:
+                socket._on_close(reason)
+        self.sockets.clear()
+        self.connecting.clear()
 
     def disconnect_all(self) -> None:
         """Server-side close: tell each namespace, then close the connection."""

@@ -9,7 +9,7 @@ but the event that raised.
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Callable, Mapping, TypeVar, Union
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, Union
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -21,6 +21,7 @@ from privydrop.socketio.acks import as_deferred_if_awaitable
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Packet, PacketType
+from privydrop.socketio.recovery import Offsets, RecoverySettings
 from privydrop.socketio.sockets import (
     BroadcastOperator,
     Socket,
@@ -40,6 +41,8 @@ ConnectHandler = Callable[[Socket, Mapping[str, Any]], Any]
 EventHandler = Callable[..., Any]
 #: disconnect / disconnecting handler: (socket, reason).
 DisconnectHandler = Callable[[Socket, str], Any]
+#: server event handler: (*args) -> None, possibly awaitable.
+ServerEventHandler = Callable[..., Any]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -63,23 +66,38 @@ class Namespace:
     """One namespace of a L{privydrop.socketio.server.SocketIOServer}.
 
     Get it with C{server.of(name)}; C{"/"} always exists.
+
+    @ivar recovery: connection state recovery's settings, None when off.
+    @ivar offsets: issues the offsets events carry, None when recovery is off.
     """
 
-    def __init__(self, name: str, adapter: Adapter, warnings: WarningThrottle) -> None:
+    def __init__(
+        self,
+        name: str,
+        adapter: Adapter,
+        warnings: WarningThrottle,
+        recovery: RecoverySettings | None = None,
+    ) -> None:
         """
         @param name: the namespace's name (C{/}, C{/chat}).
         @param adapter: rooms and delivery.
         @param warnings: throttles the log lines its clients cause.
+        @param recovery: connection state recovery's settings; None: off.
         """
         self.name = name
         self._adapter = adapter
         self.warnings = warnings
+        self.recovery = recovery
+        self.offsets = None if recovery is None else Offsets()
+        #: Connected and detached sockets by private session id.
+        self._by_pid: dict[str, Socket] = {}
         self._connect_handlers: list[ConnectHandler] = []
         self._handlers: dict[str, EventHandler] = {}
         self._disconnecting_handlers: list[DisconnectHandler] = []
         self._disconnect_handlers: list[DisconnectHandler] = []
         self._connected: dict[SocketId, Socket] = {}
         self._all: dict[SocketId, Socket] = {}
+        self._server_handlers: dict[str, ServerEventHandler] = {}
 
     def __repr__(self) -> str:
         return "<Namespace {}>".format(self.name)
@@ -131,6 +149,17 @@ class Namespace:
         self._disconnect_handlers.append(fn)
         return fn
 
+    def on_server(self, event: str, handler: ServerEventHandler) -> ServerEventHandler:
+        """Handle a server event sent to this process (L{send_server_event}):
+        C{handler(*args)}; failures are logged.
+
+        @raise ValueError: the event already has a handler.
+        """
+        if event in self._server_handlers:
+            raise ValueError("server event {!r} already has a handler".format(event))
+        self._server_handlers[event] = handler
+        return handler
+
     # Sockets and emitting
 
     @property
@@ -142,16 +171,45 @@ class Namespace:
         """The connected socket with that id in this process, or None."""
         return self._connected.get(SocketId(socket_id))
 
+    def detached_count(self) -> int:
+        """Sockets of this process waiting for their client to recover them."""
+        return sum(1 for s in self._all.values() if s.state is SocketState.DETACHED)
+
+    def end_detached(self, socket_id: str, reason: str = "recovery ended") -> bool:
+        """End a detached socket now, as if its window had passed.
+
+        @return: whether a detached socket with that id was here.
+        """
+        socket = self._all.get(SocketId(socket_id))
+        if socket is None or socket.state is not SocketState.DETACHED:
+            return False
+        socket._on_close(reason)
+        return True
+
+    def end_all_detached(self, reason: str = "recovery ended") -> int:
+        """End every detached socket now (no one can recover them any more).
+
+        @return: how many were ended.
+        """
+        detached = [s for s in self._all.values() if s.state is SocketState.DETACHED]
+        for socket in detached:
+            socket._on_close(reason)
+        return len(detached)
+
     def to(self, room: str) -> BroadcastOperator:
         """Emit to every socket in C{room}."""
-        return BroadcastOperator(self._adapter, self.name, frozenset({RoomId(room)}))
+        return BroadcastOperator(
+            self._adapter, self.name, frozenset({RoomId(room)}), frozenset(), self.offsets
+        )
 
     def emit(self, event: str, *args: Any) -> None:
         """Emit to every socket of the namespace.
 
         @raise ValueError: a reserved or non-string event name.
         """
-        BroadcastOperator(self._adapter, self.name, frozenset()).emit(event, *args)
+        BroadcastOperator(
+            self._adapter, self.name, frozenset(), frozenset(), self.offsets
+        ).emit(event, *args)
 
     def emit_to_socket(
         self,
@@ -170,17 +228,101 @@ class Namespace:
         @raise ValueError: a reserved or non-string event name.
         """
         check_event_name(event)
+        data = [event, *args]
+        offsets = self.offsets
+        if offsets is not None:
+            data.append(offsets.next())
         self._adapter.send_to_socket(
-            Packet(PacketType.EVENT, self.name, [event, *args]),
+            Packet(PacketType.EVENT, self.name, data),
             SocketId(socket_id),
             None if only_if_in_room is None else RoomId(only_if_in_room),
         )
 
+    def emit_to_members(
+        self,
+        room: str,
+        members: Mapping[str, str],
+        event: str,
+        *args: Any,
+        departed: str | None = None,
+    ) -> None:
+        """Emit to these members of C{room} (socket id -> the node holding
+        it), wherever they are connected; each receives it only while in
+        the room.
+
+        @param departed: a socket that left the room (processes tracking
+            the room forget it).
+        @raise ValueError: a reserved or non-string event name.
+        """
+        check_event_name(event)
+        self._adapter.send_to_members(
+            Packet(PacketType.EVENT, self.name, [event, *args]),
+            RoomId(room),
+            {SocketId(sid): node for sid, node in members.items()},
+            None if departed is None else SocketId(departed),
+        )
+
+    def members(self, room: str) -> Mapping[str, str]:
+        """The room's members as this process knows them, with their nodes."""
+        return {str(sid): node for sid, node in self._adapter.members(self.name, RoomId(room)).items()}
+
+    def note_members(self, room: str, members: Mapping[str, str]) -> None:
+        """A fresher list of a tracked room's members (see the adapter)."""
+        self._adapter.note_members(
+            self.name, RoomId(room), {SocketId(k): v for k, v in members.items()}
+        )
+
+    def hold(self, socket_id: str) -> None:
+        """Keep room traffic for a socket whose join is in flight (see the adapter)."""
+        self._adapter.hold(self.name, SocketId(socket_id))
+
+    def release(self, socket_id: str) -> None:
+        """The join ended without entering a room: drop what was held."""
+        self._adapter.release(self.name, SocketId(socket_id))
+
+    def send_server_event(self, node: str, event: str, *args: Any) -> None:
+        """Call the server event handler C{event} of this namespace on the
+        process with node id C{node} (this one included); C{args} must be
+        JSON values."""
+        self._adapter.server_event(node, self.name, event, args)
+
     # Internals used by the server and sockets.
 
+    def _server_event(self, event: str, args: Sequence[Any]) -> None:
+        handler = self._server_handlers.get(event)
+        if handler is None:
+            _log.debug(
+                "no handler for server event {event!r} in {namespace}",
+                event=event,
+                namespace=self.name,
+            )
+            return
+        try:
+            result = _awaited(handler(*args))
+        except Exception:
+            _log.failure("server event handler {event!r} failed", event=event)
+            return
+        if isinstance(result, Deferred):
+            result.addErrback(
+                lambda failure: _log.failure(
+                    "server event handler {event!r} failed", failure=failure, event=event
+                )
+            )
+
     def _local_socket(self, socket_id: SocketId) -> Socket | None:
-        """Connected or connecting socket (the adapter delivers to both)."""
+        """Connected, connecting or detached socket (the adapter delivers to
+        all three)."""
         return self._all.get(socket_id)
+
+    def _recoverable(self, pid: str) -> Socket | None:
+        """The connected or detached socket with that private session id."""
+        return self._by_pid.get(pid)
+
+    def _detached(self, socket: Socket) -> None:
+        self._connected.pop(socket.id, None)
+
+    def _resumed(self, socket: Socket) -> None:
+        self._connected[socket.id] = socket
 
     def _begin(self, socket: Socket, auth: Mapping[str, Any]) -> Deferred[bool]:
         """Register a connecting socket and run the connect handlers.
@@ -225,12 +367,16 @@ class Namespace:
             self._forget(socket)
             return False
         self._connected[socket.id] = socket
+        if socket.pid is not None:
+            self._by_pid[socket.pid] = socket
         socket._accept()
         return True
 
     def _forget(self, socket: Socket) -> None:
         self._all.pop(socket.id, None)
         self._connected.pop(socket.id, None)
+        if socket.pid is not None and self._by_pid.get(socket.pid) is socket:
+            del self._by_pid[socket.pid]
 
     def _dispatch(self, socket: Socket, packet: Packet) -> None:
         event = packet.data[0]

@@ -15,6 +15,18 @@ Error boundary (socket.io-protocol v5): a packet that breaks the protocol or a
 limit closes that client's Engine.IO connection and nothing else; a handler's
 exception is logged and affects only its event.
 
+Connection state recovery (C{settings.recovery_window_ms} > 0, every
+namespace): the CONNECT answer carries a private session id, events carry
+offsets (L{privydrop.socketio.recovery}). A connection that Engine.IO reports
+lost (L{CloseKind.LOST}) or shut down detaches its sockets instead of ending
+them; a CONNECT whose auth carries a known C{pid} and an C{offset} found in
+that socket's log resumes the socket (same id and rooms, C{recovered}, the
+missed events replayed, connect handlers not run, as the reference server
+with C{skipMiddlewares}). When that socket still has a connection (the
+server has not noticed its loss yet), the old connection is closed and the
+socket goes on over the new one. A C{pid} whose offset is not found ends its
+socket at once: its client is back, under a new socket.
+
 The one exception is a CONNECT whose payload (C{auth}) passes
 C{max_auth_bytes}: it is answered with CONNECT_ERROR C{{message: "auth payload
 too large"}} for its namespace, without the payload being parsed, and the
@@ -41,7 +53,7 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
 
-from privydrop.engineio.interface import EngineConnection, EngineSid, Message
+from privydrop.engineio.interface import CloseKind, EngineConnection, EngineSid, Message
 from privydrop.logs import levels as loglevels
 from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
@@ -60,7 +72,8 @@ from privydrop.socketio.packets import (
     SocketIOProtocolError,
     encode,
 )
-from privydrop.socketio.sockets import Socket, SocketHandshake
+from privydrop.socketio.recovery import RecoverySettings, new_pid
+from privydrop.socketio.sockets import Socket, SocketHandshake, SocketState
 
 _log = Logger()
 
@@ -68,6 +81,17 @@ _log = Logger()
 CLOSE_PARSE_ERROR = "parse error"
 #: Engine.IO close reason when no namespace was joined within connect_timeout_ms.
 CLOSE_CONNECT_TIMEOUT = "connect timeout"
+#: Engine.IO close reason of a connection whose socket another one took over.
+CLOSE_TAKEN_OVER = "taken over"
+#: Disconnect reason of a detached socket whose client came back with a
+#: private session id but an offset no longer known.
+REASON_NOT_RECOVERED = "recovery failed"
+
+#: Longest offset a client may present (ours are far shorter).
+MAX_OFFSET_LENGTH = 64
+
+#: Engine.IO ends that leave sockets recoverable.
+_RECOVERABLE = frozenset({CloseKind.LOST, CloseKind.SHUTDOWN})
 #: The CONNECT_ERROR message for a CONNECT to a namespace nobody registered.
 INVALID_NAMESPACE = "Invalid namespace"
 #: The CONNECT_ERROR message for a CONNECT payload over max_auth_bytes.
@@ -83,6 +107,9 @@ class InvalidState(SocketIOProtocolError):
 
 class SocketIOServer:
     """A Socket.IO v5 server; implements L{EngineApplication}.
+
+    @ivar recoveries: sockets resumed by a recovery, takeovers included.
+    @ivar takeovers: recoveries of a socket whose old connection was still open.
 
     @param clock: for the connect timeout and ack timeouts.
     @param settings: the Socket.IO limits.
@@ -108,6 +135,17 @@ class SocketIOServer:
         self._namespaces: dict[str, Namespace] = {}
         self._clients: dict[EngineSid, Client] = {}
         self._warnings = WarningThrottle(clock, settings.rejection_log_interval_s)
+        self._recovery = (
+            RecoverySettings(
+                window_s=settings.recovery_window_ms / 1000.0,
+                max_packets=settings.recovery_max_packets,
+                max_bytes=settings.recovery_max_bytes,
+            )
+            if settings.recovery_window_ms > 0
+            else None
+        )
+        self.recoveries = 0
+        self.takeovers = 0
         self.of(MAIN_NAMESPACE)
 
     @property
@@ -129,7 +167,9 @@ class SocketIOServer:
             raise ValueError("namespace names start with '/'")
         namespace = self._namespaces.get(name)
         if namespace is None:
-            namespace = self._namespaces[name] = Namespace(name, self._adapter, self._warnings)
+            namespace = self._namespaces[name] = Namespace(
+                name, self._adapter, self._warnings, self._recovery
+            )
         return namespace
 
     def connection_count(self) -> int:
@@ -145,6 +185,18 @@ class SocketIOServer:
         for client in list(self._clients.values()):
             client.disconnect_all()
 
+    def detached_count(self) -> int:
+        """Sockets over all namespaces waiting for their client to recover them."""
+        return sum(ns.detached_count() for ns in self._namespaces.values())
+
+    def end_all_detached(self, reason: str = "server shutting down") -> int:
+        """End every detached socket now, in every namespace (when nobody
+        could recover them any more, as on a shutdown).
+
+        @return: how many were ended.
+        """
+        return sum(ns.end_all_detached(reason) for ns in list(self._namespaces.values()))
+
     # SocketDelivery (called by the adapter)
 
     def deliver(
@@ -156,6 +208,11 @@ class SocketIOServer:
         socket = ns._local_socket(socket_id)
         if socket is not None:
             socket._deliver(messages)
+
+    def server_event(self, namespace: str, event: str, args: Sequence[Any]) -> None:
+        ns = self._namespaces.get(namespace)
+        if ns is not None:
+            ns._server_event(event, args)
 
     # EngineApplication
 
@@ -195,14 +252,14 @@ class SocketIOServer:
         client = self._clients.get(connection.sid)
         if client is None or client.connection is not connection:
             return
-        self._drop_client(client, reason)
+        self._drop_client(client, reason, connection.close_kind in _RECOVERABLE)
 
     # Internals
 
-    def _drop_client(self, client: Client, reason: str) -> None:
+    def _drop_client(self, client: Client, reason: str, recoverable: bool = False) -> None:
         if self._clients.get(client.connection.sid) is client:
             del self._clients[client.connection.sid]
-        client.close_sockets(reason)
+        client.close_sockets(reason, recoverable)
 
     def _close_client(self, client: Client, reason: str) -> None:
         self._drop_client(client, reason)
@@ -272,6 +329,17 @@ class SocketIOServer:
             return
         auth: Mapping[str, Any] = packet.data if packet.data is not None else {}
         engine = client.connection.handshake
+        handshake = SocketHandshake(
+            headers=engine.headers,
+            address=engine.remote_address,
+            query=engine.query,
+            issued_ms=int(self._clock.seconds() * 1000),
+            url=engine.url,
+            secure=engine.secure,
+        )
+        if namespace.recovery is not None and "pid" in auth:
+            if self._recover(client, namespace, auth, handshake):
+                return
         socket_id = new_socket_id()
         while namespace._local_socket(socket_id) is not None:
             socket_id = new_socket_id()
@@ -279,24 +347,80 @@ class SocketIOServer:
             socket_id,
             namespace,
             client,
-            SocketHandshake(
-                headers=engine.headers,
-                address=engine.remote_address,
-                query=engine.query,
-                issued_ms=int(self._clock.seconds() * 1000),
-                url=engine.url,
-                secure=engine.secure,
-            ),
+            handshake,
             self._adapter,
             PendingAcks(self._clock, self._settings.max_pending_acks),
             self._settings.max_rooms_per_socket,
             self._clock,
             self._settings.connect_answer_gap_ms / 1000.0,
+            namespace.recovery,
+            None if namespace.recovery is None else new_pid(),
         )
         client.connecting[name] = socket
         d = namespace._begin(socket, auth)
         d.addCallback(self._connected, client, socket)
         d.addErrback(self._connect_failed, client, socket)
+
+    def _recover(
+        self,
+        client: Client,
+        namespace: Namespace,
+        auth: Mapping[str, Any],
+        handshake: SocketHandshake,
+    ) -> bool:
+        """Resume the socket C{auth} names, if it can be.
+
+        @return: whether it was resumed; if not, the caller makes a new socket.
+        """
+        pid, offset = auth.get("pid"), auth.get("offset")
+        if not isinstance(pid, str):
+            return False
+        socket = namespace._recoverable(pid)
+        if socket is None:
+            return False
+        if not isinstance(offset, str) or len(offset) > MAX_OFFSET_LENGTH:
+            missed = None
+        else:
+            missed = socket._missed(offset)
+        if missed is None:
+            # The client is back but what it missed is unknown: it gets a new
+            # socket, so the old one leaves now rather than at its window's end.
+            self._end_replaced(socket)
+            return False
+        if socket.state is SocketState.CONNECTED:
+            self._take_over(socket)
+            self.takeovers += 1
+        socket._resume(client, handshake, missed)
+        self.recoveries += 1
+        client.sockets[namespace.name] = socket
+        client.cancel_connect_timer()
+        _log.info(
+            "socket {sid} recovered in {namespace} ({missed} messages replayed)",
+            sid=socket.id,
+            namespace=namespace.name,
+            missed=len(missed),
+        )
+        return True
+
+    def _take_over(self, socket: Socket) -> None:
+        """The client of a still connected socket came back on a new
+        connection: close the old one without the socket leaving."""
+        old = socket._client
+        old._forget(socket)
+        # Sockets of other namespaces on that connection leave, as when a
+        # server closes a connection.
+        self._close_client(old, CLOSE_TAKEN_OVER)
+        if loglevels.debug:
+            _log.debug("socket {sid} taken over by a new connection", sid=socket.id)
+
+    def _end_replaced(self, socket: Socket) -> None:
+        if socket.state is SocketState.CONNECTED:
+            old = socket._client
+            socket.disconnect()
+            if not old.sockets and not old.connecting:
+                self._close_client(old, REASON_NOT_RECOVERED)
+        else:
+            socket._on_close(REASON_NOT_RECOVERED)
 
     def _connected(self, accepted: bool, client: Client, socket: Socket) -> None:
         name = socket.namespace.name

@@ -5,6 +5,16 @@ connected once every connect handler accepted it, and is disconnected for
 good afterwards (a reconnecting client gets a new socket and a new id).
 Whatever a connect handler emits before the acceptance is held back and sent
 after the CONNECT answer, so the client sees it in order.
+
+With connection state recovery on (L{privydrop.socketio.recovery}), a socket
+whose transport was lost (not closed on purpose) is I{detached} instead: it
+keeps its id and rooms, events for it go to its log only, and no disconnect
+handler runs. Its client may come back within the window with its private
+session id: the socket is then I{resumed} over the new connection, with what
+it missed. A client that comes back while the server still thinks the old
+connection is alive takes the socket over: the old connection is closed
+quietly. When the window ends first, the socket leaves as it would have
+(disconnecting and disconnect handlers, with the original reason).
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import attrs
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import LogLevel
 
 from privydrop.logs import levels as loglevels
@@ -33,6 +43,7 @@ from privydrop.socketio.packets import (
     PacketType,
     encode,
 )
+from privydrop.socketio.recovery import Offsets, PacketLog, RecoverySettings
 
 if TYPE_CHECKING:
     from privydrop.socketio.adapter import Adapter
@@ -68,6 +79,8 @@ class SocketHandshake:
 class SocketState(enum.Enum):
     CONNECTING = "connecting"
     CONNECTED = "connected"
+    #: Transport lost; waiting, still in its rooms, for its client to recover it.
+    DETACHED = "detached"
     DISCONNECTED = "disconnected"
 
 
@@ -96,11 +109,13 @@ class BroadcastOperator:
         namespace: str,
         rooms: frozenset[RoomId],
         exclude: frozenset[SocketId] = frozenset(),
+        offsets: Offsets | None = None,
     ) -> None:
         self._adapter = adapter
         self._namespace = namespace
         self._rooms = rooms
         self._exclude = exclude
+        self._offsets = offsets
 
     def to(self, room: str) -> "BroadcastOperator":
         """The same broadcast, to one more room."""
@@ -109,16 +124,22 @@ class BroadcastOperator:
             self._namespace,
             self._rooms | {RoomId(room)},
             self._exclude,
+            self._offsets,
         )
 
     def emit(self, event: str, *args: Any) -> None:
         """Send an event (no acknowledgement) to every socket in the rooms.
 
+        With recovery on, the event carries an offset as its last argument.
+
         @raise ValueError: a reserved or non-string event name.
         """
         check_event_name(event)
+        data = [event, *args]
+        if self._offsets is not None:
+            data.append(self._offsets.next())
         self._adapter.broadcast(
-            Packet(PacketType.EVENT, self._namespace, [event, *args]),
+            Packet(PacketType.EVENT, self._namespace, data),
             self._rooms,
             self._exclude,
         )
@@ -130,7 +151,11 @@ class Socket:
     @ivar id: the socket id (random; distinct from the Engine.IO session id,
         which is never exposed here).
     @ivar namespace: the L{Namespace} it belongs to.
-    @ivar handshake: what the client said when connecting.
+    @ivar handshake: what the client said when connecting (after a
+        recovery: on its new connection).
+    @ivar pid: the private session id its client recovers it with (None
+        when recovery is off).
+    @ivar recovered: whether the socket was resumed over a new connection.
     """
 
     def __init__(
@@ -144,6 +169,8 @@ class Socket:
         max_rooms: int,
         clock: IReactorTime,
         connect_answer_gap_s: float = 0.0,
+        recovery: RecoverySettings | None = None,
+        pid: str | None = None,
     ) -> None:
         self.id = socket_id
         self.namespace = namespace
@@ -159,18 +186,33 @@ class Socket:
         # Messages wait here while connect handlers run, and until the turn
         # after the CONNECT answer (see _accept).
         self._held: list[Message] | None = []
+        self._recovery = recovery
+        self.pid = pid
+        self.recovered = False
+        #: Every event delivered, for replay after a recovery (None: off).
+        self._log = (
+            None if recovery is None else PacketLog(recovery.max_packets, recovery.max_bytes)
+        )
+        self._window_call: IDelayedCall | None = None
 
     def __repr__(self) -> str:
         return "<Socket {} {} {}>".format(self.namespace.name, self.id, self._state.value)
 
     @property
     def connected(self) -> bool:
-        """Whether the socket is connected (False while connect handlers run)."""
+        """Whether the socket is connected (False while connect handlers run,
+        and while detached)."""
         return self._state is SocketState.CONNECTED
 
     @property
     def state(self) -> SocketState:
         return self._state
+
+    @property
+    def disconnected(self) -> bool:
+        """Whether the socket left for good (a detached socket has not: it
+        keeps its rooms, and what is sent to it is replayed on recovery)."""
+        return self._state is SocketState.DISCONNECTED
 
     @property
     def transport(self) -> str:
@@ -203,10 +245,15 @@ class Socket:
         check_event_name(event)
         if self._state is SocketState.DISCONNECTED:
             return
-        ack_id = None
         if callback is not None:
             ack_id = self._acks.register(callback)
-        self._send(Packet(PacketType.EVENT, self.namespace.name, [event, *args], ack_id))
+            self._send(Packet(PacketType.EVENT, self.namespace.name, [event, *args], ack_id))
+            return
+        data = [event, *args]
+        offsets = self.namespace.offsets
+        if offsets is not None:
+            data.append(offsets.next())
+        self._deliver(encode(Packet(PacketType.EVENT, self.namespace.name, data)))
 
     def emit_with_ack(
         self, event: str, *args: Any, timeout_s: float | None = None
@@ -221,7 +268,7 @@ class Socket:
         """
         check_event_name(event)
         result: Deferred[tuple[Any, ...]] = Deferred()
-        if self._state is SocketState.DISCONNECTED:
+        if self._state is not SocketState.CONNECTED and self._state is not SocketState.CONNECTING:
             result.errback(SocketDisconnected())
             return result
         ack_id = self._acks.register(
@@ -240,13 +287,17 @@ class Socket:
             self.namespace.name,
             frozenset({RoomId(room)}),
             frozenset({self.id}),
+            self.namespace.offsets,
         )
 
     # Rooms
 
-    def join(self, room: str) -> None:
+    def join(self, room: str, members: Mapping[str, str] | None = None) -> None:
         """Join a room (joining one it is already in does nothing).
 
+        @param members: the room's members and the node holding each, as
+            the store answered the join: the adapter then tracks the room
+            (see L{privydrop.socketio.adapter}).
         @raise RoomLimitError: already in C{max_rooms_per_socket} rooms.
         @raise ValueError: the room name is not a string.
         """
@@ -259,7 +310,12 @@ class Socket:
             return
         if len(current) >= self._max_rooms:
             raise RoomLimitError("max_rooms_per_socket reached")
-        self._adapter.add(self.namespace.name, self.id, RoomId(room))
+        self._adapter.add(
+            self.namespace.name,
+            self.id,
+            RoomId(room),
+            None if members is None else {SocketId(k): v for k, v in members.items()},
+        )
 
     def leave(self, room: str) -> None:
         """Leave a room (leaving one it is not in does nothing)."""
@@ -274,7 +330,7 @@ class Socket:
         @param close: also close the whole Engine.IO connection, which
             disconnects the client's sockets in every namespace.
         """
-        if close:
+        if close and self._state is not SocketState.DETACHED:
             self._client.disconnect_all()
             return
         if self._state is SocketState.DISCONNECTED:
@@ -288,9 +344,26 @@ class Socket:
     # Internals used by the namespace, the server and the adapter.
 
     def _send(self, packet: Packet) -> None:
-        self._deliver(encode(packet))
+        """Send a packet that is not kept for replay (acks, DISCONNECT,
+        events awaiting an ack)."""
+        if self._state is SocketState.DETACHED:
+            return
+        self._write(encode(packet))
 
     def _deliver(self, messages: Sequence[Message]) -> None:
+        """An event for this socket (from the adapter, or L{emit}): kept in
+        the log when recovery is on, and sent unless detached."""
+        state = self._state
+        if state is SocketState.DISCONNECTED:
+            return
+        log = self._log
+        if log is not None:
+            log.add(messages)
+            if state is SocketState.DETACHED:
+                return
+        self._write(messages)
+
+    def _write(self, messages: Sequence[Message]) -> None:
         if self._state is SocketState.DISCONNECTED:
             return
         if self._held is not None:
@@ -310,9 +383,67 @@ class Socket:
         second one is missed.
         """
         self._state = SocketState.CONNECTED
-        self._client.send(
-            encode(Packet(PacketType.CONNECT, self.namespace.name, {"sid": self.id}))
+        self._client.send(encode(Packet(PacketType.CONNECT, self.namespace.name, self._answer())))
+        self._clock.callLater(self._connect_answer_gap_s, self._release_held)
+
+    def _answer(self) -> dict[str, str]:
+        if self.pid is None:
+            return {"sid": self.id}
+        return {"sid": self.id, "pid": self.pid}
+
+    # Recovery
+
+    @property
+    def recoverable(self) -> bool:
+        """Whether a lost transport detaches this socket rather than ending it."""
+        return self._recovery is not None and self._state is SocketState.CONNECTED
+
+    def _detach(self, reason: str) -> None:
+        """The transport was lost: wait for the client, still in the rooms.
+
+        Pending acknowledgements are dropped (their callbacks cannot outlive
+        the connection they were asked on).
+        """
+        assert self._recovery is not None
+        self._state = SocketState.DETACHED
+        self._held = None
+        self._acks.drop_all()
+        self.namespace._detached(self)
+        self._window_call = self._clock.callLater(
+            self._recovery.window_s, self._window_ended, reason
         )
+        if loglevels.debug:
+            _log.debug(
+                "socket {sid} detached from its connection: {reason}",
+                sid=self.id,
+                reason=reason,
+            )
+
+    def _window_ended(self, reason: str) -> None:
+        self._window_call = None
+        self._on_close(reason)
+
+    def _missed(self, offset: str) -> list[Message] | None:
+        """What the client missed after C{offset}; None when unknown."""
+        if self._log is None:
+            return None
+        return self._log.after(offset)
+
+    def _resume(self, client: Client, handshake: SocketHandshake, missed: list[Message]) -> None:
+        """Go on over C{client}'s connection: answer CONNECT with the same
+        id and pid, then replay C{missed} (and whatever arrives meanwhile)
+        on the next turn, as after L{_accept}."""
+        if self._window_call is not None:
+            if self._window_call.active():
+                self._window_call.cancel()
+            self._window_call = None
+        self._client = client
+        self.handshake = handshake
+        self.recovered = True
+        self._held = list(missed)
+        self._state = SocketState.CONNECTED
+        self.namespace._resumed(self)
+        self._client.send(encode(Packet(PacketType.CONNECT, self.namespace.name, self._answer())))
         self._clock.callLater(self._connect_answer_gap_s, self._release_held)
 
     def _release_held(self) -> None:
@@ -343,15 +474,23 @@ class Socket:
     def _on_close(self, reason: str) -> None:
         """Leave the namespace: disconnecting handlers (rooms still known),
         rooms, pending acks, then disconnect handlers."""
-        if self._state is SocketState.CONNECTING:
+        state = self._state
+        if state is SocketState.CONNECTING:
             self._discard()
             self.namespace._forget(self)
             self._client._forget(self)
             return
-        if self._state is not SocketState.CONNECTED or self._closing:
+        if (
+            state is not SocketState.CONNECTED and state is not SocketState.DETACHED
+        ) or self._closing:
             # Also when a disconnecting handler disconnects the socket again.
             return
         self._closing = True
+        if self._window_call is not None:
+            if self._window_call.active():
+                self._window_call.cancel()
+            self._window_call = None
+        self._log = None
         self.namespace._run_disconnecting(self, reason)
         self._state = SocketState.DISCONNECTED
         self._adapter.remove_socket(self.namespace.name, self.id)

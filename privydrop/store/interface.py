@@ -21,7 +21,7 @@ Times are milliseconds since the epoch (C{now_ms}), TTLs whole seconds.
 from __future__ import annotations
 
 import enum
-from typing import Sequence
+from typing import Collection, Mapping, Sequence
 
 import attrs
 from zope.interface import Interface
@@ -83,6 +83,16 @@ class RateResult:
     oldest_ms: int
 
 
+#: Members of a room with the node holding each: socket id -> node id
+#: (C{""} for a member no node was recorded for, e.g. one bound by a Node
+#: backend process sharing the Redis).
+Members = Mapping[str, str]
+
+#: How many members of a room a join, leave, check or reap looks at for
+#: ghosts (members whose binding is gone) in one call.
+DEFAULT_PRUNE_LIMIT = 64
+
+
 @attrs.frozen
 class CallCounts:
     """A client's calls of one budget, by every process, after a count.
@@ -97,11 +107,24 @@ class CallCounts:
 
 @attrs.frozen
 class JoinResult:
+    """What L{IStore.join_room} decided.
+
+    @ivar outcome: the decision.
+    @ivar bound_room: the room the socket is bound to, for OTHER_ROOM (and
+        JOINED/REJOINED).
+    @ivar rate: present when a rate window was checked.
+    @ivar incarnation: for JOINED/REJOINED, the room's C{created_at}: the
+        same room id created again (after it expired or Redis lost it) has
+        another one.
+    @ivar members: for JOINED/REJOINED, the room's members after the join
+        (the joiner included), with their nodes.
+    """
+
     outcome: JoinOutcome
-    #: The room the socket is bound to, for OTHER_ROOM (and JOINED/REJOINED).
     bound_room: str | None = None
-    #: Present when a rate window was checked.
     rate: RateResult | None = None
+    incarnation: int | None = None
+    members: Members = attrs.field(factory=dict, hash=False)
 
 
 @attrs.frozen
@@ -111,10 +134,111 @@ class LeaveResult:
     @ivar room_id: the room the socket was unbound from, or None when it was
         bound to none (or, with an explicit room, when that room does not exist).
     @ivar remaining: sockets left in that room.
+    @ivar removed: whether this call took the socket out of the room's
+        member set: only then were its peers still counting on it, and only
+        then may they be told it left.
+    @ivar incarnation: the room's C{created_at} (None when it is gone).
+    @ivar node: the node recorded as holding the socket in that room.
+    @ivar members: the room's remaining members with their nodes.
     """
 
     room_id: str | None
     remaining: int
+    removed: bool = False
+    incarnation: int | None = None
+    node: str | None = None
+    members: Members = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen
+class RoomProbe:
+    """One room a process has sockets in, for L{IStore.check_rooms}.
+
+    @ivar room_id: the room.
+    @ivar incarnation: the C{created_at} the sockets joined.
+    @ivar socket_ids: the process's sockets it believes are members.
+    """
+
+    room_id: str
+    incarnation: int
+    socket_ids: tuple[str, ...]
+
+
+@attrs.frozen
+class RoomCheck:
+    """The store's answer for one L{RoomProbe}.
+
+    @ivar alive: the room exists with that incarnation.
+    @ivar missing: probed sockets that are no longer members (only when alive).
+    @ivar members: the members with their nodes (only when alive).
+    """
+
+    room_id: str
+    incarnation: int
+    alive: bool
+    missing: frozenset[str] = frozenset()
+    members: Members = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen
+class NodeBeat:
+    """One node as the heartbeats show it.
+
+    @ivar beat: the value it wrote last (it changes at every heartbeat).
+    @ivar name: its stable name (C{""} when its info is gone).
+    @ivar host: the host it runs on, from its info (C{""} when unknown).
+    @ivar pid: its process id on that host, from its info (C{""} when unknown).
+    """
+
+    beat: str
+    name: str
+    host: str = ""
+    pid: str = ""
+
+
+@attrs.frozen
+class Heartbeat:
+    """The answer to L{IStore.heartbeat}.
+
+    @ivar reaped: this node was judged dead and cleaned up; nothing was written.
+    @ivar nodes: every node's heartbeat, this one's included.
+    """
+
+    reaped: bool
+    nodes: Mapping[str, NodeBeat] = attrs.field(factory=dict, hash=False)
+
+
+@attrs.frozen
+class ReapedSocket:
+    """A socket of a dead node, unbound from its room by L{IStore.reap_node}.
+
+    @ivar socket_id: the socket.
+    @ivar room_id: the room it was in.
+    @ivar incarnation: the room's C{created_at}.
+    @ivar members: the room's remaining members, to be told it left.
+    """
+
+    socket_id: str
+    room_id: str
+    incarnation: int
+    members: Members = attrs.field(factory=dict, hash=False)
+
+
+class ReapStatus(enum.Enum):
+    """What one call of L{IStore.reap_node} found."""
+
+    #: A batch of sockets (possibly empty) to announce; call again with ack.
+    BATCH = "batch"
+    #: Nothing left: the node's keys are gone, the claim released.
+    DONE = "done"
+    #: The caller does not hold the claim (any more): stop.
+    LOST = "lost"
+
+
+@attrs.frozen
+class ReapBatch:
+    status: ReapStatus
+    sockets: tuple[ReapedSocket, ...] = ()
 
 
 class IStore(Interface):
@@ -145,22 +269,101 @@ class IStore(Interface):
         room_ttl_s: int,
         socket_ttl_s: int,
         rate: RateWindow | None,
+        *,
+        node_id: str,
+        known_room: str | None = None,
+        known_incarnation: int | None = None,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
     ) -> JoinResult:
         """Execute the join rule of L{privydrop.rooms.rooms} atomically.
 
-        The rule (its order and what each outcome writes) is stated there,
-        once; this method is its storage half. C{rate} is the sliding window
-        to record the attempt in (None: the limit is off).
+        The rule (its order, stale bindings, what each outcome writes) is
+        stated there, once; this method is its storage half. C{rate} is the
+        sliding window to record the attempt in (None: the limit is off).
+
+        @param node_id: the node holding the socket, recorded with it.
+        @param known_room: the room the caller believes the socket is in.
+        @param known_incarnation: that room's incarnation as the caller
+            knows it; a binding to C{known_room} with another incarnation
+            is stale.
+        @param prune_limit: members looked at for ghosts.
         """
 
     async def leave_room(
-        socket_id: str, room_id: str | None, empty_ttl_s: int
+        socket_id: str,
+        room_id: str | None,
+        empty_ttl_s: int,
+        *,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
     ) -> LeaveResult:
         """Unbind a socket; when the room is left empty its keys get empty_ttl_s.
 
         With C{room_id} None the socket's own room (C{socket:<sid>}) is used.
         With an explicit C{room_id} that does not exist nothing is written
-        and C{room_id} of the result is None.
+        and C{room_id} of the result is None. The binding is removed only
+        when it names that room; C{removed} says whether the socket was a
+        member. Ghost members are pruned before counting.
+        """
+
+    async def check_rooms(
+        probes: Sequence[RoomProbe], *, prune_limit: int = DEFAULT_PRUNE_LIMIT
+    ) -> list[RoomCheck]:
+        """For each probe: does the room still exist with that incarnation,
+        which probed sockets are no longer members, and who the members are.
+
+        One round trip for all of them (callers bound the batch).
+        """
+
+    async def heartbeat(
+        node_id: str, beat: str, info: Mapping[str, str], ttl_s: int
+    ) -> Heartbeat:
+        """Record this node's heartbeat and info, and read every node's.
+
+        Writes nothing and answers C{reaped} when this node was reaped.
+        """
+
+    async def claim_reap(
+        dead_node: str,
+        judge: str,
+        observed_beat: str,
+        claim_ttl_ms: int,
+        marker_ttl_s: int,
+        takeover_from: Collection[str] = (),
+    ) -> bool:
+        """Claim the clean-up of a dead node, atomically.
+
+        Refused when its heartbeat is gone or is no longer C{observed_beat}
+        (it beat since), or when another node holds the claim and is not in
+        C{takeover_from} (the nodes the judge believes dead). On success the
+        dead node is marked reaped (C{marker_ttl_s}).
+        """
+
+    async def reap_node(
+        dead_node: str,
+        judge: str,
+        *,
+        batch: int,
+        ack: bool,
+        empty_ttl_s: int,
+        claim_ttl_ms: int,
+        pending_ttl_s: int,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
+    ) -> ReapBatch:
+        """One step of the clean-up of a dead node, under the caller's claim.
+
+        With C{ack} the previous batch was announced and is dropped. A batch
+        left pending (by a reaper that died) is returned again before new
+        sockets are taken; otherwise up to C{batch} sockets are unbound
+        (binding, member sets, node hash; emptied rooms get C{empty_ttl_s})
+        and recorded as pending. When none are left the node's heartbeat,
+        info and claim are removed (L{ReapStatus.DONE}).
+        """
+
+    async def deregister_node(node_id: str) -> bool:
+        """Remove a stopping node's heartbeat and info, unless it still holds
+        bound sockets (then others will judge it dead and reap them).
+
+        @return: whether it was removed.
         """
 
     async def room_of_socket(socket_id: str) -> str | None:

@@ -35,8 +35,50 @@ C{referrers:daily:<YYYY-MM-DD>} (hash)
     Referrer name -> count of C{/api/set_track} calls that UTC day. TTL:
     30 days, refreshed on each call.
 
+The keys above are the Node backend's (but the API budgets). The ones below are this server's own
+(a Node process neither reads nor writes them; its sockets simply have no
+node recorded):
+
+C{room:<id>:nodes} (hash)
+    Socket id -> the id of the server process (node) holding that socket,
+    for every member of C{room:<id>:sockets} bound by this server. Written
+    and removed with the set by the join, leave and reap scripts, same TTLs.
+
+C{cluster:node:<node>:sockets} (set)
+    The socket ids a node bound to rooms, so that a node that died can be
+    cleaned up. TTL: the socket TTL, refreshed on every join.
+
+C{cluster:heartbeats} (hash)
+    Node id -> a value the node changes at each heartbeat. Other nodes judge
+    a node dead when its value has not changed for C{CLUSTER_NODE_TIMEOUT_MS}
+    of their own successful heartbeats. TTL: the socket TTL, refreshed by
+    every heartbeat.
+
+C{cluster:node:<node>:info} (hash)
+    For operators (C{privydrop-admin monitor}) and start-up clean-up: C{name}
+    (stable across restarts), C{pid}, C{host}, C{listen}, C{started_ms},
+    C{beat_ms} (the node's own clock at its last heartbeat), and counters as
+    of that heartbeat: C{connections}, C{published} (cluster messages),
+    C{deliveries} (receivers Redis reported for them), C{received},
+    C{unroutable}. Same TTL as the heartbeats; deleted when the node stops
+    cleanly or is reaped.
+
+C{cluster:node:<node>:reaped} (string)
+    The node that reaped this one. A node that finds it at its heartbeat
+    (it was stalled past the timeout) closes its sessions and registers
+    again under a new id. TTL: the socket TTL.
+
+C{cluster:reap:<node>} (string)
+    The node cleaning up a dead one (the claim that makes it exactly one).
+    TTL: C{CLUSTER_NODE_TIMEOUT_MS}, refreshed at each batch.
+
+C{cluster:reap:<node>:pending} (list)
+    The batch of reaped sockets whose peers are being told, so that another
+    node finishes the announcement if the reaper dies. TTL: the socket TTL.
+
 Room ids never contain C{:} (see L{privydrop.rooms.ids.validate_room_id}),
-so C{room:<a>:sockets} can never be another room's hash.
+so C{room:<a>:sockets} and C{room:<a>:nodes} can never be another room's
+hash. Node ids are hexadecimal.
 """
 
 from __future__ import annotations
@@ -45,10 +87,19 @@ import unicodedata
 
 ROOM_PREFIX = "room:"
 SOCKETS_SUFFIX = ":sockets"
+NODES_SUFFIX = ":nodes"
 SOCKET_PREFIX = "socket:"
 RATE_LIMIT_PREFIX = "ratelimit:"
 JOIN_RATE_PREFIX = RATE_LIMIT_PREFIX + "join:"
 REFERRERS_PREFIX = "referrers:daily:"
+CLUSTER_PREFIX = "cluster:"
+NODE_PREFIX = "cluster:node:"
+INFO_SUFFIX = ":info"
+REAPED_SUFFIX = ":reaped"
+REAP_PREFIX = "cluster:reap:"
+PENDING_SUFFIX = ":pending"
+#: Node id -> heartbeat value.
+HEARTBEATS = "cluster:heartbeats"
 
 #: The hash field that marks a room as existing.
 CREATED_AT_FIELD = "created_at"
@@ -62,6 +113,36 @@ def room(room_id: str) -> str:
 def room_sockets(room_id: str) -> str:
     """The room's member set key, C{room:<id>:sockets}."""
     return ROOM_PREFIX + room_id + SOCKETS_SUFFIX
+
+
+def room_nodes(room_id: str) -> str:
+    """The room's socket -> node hash, C{room:<id>:nodes}."""
+    return ROOM_PREFIX + room_id + NODES_SUFFIX
+
+
+def node_sockets(node_id: str) -> str:
+    """The sockets a node bound, C{cluster:node:<node>:sockets}."""
+    return NODE_PREFIX + node_id + SOCKETS_SUFFIX
+
+
+def node_info(node_id: str) -> str:
+    """What operators see of a node, C{cluster:node:<node>:info}."""
+    return NODE_PREFIX + node_id + INFO_SUFFIX
+
+
+def node_reaped(node_id: str) -> str:
+    """Set when a node was reaped, C{cluster:node:<node>:reaped}."""
+    return NODE_PREFIX + node_id + REAPED_SUFFIX
+
+
+def reap_claim(node_id: str) -> str:
+    """Who cleans up a dead node, C{cluster:reap:<node>}."""
+    return REAP_PREFIX + node_id
+
+
+def reap_pending(node_id: str) -> str:
+    """The batch being announced, C{cluster:reap:<node>:pending}."""
+    return REAP_PREFIX + node_id + PENDING_SUFFIX
 
 
 def socket(socket_id: str) -> str:

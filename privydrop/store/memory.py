@@ -18,8 +18,9 @@ Socket.IO.
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 from twisted.internet.interfaces import IReactorTime
 from zope.interface import implementer
@@ -28,12 +29,20 @@ from privydrop.logs.levels import Logger
 from privydrop.store import keys
 from privydrop.store.interface import (
     CallCounts,
+    DEFAULT_PRUNE_LIMIT,
+    Heartbeat,
     IStore,
     JoinOutcome,
     JoinResult,
     LeaveResult,
+    NodeBeat,
     RateResult,
     RateWindow,
+    ReapBatch,
+    ReapedSocket,
+    ReapStatus,
+    RoomCheck,
+    RoomProbe,
 )
 
 _log = Logger()
@@ -57,6 +66,7 @@ class MemoryStore:
         self._hashes: dict[str, dict[str, str]] = {}
         self._sets: dict[str, set[str]] = {}
         self._zsets: dict[str, dict[str, float]] = {}
+        self._lists: dict[str, list[str]] = {}
         #: key -> the clock's seconds() at which the key expires.
         self._deadlines: dict[str, float] = {}
 
@@ -67,6 +77,7 @@ class MemoryStore:
         self._hashes.pop(key, None)
         self._sets.pop(key, None)
         self._zsets.pop(key, None)
+        self._lists.pop(key, None)
         self._deadlines.pop(key, None)
 
     def _check_expiry(self, key: str) -> None:
@@ -81,6 +92,7 @@ class MemoryStore:
             or key in self._hashes
             or key in self._sets
             or key in self._zsets
+            or key in self._lists
         )
 
     def _expire(self, key: str, ttl_s: int) -> None:
@@ -110,14 +122,77 @@ class MemoryStore:
         self._check_expiry(key)
         return self._zsets.get(key)
 
-    def _srem(self, key: str, member: str) -> None:
+    def _srem(self, key: str, member: str) -> bool:
+        """SREM: whether the member was there."""
         members = self._set(key)
-        if members is None:
-            return
+        if members is None or member not in members:
+            return False
         members.discard(member)
         if not members:
             # Redis deletes a set with its last member, TTL included.
             self._drop(key)
+        return True
+
+    def _sadd(self, key: str, member: str) -> None:
+        members = self._set(key)
+        if members is None:
+            members = self._sets[key] = set()
+        members.add(member)
+
+    def _hget(self, key: str, field: str) -> str | None:
+        fields = self._hash(key)
+        return None if fields is None else fields.get(field)
+
+    def _hset(self, key: str, field: str, value: str) -> None:
+        fields = self._hash(key)
+        if fields is None:
+            fields = self._hashes[key] = {}
+        fields[field] = value
+
+    def _hdel(self, key: str, field: str) -> None:
+        fields = self._hash(key)
+        if fields is None:
+            return
+        fields.pop(field, None)
+        if not fields:
+            self._drop(key)
+
+    def _list(self, key: str) -> list[str] | None:
+        self._check_expiry(key)
+        return self._lists.get(key)
+
+    # -- membership (what scripts/membership.lua does) ---------------------------
+
+    def _prune_members(self, room_id: str, limit: int) -> None:
+        """Drop ghost members: their binding is gone or names another room."""
+        members = self._set(keys.room_sockets(room_id))
+        if members is None:
+            return
+        # Redis samples at random in larger rooms; any subset will do here.
+        candidates = list(members)[:limit]
+        for sid in candidates:
+            if self._get_string(keys.socket(sid)) != room_id:
+                self._srem(keys.room_sockets(room_id), sid)
+                self._hdel(keys.room_nodes(room_id), sid)
+
+    def _members_with_nodes(self, room_id: str) -> dict[str, str]:
+        members = self._set(keys.room_sockets(room_id)) or set()
+        nodes = self._hash(keys.room_nodes(room_id)) or {}
+        return {sid: nodes.get(sid, "") for sid in members}
+
+    def _incarnation(self, room_id: str) -> int | None:
+        created = self._hget(keys.room(room_id), keys.CREATED_AT_FIELD)
+        return None if created is None else int(created)
+
+    def _binding_is_live(
+        self, socket_id: str, bound: str, known_room: str | None, known_incarnation: int | None
+    ) -> bool:
+        created = self._hget(keys.room(bound), keys.CREATED_AT_FIELD)
+        if created is None:
+            return False
+        if bound == known_room and known_incarnation is not None:
+            return created == str(known_incarnation)
+        return socket_id in (self._set(keys.room_sockets(bound)) or ())
 
     def _room_exists(self, room_id: str) -> bool:
         fields = self._hash(keys.room(room_id))
@@ -135,6 +210,7 @@ class MemoryStore:
     def _refresh_room(self, room_id: str, ttl_s: int) -> None:
         self._expire(keys.room(room_id), ttl_s)
         self._expire(keys.room_sockets(room_id), ttl_s)
+        self._expire(keys.room_nodes(room_id), ttl_s)
 
     def _record_attempt(self, rate: RateWindow, now_ms: int) -> RateResult:
         key = keys.join_rate(rate.key_suffix)
@@ -180,10 +256,22 @@ class MemoryStore:
         room_ttl_s: int,
         socket_ttl_s: int,
         rate: RateWindow | None,
+        *,
+        node_id: str,
+        known_room: str | None = None,
+        known_incarnation: int | None = None,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
     ) -> JoinResult:
         """Execute the join rule of L{privydrop.rooms.rooms} (see L{IStore.join_room})."""
         socket_key = keys.socket(socket_id)
         bound = self._get_string(socket_key)
+        if bound is not None and not self._binding_is_live(
+            socket_id, bound, known_room, known_incarnation
+        ):
+            self._drop(socket_key)
+            self._srem(keys.room_sockets(bound), socket_id)
+            self._hdel(keys.room_nodes(bound), socket_id)
+            bound = None
         if bound is not None and bound != room_id:
             return JoinResult(JoinOutcome.OTHER_ROOM, bound_room=bound)
         rejoin = bound is not None
@@ -192,23 +280,35 @@ class MemoryStore:
             result = self._record_attempt(rate, now_ms)
             if result.count > rate.limit:
                 return JoinResult(JoinOutcome.RATE_LIMITED, rate=result)
-        if not self._room_exists(room_id):
+        incarnation = self._incarnation(room_id)
+        if incarnation is None:
             return JoinResult(JoinOutcome.NO_ROOM, rate=result)
+        self._prune_members(room_id, prune_limit)
         if rejoin:
             self._expire(socket_key, socket_ttl_s)
-            self._refresh_room(room_id, room_ttl_s)
-            return JoinResult(JoinOutcome.REJOINED, bound_room=room_id, rate=result)
-        self._set_string(socket_key, room_id, socket_ttl_s)
-        sockets_key = keys.room_sockets(room_id)
-        members = self._set(sockets_key)
-        if members is None:
-            members = self._sets[sockets_key] = set()
-        members.add(socket_id)
+        else:
+            self._set_string(socket_key, room_id, socket_ttl_s)
+        # Also on a rejoin: a member missing from the set is added again.
+        self._sadd(keys.room_sockets(room_id), socket_id)
+        self._hset(keys.room_nodes(room_id), socket_id, node_id)
+        self._sadd(keys.node_sockets(node_id), socket_id)
+        self._expire(keys.node_sockets(node_id), socket_ttl_s)
         self._refresh_room(room_id, room_ttl_s)
-        return JoinResult(JoinOutcome.JOINED, bound_room=room_id, rate=result)
+        return JoinResult(
+            JoinOutcome.REJOINED if rejoin else JoinOutcome.JOINED,
+            bound_room=room_id,
+            rate=result,
+            incarnation=incarnation,
+            members=self._members_with_nodes(room_id),
+        )
 
     async def leave_room(
-        self, socket_id: str, room_id: str | None, empty_ttl_s: int
+        self,
+        socket_id: str,
+        room_id: str | None,
+        empty_ttl_s: int,
+        *,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
     ) -> LeaveResult:
         """Unbind a socket. See L{IStore.leave_room}.
 
@@ -226,12 +326,161 @@ class MemoryStore:
         if bound == room_id:
             self._drop(socket_key)
         sockets_key = keys.room_sockets(room_id)
-        self._srem(sockets_key, socket_id)
+        removed = self._srem(sockets_key, socket_id)
+        node = self._hget(keys.room_nodes(room_id), socket_id)
+        if node is not None:
+            self._hdel(keys.room_nodes(room_id), socket_id)
+            self._srem(keys.node_sockets(node), socket_id)
+        self._prune_members(room_id, prune_limit)
         members = self._set(sockets_key)
         remaining = len(members) if members is not None else 0
         if remaining == 0:
             self._refresh_room(room_id, empty_ttl_s)
-        return LeaveResult(room_id=room_id, remaining=remaining)
+        return LeaveResult(
+            room_id=room_id,
+            remaining=remaining,
+            removed=removed,
+            incarnation=self._incarnation(room_id),
+            node=node,
+            members=self._members_with_nodes(room_id),
+        )
+
+    async def check_rooms(
+        self, probes: Sequence[RoomProbe], *, prune_limit: int = DEFAULT_PRUNE_LIMIT
+    ) -> list[RoomCheck]:
+        """See L{IStore.check_rooms}."""
+        checks = []
+        for probe in probes:
+            if self._incarnation(probe.room_id) != probe.incarnation:
+                checks.append(RoomCheck(probe.room_id, probe.incarnation, alive=False))
+                continue
+            self._prune_members(probe.room_id, prune_limit)
+            members = self._set(keys.room_sockets(probe.room_id)) or set()
+            checks.append(
+                RoomCheck(
+                    probe.room_id,
+                    probe.incarnation,
+                    alive=True,
+                    missing=frozenset(s for s in probe.socket_ids if s not in members),
+                    members=self._members_with_nodes(probe.room_id),
+                )
+            )
+        return checks
+
+    # -- the cluster's heartbeats and clean-up ---------------------------------------
+
+    async def heartbeat(
+        self, node_id: str, beat: str, info: Mapping[str, str], ttl_s: int
+    ) -> Heartbeat:
+        """See L{IStore.heartbeat}."""
+        if self._exists(keys.node_reaped(node_id)):
+            return Heartbeat(reaped=True)
+        self._hset(keys.HEARTBEATS, node_id, beat)
+        self._expire(keys.HEARTBEATS, ttl_s)
+        for field, value in info.items():
+            self._hset(keys.node_info(node_id), field, value)
+        self._expire(keys.node_info(node_id), ttl_s)
+        beats = self._hash(keys.HEARTBEATS) or {}
+        return Heartbeat(
+            reaped=False,
+            nodes={
+                node: NodeBeat(
+                    value,
+                    self._hget(keys.node_info(node), "name") or "",
+                    self._hget(keys.node_info(node), "host") or "",
+                    self._hget(keys.node_info(node), "pid") or "",
+                )
+                for node, value in beats.items()
+            },
+        )
+
+    async def claim_reap(
+        self,
+        dead_node: str,
+        judge: str,
+        observed_beat: str,
+        claim_ttl_ms: int,
+        marker_ttl_s: int,
+        takeover_from: Collection[str] = (),
+    ) -> bool:
+        """See L{IStore.claim_reap}."""
+        if self._hget(keys.HEARTBEATS, dead_node) != observed_beat:
+            return False
+        claim = keys.reap_claim(dead_node)
+        owner = self._get_string(claim)
+        if owner is not None and owner != judge and owner not in takeover_from:
+            return False
+        self._drop(claim)
+        self._strings[claim] = judge
+        self._deadlines[claim] = self._clock.seconds() + claim_ttl_ms / 1000
+        self._set_string(keys.node_reaped(dead_node), judge, marker_ttl_s)
+        return True
+
+    async def reap_node(
+        self,
+        dead_node: str,
+        judge: str,
+        *,
+        batch: int,
+        ack: bool,
+        empty_ttl_s: int,
+        claim_ttl_ms: int,
+        pending_ttl_s: int,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
+    ) -> ReapBatch:
+        """See L{IStore.reap_node}."""
+        claim = keys.reap_claim(dead_node)
+        if self._get_string(claim) != judge:
+            return ReapBatch(ReapStatus.LOST)
+        self._deadlines[claim] = self._clock.seconds() + claim_ttl_ms / 1000
+        pending_key = keys.reap_pending(dead_node)
+        if ack:
+            self._drop(pending_key)
+        pending = self._list(pending_key)
+        if pending:
+            return ReapBatch(ReapStatus.BATCH, tuple(_decode_entry(e) for e in pending))
+        sockets_key = keys.node_sockets(dead_node)
+        held = self._set(sockets_key)
+        if not held:
+            self._hdel(keys.HEARTBEATS, dead_node)
+            self._drop(keys.node_info(dead_node))
+            self._drop(sockets_key)
+            self._drop(claim)
+            return ReapBatch(ReapStatus.DONE)
+        popped = [held.pop() for _ in range(min(batch, len(held)))]
+        if not held:
+            self._drop(sockets_key)
+        entries: list[str] = []
+        for sid in popped:
+            room_id = self._get_string(keys.socket(sid))
+            if room_id is None:
+                continue
+            owner = self._hget(keys.room_nodes(room_id), sid)
+            if owner is not None and owner != dead_node:
+                continue
+            self._drop(keys.socket(sid))
+            removed = self._srem(keys.room_sockets(room_id), sid)
+            self._hdel(keys.room_nodes(room_id), sid)
+            self._prune_members(room_id, prune_limit)
+            if not self._set(keys.room_sockets(room_id)):
+                self._refresh_room(room_id, empty_ttl_s)
+            incarnation = self._incarnation(room_id)
+            if removed and incarnation is not None:
+                members = self._members_with_nodes(room_id)
+                flat = [item for pair in members.items() for item in pair]
+                entries.append(json.dumps([sid, room_id, str(incarnation), flat]))
+        if entries:
+            self._lists[pending_key] = entries
+            self._deadlines[pending_key] = self._clock.seconds() + pending_ttl_s
+        return ReapBatch(ReapStatus.BATCH, tuple(_decode_entry(e) for e in entries))
+
+    async def deregister_node(self, node_id: str) -> bool:
+        """See L{IStore.deregister_node}."""
+        if self._set(keys.node_sockets(node_id)):
+            return False
+        self._hdel(keys.HEARTBEATS, node_id)
+        self._drop(keys.node_info(node_id))
+        return True
 
     async def room_of_socket(self, socket_id: str) -> str | None:
         """The room the socket is bound to."""
@@ -314,5 +563,15 @@ class MemoryStore:
     def key_count(self) -> int:
         """How many keys are held, expired-but-unswept ones included."""
         return (
-            len(self._strings) + len(self._hashes) + len(self._sets) + len(self._zsets)
+            len(self._strings)
+            + len(self._hashes)
+            + len(self._sets)
+            + len(self._zsets)
+            + len(self._lists)
         )
+
+
+def _decode_entry(entry: str) -> ReapedSocket:
+    """A pending entry, as the Redis script writes it (JSON)."""
+    sid, room_id, incarnation, flat = json.loads(entry)
+    return ReapedSocket(sid, room_id, int(incarnation), dict(zip(flat[0::2], flat[1::2])))

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.resources
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
+
+import orjson
 
 import attrs
 import txredisapi
@@ -44,12 +46,20 @@ from privydrop.store import keys
 from privydrop.store.health import StoreHealth
 from privydrop.store.interface import (
     CallCounts,
+    DEFAULT_PRUNE_LIMIT,
+    Heartbeat,
     IStore,
     JoinOutcome,
     JoinResult,
     LeaveResult,
+    NodeBeat,
     RateResult,
     RateWindow,
+    ReapBatch,
+    ReapedSocket,
+    ReapStatus,
+    RoomCheck,
+    RoomProbe,
     StoreError,
     StoreUnavailable,
 )
@@ -76,10 +86,15 @@ class Script:
 
 CREATE_ROOM = Script.load("create_room")
 CREATE_FIRST_FREE_ROOM = Script.load("create_first_free_room")
-JOIN_ROOM = Script.load("join_room", "rate_window")
-LEAVE_ROOM = Script.load("leave_room")
+JOIN_ROOM = Script.load("join_room", "rate_window", "membership")
+LEAVE_ROOM = Script.load("leave_room", "membership")
+CHECK_ROOMS = Script.load("check_rooms", "membership")
 RECORD_ATTEMPT = Script.load("record_attempt", "rate_window")
 TRACK_REFERRER = Script.load("track_referrer")
+HEARTBEAT = Script.load("heartbeat")
+CLAIM_REAP = Script.load("claim_reap")
+REAP_NODE = Script.load("reap_node", "membership")
+DEREGISTER_NODE = Script.load("deregister_node")
 COUNT_CALLS = Script.load("count_calls")
 ALL_SCRIPTS = (
     COUNT_CALLS,
@@ -87,13 +102,45 @@ ALL_SCRIPTS = (
     CREATE_FIRST_FREE_ROOM,
     JOIN_ROOM,
     LEAVE_ROOM,
+    CHECK_ROOMS,
     RECORD_ATTEMPT,
     TRACK_REFERRER,
+    HEARTBEAT,
+    CLAIM_REAP,
+    REAP_NODE,
+    DEREGISTER_NODE,
 )
 
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _members(flat: Any) -> dict[str, str]:
+    """C{{sid: node}} from a script's flat C{[sid, node, ...]} (or cjson's C{{}})."""
+    if not isinstance(flat, list):
+        return {}
+    items = [_text(item) for item in flat]
+    return dict(zip(items[0::2], items[1::2]))
+
+
+def _incarnation(value: Any) -> int | None:
+    text = _text(value) if value is not None else ""
+    try:
+        return int(text) if text else None
+    except ValueError:
+        # created_at written by something else than a room operation.
+        return None
+
+
+def _reaped_socket(entry: Any) -> ReapedSocket | None:
+    """One pending entry of the reap script (JSON), or None when unreadable."""
+    try:
+        sid, room_id, incarnation, members = orjson.loads(_text(entry))
+        return ReapedSocket(str(sid), str(room_id), int(incarnation), _members(members))
+    except (ValueError, TypeError):
+        _log.warn("dropped an unreadable reap entry {entry!r}", entry=entry)
+        return None
 
 
 @implementer(IStore)
@@ -286,9 +333,20 @@ class RedisStore:
         room_ttl_s: int,
         socket_ttl_s: int,
         rate: RateWindow | None,
+        *,
+        node_id: str,
+        known_room: str | None = None,
+        known_incarnation: int | None = None,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
     ) -> JoinResult:
         """The whole join decision. One round trip (script)."""
-        script_keys = [keys.socket(socket_id), keys.room(room_id), keys.room_sockets(room_id)]
+        script_keys = [
+            keys.socket(socket_id),
+            keys.room(room_id),
+            keys.room_sockets(room_id),
+            keys.room_nodes(room_id),
+            keys.node_sockets(node_id),
+        ]
         args: list[Any] = [
             room_id,
             socket_id,
@@ -298,21 +356,40 @@ class RedisStore:
             socket_ttl_s,
         ]
         if rate is None:
-            args.append("0")
+            args += ("0", "", 0, 0, 0)
         else:
             script_keys.append(keys.join_rate(rate.key_suffix))
             args += ("1", rate.member, rate.window_ms, rate.limit, rate.ttl_s)
-        outcome, bound, count, oldest = await self._script(JOIN_ROOM, script_keys, args)
+        args += (
+            node_id,
+            known_room or "",
+            "" if known_incarnation is None else known_incarnation,
+            keys.ROOM_PREFIX,
+            keys.SOCKETS_SUFFIX,
+            keys.NODES_SUFFIX,
+            keys.SOCKET_PREFIX,
+            prune_limit,
+        )
+        outcome, bound, count, oldest, incarnation, members = await self._script(
+            JOIN_ROOM, script_keys, args
+        )
         rate_result = None if int(count) < 0 else RateResult(int(count), int(oldest))
         bound_text = _text(bound)
         return JoinResult(
             outcome=JoinOutcome(_text(outcome)),
             bound_room=bound_text or None,
             rate=rate_result,
+            incarnation=_incarnation(incarnation),
+            members=_members(members),
         )
 
     async def leave_room(
-        self, socket_id: str, room_id: str | None, empty_ttl_s: int
+        self,
+        socket_id: str,
+        room_id: str | None,
+        empty_ttl_s: int,
+        *,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
     ) -> LeaveResult:
         """Unbind a socket. One round trip (script).
 
@@ -321,8 +398,8 @@ class RedisStore:
         """
         script_keys = [keys.socket(socket_id)]
         if room_id is not None:
-            script_keys += (keys.room(room_id), keys.room_sockets(room_id))
-        left, remaining = await self._script(
+            script_keys += (keys.room(room_id), keys.room_sockets(room_id), keys.room_nodes(room_id))
+        left, remaining, removed, incarnation, node, members = await self._script(
             LEAVE_ROOM,
             script_keys,
             (
@@ -333,9 +410,148 @@ class RedisStore:
                 empty_ttl_s,
                 keys.ROOM_PREFIX,
                 keys.SOCKETS_SUFFIX,
+                keys.NODES_SUFFIX,
+                keys.SOCKET_PREFIX,
+                keys.NODE_PREFIX,
+                prune_limit,
             ),
         )
-        return LeaveResult(room_id=_text(left) or None, remaining=int(remaining))
+        left_text = _text(left)
+        if not left_text:
+            return LeaveResult(room_id=None, remaining=0)
+        return LeaveResult(
+            room_id=left_text,
+            remaining=int(remaining),
+            removed=int(removed) == 1,
+            incarnation=_incarnation(incarnation),
+            node=_text(node) or None,
+            members=_members(members),
+        )
+
+    async def check_rooms(
+        self, probes: Sequence[RoomProbe], *, prune_limit: int = DEFAULT_PRUNE_LIMIT
+    ) -> list[RoomCheck]:
+        """Check every probe in one round trip (script)."""
+        if not probes:
+            return []
+        args: list[Any] = [
+            keys.CREATED_AT_FIELD,
+            keys.ROOM_PREFIX,
+            keys.SOCKETS_SUFFIX,
+            keys.NODES_SUFFIX,
+            keys.SOCKET_PREFIX,
+            prune_limit,
+        ]
+        for probe in probes:
+            args += (probe.room_id, probe.incarnation, len(probe.socket_ids), *probe.socket_ids)
+        reply = await self._script(CHECK_ROOMS, (), args)
+        checks = []
+        for room_id, incarnation, alive, missing, members in reply:
+            checks.append(
+                RoomCheck(
+                    room_id=_text(room_id),
+                    incarnation=int(_text(incarnation)),
+                    alive=int(alive) == 1,
+                    missing=frozenset(_text(m) for m in missing or ()),
+                    members=_members(members),
+                )
+            )
+        return checks
+
+    # -- the cluster's heartbeats and clean-up -------------------------------------
+
+    async def heartbeat(
+        self, node_id: str, beat: str, info: Mapping[str, str], ttl_s: int
+    ) -> Heartbeat:
+        """Write this node's heartbeat, read everyone's. One round trip (script)."""
+        args: list[Any] = [node_id, beat, ttl_s, keys.NODE_PREFIX, keys.INFO_SUFFIX]
+        for field, value in info.items():
+            args += (field, value)
+        reaped, flat = await self._script(
+            HEARTBEAT,
+            (keys.HEARTBEATS, keys.node_info(node_id), keys.node_reaped(node_id)),
+            args,
+        )
+        if int(reaped) == 1:
+            return Heartbeat(reaped=True)
+        items = [_text(item) for item in flat or ()]
+        nodes = {
+            items[i]: NodeBeat(
+                beat=items[i + 1], name=items[i + 2], host=items[i + 3], pid=items[i + 4]
+            )
+            for i in range(0, len(items) - 4, 5)
+        }
+        return Heartbeat(reaped=False, nodes=nodes)
+
+    async def claim_reap(
+        self,
+        dead_node: str,
+        judge: str,
+        observed_beat: str,
+        claim_ttl_ms: int,
+        marker_ttl_s: int,
+        takeover_from: Collection[str] = (),
+    ) -> bool:
+        """Claim a dead node's clean-up. One round trip (script)."""
+        reply = await self._script(
+            CLAIM_REAP,
+            (keys.reap_claim(dead_node), keys.HEARTBEATS, keys.node_reaped(dead_node)),
+            (dead_node, judge, observed_beat, claim_ttl_ms, marker_ttl_s, *takeover_from),
+        )
+        return int(reply) == 1
+
+    async def reap_node(
+        self,
+        dead_node: str,
+        judge: str,
+        *,
+        batch: int,
+        ack: bool,
+        empty_ttl_s: int,
+        claim_ttl_ms: int,
+        pending_ttl_s: int,
+        prune_limit: int = DEFAULT_PRUNE_LIMIT,
+    ) -> ReapBatch:
+        """One batch of a dead node's clean-up. One round trip (script)."""
+        status, entries = await self._script(
+            REAP_NODE,
+            (
+                keys.reap_claim(dead_node),
+                keys.reap_pending(dead_node),
+                keys.node_sockets(dead_node),
+                keys.HEARTBEATS,
+                keys.node_info(dead_node),
+            ),
+            (
+                dead_node,
+                judge,
+                claim_ttl_ms,
+                batch,
+                "1" if ack else "0",
+                empty_ttl_s,
+                keys.ROOM_PREFIX,
+                keys.SOCKETS_SUFFIX,
+                keys.NODES_SUFFIX,
+                keys.SOCKET_PREFIX,
+                keys.CREATED_AT_FIELD,
+                prune_limit,
+                pending_ttl_s,
+            ),
+        )
+        sockets = [_reaped_socket(entry) for entry in entries or ()]
+        return ReapBatch(
+            status=ReapStatus(_text(status)),
+            sockets=tuple(s for s in sockets if s is not None),
+        )
+
+    async def deregister_node(self, node_id: str) -> bool:
+        """Leave the heartbeats when no socket is left bound. One round trip (script)."""
+        reply = await self._script(
+            DEREGISTER_NODE,
+            (keys.HEARTBEATS, keys.node_info(node_id), keys.node_sockets(node_id)),
+            (node_id,),
+        )
+        return int(reply) == 1
 
     async def room_of_socket(self, socket_id: str) -> str | None:
         """The room the socket is bound to. One round trip (GET)."""

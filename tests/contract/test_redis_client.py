@@ -85,7 +85,7 @@ async def test_every_connection_is_named_after_its_process_and_role(
         await store.connect()
         service.startService()
         await within(service.wait_subscribed())
-        assert await within(service.publisher.publish("named-test#/#", b"{}")) == 1
+        assert await within(service.publisher.publish(service.adapter.channel, b"{}")) == 1
         by_address = {row["addr"]: row for row in client_list(redis_server)}
         for conn in store.pool.connections:
             row = by_address[local_address(conn)]

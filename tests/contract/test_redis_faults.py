@@ -89,7 +89,7 @@ async def test_stalled_redis_fails_within_the_timeout_and_late_replies_are_not_m
     store = stalling_store
     for room in ("A", "B"):
         await store.create_room(room, NOW, 3600)
-        await store.join_room(f"s-{room}", room, NOW, 3600, 7200, None)
+        await store.join_room(f"s-{room}", room, NOW, 3600, 7200, None, node_id="n")
 
     connections_before = client_addresses(private_redis)
     assert len(connections_before) == 1
@@ -128,7 +128,7 @@ async def test_stall_with_many_commands_in_flight_fails_them_all_in_bounded_time
     store = stalling_store
     for room in ("A", "B"):
         await store.create_room(room, NOW, 3600)
-        await store.join_room(f"s-{room}", room, NOW, 3600, 7200, None)
+        await store.join_room(f"s-{room}", room, NOW, 3600, 7200, None, node_id="n")
     private_redis.pause()
     started = time.monotonic()
     outcomes = await defer.DeferredList(

@@ -25,7 +25,7 @@ from twisted.internet.protocol import Protocol
 from privydrop.redis.resp import ReplyParser, encode_command
 from privydrop.rooms import Rooms
 from privydrop.settings import RoomSettings
-from privydrop.store.interface import JoinOutcome
+from privydrop.store.interface import JoinOutcome, RoomProbe
 from privydrop.store.redis import RedisStore
 from tests.conftest import redis_settings
 from tests.redis_server import RedisServer
@@ -142,8 +142,9 @@ async def test_a_successful_join_is_one_round_trip_to_redis(watched: Any) -> Non
     commands = await seen()
     assert round_trips(commands) == ["EVALSHA"]
     inner = [name for in_script, name in commands if in_script]
-    # The rate window, the binding and both TTL refreshes ran inside it.
-    assert {"ZADD", "GET", "HEXISTS", "SET", "SADD", "EXPIRE"} <= set(inner)
+    # The rate window, the room's incarnation, the ghost check, the binding,
+    # the node records and the TTL refreshes ran inside it.
+    assert {"ZADD", "GET", "HGET", "SMEMBERS", "SET", "SADD", "HSET", "EXPIRE"} <= set(inner)
 
 
 @pytest_twisted.ensureDeferred
@@ -162,6 +163,30 @@ async def test_join_refusals_and_leaving_are_one_round_trip_each(watched: Any) -
     assert round_trips(await seen()) == ["EVALSHA"]
     left = await rooms.leave("sock-1")
     assert left.room_id == "room-1"
+    assert round_trips(await seen()) == ["EVALSHA"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejoining_after_a_room_ended_and_checking_rooms_are_one_round_trip_each(
+    watched: Any, redis_server: RedisServer, redis_db: int
+) -> None:
+    """A join that finds its binding stale (the room ended and its id was
+    issued again) is still one exchange, and so is the periodic check of
+    every room a process's sockets are in."""
+    _store, rooms, seen = watched
+    await rooms.create("room-1")
+    first = await rooms.join("sock-1", "room-1", "203.0.113.1")
+    redis_server.command("DEL", "room:room-1", "room:room-1:sockets", db=redis_db)
+    await rooms.create("room-1")
+    await seen()
+    assert first.incarnation is not None
+    again = await rooms.join("sock-1", "room-1", "203.0.113.1", known=("room-1", first.incarnation))
+    assert again.outcome is JoinOutcome.JOINED
+    assert round_trips(await seen()) == ["EVALSHA"]
+    checks = await rooms.check(
+        [RoomProbe("room-1", first.incarnation, ("sock-1",)), RoomProbe("room-2", 1, ("x",))]
+    )
+    assert [c.alive for c in checks] == [again.incarnation == first.incarnation, False]
     assert round_trips(await seen()) == ["EVALSHA"]
 
 
@@ -195,7 +220,9 @@ async def test_many_commands_share_a_connection_and_each_gets_its_own_answer(
             [Deferred.fromCoroutine(store.create_room(f"r{i}", 1, 3600)) for i in range(count)]
         )
         joins = [
-            Deferred.fromCoroutine(store.join_room(f"s{i}", f"r{i}", 1, 3600, 7200, None))
+            Deferred.fromCoroutine(
+                store.join_room(f"s{i}", f"r{i}", 1, 3600, 7200, None, node_id="n")
+            )
             for i in range(count)
         ]
         # All of them are on the wire before the first answer is read: none

@@ -18,7 +18,14 @@ from twisted.internet import defer
 from twisted.internet.task import Clock
 
 from privydrop.store import keys
-from privydrop.store.interface import JoinOutcome, LeaveResult, RateResult, RateWindow
+from privydrop.store.interface import (
+    JoinOutcome,
+    LeaveResult,
+    RateResult,
+    RateWindow,
+    ReapStatus,
+    RoomProbe,
+)
 from privydrop.store.memory import MemoryStore
 from privydrop.store.redis import CREATE_ROOM, RedisStore
 from tests.conftest import Backend
@@ -29,6 +36,7 @@ DAY = 86_400
 ROOM_TTL = DAY
 SOCKET_TTL = DAY + 3_600
 EMPTY_TTL = 900
+NODE = "n1"
 
 
 def assert_ttl(actual: int | None, expected: int) -> None:
@@ -39,6 +47,11 @@ def assert_ttl(actual: int | None, expected: int) -> None:
 
 def window(ip: str = "10.0.0.1", member: str = "m", limit: int = 2) -> RateWindow:
     return RateWindow(key_suffix=ip, member=member, window_ms=5_000, limit=limit, ttl_s=5)
+
+
+def left(result: LeaveResult) -> tuple[str | None, int]:
+    """The room a leave unbound from and how many members it kept."""
+    return result.room_id, result.remaining
 
 
 def attrs_evolve(w: RateWindow, member: str) -> RateWindow:
@@ -59,9 +72,10 @@ async def join(
     room_id: str,
     rate: RateWindow | None = None,
     now_ms: int = NOW,
+    node: str = NODE,
 ) -> JoinOutcome:
     result = await backend.store.join_room(
-        socket_id, room_id, now_ms, ROOM_TTL, SOCKET_TTL, rate
+        socket_id, room_id, now_ms, ROOM_TTL, SOCKET_TTL, rate, node_id=node
     )
     return result.outcome
 
@@ -139,7 +153,7 @@ async def test_numeric_looking_ids_stay_strings(backend: Backend) -> None:
     members = await store.room_sockets("0427")
     assert members == {"123"}
     assert all(isinstance(m, str) for m in members)
-    assert await store.leave_room("123", None, EMPTY_TTL) == LeaveResult("0427", 0)
+    assert left(await store.leave_room("123", None, EMPTY_TTL)) == ("0427", 0)
 
 
 ODD_IDS = [
@@ -164,12 +178,14 @@ async def test_odd_room_ids_round_trip(backend: Backend, room_id: str) -> None:
     store = backend.store
     assert await store.create_room(room_id, NOW, ROOM_TTL)
     assert await store.room_exists(room_id)
-    result = await store.join_room("sid-1", room_id, NOW, ROOM_TTL, SOCKET_TTL, window(ip=room_id))
+    result = await store.join_room(
+        "sid-1", room_id, NOW, ROOM_TTL, SOCKET_TTL, window(ip=room_id), node_id=NODE
+    )
     assert result.outcome is JoinOutcome.JOINED
     assert result.bound_room == room_id
     assert await store.room_of_socket("sid-1") == room_id
     assert await store.room_sockets(room_id) == {"sid-1"}
-    assert await store.leave_room("sid-1", room_id, EMPTY_TTL) == LeaveResult(room_id, 0)
+    assert left(await store.leave_room("sid-1", room_id, EMPTY_TTL)) == (room_id, 0)
 
 
 # -- joining -------------------------------------------------------------------
@@ -180,7 +196,9 @@ async def test_join_binds_the_socket_and_refreshes_the_room(backend: Backend) ->
     """A join makes the socket a member and gives the room a fresh 24 h."""
     store = backend.store
     await store.create_room("room", NOW, 60)
-    result = await store.join_room("s1", "room", NOW, ROOM_TTL, SOCKET_TTL, None)
+    result = await store.join_room(
+        "s1", "room", NOW, ROOM_TTL, SOCKET_TTL, None, node_id=NODE
+    )
     assert result.outcome is JoinOutcome.JOINED
     assert result.bound_room == "room"
     assert result.rate is None
@@ -208,7 +226,7 @@ async def test_socket_in_one_room_cannot_join_another(backend: Backend) -> None:
     await store.create_room("A", NOW, ROOM_TTL)
     await store.create_room("B", NOW, ROOM_TTL)
     await join(backend, "s1", "A")
-    result = await store.join_room("s1", "B", NOW, ROOM_TTL, SOCKET_TTL, window())
+    result = await store.join_room("s1", "B", NOW, ROOM_TTL, SOCKET_TTL, window(), node_id=NODE)
     assert result.outcome is JoinOutcome.OTHER_ROOM
     assert result.bound_room == "A"
     assert result.rate is None
@@ -222,12 +240,15 @@ async def test_rejoining_ones_own_room_skips_the_rate_limit(backend: Backend) ->
     """A reconnecting client re-sending join for its room is never rate limited."""
     store = backend.store
     await store.create_room("R", NOW, ROOM_TTL)
-    first = await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, window(member="a", limit=1))
+    first = await store.join_room(
+        "s1", "R", NOW, ROOM_TTL, SOCKET_TTL, window(member="a", limit=1), node_id=NODE
+    )
     assert first.outcome is JoinOutcome.JOINED
     assert first.rate == RateResult(count=1, oldest_ms=NOW)
     for n in range(3):
         again = await store.join_room(
-            "s1", "R", NOW + n, ROOM_TTL, SOCKET_TTL, window(member=f"r{n}", limit=1)
+            "s1", "R", NOW + n, ROOM_TTL, SOCKET_TTL, window(member=f"r{n}", limit=1),
+            node_id=NODE,
         )
         assert again.outcome is JoinOutcome.REJOINED
         assert again.rate is None
@@ -241,9 +262,9 @@ async def test_rejoin_refreshes_room_and_socket_ttls(backend: Backend) -> None:
     """A rejoin keeps an active room (and the socket's binding) alive for another day."""
     store = backend.store
     await store.create_room("R", NOW, ROOM_TTL)
-    await store.join_room("s1", "R", NOW, 100, 200, None)
+    await store.join_room("s1", "R", NOW, 100, 200, None, node_id=NODE)
     assert_ttl(await store.ttl(keys.room("R")), 100)
-    result = await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None)
+    result = await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id=NODE)
     assert result.outcome is JoinOutcome.REJOINED
     assert_ttl(await store.ttl(keys.room("R")), ROOM_TTL)
     assert_ttl(await store.ttl(keys.room_sockets("R")), ROOM_TTL)
@@ -258,7 +279,8 @@ async def test_joins_over_the_limit_are_refused_and_counted(backend: Backend) ->
     outcomes = []
     for n in range(4):
         result = await store.join_room(
-            f"s{n}", "R", NOW + n * 100, ROOM_TTL, SOCKET_TTL, window(member=f"m{n}")
+            f"s{n}", "R", NOW + n * 100, ROOM_TTL, SOCKET_TTL, window(member=f"m{n}"),
+            node_id=NODE,
         )
         outcomes.append((result.outcome, result.rate))
     assert outcomes == [
@@ -270,7 +292,9 @@ async def test_joins_over_the_limit_are_refused_and_counted(backend: Backend) ->
     assert await store.room_sockets("R") == {"s0", "s1"}
     assert await store.room_of_socket("s2") is None
     # Another IP has its own window.
-    other = await store.join_room("t", "R", NOW, ROOM_TTL, SOCKET_TTL, window(ip="10.0.0.2"))
+    other = await store.join_room(
+        "t", "R", NOW, ROOM_TTL, SOCKET_TTL, window(ip="10.0.0.2"), node_id=NODE
+    )
     assert other.outcome is JoinOutcome.JOINED
 
 
@@ -278,7 +302,7 @@ async def test_joins_over_the_limit_are_refused_and_counted(backend: Backend) ->
 async def test_rate_check_happens_before_the_room_check(backend: Backend) -> None:
     """Guessing room codes costs attempts: a missing room still counts (Node order)."""
     store = backend.store
-    result = await store.join_room("s", "nope", NOW, ROOM_TTL, SOCKET_TTL, window())
+    result = await store.join_room("s", "nope", NOW, ROOM_TTL, SOCKET_TTL, window(), node_id=NODE)
     assert result.outcome is JoinOutcome.NO_ROOM
     assert result.rate == RateResult(1, NOW)
 
@@ -290,7 +314,9 @@ async def test_concurrent_joins_from_one_ip_admit_exactly_the_limit(backend: Bac
     await store.create_room("R", NOW, ROOM_TTL)
     results = await gather(
         *(
-            store.join_room(f"s{n}", "R", NOW, ROOM_TTL, SOCKET_TTL, window(member=f"m{n}"))
+            store.join_room(
+                f"s{n}", "R", NOW, ROOM_TTL, SOCKET_TTL, window(member=f"m{n}"), node_id=NODE
+            )
             for n in range(10)
         )
     )
@@ -307,7 +333,7 @@ async def test_join_racing_the_last_leave_never_leaves_a_doomed_room(backend: Ba
     await join(backend, "old", "R")
     leave, joined = await gather(
         store.leave_room("old", None, EMPTY_TTL),
-        store.join_room("new", "R", NOW, ROOM_TTL, SOCKET_TTL, None),
+        store.join_room("new", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id=NODE),
     )
     assert joined.outcome is JoinOutcome.JOINED  # type: ignore[attr-defined]
     assert leave.room_id == "R"  # type: ignore[attr-defined]
@@ -326,10 +352,10 @@ async def test_room_gets_the_empty_ttl_when_the_last_socket_leaves(backend: Back
     await store.create_room("R", NOW, ROOM_TTL)
     await join(backend, "s1", "R")
     await join(backend, "s2", "R")
-    assert await store.leave_room("s1", None, EMPTY_TTL) == LeaveResult("R", 1)
+    assert left(await store.leave_room("s1", None, EMPTY_TTL)) == ("R", 1)
     assert_ttl(await store.ttl(keys.room("R")), ROOM_TTL)
     assert await store.room_of_socket("s1") is None
-    assert await store.leave_room("s2", "R", EMPTY_TTL) == LeaveResult("R", 0)
+    assert left(await store.leave_room("s2", "R", EMPTY_TTL)) == ("R", 0)
     assert_ttl(await store.ttl(keys.room("R")), EMPTY_TTL)
     assert await store.ttl(keys.room_sockets("R")) is None
     assert await store.ttl(keys.socket("s2")) is None
@@ -341,7 +367,7 @@ async def test_leaving_when_in_no_room_does_nothing(backend: Backend) -> None:
     """A disconnect of a socket that never joined changes nothing."""
     store = backend.store
     await store.create_room("R", NOW, ROOM_TTL)
-    assert await store.leave_room("stranger", None, EMPTY_TTL) == LeaveResult(None, 0)
+    assert left(await store.leave_room("stranger", None, EMPTY_TTL)) == (None, 0)
     assert_ttl(await store.ttl(keys.room("R")), ROOM_TTL)
 
 
@@ -351,7 +377,7 @@ async def test_leaving_a_missing_room_writes_nothing(backend: Backend) -> None:
     store = backend.store
     await store.create_room("A", NOW, ROOM_TTL)
     await join(backend, "s1", "A")
-    assert await store.leave_room("s1", "ghost", EMPTY_TTL) == LeaveResult(None, 0)
+    assert left(await store.leave_room("s1", "ghost", EMPTY_TTL)) == (None, 0)
     assert await store.room_of_socket("s1") == "A"
     assert await store.room_sockets("A") == {"s1"}
 
@@ -364,7 +390,7 @@ async def test_leaving_another_room_does_not_unbind_the_socket(backend: Backend)
     await store.create_room("B", NOW, ROOM_TTL)
     await join(backend, "s1", "A")
     await join(backend, "s2", "B")
-    assert await store.leave_room("s1", "B", EMPTY_TTL) == LeaveResult("B", 1)
+    assert left(await store.leave_room("s1", "B", EMPTY_TTL)) == ("B", 1)
     assert await store.room_of_socket("s1") == "A"
     assert await store.room_sockets("A") == {"s1"}
 
@@ -379,6 +405,350 @@ async def test_socket_can_join_again_after_leaving(backend: Backend) -> None:
     await store.leave_room("s1", None, EMPTY_TTL)
     assert await join(backend, "s1", "B") is JoinOutcome.JOINED
     assert await store.room_of_socket("s1") == "B"
+
+
+# -- rooms that end, ghosts, nodes ------------------------------------------------
+
+
+def end_room(backend: Backend, room_id: str) -> None:
+    """Room C{room_id} ends the way its TTL ends it: its keys vanish while
+    its sockets' bindings (which live an hour longer) stay.
+
+    Memory: the clock passes the room TTL. Redis: the keys are deleted, as
+    expiry (or a FLUSHALL followed by new bindings) would leave them.
+    """
+    if backend.kind == "memory":
+        backend.clock.advance(ROOM_TTL)
+        return
+    assert backend.server is not None
+    backend.server.command(
+        "DEL", keys.room(room_id), keys.room_sockets(room_id), keys.room_nodes(room_id),
+        db=backend.db,
+    )
+
+
+def drop_key(backend: Backend, key: str, member: str | None = None) -> None:
+    """Delete a key (or one set member) behind the store's back, as a failed
+    unbind or an expired key leaves the schema."""
+    if backend.kind == "memory":
+        store = backend.store
+        assert isinstance(store, MemoryStore)
+        if member is None:
+            store._drop(key)
+        else:
+            store._srem(key, member)
+        return
+    assert backend.server is not None
+    if member is None:
+        backend.server.command("DEL", key, db=backend.db)
+    else:
+        backend.server.command("SREM", key, member, db=backend.db)
+
+
+@pytest_twisted.ensureDeferred
+async def test_join_answers_the_incarnation_and_the_members_with_their_nodes(
+    backend: Backend,
+) -> None:
+    """Each node learns from the join itself who is in the room and where,
+    so signaling can reach them without asking Redis again."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    first = await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    assert first.incarnation == NOW
+    assert first.members == {"s1": "na"}
+    second = await store.join_room("s2", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="nb")
+    assert second.incarnation == NOW
+    assert second.members == {"s1": "na", "s2": "nb"}
+    assert_ttl(await store.ttl(keys.room_nodes("R")), ROOM_TTL)
+    assert_ttl(await store.ttl(keys.node_sockets("na")), SOCKET_TTL)
+    refused = await store.join_room("s3", "nope", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    assert refused.incarnation is None and refused.members == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_binding_to_a_room_that_ended_is_no_binding(backend: Backend) -> None:
+    """A room that ended is over even when its id is issued again: the old
+    socket joins the new room like a fresh socket (counted by the rate
+    limit), never as a member of the old one."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    old = await store.join_room("old", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    end_room(backend, "R")
+    assert await store.create_room("R", NOW + 5, ROOM_TTL)
+    newcomer = await store.join_room("new", "R", NOW + 5, ROOM_TTL, SOCKET_TTL, None, node_id="nb")
+    assert newcomer.members == {"new": "nb"}
+    assert newcomer.incarnation == NOW + 5 != old.incarnation
+    again = await store.join_room(
+        "old", "R", NOW + 6, ROOM_TTL, SOCKET_TTL, window(member="x"), node_id="na",
+        known_room="R", known_incarnation=old.incarnation,
+    )
+    assert again.outcome is JoinOutcome.JOINED
+    assert again.rate == RateResult(1, NOW + 6)
+    assert again.incarnation == NOW + 5
+    assert again.members == {"new": "nb", "old": "na"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_stale_binding_does_not_keep_a_socket_out_of_other_rooms(
+    backend: Backend,
+) -> None:
+    """Whether the caller knows the old incarnation or not, a binding to an
+    ended room neither refuses another room nor counts as a rejoin."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    await store.join_room("a", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    await store.join_room("b", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    end_room(backend, "R")
+    await store.create_room("S", NOW + 1, ROOM_TTL)
+    await store.create_room("R", NOW + 2, ROOM_TTL)
+    # "a" names what it knows; "b" does not (the membership decides).
+    other = await store.join_room(
+        "a", "S", NOW + 3, ROOM_TTL, SOCKET_TTL, None, node_id="na",
+        known_room="R", known_incarnation=NOW,
+    )
+    assert other.outcome is JoinOutcome.JOINED
+    same_id = await store.join_room("b", "R", NOW + 3, ROOM_TTL, SOCKET_TTL, window(), node_id="na")
+    assert same_id.outcome is JoinOutcome.JOINED and same_id.rate is not None
+    assert await store.room_sockets("R") == {"b"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_rejoin_of_a_living_room_adds_a_missing_member_again(backend: Backend) -> None:
+    """A socket whose binding is live (same incarnation) but which fell out
+    of the member set is a member again after its rejoin, without a rate
+    count."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    await store.join_room("s2", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    drop_key(backend, keys.room_sockets("R"), "s1")
+    result = await store.join_room(
+        "s1", "R", NOW, ROOM_TTL, SOCKET_TTL, window(), node_id="na",
+        known_room="R", known_incarnation=NOW,
+    )
+    assert result.outcome is JoinOutcome.REJOINED and result.rate is None
+    assert await store.room_sockets("R") == {"s1", "s2"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_ghost_members_are_pruned_so_an_emptied_room_expires(backend: Backend) -> None:
+    """A member whose binding is gone is dropped when the room is touched,
+    and the last real leave gives the room its 15 minutes, however often
+    people joined meanwhile."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    await store.join_room("ghost", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    drop_key(backend, keys.socket("ghost"))
+    joined = await store.join_room("live", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="nb")
+    assert joined.members == {"live": "nb"}
+    assert await store.room_sockets("R") == {"live"}
+    left_room = await store.leave_room("live", None, EMPTY_TTL)
+    assert (left_room.remaining, left_room.removed, left_room.members) == (0, True, {})
+    assert_ttl(await store.ttl(keys.room("R")), EMPTY_TTL)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ghost_bound_to_another_room_is_pruned_too(backend: Backend) -> None:
+    """A member whose binding names another room is not a member."""
+    store = backend.store
+    await store.create_room("A", NOW, ROOM_TTL)
+    await store.create_room("B", NOW, ROOM_TTL)
+    await store.join_room("s1", "A", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    await store.join_room("s2", "A", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    await store.leave_room("s1", None, EMPTY_TTL)
+    await store.join_room("s1", "B", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    if backend.kind == "redis":
+        assert backend.server is not None
+        backend.server.command("SADD", keys.room_sockets("A"), "s1", db=backend.db)
+    else:
+        assert isinstance(store, MemoryStore)
+        store._sadd(keys.room_sockets("A"), "s1")
+    result = await store.leave_room("s2", None, EMPTY_TTL)
+    assert (result.remaining, result.members) == (0, {})
+
+
+@pytest_twisted.ensureDeferred
+async def test_leave_says_whether_it_removed_a_member(backend: Backend) -> None:
+    """Only a leave that took a member out may be announced to the room:
+    anyone can name a room id and an arbitrary socket id."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    await store.join_room("s2", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="nb")
+    outsider = await store.leave_room("made-up", "R", EMPTY_TTL)
+    assert (outsider.room_id, outsider.removed, outsider.node) == ("R", False, None)
+    assert outsider.members == {"s1": "na", "s2": "nb"}
+    member = await store.leave_room("s1", "R", EMPTY_TTL)
+    assert (member.room_id, member.removed, member.node) == ("R", True, "na")
+    assert member.incarnation == NOW
+    assert member.members == {"s2": "nb"}
+    twice = await store.leave_room("s1", "R", EMPTY_TTL)
+    assert twice.removed is False
+    assert await store.room_of_socket("s1") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_leave_takes_the_socket_off_its_node(backend: Backend) -> None:
+    """A socket that left is no longer one a dead node's clean-up would find."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    await store.leave_room("s1", None, EMPTY_TTL)
+    assert await store.ttl(keys.node_sockets("na")) is None
+    assert await store.ttl(keys.room_nodes("R")) is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_check_rooms_reports_ended_rooms_missing_members_and_members(
+    backend: Backend,
+) -> None:
+    """One answer for all of a process's rooms: which ended (or were issued
+    again), which of its sockets are no longer members, who is in them."""
+    store = backend.store
+    await store.create_room("A", NOW, ROOM_TTL)
+    await store.create_room("B", NOW, ROOM_TTL)
+    for sid, room, node in (("a1", "A", "na"), ("a2", "A", "nb"), ("b1", "B", "na")):
+        await store.join_room(sid, room, NOW, ROOM_TTL, SOCKET_TTL, None, node_id=node)
+    await store.leave_room("a1", "A", EMPTY_TTL)
+    checks = await store.check_rooms(
+        [RoomProbe("A", NOW, ("a1",)), RoomProbe("B", NOW, ("b1",)), RoomProbe("B", NOW - 1, ("b1",))]
+    )
+    assert [(c.room_id, c.alive, c.missing, dict(c.members)) for c in checks] == [
+        ("A", True, frozenset({"a1"}), {"a2": "nb"}),
+        ("B", True, frozenset(), {"b1": "na"}),
+        ("B", False, frozenset(), {}),
+    ]
+    end_room(backend, "A")
+    [ended] = await store.check_rooms([RoomProbe("A", NOW, ("a2",))])
+    assert not ended.alive
+    assert await store.check_rooms([]) == []
+
+
+# -- heartbeats and the clean-up of a dead node -------------------------------------
+
+
+async def _beat(backend: Backend, node: str, beat: str, name: str = "") -> None:
+    answer = await backend.store.heartbeat(node, beat, {"name": name or node}, SOCKET_TTL)
+    assert not answer.reaped
+
+
+@pytest_twisted.ensureDeferred
+async def test_heartbeat_answers_every_nodes_beat_and_name(backend: Backend) -> None:
+    """Each node sees everyone's heartbeat (to judge it) and name (to find
+    its own previous life at start-up)."""
+    store = backend.store
+    await _beat(backend, "na", "1", "host:3001")
+    answer = await store.heartbeat("nb", "7", {"name": "host:3002", "pid": "42"}, SOCKET_TTL)
+    assert not answer.reaped
+    assert {n: (b.beat, b.name) for n, b in answer.nodes.items()} == {
+        "na": ("1", "host:3001"),
+        "nb": ("7", "host:3002"),
+    }
+    assert_ttl(await store.ttl(keys.HEARTBEATS), SOCKET_TTL)
+    assert_ttl(await store.ttl(keys.node_info("nb")), SOCKET_TTL)
+
+
+@pytest_twisted.ensureDeferred
+async def test_only_one_judge_claims_a_dead_node_and_only_while_it_is_silent(
+    backend: Backend,
+) -> None:
+    """Exactly one reaper: a second judge is refused, a node that beat since
+    it was observed is not claimed, and a claim held by a dead judge can be
+    taken over."""
+    store = backend.store
+    await _beat(backend, "dead", "5")
+    assert not await store.claim_reap("dead", "j1", "4", 10_000, SOCKET_TTL)
+    assert await store.claim_reap("dead", "j1", "5", 10_000, SOCKET_TTL)
+    assert await store.claim_reap("dead", "j1", "5", 10_000, SOCKET_TTL)  # its own claim
+    assert not await store.claim_reap("dead", "j2", "5", 10_000, SOCKET_TTL)
+    assert await store.claim_reap("dead", "j2", "5", 10_000, SOCKET_TTL, takeover_from={"j1"})
+    assert not await store.claim_reap("nobody", "j1", "1", 10_000, SOCKET_TTL)
+    # The dead node learns at its next heartbeat that it was reaped.
+    assert (await store.heartbeat("dead", "6", {}, SOCKET_TTL)).reaped
+
+
+@pytest_twisted.ensureDeferred
+async def test_reaping_unbinds_a_dead_nodes_sockets_in_batches(backend: Backend) -> None:
+    """The dead node's sockets leave their rooms (emptied rooms get 15
+    minutes), each with the members to tell; a batch stays pending until
+    announced; at the end the node's keys are gone."""
+    store = backend.store
+    await store.create_room("A", NOW, ROOM_TTL)
+    await store.create_room("B", NOW, ROOM_TTL)
+    for sid, room, node in (("d1", "A", "dead"), ("d2", "A", "dead"), ("live", "A", "na"),
+                            ("d3", "B", "dead")):
+        await store.join_room(sid, room, NOW, ROOM_TTL, SOCKET_TTL, None, node_id=node)
+    await _beat(backend, "dead", "1")
+    assert await store.claim_reap("dead", "na", "1", 10_000, SOCKET_TTL)
+
+    async def step(ack: bool) -> tuple[ReapStatus, dict[str, tuple[str, int, dict[str, str]]]]:
+        batch = await store.reap_node(
+            "dead", "na", batch=2, ack=ack, empty_ttl_s=EMPTY_TTL, claim_ttl_ms=10_000,
+            pending_ttl_s=SOCKET_TTL,
+        )
+        return batch.status, {
+            s.socket_id: (s.room_id, s.incarnation, dict(s.members)) for s in batch.sockets
+        }
+
+    status, first = await step(ack=False)
+    assert status is ReapStatus.BATCH and len(first) == 2
+    # Not acknowledged (the reaper died before telling the peers): again.
+    assert await step(ack=False) == (ReapStatus.BATCH, first)
+    status, second = await step(ack=True)
+    assert status is ReapStatus.BATCH and len(second) == 1
+    reaped = {**first, **second}
+    assert set(reaped) == {"d1", "d2", "d3"}
+    assert reaped["d3"] == ("B", NOW, {})
+    assert reaped["d1"][0] == "A" and "live" in reaped["d1"][2]
+    assert await step(ack=True) == (ReapStatus.DONE, {})
+    assert await store.room_sockets("A") == {"live"}
+    assert await store.room_of_socket("d1") is None
+    assert_ttl(await store.ttl(keys.room("B")), EMPTY_TTL)
+    assert_ttl(await store.ttl(keys.room("A")), ROOM_TTL)
+    for key in (keys.node_sockets("dead"), keys.node_info("dead"), keys.reap_claim("dead"),
+                keys.reap_pending("dead")):
+        assert await store.ttl(key) is None, key
+    answer = await store.heartbeat("na", "1", {}, SOCKET_TTL)
+    assert set(answer.nodes) == {"na"}
+    # Without the claim nothing is done.
+    lost = await store.reap_node(
+        "dead", "na", batch=2, ack=False, empty_ttl_s=EMPTY_TTL, claim_ttl_ms=10_000,
+        pending_ttl_s=SOCKET_TTL,
+    )
+    assert lost.status is ReapStatus.LOST
+
+
+@pytest_twisted.ensureDeferred
+async def test_reaping_leaves_alone_a_socket_held_by_another_node(backend: Backend) -> None:
+    """A socket id in a dead node's set whose room records another node (or
+    that is no longer bound) is not unbound."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="dead")
+    await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    await _beat(backend, "dead", "1")
+    assert await store.claim_reap("dead", "na", "1", 10_000, SOCKET_TTL)
+    batch = await store.reap_node(
+        "dead", "na", batch=10, ack=False, empty_ttl_s=EMPTY_TTL, claim_ttl_ms=10_000,
+        pending_ttl_s=SOCKET_TTL,
+    )
+    assert batch.status is ReapStatus.BATCH and batch.sockets == ()
+    assert await store.room_sockets("R") == {"s1"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_stopping_node_deregisters_only_without_bound_sockets(backend: Backend) -> None:
+    """A clean stop removes the node from the heartbeats, unless sockets it
+    bound are still bound: then others must judge it dead and reap them."""
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    await store.join_room("s1", "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id="na")
+    await _beat(backend, "na", "1")
+    assert not await store.deregister_node("na")
+    await store.leave_room("s1", None, EMPTY_TTL)
+    assert await store.deregister_node("na")
+    assert await store.ttl(keys.node_info("na")) is None
+    assert (await store.heartbeat("nb", "1", {}, SOCKET_TTL)).nodes.keys() == {"nb"}
 
 
 # -- rate windows --------------------------------------------------------------
@@ -495,7 +865,9 @@ async def test_redis_keys_follow_the_node_schema(
     """Operators' scripts and Node processes read these exact keys and types."""
     server, db, store = redis_server, redis_db, redis_store
     await store.create_room("0427", NOW, ROOM_TTL)
-    await store.join_room("sid", "0427", NOW, ROOM_TTL, SOCKET_TTL, window(ip="9.9.9.9"))
+    await store.join_room(
+        "sid", "0427", NOW, ROOM_TTL, SOCKET_TTL, window(ip="9.9.9.9"), node_id=NODE
+    )
     await store.track_referrer("2024-03-15", "twitter", 30 * DAY, 10)
     await store.track_referrer("2024-03-15", "twitter", 30 * DAY, 10)
     assert server.command("HGET", "room:0427", "created_at", db=db) == str(NOW)

@@ -16,7 +16,7 @@ import pytest_twisted
 from twisted.internet.task import Clock
 
 from privydrop.store import keys
-from privydrop.store.interface import IStore, RateWindow
+from privydrop.store.interface import IStore, RateWindow, RoomProbe
 from privydrop.store.memory import MemoryStore
 from privydrop.store.redis import RedisStore
 from tests.redis_server import RedisServer
@@ -26,19 +26,24 @@ SOCKETS = ["s1", "s2", "s3"]
 IPS = ["10.0.0.1", "::1"]
 DAYS = ["2024-03-15", "2024-03-16"]
 REFS = ["a", "b", "c"]
+NODES = ["na", "nb"]
 KEYS = (
     [keys.room(r) for r in ROOMS]
     + [keys.room_sockets(r) for r in ROOMS]
+    + [keys.room_nodes(r) for r in ROOMS]
     + [keys.socket(s) for s in SOCKETS]
+    + [keys.node_sockets(n) for n in NODES]
     + [keys.join_rate(ip) for ip in IPS]
     + [keys.referrers(d) for d in DAYS]
 )
+#: Incarnations a caller may claim to know (rooms are created at these times).
+START_MS = 1_700_000_000_000
 
 def random_operation(rng: random.Random) -> tuple[Any, ...]:
     """One operation on a small universe of ids, so they collide often."""
     kind = rng.choice(
         ["create", "first_free", "join", "join", "leave", "record", "track",
-         "room_of", "members", "exists", "ttl"]
+         "room_of", "members", "exists", "ttl", "check", "ghost", "end"]
     )
     ttl = rng.choice([1, 5, 900, 86_400])
     if kind == "create":
@@ -46,7 +51,22 @@ def random_operation(rng: random.Random) -> tuple[Any, ...]:
     if kind == "first_free":
         return (kind, rng.sample(ROOMS, rng.randint(0, len(ROOMS))), ttl)
     if kind == "join":
-        return (kind, rng.choice(SOCKETS), rng.choice(ROOMS), rng.choice([None, *IPS]), ttl)
+        known = None
+        if rng.random() < 0.5:
+            known = (rng.choice(ROOMS), START_MS + rng.choice([0, 1_000, 2_500]))
+        return (
+            kind, rng.choice(SOCKETS), rng.choice(ROOMS), rng.choice([None, *IPS]), ttl,
+            rng.choice(NODES), known,
+        )
+    if kind == "check":
+        return (kind, rng.choice(ROOMS), START_MS + rng.choice([0, 1_000, 2_500]),
+                tuple(rng.sample(SOCKETS, rng.randint(0, 2))))
+    if kind == "ghost":
+        # A binding lost behind the store's back (an unbind that failed).
+        return (kind, keys.socket(rng.choice(SOCKETS)))
+    if kind == "end":
+        # A room ends (its TTL, a FLUSHALL): its keys vanish, bindings stay.
+        return (kind, rng.choice(ROOMS))
     if kind == "leave":
         return (kind, rng.choice(SOCKETS), rng.choice([None, *ROOMS]), ttl)
     if kind == "record":
@@ -60,18 +80,37 @@ def random_operation(rng: random.Random) -> tuple[Any, ...]:
     return (kind, rng.choice(KEYS))
 
 
-async def apply(store: IStore, op: tuple[Any, ...], now_ms: int, serial: int) -> Any:
+async def apply(
+    store: IStore, op: tuple[Any, ...], now_ms: int, serial: int,
+    store_server: RedisServer | None = None, store_db: int = 0,
+) -> Any:
     kind = op[0]
     if kind == "create":
         return await store.create_room(op[1], now_ms, op[2])
     if kind == "first_free":
         return await store.create_first_free_room(op[1], now_ms, op[2])
     if kind == "join":
-        _, sid, room, ip, ttl = op
+        _, sid, room, ip, ttl, node, known = op
         rate = None
         if ip is not None:
             rate = RateWindow(ip, f"{now_ms}-{serial}", 5_000, 2, 5)
-        return await store.join_room(sid, room, now_ms, ttl, ttl + 3_600, rate)
+        return await store.join_room(
+            sid, room, now_ms, ttl, ttl + 3_600, rate, node_id=node,
+            known_room=None if known is None else known[0],
+            known_incarnation=None if known is None else known[1],
+        )
+    if kind == "check":
+        return await store.check_rooms([RoomProbe(op[1], op[2], op[3])])
+    if kind in ("ghost", "end"):
+        drop = [op[1]] if kind == "ghost" else [
+            keys.room(op[1]), keys.room_sockets(op[1]), keys.room_nodes(op[1])
+        ]
+        for key in drop:
+            if isinstance(store, MemoryStore):
+                store._drop(key)
+            else:
+                store_server.command("DEL", key, db=store_db)
+        return None
     if kind == "leave":
         return await store.leave_room(op[1], op[2], op[3])
     if kind == "record":
@@ -107,12 +146,12 @@ async def test_memory_and_redis_agree_on_random_sequences(
         rng = random.Random(seed)
         redis_server.command("FLUSHDB", db=redis_db)
         memory = MemoryStore(Clock())
-        now_ms = 1_700_000_000_000
+        now_ms = START_MS
         history: list[tuple[Any, ...]] = []
         for serial in range(STEPS):
             now_ms += rng.choice([0, 1, 1_000, 2_500, 5_000])
             op = random_operation(rng)
             history.append(op)
             expected = await apply(memory, op, now_ms, serial)
-            actual = await apply(redis_store, op, now_ms, serial)
+            actual = await apply(redis_store, op, now_ms, serial, redis_server, redis_db)
             assert same(op, expected, actual), (seed, history, expected, actual)

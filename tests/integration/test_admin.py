@@ -85,11 +85,44 @@ def test_monitor_counts_what_redis_holds(redis_server: RedisServer, redis_db: in
         "rooms": 2, "joinedSockets": 2, "socketBindings": 1, "rateLimitWindows": 1
     }
     assert snapshot["keysWithoutTtl"] == ["room:9999"]
-    assert snapshot["processes"] is None
+    assert snapshot["processes"] == []
     assert snapshot["memory"]["maxmemory_policy"]
     code, out, _ = admin(redis_server, redis_db, "monitor", "--once")
     assert code == 0
     assert "rooms               2\n" in out and "keys without TTL    1 (privydrop-admin cleanup)" in out
+
+
+def test_monitor_shows_the_live_processes_from_their_heartbeats(
+    redis_server: RedisServer, redis_db: int
+) -> None:
+    """Each process appears with its name, pid, last heartbeat and traffic;
+    one that died and is being cleaned up is marked so."""
+
+    def r(*args: object) -> object:
+        return redis_server.command(*args, db=redis_db)
+
+    seconds, _ = r("TIME")  # type: ignore[misc]
+    now_ms = int(seconds) * 1000
+    r("HSET", "cluster:heartbeats", "aaaa", "17", "bbbb", "4")
+    r("HSET", "cluster:node:aaaa:info", "name", "web-1|tcp:3001", "pid", "4242",
+      "listen", "tcp:3001", "started_ms", str(now_ms - 60_000), "beat_ms", str(now_ms - 1500),
+      "connections", "12", "published", "900", "deliveries", "900", "received", "880",
+      "unroutable", "0")
+    r("HSET", "cluster:node:bbbb:info", "name", "web-1|tcp:3002", "pid", "4343",
+      "started_ms", str(now_ms - 30_000), "beat_ms", str(now_ms - 20_000))
+    r("SET", "cluster:reap:bbbb", "aaaa", "PX", 10_000)
+    code, out, err = admin(redis_server, redis_db, "monitor", "--once", "--json")
+    assert (code, err) == (0, "")
+    first, second = json.loads(out)["processes"]
+    assert first["node"] == "aaaa" and first["pid"] == 4242 and first["name"] == "web-1|tcp:3001"
+    assert 1000 <= first["beatAgeMs"] < 10_000
+    assert (first["connections"], first["deliveries"], first["reapedBy"]) == (12, 900, None)
+    assert second["node"] == "bbbb" and second["reapedBy"] == "aaaa"
+    assert second["connections"] is None
+    code, out, _ = admin(redis_server, redis_db, "monitor", "--once")
+    assert "processes           2\n" in out
+    assert "aaaa  web-1|tcp:3001  pid 4242" in out and "12 connections" in out
+    assert "DEAD, being cleaned up by aaaa" in out
 
 
 def test_cleanup_is_a_dry_run_until_applied(redis_server: RedisServer, redis_db: int) -> None:

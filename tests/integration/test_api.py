@@ -90,7 +90,7 @@ async def test_room_lifecycle_over_http(server: Server) -> None:
         200, {"success": True, "message": "create room success"})
     assert await server.request("POST", "/api/check_room", {"roomId": "0427"}) == (
         200, {"available": False})
-    await server.store.join_room("sock1", "0427", 0, 86400, 90000, None)
+    await server.store.join_room("sock1", "0427", 0, 86400, 90000, None, node_id="n")
     assert await server.request("POST", "/api/leave_room",
                                 {"roomId": "0427", "socketId": "sock1"}) == (
         200, {"success": True, "message": "Successfully left the room"})

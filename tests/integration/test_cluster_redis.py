@@ -7,7 +7,11 @@ Engine.IO v4 / Socket.IO v5 (C{0} open, C{40} connect, C{42[...]} events,
 C{43} acks), so what is asserted is what a browser would receive.
 
 Pub/sub ignores Redis database indexes, so every test uses a channel prefix
-of its own. Tests that restart, pause or password-protect Redis run their
+of its own. The Redis here is 7.x: nodes use sharded pub/sub unless told
+to use classic (the fallback for older servers), which some tests force.
+The rooms are joined without their members (no store here), so they are
+routed through the shared channel; tracked rooms are exercised with the
+whole server in C{test_cluster_signaling.py}. Tests that restart, pause or password-protect Redis run their
 own redis-server, so the shared one is never pulled from under other tests.
 """
 
@@ -31,8 +35,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
-from privydrop.cluster.messages import channel_name
-from privydrop.cluster.pubsub import ClusterService, PublishError, RedisPublisher
+from privydrop.cluster.pubsub import ClusterService, PublishError, PubSubMode, RedisPublisher
 from privydrop.cluster.routing import ClusterAdapter
 from privydrop.engineio.resource import build_engineio_resource
 from privydrop.engineio.server import EngineServer
@@ -165,22 +168,23 @@ def _install_handlers(sio: SocketIOServer) -> None:
     )
 
 
-StartNode = Callable[[RedisServer, str], Awaitable[Node]]
+StartNode = Callable[..., Awaitable[Node]]
 
 
 @pytest_twisted.async_yield_fixture
 async def start_node() -> AsyncIterator[StartNode]:
     nodes: list[Node] = []
 
-    async def start(server: RedisServer, prefix: str) -> Node:
+    async def start(server: RedisServer, prefix: str, pubsub: str = "auto") -> Node:
         service = ClusterService(
             redis_settings(server),
             reactor,
             channel_prefix=prefix,
+            pubsub=pubsub,
             reconnect_initial_delay=0.05,
             reconnect_max_delay=0.5,
         )
-        sio = SocketIOServer(reactor, SocketIOSettings(), adapter=service.adapter)
+        sio = SocketIOServer(reactor, SocketIOSettings(recovery_window_ms=0), adapter=service.adapter)
         _install_handlers(sio)
         engine = EngineServer(reactor, ENGINE_SETTINGS, sio)
         root = Resource()
@@ -217,14 +221,33 @@ async def roundtrip(client: SocketIOClient) -> None:
     assert await client.call("ping-me") == [True]
 
 
+def publish_raw(server: RedisServer, node: Node, channel: str, payload: str) -> int:
+    """Publish as a stranger would, with the commands the cluster uses."""
+    mode = node.service.mode
+    assert mode is not None
+    result: int = server.command(mode.publish_command, channel, payload)
+    return result
+
+
+@pytest.mark.parametrize("pubsub", ["auto", "classic"])
 @pytest_twisted.ensureDeferred
 async def test_room_event_from_node_a_reaches_socket_on_node_b(
-    redis_server: RedisServer, start_node: StartNode, prefix: str
+    redis_server: RedisServer, start_node: StartNode, prefix: str, pubsub: str
 ) -> None:
     """Two peers whose browsers landed on different processes could not
-    signal each other at all."""
-    a = await start_node(redis_server, prefix)
-    b = await start_node(redis_server, prefix)
+    signal each other at all (with sharded pub/sub, and with the classic
+    commands older Redis servers have)."""
+    a = await start_node(redis_server, prefix, pubsub)
+    b = await start_node(redis_server, prefix, pubsub)
+    expected = PubSubMode.SHARDED if pubsub == "auto" else PubSubMode.CLASSIC
+    assert a.service.mode is b.service.mode is expected
+    # Each node holds its two subscriptions of that kind (CLIENT LIST).
+    field = "ssub" if expected is PubSubMode.SHARDED else "sub"
+    subscribers = [
+        line for line in redis_server.command("CLIENT", "LIST").splitlines()
+        if f"privydrop:{a.service.node_id}:subscribe" in line
+    ]
+    assert len(subscribers) == 1 and f" {field}=2 " in subscribers[0]
     alice, _ = await a.client()
     bob, _ = await b.client()
     carol, _ = await b.client()
@@ -239,14 +262,15 @@ async def test_room_event_from_node_a_reaches_socket_on_node_b(
     assert a.service.adapter.published >= 1 and a.service.adapter.publish_failures == 0
 
 
+@pytest.mark.parametrize("pubsub", ["auto", "classic"])
 @pytest_twisted.ensureDeferred
 async def test_send_to_socket_id_on_the_other_node(
-    redis_server: RedisServer, start_node: StartNode, prefix: str
+    redis_server: RedisServer, start_node: StartNode, prefix: str, pubsub: str
 ) -> None:
     """An answer addressed to one peer reaches it on another process, and
     only when that peer is in the room the sender names."""
-    a = await start_node(redis_server, prefix)
-    b = await start_node(redis_server, prefix)
+    a = await start_node(redis_server, prefix, pubsub)
+    b = await start_node(redis_server, prefix, pubsub)
     alice, _ = await a.client()
     bob, bob_id = await b.client()
     assert await alice.call("join", "r") == [True]
@@ -291,7 +315,7 @@ async def test_garbage_on_the_channel_does_not_stop_delivery(
     alice, _ = await a.client()
     bob, _ = await b.client()
     assert await bob.call("join", "r") == [True]
-    receivers = redis_server.command("PUBLISH", channel_name(prefix, "/"), "junk")
+    receivers = publish_raw(redis_server, a, a.service.adapter.shared_channel, "junk")
     assert receivers == 2
     alice.emit("to-room", "r", "after junk")
     assert await bob.next_event() == ['2["room-event","after junk"]']
@@ -306,13 +330,15 @@ async def test_stopping_a_node_unsubscribes_it(
     it every message of the cluster)."""
     a = await start_node(redis_server, prefix)
     b = await start_node(redis_server, prefix)
-    channel = channel_name(prefix, "/")
-    assert redis_server.command("PUBLISH", channel, "probe") == 2
+    channel = a.service.adapter.shared_channel
+    assert publish_raw(redis_server, a, channel, "probe") == 2
+    assert publish_raw(redis_server, a, b.service.adapter.channel, "probe") == 1
     await b.service.stopService()
     assert not b.service.subscribed
-    assert redis_server.command("PUBLISH", channel, "probe") == 1
+    assert publish_raw(redis_server, a, channel, "probe") == 1
+    assert publish_raw(redis_server, a, b.service.adapter.channel, "probe") == 0
     await a.service.stopService()
-    assert redis_server.command("PUBLISH", channel, "probe") == 0
+    assert publish_raw(redis_server, a, channel, "probe") == 0
 
 
 @pytest_twisted.ensureDeferred
@@ -350,6 +376,7 @@ async def test_publish_gives_up_within_its_deadline_when_redis_is_down(tmp_path:
         redis_settings(down, connect_timeout=0.5), reactor, timeout=0.3,
         reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
     )
+    publisher.mode = PubSubMode.CLASSIC
     publications: list[Deferred[Any]] = []
 
     def publish(channel: str, payload: bytes) -> Deferred[Any]:
@@ -360,7 +387,7 @@ async def test_publish_gives_up_within_its_deadline_when_redis_is_down(tmp_path:
     publisher.start()
     try:
         with pytest.raises(PublishError, match="no Redis connection within 0.3s"):
-            await within(publisher.publish(channel_name("p", "/"), b"{}"))
+            await within(publisher.publish("p#all#", b"{}"))
         adapter.broadcast(Packet(PacketType.EVENT, "/", ["x"]), frozenset(), frozenset())
         # The adapter's errback has handled the loss once this fires.
         assert await within(publications[0]) is None
@@ -384,6 +411,7 @@ async def test_publications_during_an_outage_fail_in_time_and_leave_nothing_wait
         redis_settings(private_redis), reactor, name=name, timeout=0.3,
         reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
     )
+    publisher.mode = PubSubMode.CLASSIC
     publisher.start()
     try:
         assert await within(publisher.publish("p#/#", b"{}")) == 0
@@ -444,6 +472,7 @@ async def test_publications_while_redis_is_known_down_fail_at_once_and_leave_not
         redis_settings(private_redis), reactor, name="privydrop:t:publish", timeout=5.0,
         reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
     )
+    publisher.mode = PubSubMode.CLASSIC
     down, stop_down = pool_event("privydrop:t:publish", "unreachable")
     up, stop_up = pool_event("privydrop:t:publish", "reachable")
     publisher.start()
@@ -480,6 +509,7 @@ async def test_publish_to_a_stalled_redis_times_out_and_recovers(
         redis_settings(private_redis), reactor, timeout=0.3,
         reconnect_initial_delay=0.05, reconnect_max_delay=0.1,
     )
+    publisher.mode = PubSubMode.CLASSIC
     publisher.start()
     try:
         assert await within(publisher.publish("p#/#", b"{}")) == 0
@@ -553,3 +583,59 @@ async def test_cluster_connections_recover_once_redis_accepts_the_password(
     finally:
         globalLogPublisher.removeObserver(observe)
     assert not [e for e in events if "Unhandled error" in str(e.get("log_format", ""))]
+
+
+@pytest_twisted.ensureDeferred
+async def test_publications_wait_in_order_until_the_pubsub_mode_is_known(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    """A node that has not yet heard which pub/sub its Redis has (sharded or
+    classic) must neither lose nor reorder what it publishes meanwhile, nor
+    keep it for ever."""
+    from privydrop.redis.subscriber import CHANNEL, Subscriber, Subscription
+
+    got: list[Any] = []
+    arrived: Deferred[None] = Deferred()
+
+    def receive(channel: Any, payload: Any) -> None:
+        got.append(payload)
+        if len(got) == 3:
+            arrived.callback(None)
+
+    subscribed: Deferred[None] = Deferred()
+    subscriber = Subscriber(
+        redis_settings(redis_server), reactor, name="privydrop:test:subscribe",
+        subscriptions=[Subscription(CHANNEL, prefix + "#x")], receive=receive,
+        on_subscribed=lambda: subscribed.callback(None),
+    )
+    subscriber.start()
+    publisher = RedisPublisher(redis_settings(redis_server), reactor, timeout=0.5)
+    publisher.start()
+    try:
+        await within(subscribed)
+        waiting = [publisher.publish(prefix + "#x", b"%d" % i) for i in range(3)]
+        assert not any(d.called for d in waiting)
+        publisher.mode = PubSubMode.CLASSIC
+        assert await within(DeferredList(waiting)) == [(True, 1)] * 3
+        await within(arrived)
+        assert got == ["0", "1", "2"]
+        late = RedisPublisher(redis_settings(redis_server), reactor, timeout=0.2)
+        late.start()
+        try:
+            with pytest.raises(PublishError, match="not known within 0.2s"):
+                await within(late.publish(prefix + "#x", b"never"))
+        finally:
+            await late.close()
+    finally:
+        await publisher.close()
+        await subscriber.close()
+
+
+def test_the_pubsub_mode_follows_the_redis_version() -> None:
+    """Sharded channels exist from Redis 7 on; older servers get classic ones."""
+    from privydrop.cluster.pubsub import mode_for_server
+
+    assert mode_for_server("# Server\r\nredis_version:7.0.15\r\n") is PubSubMode.SHARDED
+    assert mode_for_server(b"redis_version:8.2.1\r\n") is PubSubMode.SHARDED
+    assert mode_for_server("redis_version:6.2.14\r\n") is PubSubMode.CLASSIC
+    assert mode_for_server("no version here") is PubSubMode.CLASSIC

@@ -22,7 +22,7 @@ order, so once a later message arrived, an earlier one would have too.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import attrs
@@ -134,6 +134,22 @@ async def js(cluster: Cluster) -> AsyncIterator[JsClients]:
         await cluster.wait_idle()
 
 
+def _until(condition: Callable[[], bool]) -> Deferred[None]:
+    """Fires once C{condition()} holds, checked on each reactor turn."""
+    d: Deferred[None] = Deferred()
+
+    def check() -> None:
+        if d.called:
+            return
+        if condition():
+            d.callback(None)
+        else:
+            reactor.callLater(0, check)
+
+    check()
+    return d
+
+
 async def _create_room(js: JsClients, node: RunningTree, room: str) -> None:
     created = await js.fetch("POST", node.url + "/api/create_room", {"roomId": room})
     assert created["status"] == 200
@@ -161,12 +177,7 @@ async def _pair(
     sender_id, receiver_id = sender["id"], receiver["id"]
     assert sender_id != receiver_id
 
-    heard_on_b = cluster.b.service.getServiceNamed("adapter").adapter.received
     assert await _join(js, "sender", room) == {"success": True, "message": JOINED, "roomId": room}
-    # The sender's "ready" (to nobody yet) is published to node B, which
-    # decides room membership when it arrives: let it arrive before the
-    # receiver joins there, as it does when two people join a room in turn.
-    await within(cluster.b.service.getServiceNamed("adapter").adapter.wait_received(heard_on_b))
     # Node B finds the room node A created: the store is shared.
     assert await _join(js, "receiver", room) == {
         "success": True,
@@ -285,6 +296,37 @@ async def test_stranger_on_other_node_cannot_signal_into_a_room(
     assert await js.received("receiver", "recipient-ready") == []
 
 
+@pytest_twisted.ensureDeferred
+async def test_joining_on_b_right_after_a_join_on_a_does_not_get_its_ready(
+    cluster: Cluster, js: JsClients
+) -> None:
+    """A user entering a room through node B right after another entered it
+    through node A is not sent A's "ready" (addressed to the room before B's
+    user was in it): only the first user is told, so only one starts the
+    WebRTC offer.
+
+    Before, node B decided who was in the room when A's broadcast arrived,
+    and a join on B a moment after A's got it too (the tests waited for each
+    broadcast to settle to avoid it); now "ready" names its recipients.
+    """
+    for i in range(4):
+        room = f"cluster-race-{i}"
+        await _create_room(js, cluster.a, room)
+        # Addresses of their own: the join rate limit counts per address.
+        first_from = {"X-Forwarded-For": f"203.0.113.{20 + i}"}
+        second_from = {"X-Forwarded-For": f"203.0.113.{40 + i}"}
+        first = (await js.connect(f"s{i}", cluster.a.url, "websocket", first_from))["id"]
+        second = (await js.connect(f"r{i}", cluster.b.url, "websocket", second_from))["id"]
+        assert (await _join(js, f"s{i}", room))["success"] is True
+        assert (await _join(js, f"r{i}", room))["success"] is True
+        assert await js.next(f"s{i}", "ready") == {"peerId": second}
+        # Once the first user's offer has arrived, a "ready" node A sent
+        # earlier would have arrived too (one ordered route).
+        await js.emit(f"s{i}", "offer", {"peerId": second, "offer": OFFER})
+        assert (await js.next(f"r{i}", "offer"))["from"] == first
+        assert await js.received(f"r{i}", "ready") == []
+
+
 @pytest.mark.parametrize("api_node", ["b", "a"])
 @pytest_twisted.ensureDeferred
 async def test_leave_room_through_either_node_tells_the_peer_on_the_other(
@@ -301,6 +343,13 @@ async def test_leave_room_through_either_node_tells_the_peer_on_the_other(
     sender, receiver = await _pair(cluster, js, room)
     node = cluster.b if api_node == "b" else cluster.a
 
+    # Someone who knows the room id but names a socket that is not in it
+    # reaches no one.
+    for made_up in ("made-up-id", sender + "x"):
+        outsider = await js.fetch(
+            "POST", node.url + "/api/leave_room", {"roomId": room, "socketId": made_up}
+        )
+        assert outsider["status"] == 200
     left = await js.fetch(
         "POST", node.url + "/api/leave_room", {"roomId": room, "socketId": receiver}
     )
@@ -309,6 +358,24 @@ async def test_leave_room_through_either_node_tells_the_peer_on_the_other(
     assert await js.next("sender", "peer-disconnected") == {"peerId": receiver}
     assert cluster.key("EXISTS", "socket:" + receiver) == 0
     assert set(cluster.key("SMEMBERS", f"room:{room}:sockets")) == {sender}
+    # Node B took the receiver out of the room: the sender's signaling no
+    # longer reaches it, and its disconnect is not announced again. (The
+    # sender's own later message proves each check.)
+    await within(_until(lambda: cluster.b.realtime.signaling.room_of(receiver) is None))
+    await js.emit("sender", "initiator-online", {"roomId": room})
+    await js.emit("sender", "offer", {"peerId": receiver, "offer": OFFER})
+    late = (await js.connect("late", cluster.b.url, "websocket", STRANGER))["id"]
+    assert (await _join(js, "late", room))["success"] is True
+    assert await js.next("sender", "ready") == {"peerId": late}
+    await js.emit("sender", "offer", {"peerId": late, "offer": OFFER})
+    assert (await js.next("late", "offer"))["from"] == sender
+    assert await js.received("receiver", "initiator-online") == []
+    assert await js.received("receiver", "offer") == []
+    await js.call("disconnect", name="receiver")
+    await within(_until(lambda: not cluster.b.realtime.signaling.knows(receiver)))
+    await js.emit("late", "recipient-ready", {"roomId": room, "peerId": late})
+    assert await js.next("sender", "recipient-ready") == {"peerId": late}
+    assert await js.received("sender", "peer-disconnected") == []
 
 
 @pytest_twisted.ensureDeferred
@@ -366,3 +433,55 @@ async def test_node_shutting_down_tells_peers_on_the_other_node(
     late = (await js.connect("late", cluster.b.url, "websocket", STRANGER))["id"]
     assert (await _join(js, "late", room))["success"] is True
     assert await js.next("receiver", "ready") == {"peerId": late}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_room_redis_lost_is_over_even_when_its_id_is_issued_again(
+    cluster: Cluster, js: JsClients
+) -> None:
+    """Redis loses its data (FLUSHDB here; a restart without persistence, a
+    failover to an empty replica) and the same room id is created again for
+    a stranger: the old peers and the newcomer never reach each other, in
+    either direction, on any node; an old peer can join the new room like
+    anyone else.
+
+    If this breaks, a stranger given a recycled room code receives the
+    previous users' signaling (and can answer their offers), while Redis
+    lists only the stranger.
+    """
+    room = "cluster-recycled"
+    sender, receiver = await _pair(cluster, js, room)
+    cluster.key("FLUSHDB")
+    await _create_room(js, cluster.a, room)
+    stranger = (await js.connect("stranger", cluster.a.url, "websocket", STRANGER))["id"]
+    assert (await _join(js, "stranger", room))["success"] is True
+    assert set(cluster.key("SMEMBERS", f"room:{room}:sockets")) == {stranger}
+
+    # Newcomer -> old peers (on its node and the other); each ack comes once
+    # node A handled the event, and A's later relay to the receiver proves
+    # nothing earlier is still on its way.
+    for target in (sender, receiver):
+        await js.emit("stranger", "offer", {"peerId": target, "offer": OFFER}, ack=True)
+    await js.emit("stranger", "initiator-online", {"roomId": room}, ack=True)
+    await js.emit("sender", "ice-candidate", {"peerId": receiver, "candidate": CANDIDATE_1})
+    assert (await js.next("receiver", "ice-candidate"))["from"] == sender
+    # Old peers -> newcomer, proven the same way on the B -> A route.
+    await js.emit("sender", "offer", {"peerId": stranger, "offer": OFFER}, ack=True)
+    await js.emit("receiver", "offer", {"peerId": stranger, "offer": OFFER})
+    await js.emit("receiver", "recipient-ready", {"roomId": room, "peerId": receiver})
+    await js.emit("receiver", "ice-candidate", {"peerId": sender, "candidate": CANDIDATE_2})
+    assert (await js.next("sender", "ice-candidate"))["from"] == receiver
+    for name in ("sender", "receiver", "stranger"):
+        for event in ("offer", "ready", "initiator-online"):
+            assert await js.received(name, event) == [], (name, event)
+    assert await js.received("stranger", "recipient-ready") == []
+    # (The old peers still reach each other until the room check.)
+    assert await js.received("sender", "recipient-ready") == [{"peerId": receiver}]
+
+    # An old peer joins the new room of that id: a fresh join, announced.
+    assert await _join(js, "receiver", room) == {"success": True, "message": JOINED, "roomId": room}
+    assert await js.next("stranger", "ready") == {"peerId": receiver}
+    await js.emit("stranger", "offer", {"peerId": receiver, "offer": OFFER})
+    assert (await js.next("receiver", "offer"))["from"] == stranger
+    assert set(cluster.key("SMEMBERS", f"room:{room}:sockets")) == {stranger, receiver}
+    assert await js.received("sender", "ready") == []

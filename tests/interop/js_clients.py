@@ -110,6 +110,7 @@ class JsClients(protocol.ProcessProtocol):
         *,
         local_address: str | None = None,
         ca: str | None = None,
+        reconnection: bool = False,
     ) -> dict[str, Any]:
         """Connect client C{name}.
 
@@ -118,12 +119,17 @@ class JsClients(protocol.ProcessProtocol):
         @param local_address: the source address of its connections
             (C{127.0.0.2} ...: another client, as far as the server can tell).
         @param ca: the PEM certificate an C{https://} server must present.
+        @param reconnection: reconnect on its own after a lost connection;
+            each reconnection queues C{{id, recovered}} as pseudo-event
+            C{"reconnect"}, each disconnect reason as C{"lost"}.
         """
         fields: dict[str, Any] = {}
         if local_address is not None:
             fields["localAddress"] = local_address
         if ca is not None:
             fields["ca"] = ca
+        if reconnection:
+            fields["reconnection"] = True
         return await self.call(
             "connect", name=name, url=url, transport=transport, headers=headers or {}, **fields
         )

@@ -2,10 +2,14 @@
 (driven by tests/interop/test_python_client.py, as a subprocess so that the
 client's blocking calls never touch the test's reactor).
 
-    python python_client_scenarios.py <base url> <mode> <scenario>
+    python python_client_scenarios.py <base url> <mode> <scenario> [offsets]
 
 mode: "websocket", "polling", or "upgrade" (polling, then websocket).
-scenario: "exchange" or "reconnect". Prints JSON lines like the Node driver:
+scenario: "exchange" or "reconnect". With "offsets" the server has
+connection state recovery on: python-socketio does not recover, and its
+handlers receive each event's offset as one more argument, as with the
+reference server; the handlers here check it is there and strip it.
+Prints JSON lines like the Node driver:
 {"result": {...}} at the end, or {"error": ...} with exit code 1. Bytes are
 written as {"buffer": [bytes]}. Waits are on events, each with a deadline.
 """
@@ -20,6 +24,23 @@ from typing import Any
 import socketio  # the third-party python-socketio client, not privydrop.socketio
 
 DEADLINE_S = 10.0
+
+#: Whether events carry an offset as their last argument (set by main).
+OFFSETS = False
+
+
+def event_args(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An event's own arguments: without its offset when the server sends one."""
+    if not OFFSETS:
+        return args
+    if not args or not isinstance(args[-1], str):
+        raise RuntimeError("event without an offset: {!r}".format(args))
+    return args[:-1]
+
+
+def first(args: tuple[Any, ...]) -> Any:
+    (value,) = event_args(args)
+    return value
 
 
 def plain(value: Any) -> Any:
@@ -70,10 +91,10 @@ def wait_for_upgrade(sio: socketio.Client, mode: str, events: Events) -> None:
 def exchange(url: str, mode: str) -> dict[str, Any]:
     events = Events()
     sio = socketio.Client(reconnection=False)
-    sio.on("auth", lambda auth: events.put("auth", auth), namespace="/")
-    sio.on("auth", lambda auth: events.put("custom-auth", auth), namespace="/custom")
-    sio.on("message-back", lambda *args: events.put("message-back", args))
-    sio.on("client-answered", lambda *args: events.put("client-answered", args))
+    sio.on("auth", lambda *args: events.put("auth", first(args)), namespace="/")
+    sio.on("auth", lambda *args: events.put("custom-auth", first(args)), namespace="/custom")
+    sio.on("message-back", lambda *args: events.put("message-back", event_args(args)))
+    sio.on("client-answered", lambda *args: events.put("client-answered", event_args(args)))
     sio.on("question", lambda question: ("answer", question, b"\x09"))
     sio.on("disconnect", lambda *reason: events.put("disconnect", reason), namespace="/")
     sio.connect(
@@ -132,7 +153,9 @@ def reconnect(url: str, mode: str) -> dict[str, Any]:
 
 
 def main(argv: list[str]) -> int:
-    url, mode, scenario = argv
+    global OFFSETS
+    url, mode, scenario, *flags = argv
+    OFFSETS = "offsets" in flags
     try:
         result = {"exchange": exchange, "reconnect": reconnect}[scenario](url, mode)
     except Exception as e:

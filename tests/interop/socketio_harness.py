@@ -86,6 +86,8 @@ class RunningServer:
     factory: _TrackingFactory
     #: (namespace, reason) of every disconnect the server saw.
     disconnects: list[tuple[str, str]] = attrs.Factory(list)
+    #: Extra arguments for client scenarios (such as "offsets").
+    flags: list[str] = attrs.Factory(list)
 
     @property
     def url(self) -> str:
@@ -132,6 +134,9 @@ async def stop_server(running: RunningServer) -> None:
     """Close every session and connection, stop listening, and wait for it."""
     running.engine.close_all()
     await cast(Any, running.port.stopListening())
+    # Nobody can recover a socket any more: end the ones that wait (their
+    # window's timer would otherwise outlive the test).
+    running.sio.end_all_detached()
     await running.factory.close_all_connections()
 
 

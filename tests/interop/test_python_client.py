@@ -8,11 +8,13 @@ blocks, the reactor must not) against our server on a real loopback port.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import AsyncIterator
+from typing import Any, AsyncIterator
 
+import attrs
 import pytest
 import pytest_twisted
 
+from examples.socketio_echo import SUITE_SOCKETIO_SETTINGS
 from tests.interop.socketio_harness import (
     RunningServer,
     run_python,
@@ -25,9 +27,16 @@ MODES = ["websocket", "polling", "upgrade"]
 EXPECTED_TRANSPORT = {"websocket": "websocket", "polling": "polling", "upgrade": "websocket"}
 
 
-@pytest_twisted.async_yield_fixture
-async def server() -> AsyncIterator[RunningServer]:
-    running = await start_server()
+@pytest_twisted.async_yield_fixture(params=["plain", "offsets"])
+async def server(request: Any) -> AsyncIterator[RunningServer]:
+    """The suite's echo server, and the same with connection state recovery
+    on (events then carry offsets, which python-socketio hands its handlers
+    as one more argument)."""
+    settings = SUITE_SOCKETIO_SETTINGS
+    if request.param == "offsets":
+        settings = attrs.evolve(settings, recovery_window_ms=120_000)
+    running = await start_server(socketio_settings=settings)
+    running.flags = [request.param]
     yield running
     await stop_server(running)
 
@@ -41,7 +50,7 @@ async def test_python_client_exchanges_events_acks_and_binary(
     service as the browser: auth on two namespaces, events and acks both
     ways with bytes, and a server-side disconnect of one namespace that
     leaves the other connected."""
-    run = await run_python(SCRIPT, server.url, mode, "exchange")
+    run = await run_python(SCRIPT, server.url, mode, "exchange", *server.flags)
     assert run.exit_code == 0, (run.lines, run.stderr)
     result = run.result
     assert result["transport"] == EXPECTED_TRANSPORT[mode]
@@ -65,7 +74,7 @@ async def test_python_client_reconnects_after_connection_loss(
 ) -> None:
     """After the connection drops, the client reconnects on its own, gets a
     new socket id, and its acks work again."""
-    run = await run_python(SCRIPT, server.url, mode, "reconnect")
+    run = await run_python(SCRIPT, server.url, mode, "reconnect", *server.flags)
     assert run.exit_code == 0, (run.lines, run.stderr)
     result = run.result
     assert result["firstTransport"] == EXPECTED_TRANSPORT[mode]

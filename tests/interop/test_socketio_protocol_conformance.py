@@ -26,7 +26,7 @@ from privydrop.settings import SocketIOSettings
 from tests.interop.socketio_harness import RunningServer, start_server, stop_server
 
 ENGINE_SETTINGS = attrs.evolve(SUITE_ENGINE_SETTINGS, ping_interval_ms=25_000, ping_timeout_ms=20_000)
-SOCKETIO_SETTINGS = SocketIOSettings(connect_timeout_ms=300)
+SOCKETIO_SETTINGS = SocketIOSettings(connect_timeout_ms=300, recovery_window_ms=0)
 
 Frame = Union[str, bytes]
 

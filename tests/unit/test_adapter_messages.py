@@ -19,13 +19,15 @@ from privydrop.cluster.messages import (
     DEFAULT_CHANNEL_PREFIX,
     VERSION,
     ClusterBroadcast,
+    ClusterMembers,
     ClusterMessageError,
     ClusterSend,
-    channel_name,
-    channel_pattern,
+    ClusterServerEvent,
+    all_channel,
     check_channel_prefix,
     decode_message,
     encode_message,
+    node_channel,
 )
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import Packet, PacketType, encode
@@ -66,7 +68,7 @@ def test_broadcast_wire_format_is_stable() -> None:
         messages=('51-["file",{"_placeholder":true,"num":0}]', b"\x00\xff"),
     )
     assert orjson.loads(encode_message(message)) == {
-        "v": 1,
+        "v": 2,
         "kind": "broadcast",
         "origin": "node-a",
         "ns": "/",
@@ -74,13 +76,47 @@ def test_broadcast_wire_format_is_stable() -> None:
         "except": ["s1"],
         "msgs": ['t51-["file",{"_placeholder":true,"num":0}]', "bAP8="],
     }
+    targeted = broadcast(
+        recipients=frozenset({SocketId("s3"), SocketId("s2")}),
+        departed=frozenset({SocketId("s9")}),
+    )
+    document = orjson.loads(encode_message(targeted))
+    assert (document["to"], document["gone"]) == (["s2", "s3"], ["s9"])
+
+
+def test_membership_and_server_event_wire_format_is_stable() -> None:
+    """Member changes and server events (a REST leave on another node) would
+    be lost between releases if their fields drifted."""
+    change = ClusterMembers(
+        "/", RoomId("r:1"), {SocketId("s1"): "node-b"}, frozenset({SocketId("s0")}), "node-a"
+    )
+    assert orjson.loads(encode_message(change)) == {
+        "v": 2,
+        "kind": "members",
+        "origin": "node-a",
+        "ns": "/",
+        "room": "r:1",
+        "add": {"s1": "node-b"},
+        "remove": ["s0"],
+    }
+    assert decode_message(encode_message(change)) == change
+    event = ClusterServerEvent("/", "room-left", ("s1", "r", 5), "node-a")
+    assert orjson.loads(encode_message(event)) == {
+        "v": 2,
+        "kind": "server",
+        "origin": "node-a",
+        "ns": "/",
+        "event": "room-left",
+        "args": ["s1", "r", 5],
+    }
+    assert decode_message(encode_message(event)) == event
 
 
 def test_send_wire_format_is_stable() -> None:
     """A send to a socket on another node would be lost or misdelivered if
     its fields were renamed."""
     assert orjson.loads(encode_message(send())) == {
-        "v": 1,
+        "v": 2,
         "kind": "socket",
         "origin": "node-a",
         "ns": "/",
@@ -94,7 +130,7 @@ def test_send_wire_format_is_stable() -> None:
 def test_reads_a_message_written_by_hand() -> None:
     """A peer's message built from the documented format is understood."""
     data = (
-        b'{"v":1,"kind":"broadcast","origin":"n2","ns":"/chat","rooms":[],'
+        b'{"v":2,"kind":"broadcast","origin":"n2","ns":"/chat","rooms":[],'
         b'"except":[],"msgs":["t2[\\"x\\"]","bAQID"],"future":"ignored"}'
     )
     assert decode_message(data) == ClusterBroadcast(
@@ -148,7 +184,8 @@ _DELETE = object()
         (with_fields(v=_DELETE), "no version"),
         (with_fields(v="1"), "no version"),
         (with_fields(v=True), "no version"),
-        (with_fields(v=2), "unsupported cluster message version 2"),
+        (with_fields(v=1), "unsupported cluster message version 1"),
+        (with_fields(v=3), "unsupported cluster message version 3"),
         (with_fields(v=0), "unsupported cluster message version 0"),
         (with_fields(kind="emit"), "unknown cluster message kind"),
         (with_fields(kind=_DELETE), "unknown cluster message kind"),
@@ -219,13 +256,33 @@ def test_encoding_refuses_what_cannot_travel() -> None:
 # -- channels ------------------------------------------------------------------
 
 
-def test_channel_names_are_per_namespace_and_match_the_pattern() -> None:
+def test_channel_names_are_per_node_plus_one_shared() -> None:
     """Operators and other nodes find the traffic under documented names."""
     assert DEFAULT_CHANNEL_PREFIX == "privydrop"
-    assert channel_name("privydrop", "/") == "privydrop#/#"
-    assert channel_name("privydrop", "/chat") == "privydrop#/chat#"
-    assert channel_pattern("privydrop") == "privydrop#*"
-    assert VERSION == 1
+    assert node_channel("privydrop", "5f0c1a2b3c4d5e6f") == "privydrop#node#5f0c1a2b3c4d5e6f"
+    assert all_channel("privydrop") == "privydrop#all#"
+    assert VERSION == 2
+
+
+@pytest.mark.parametrize(
+    "document, reason",
+    [
+        ({"kind": "members", "room": "r", "add": [], "remove": []}, "'add'"),
+        ({"kind": "members", "room": "r", "add": {"s": 1}, "remove": []}, "'add'"),
+        ({"kind": "members", "room": "", "add": {}, "remove": []}, "'room'"),
+        ({"kind": "members", "room": "r", "add": {}, "remove": "s"}, "'remove'"),
+        ({"kind": "server", "event": "e", "args": {}}, "'args'"),
+        ({"kind": "server", "event": "", "args": []}, "'event'"),
+        ({"kind": "broadcast", "rooms": [], "except": [], "msgs": ["t2"], "to": "s"}, "'to'"),
+    ],
+)
+def test_refuses_membership_and_server_events_of_the_wrong_shape(
+    document: dict[str, Any], reason: str
+) -> None:
+    """A malformed member change or server event is refused, never half applied."""
+    full = {"v": 2, "origin": "n", "ns": "/", **document}
+    with pytest.raises(ClusterMessageError, match=reason):
+        decode_message(orjson.dumps(full))
 
 
 @pytest.mark.parametrize("prefix", ["", "a#b", "a*", "a?", "a[b]", "a\\b"])
@@ -306,7 +363,10 @@ def test_decoder_raises_only_its_own_error(data: Any) -> None:
 @settings(max_examples=300)
 @given(
     st.dictionaries(
-        st.sampled_from(["v", "kind", "origin", "ns", "rooms", "except", "msgs", "sid", "room"]),
+        st.sampled_from(
+            ["v", "kind", "origin", "ns", "rooms", "except", "msgs", "sid", "room", "to",
+             "gone", "add", "remove", "event", "args"]
+        ),
         st.recursive(
             st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), _text),
             lambda inner: st.lists(inner, max_size=3),
@@ -316,7 +376,7 @@ def test_decoder_raises_only_its_own_error(data: Any) -> None:
 )
 def test_decoder_refuses_wrong_shapes_cleanly(document: dict[str, Any]) -> None:
     """Objects with the right field names but wrong types are refused cleanly."""
-    document.setdefault("v", 1)
+    document.setdefault("v", VERSION)
     try:
         decode_message(orjson.dumps(document))
     except ClusterMessageError:

@@ -15,7 +15,7 @@ from twisted.logger import capturedLogs
 from privydrop.api.routes import PrivyDropAPI
 from privydrop.settings import ApiSettings, HttpSettings, RoomSettings, Settings
 from privydrop.store import keys
-from privydrop.store.interface import StoreUnavailable
+from privydrop.store.interface import LeaveResult, StoreUnavailable
 from privydrop.store.memory import MemoryStore
 
 BASE = "http://127.0.0.1:3001"
@@ -177,24 +177,43 @@ def test_leave_room_missing_fields(client: Client, body: Any) -> None:
         400, {"error": "Room ID and Socket ID are required"})
 
 
-def test_leave_room_unbinds_notifies_first_and_shortens_ttl() -> None:
-    """Peers are told who left before the socket is unbound, and the empty room expires in 15 min."""
-    calls: list[tuple[str, str, set[str]]] = []
-    holder: dict[str, Client] = {}
+def test_leave_room_unbinds_then_notifies_a_member_and_shortens_ttl() -> None:
+    """A member's leave is announced (with the store's answer: the room, its
+    remaining members, the node holding the socket), and the empty room
+    expires in 15 min."""
+    calls: list[tuple[str, LeaveResult]] = []
 
-    async def notify(room_id: str, socket_id: str) -> None:
-        members = await holder["c"].store.room_sockets(room_id)
-        calls.append((room_id, socket_id, members))
+    async def notify(socket_id: str, result: LeaveResult) -> None:
+        calls.append((socket_id, result))
 
-    client = holder["c"] = make_client(notify_peer_left=notify)
+    client = make_client(notify_peer_left=notify)
     client.post("/api/create_room", {"roomId": "5555"})
-    joined = client.run(client.store.join_room("sockA", "5555", 0, 86400, 90000, None))
-    assert joined.outcome.value == "joined"
+    for sid in ("sockA", "sockB"):
+        client.run(client.store.join_room(sid, "5555", 0, 86400, 90000, None, node_id="n"))
     code, _, body = client.post("/api/leave_room", {"roomId": "5555", "socketId": "sockA"})
     assert (code, body) == (200, {"success": True, "message": "Successfully left the room"})
-    assert calls == [("5555", "sockA", {"sockA"})]
+    [(socket_id, result)] = calls
+    assert socket_id == "sockA"
+    assert (result.room_id, result.removed, result.node, dict(result.members)) == (
+        "5555", True, "n", {"sockB": "n"}
+    )
+    client.post("/api/leave_room", {"roomId": "5555", "socketId": "sockB"})
     assert client.run(client.store.room_sockets("5555")) == set()
     assert client.run(client.store.ttl(keys.room("5555"))) == 900
+
+
+def test_leave_room_of_a_non_member_tells_no_one() -> None:
+    """Anyone who knows a room id could otherwise push "peer-disconnected"
+    with any socket id into it (the Node backend does), tearing down a
+    transfer in progress."""
+    calls: list[Any] = []
+    client = make_client(notify_peer_left=lambda socket_id, result: calls.append(socket_id))
+    client.post("/api/create_room", {"roomId": "5555"})
+    client.run(client.store.join_room("sockA", "5555", 0, 86400, 90000, None, node_id="n"))
+    code, _, body = client.post("/api/leave_room", {"roomId": "5555", "socketId": "made-up"})
+    assert (code, body) == (200, {"success": True, "message": "Successfully left the room"})
+    assert calls == []
+    assert client.run(client.store.room_sockets("5555")) == {"sockA"}
 
 
 def test_leave_room_rejects_bad_socket_id(client: Client) -> None:

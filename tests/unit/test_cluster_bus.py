@@ -5,6 +5,11 @@ fake Engine.IO connections driven through the server's L{EngineApplication}
 methods, as Engine.IO would. The bus delivers only on C{flush()}, like Redis
 delivering on a later turn, so each test shows what happens locally at once
 and what arrives from the other node.
+
+The rooms here are joined without their members (no store behind them), so
+the adapter routes them as untracked rooms: through the channel every node
+subscribes to, each node deciding by its own sockets. Tracked rooms (what
+signaling uses) are in C{test_cluster_routing.py}.
 """
 
 from __future__ import annotations
@@ -19,9 +24,9 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from privydrop.cluster.bus import MemoryBus
-from privydrop.cluster.messages import ClusterSend, channel_name, encode_message
+from privydrop.cluster.messages import ClusterSend, all_channel, encode_message, node_channel
 from privydrop.cluster.routing import ClusterAdapter
-from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, Message
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.ids import SocketId
 from privydrop.socketio.server import SocketIOServer
@@ -45,6 +50,7 @@ class FakeConnection:
         self.transport_name = "websocket"
         self.sent: list[Message] = []
         self.closed: str | None = None
+        self.close_kind: CloseKind | None = None
 
     def send(self, message: Message) -> None:
         self.sent.append(message)
@@ -52,9 +58,11 @@ class FakeConnection:
     def send_many(self, messages: Sequence[Message]) -> None:
         self.sent.extend(messages)
 
-    def close(self, reason: str = "forced close") -> None:
+    def close(self, reason: str = "forced close", kind: CloseKind = CloseKind.SERVER) -> None:
+        """End the session; C{kind} is how (a client leaving, a lost transport, ...)."""
         if self.closed is None:
             self.closed = reason
+            self.close_kind = kind
             self._server.on_close(self, reason)
 
     def receive(self, message: Message) -> None:
@@ -96,8 +104,8 @@ class Cluster:
 
 def make_node(name: str, bus: MemoryBus, clock: Clock) -> Node:
     adapter = ClusterAdapter(name, bus.publish, clock=clock)
-    bus.subscribe(adapter.channel_prefix + "#", adapter.receive)
-    server = SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000), adapter=adapter)
+    bus.attach(adapter)
+    server = SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000, recovery_window_ms=0), adapter=adapter)
     ns = server.of("/")
     ns.on("join", lambda socket, room: socket.join(room))
     ns.on("leave", lambda socket, room: socket.leave(room))
@@ -309,7 +317,7 @@ def test_garbage_on_the_channel_is_dropped_with_a_warning(cluster: Cluster) -> N
     """Junk from another program or release must not crash delivery, and
     real messages after it still arrive."""
     b1, _ = cluster.b.connect("b1")
-    channel = channel_name("privydrop", "/")
+    channel = all_channel("privydrop")
     with capturedLogs() as events:
         cluster.bus.publish(channel, b"not json")
         cluster.bus.publish(channel, b'{"v":99,"kind":"socket"}')
@@ -332,8 +340,8 @@ def test_garbage_on_the_channel_is_dropped_with_a_warning(cluster: Cluster) -> N
 
 
 def test_message_on_the_wrong_channel_is_dropped(cluster: Cluster) -> None:
-    """A message whose namespace does not match its channel is suspicious
-    (a misconfigured publisher) and is not delivered."""
+    """A message that arrives on a channel that is not the node's (a
+    misconfigured subscriber) is not delivered."""
     b1, s_b1 = cluster.b.connect("b1")
     payload = encode_message(
         ClusterSend(
@@ -344,11 +352,10 @@ def test_message_on_the_wrong_channel_is_dropped(cluster: Cluster) -> None:
             origin="elsewhere",
         )
     )
-    cluster.bus.publish(channel_name("privydrop", "/other"), payload)
-    cluster.bus.flush()
+    cluster.b.adapter.receive(node_channel("privydrop", "node-a"), payload)
     assert b1.take() == []
     assert cluster.b.adapter.dropped == 1
-    cluster.bus.publish(channel_name("privydrop", "/"), payload)
+    cluster.bus.publish(node_channel("privydrop", "node-b"), payload)
     cluster.bus.flush()
     assert b1.take() == ['2["x"]']
 
@@ -366,7 +373,7 @@ def test_failed_publish_is_logged_and_local_delivery_still_happens() -> None:
         return fail(ConnectionError("redis down"))
 
     adapter = ClusterAdapter("solo", broken_publish, clock=clock)
-    server = SocketIOServer(clock, SocketIOSettings(), adapter=adapter)
+    server = SocketIOServer(clock, SocketIOSettings(recovery_window_ms=0), adapter=adapter)
     node = Node("solo", server, adapter, clock)
     c1, s1 = node.connect("e1")
     s1.join("r")
@@ -374,7 +381,7 @@ def test_failed_publish_is_logged_and_local_delivery_still_happens() -> None:
         server.of("/").to("r").emit("x")
         server.of("/").to("r").emit("y")
     assert c1.take() == ['2["x"]', '2["y"]']
-    assert attempts == ["privydrop#/#", "privydrop#/#"]
+    assert attempts == ["privydrop#all#", "privydrop#all#"]
     assert adapter.publish_failures == 2
     warned = [e for e in events if e["log_level"] is LogLevel.warn]
     assert len(warned) == 1 and warned[0]["error"] == "redis down"
@@ -436,11 +443,15 @@ def test_adapter_service_connects_to_the_configured_redis_and_stops_cleanly() ->
 
     reactor = MemoryReactorClock()
     service = ClusterService(
-        RedisSettings(host="10.1.2.3", port=6390), reactor, node_id="n-1", channel_prefix="pd"
+        RedisSettings(host="10.1.2.3", port=6390),
+        reactor,
+        node_id="n-1",
+        channel_prefix="pd",
+        pubsub="classic",
     )
     assert service.name == "adapter"
     assert service.adapter.node_id == "n-1"
-    assert service.adapter.subscription_pattern == "pd#*"
+    assert service.adapter.channels == ("pd#node#n-1", "pd#all#")
     assert reactor.tcpClients == []
     service.startService()
     # (MemoryReactor resolves every name to 127.0.0.1; the port tells.)

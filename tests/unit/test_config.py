@@ -292,6 +292,28 @@ def test_redis_channel_prefix_is_settable_and_validated() -> None:
             settings({**base, "REDIS_CHANNEL_PREFIX": bad})
 
 
+def test_cluster_settings_are_read_and_checked_together() -> None:
+    """A process must get two heartbeats in before the others may judge it
+    dead; the stable name defaults to host and endpoint (empty here)."""
+    loaded = settings(
+        environ={
+            "CLUSTER_HEARTBEAT_INTERVAL_MS": "500",
+            "CLUSTER_NODE_TIMEOUT_MS": "3000",
+            "CLUSTER_NODE_NAME": " web-1 ",
+            "ROOM_CHECK_INTERVAL": "0",
+        }
+    )
+    assert loaded.cluster.heartbeat_interval_ms == 500
+    assert loaded.cluster.node_timeout_ms == 3000
+    assert loaded.cluster.node_name == "web-1"
+    assert loaded.rooms.check_interval_s == 0
+    assert settings().cluster.node_timeout_ms == 10000
+    with pytest.raises(ConfigError) as raised:
+        settings(environ={"CLUSTER_HEARTBEAT_INTERVAL_MS": "6000"})
+    assert "CLUSTER_NODE_TIMEOUT_MS (10000)" in str(raised.value)
+    assert "CLUSTER_HEARTBEAT_INTERVAL_MS (6000)" in str(raised.value)
+
+
 def test_per_client_limits_are_settable_and_validated() -> None:
     """Operators can tune the limits one client address may not pass: the
     IPv6 prefix taken as one client, the handshakes and sessions per client,

@@ -9,7 +9,7 @@ import attrs
 import orjson
 import pytest
 from twisted.internet.task import Clock
-from twisted.logger import capturedLogs
+from twisted.logger import LogLevel, capturedLogs
 
 from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineError, EngineRequestError
@@ -600,7 +600,8 @@ def test_second_post_in_flight_closes_session(clock: Clock, app: RecordingApp) -
     assert session.state is SessionState.CLOSED
     assert app.closed == [(session.sid, REASON_TRANSPORT_ERROR)]
     assert server.get_session(session.sid) is None
-    assert [e["cause"] for e in events if "cause" in e] == ["overlapping POST"]
+    warnings = [e["cause"] for e in events if e.get("log_level") == LogLevel.warn]
+    assert warnings == ["overlapping POST"]
 
 
 def test_posts_one_after_the_other_keep_the_session(clock: Clock, app: RecordingApp) -> None:
@@ -1071,3 +1072,80 @@ def test_a_failing_flush_closes_only_its_own_session(
     clock.advance(0)
     assert broken.state is SessionState.CLOSED
     assert [p.data for p in healthy_channel.sent[1:]] == ["y"]
+
+
+# -- how a session ended (close_kind) ----------------------------------------------
+
+
+@attrs.define
+class KindApp(RecordingApp):
+    kinds: list[object] = attrs.Factory(list)
+
+    def on_close(self, connection: EngineConnection, reason: str) -> None:
+        super().on_close(connection, reason)
+        self.kinds.append(connection.close_kind)
+
+
+def test_close_kinds_tell_leaving_from_losing(clock: Clock) -> None:
+    """The layer above keeps a socket recoverable only when its transport
+    was lost or the server shut down, so each end reports its kind."""
+    from privydrop.engineio.interface import CloseKind
+
+    app = KindApp()
+    server = make_server(clock, app)
+
+    closed_by_client, _ = open_websocket(server)
+    assert closed_by_client.close_kind is None
+    closed_by_client.receive(packets.CLOSE)
+
+    timed_out, _ = open_websocket(server)
+    polling_gone, _ = open_polling(server)
+    held = FakePoll()
+    polling_gone.attach_poll(held)
+    polling_gone.poll_lost(held)
+    refused, _ = open_websocket(server)
+    refused.receive(Packet(PacketType.OPEN, ""))
+    for step in (1.0, 0, 0.5):  # ping interval, the flush, ping timeout
+        clock.advance(step)
+    # (A dropped GET ends the session only when no new one came in time.)
+    kinds = dict(zip([sid for sid, _ in app.closed], app.kinds))
+    assert kinds == {
+        closed_by_client.sid: CloseKind.CLIENT,
+        timed_out.sid: CloseKind.LOST,
+        polling_gone.sid: CloseKind.LOST,
+        refused.sid: CloseKind.SERVER,
+    }
+
+    app.kinds.clear()
+    open_websocket(server)
+    server.close_all(linger=False)
+    assert app.kinds == [CloseKind.SHUTDOWN]
+
+
+def test_polling_client_that_stops_polling_is_lost(clock: Clock) -> None:
+    """No GET comes, so no pong: the ping timeout ends it as lost."""
+    from privydrop.engineio.interface import CloseKind
+
+    app = KindApp()
+    server = make_server(clock, app)
+    open_polling(server)
+    for step in (1.0, 0, 0.5):
+        clock.advance(step)
+    assert app.closed and app.closed[0][1] == REASON_PING_TIMEOUT
+    assert app.kinds == [CloseKind.LOST]
+
+
+def test_polling_close_packet_is_a_leave_only_while_a_get_is_held(clock: Clock) -> None:
+    """engine.io-client sends a close packet after a failed poll too, just
+    before it reconnects; then no GET is held here, and it must not count
+    as the client leaving."""
+    from privydrop.engineio.interface import CloseKind
+
+    app = KindApp()
+    server = make_server(clock, app)
+    leaving, _ = open_polling(server)
+    leaving.attach_poll(FakePoll())
+    leaving.receive_many([packets.CLOSE])
+    after_failed_poll, _ = open_polling(server)
+    after_failed_poll.receive_many([packets.CLOSE])
+    assert app.kinds == [CloseKind.CLIENT, CloseKind.LOST]

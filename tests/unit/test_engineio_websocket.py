@@ -274,6 +274,83 @@ def test_protocol_options_are_shared_class_attributes() -> None:
     assert plain.factory is factory
 
 
+# -- how a connection ended ------------------------------------------------------
+#
+# Socket.IO keeps a socket recoverable when its transport was lost and ends it
+# at once when the client left on purpose; only the WebSocket layer can tell
+# the two apart.
+
+
+class _KindRecorder(_Recorder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.kinds: list[object] = []
+
+    def on_close(self, connection: Any, reason: str) -> None:
+        super().on_close(connection, reason)
+        self.kinds.append(connection.close_kind)
+
+
+def _open_session_connection() -> tuple[Any, StringTransport, _KindRecorder]:
+    app = _KindRecorder()
+    server = EngineServer(Clock(), EngineSettings(), app)  # type: ignore[arg-type]
+    protocol = EngineWebSocketFactory(server).buildProtocol(None)
+    transport = _Transport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_UPGRADE)
+    return protocol, transport, app
+
+
+@pytest.mark.parametrize(
+    "close_payload", [struct.pack("!H", 1000), struct.pack("!H", 1001) + b"bye", b""]
+)
+def test_close_frame_meaning_going_away_is_a_client_close(
+    autobahn_api: str, close_payload: bytes
+) -> None:
+    """1000, 1001 and a close frame without a code are how clients (and
+    socket.io-client) leave on purpose."""
+    from privydrop.engineio.interface import CloseKind
+
+    protocol, transport, app = _open_session_connection()
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    protocol.dataReceived(_client_frame(close_payload, opcode=8))
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert app.kinds == [CloseKind.CLIENT]
+
+
+@pytest.mark.parametrize("close_payload", [None, struct.pack("!H", 1011)])
+def test_connection_lost_without_a_leaving_close_frame_is_lost(
+    autobahn_api: str, close_payload: bytes | None
+) -> None:
+    """A TCP connection that ends without a close frame (or with an error
+    code) is a lost transport, not a leave."""
+    from twisted.internet.error import ConnectionLost
+    from twisted.python.failure import Failure
+
+    from privydrop.engineio.interface import CloseKind
+
+    protocol, transport, app = _open_session_connection()
+    if close_payload is not None:
+        protocol.dataReceived(_client_frame(close_payload, opcode=8))
+    protocol.connectionLost(Failure(ConnectionLost()))
+    assert app.kinds == [CloseKind.LOST]
+
+
+def test_server_close_is_not_a_client_close(autobahn_api: str) -> None:
+    """When the server closes first, the client's answering close frame
+    does not make it a client leave."""
+    from privydrop.engineio.interface import CloseKind
+
+    protocol, transport, app = _open_session_connection()
+    protocol.dataReceived(_client_frame(b"9nonsense"))
+    protocol.dataReceived(_client_frame(struct.pack("!H", 1000), opcode=8))
+    from twisted.internet.error import ConnectionDone
+    from twisted.python.failure import Failure
+
+    protocol.connectionLost(Failure(ConnectionDone()))
+    assert app.kinds == [CloseKind.SERVER]
 def test_websocket_handshakes_are_capped_per_client_before_the_upgrade() -> None:
     """A client opening sessions directly over WebSocket meets the same caps
     as over polling, refused with an HTTP 429 instead of the 101 upgrade."""

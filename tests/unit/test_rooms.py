@@ -253,9 +253,11 @@ async def test_last_leave_gives_the_room_fifteen_minutes(
     await rooms.create("ROOM")
     await rooms.join("s1", "ROOM", "1.1.1.1")
     await rooms.join("s2", "ROOM", "2.2.2.2")
-    assert await rooms.leave("s1") == LeaveResult("ROOM", 1)
+    first = await rooms.leave("s1")
+    assert (first.room_id, first.remaining, first.removed) == ("ROOM", 1, True)
     with capturedLogs() as events:
-        assert await rooms.leave("s2", "ROOM") == LeaveResult("ROOM", 0)
+        last = await rooms.leave("s2", "ROOM")
+        assert (last.room_id, last.remaining, last.removed) == ("ROOM", 0, True)
     assert [(e["room_id"], e["ttl_s"]) for e in events if "ttl_s" in e] == [("ROOM", 900)]
     assert await store.ttl(keys.room("ROOM")) == 900
     clock.advance(900)

@@ -62,7 +62,7 @@ def test_redis_connections_of_one_process_share_its_node_id() -> None:
     tree = build_service(
         Settings(listen="tcp:0", redis=RedisSettings(host="10.1.2.3")), MemoryReactorClock()
     )
-    assert [child.name for child in tree] == ["store", "adapter", "realtime", "http"]
+    assert [child.name for child in tree] == ["store", "adapter", "nodes", "realtime", "http"]
     node_id = tree.getServiceNamed("adapter").node_id
     assert tree.getServiceNamed("store").store.pool.name == f"privydrop:{node_id}:store"
 

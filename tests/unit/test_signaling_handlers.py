@@ -20,11 +20,12 @@ from twisted.internet.task import Clock
 
 from privydrop.cluster.bus import MemoryBus
 from privydrop.cluster.routing import ClusterAdapter
-from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, Message
 from privydrop.rooms import Rooms
 from privydrop.settings import Settings, SocketIOSettings
 from privydrop.signaling import events
 from privydrop.signaling.handlers import (
+    NotifyPeerLeft,
     Signaling,
     install_signaling,
     peer_left_notifier,
@@ -55,6 +56,7 @@ class FakeEngineConnection:
         )
         self.sent: list[Message] = []
         self.closed: str | None = None
+        self.close_kind: CloseKind | None = None
 
     @property
     def sid(self) -> EngineSid:
@@ -74,9 +76,11 @@ class FakeEngineConnection:
     def send_many(self, messages: Any) -> None:
         self.sent.extend(messages)
 
-    def close(self, reason: str = "forced close") -> None:
+    def close(self, reason: str = "forced close", kind: CloseKind = CloseKind.SERVER) -> None:
+        """End the session; C{kind} is how (a client leaving, a lost transport, ...)."""
         if self.closed is None:
             self.closed = reason
+            self.close_kind = kind
             self._app.on_close(self, reason)
 
 
@@ -95,6 +99,8 @@ class Client:
         first = self.connection.sent[0]
         assert isinstance(first, str) and first.startswith("0")
         self.id: str = json.loads(first[1:])["sid"]
+        #: The offset sent in the last recovery.
+        self.offset: str | None = None
 
     def emit(self, event: str, *args: Any) -> None:
         for message in encode(Packet(PacketType.EVENT, "/", [event, *args])):
@@ -116,7 +122,40 @@ class Client:
         return got[-1]
 
     def disconnect(self) -> None:
-        self.connection.close("transport close")
+        """The browser leaves on purpose (a page closing its WebSocket)."""
+        self.connection.close("transport close", CloseKind.CLIENT)
+
+    def lose(self, reason: str = "ping timeout") -> None:
+        """The connection is lost (network change, ping timeout)."""
+        self.connection.close(reason, CloseKind.LOST)
+
+    def last_offset(self) -> str:
+        """The offset of the last event received (what socket.io-client keeps)."""
+        for message in reversed(self.connection.sent):
+            if isinstance(message, str) and message.startswith("2"):
+                offset = json.loads(message[1:])[-1]
+                assert isinstance(offset, str)
+                return offset
+        if self.offset is None:
+            raise AssertionError("no event received")
+        return self.offset
+
+    def recover(self, clock: Clock, offset: str | None = None) -> dict[str, Any]:
+        """Come back on a new connection with C{{pid, offset}} (the last
+        offset received unless given; none at all with C{""}); return the
+        CONNECT answer. Later events are received on the new connection."""
+        answer = json.loads(str(self.connection.sent[0])[1:])
+        auth = {"pid": answer["pid"]}
+        if offset != "":
+            auth["offset"] = self.offset = offset or self.last_offset()
+        self.connection = FakeEngineConnection(
+            self.app, self.connection.sid + "+", self.connection.handshake.remote_address, {}
+        )
+        self.app.on_open(self.connection)
+        self.app.on_message(self.connection, "0" + json.dumps(auth))
+        clock.advance(0)
+        reply: dict[str, Any] = json.loads(str(self.connection.sent[0])[1:])
+        return reply
 
 
 class GatedStore(MemoryStore):
@@ -133,12 +172,15 @@ class GatedStore(MemoryStore):
         room_ttl_s: int,
         socket_ttl_s: int,
         rate: RateWindow | None,
+        **options: Any,
     ) -> JoinResult:
         if self.gate is not None:
             await self.gate
         if self.fail_joins:
             raise StoreUnavailable("redis did not answer within 2.0 s")
-        return await super().join_room(socket_id, room_id, now_ms, room_ttl_s, socket_ttl_s, rate)
+        return await super().join_room(
+            socket_id, room_id, now_ms, room_ttl_s, socket_ttl_s, rate, **options
+        )
 
 
 @attrs.define
@@ -170,10 +212,11 @@ class World:
 
 
 def rooms_of(world: World, socket_id: str) -> frozenset[str]:
-    """The Socket.IO rooms of a connected socket, as the server keeps them."""
+    """The rooms of a connected socket, as the server keeps them (the
+    Socket.IO room of room R created at T is C{R:T}; T is left out here)."""
     socket = world.app.of("/").get_socket(socket_id)
     assert socket is not None
-    return socket.rooms
+    return frozenset(room.rsplit(":", 1)[0] for room in socket.rooms)
 
 
 def _result(d: Deferred[Any]) -> Any:
@@ -194,7 +237,7 @@ def make_world(
     store = GatedStore(clock)
     rooms = Rooms(store, settings.rooms, clock)
     app = SocketIOServer(clock, socketio or settings.socketio)
-    signaling = install_signaling(app.of("/"), rooms, settings)
+    signaling = install_signaling(app.of("/"), rooms, settings, clock=clock)
     return World(clock, store, rooms, app, signaling)
 
 
@@ -461,13 +504,113 @@ def test_disconnect_while_join_waits_for_the_store_leaves_nothing_bound(world: W
     assert world.signaling.room_of(c.id) is None
 
 
-def test_leave_room_hook_tells_the_room_before_unbinding(world: World) -> None:
-    """POST /api/leave_room makes the other browser notice the peer left."""
+def test_leave_room_tells_the_room_once_and_takes_the_socket_out(world: World) -> None:
+    """POST /api/leave_room makes the other browser notice the peer left;
+    the socket that left gets no more room traffic, and its later
+    disconnect is not announced a second time."""
     a = world.joined(ROOM)
     b = world.joined(ROOM, address="198.51.100.2")
-    notify: Callable[[str, str], None] = peer_left_notifier(world.app.of("/"))
-    notify(ROOM, b.id)
+    notify: NotifyPeerLeft = peer_left_notifier(world.app.of("/"))
+    result = world.stored(world.rooms.leave(b.id, ROOM))
+    notify(b.id, result)
     assert a.received("peer-disconnected") == [{"peerId": b.id}]
+    assert rooms_of(world, b.id) == frozenset()
+    assert world.signaling.room_of(b.id) is None
+    a.emit("initiator-online", {"roomId": ROOM})
+    a.emit("offer", {"peerId": b.id, "offer": {}})
+    assert b.received("initiator-online") == b.received("offer") == []
+    b.disconnect()
+    assert a.received("peer-disconnected") == [{"peerId": b.id}]
+
+
+def test_leave_room_of_an_outsider_changes_nothing(world: World) -> None:
+    """A made-up socket id in a REST leave neither reaches the room nor
+    takes anyone out."""
+    a = world.joined(ROOM)
+    result = world.stored(world.rooms.leave("made-up", ROOM))
+    peer_left_notifier(world.app.of("/"))("made-up", result)
+    assert a.received("peer-disconnected") == []
+    assert rooms_of(world, a.id) == {ROOM}
+
+
+def test_a_room_that_ended_is_over_for_its_old_peers(world: World) -> None:
+    """When a room's keys vanish (TTL) and its id is issued to a stranger,
+    the old peers and the newcomer never share the room: no "ready", no
+    relay either way. An old peer can then join the new room like anyone."""
+    a = world.joined(ROOM, address="198.51.100.1")
+    b = world.joined(ROOM, address="198.51.100.2")
+    world.clock.advance(24 * 3600)  # the room's TTL; bindings live an hour longer
+    world.create_room(ROOM)
+    c = world.joined(ROOM, address="198.51.100.3")
+    assert a.received("ready") == [{"peerId": b.id}]  # only b's, from before
+    assert b.received("ready") == []
+    for old, new in ((a, c), (c, a)):
+        old.emit("offer", {"peerId": new.id, "offer": {"sdp": "x"}})
+    assert a.received("offer") == c.received("offer") == []
+    c.emit("initiator-online", {"roomId": ROOM})
+    assert a.received("initiator-online") == b.received("initiator-online") == []
+    # Old peers still reach each other until the room check takes them out.
+    a.emit("offer", {"peerId": b.id, "offer": {"sdp": "y"}})
+    assert b.received("offer") == [{"offer": {"sdp": "y"}, "from": a.id, "peerId": a.id}]
+    # An old peer joins the new room like a fresh socket (counted, announced).
+    a.emit("join", {"roomId": ROOM})
+    assert a.last("joinResponse")["success"] is True
+    assert c.received("ready") == [{"peerId": a.id}]
+    assert b.received("ready") == []
+    a.emit("offer", {"peerId": c.id, "offer": {"sdp": "z"}})
+    assert c.received("offer") == [{"offer": {"sdp": "z"}, "from": a.id, "peerId": a.id}]
+    assert world.stored(world.store.room_sockets(ROOM)) == {a.id, c.id}
+
+
+def test_room_check_takes_sockets_out_of_ended_rooms_without_a_notice(world: World) -> None:
+    """The periodic check ends the signaling of a room that ended: its old
+    peers stop reaching each other, and nobody is told a peer left."""
+    a = world.joined(ROOM, address="198.51.100.1")
+    b = world.joined(ROOM, address="198.51.100.2")
+    live = world.joined(OTHER_ROOM, address="198.51.100.3")
+    world.clock.advance(24 * 3600 - 1)
+    live.emit("join", {"roomId": OTHER_ROOM})  # a rejoin keeps that room alive
+    world.clock.advance(1)
+    assert world.stored(world.signaling.check_rooms()) == 2
+    assert rooms_of(world, a.id) == rooms_of(world, b.id) == frozenset()
+    assert rooms_of(world, live.id) == {OTHER_ROOM}
+    a.emit("offer", {"peerId": b.id, "offer": {}})
+    assert b.received("offer") == []
+    assert a.received("peer-disconnected") == b.received("peer-disconnected") == []
+    a.disconnect()
+    assert b.received("peer-disconnected") == []
+
+
+def test_room_check_runs_on_its_interval(world: World) -> None:
+    """ROOM_CHECK_INTERVAL: the check happens on its own."""
+    a = world.joined(ROOM)
+    world.signaling.start_room_checks(60)
+    world.clock.advance(24 * 3600)
+    assert rooms_of(world, a.id) == frozenset()
+    world.signaling.stop_room_checks()
+
+
+def test_room_check_takes_out_a_socket_the_room_no_longer_lists(world: World) -> None:
+    """A socket removed from its room elsewhere (a REST leave whose message
+    to this process was lost) is taken out at the next check."""
+    a = world.joined(ROOM)
+    b = world.joined(ROOM, address="198.51.100.2")
+    world.stored(world.rooms.leave(b.id, ROOM))
+    assert world.stored(world.signaling.check_rooms()) == 1
+    assert rooms_of(world, b.id) == frozenset() and rooms_of(world, a.id) == {ROOM}
+
+
+def test_disconnect_from_an_ended_room_tells_only_its_old_peers(world: World) -> None:
+    """Peers connected when their room expired still learn that one of them
+    left; the stranger who was given the same id does not."""
+    a = world.joined(ROOM, address="198.51.100.1")
+    b = world.joined(ROOM, address="198.51.100.2")
+    world.clock.advance(24 * 3600)
+    world.create_room(ROOM)
+    c = world.joined(ROOM, address="198.51.100.3")
+    b.disconnect()
+    assert a.received("peer-disconnected") == [{"peerId": b.id}]
+    assert c.received("peer-disconnected") == []
 
 
 def test_shutdown_waits_until_every_socket_was_cleaned_up(world: World) -> None:
@@ -499,10 +642,12 @@ def test_signaling_crosses_processes_that_share_the_store_and_the_bus() -> None:
     worlds = []
     for node in ("node-1", "node-2"):
         adapter = ClusterAdapter(node, bus.publish, clock=clock)
-        bus.subscribe(adapter.channel_prefix + "#", adapter.receive)
+        bus.attach(adapter)
         app = SocketIOServer(clock, settings.socketio, adapter=adapter)
-        rooms = Rooms(store, settings.rooms, clock)
-        worlds.append(World(clock, store, rooms, app, install_signaling(app.of("/"), rooms, settings)))
+        # Each process records its sockets under its adapter's node id.
+        rooms = Rooms(store, settings.rooms, clock, node_id=lambda node=node: node)
+        signaling = install_signaling(app.of("/"), rooms, settings)
+        worlds.append(World(clock, store, rooms, app, signaling))
     one, two = worlds
     one.create_room(ROOM)
     one.create_room(OTHER_ROOM)
@@ -524,13 +669,18 @@ def test_signaling_crosses_processes_that_share_the_store_and_the_bus() -> None:
     bus.flush()
     assert a.received("recipient-ready") == [{"peerId": b.id}]
 
-    # The REST API of process one tells the room about a peer of process two.
-    peer_left_notifier(one.app.of("/"))(ROOM, b.id)
+    # The REST API of process one removes a peer of process two: the room
+    # hears it once, and process two takes the socket out of the room.
+    peer_left_notifier(one.app.of("/"))(b.id, one.stored(one.rooms.leave(b.id, ROOM)))
     bus.flush()
     assert a.received("peer-disconnected") == [{"peerId": b.id}]
+    assert two.signaling.room_of(b.id) is None
+    a.emit("offer", {"peerId": b.id, "offer": {"sdp": "late"}})
+    bus.flush()
+    assert b.received("offer") == [{"offer": {"sdp": "o"}, "from": a.id, "peerId": a.id}]
     b.disconnect()
     bus.flush()
-    assert a.received("peer-disconnected") == [{"peerId": b.id}, {"peerId": b.id}]
+    assert a.received("peer-disconnected") == [{"peerId": b.id}]
     assert one.stored(store.room_sockets(ROOM)) == {a.id}
 
 

@@ -16,7 +16,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs
 
-from privydrop.engineio.interface import EngineSid, Handshake, Message
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, Message
 from privydrop.logs.client_text import sid_label
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.errors import (
@@ -48,6 +48,7 @@ class FakeConnection:
         self.sent: list[Message] = []
         self.writes = 0
         self.closed: str | None = None
+        self.close_kind: CloseKind | None = None
 
     def send(self, message: Message) -> None:
         self.sent.append(message)
@@ -57,9 +58,11 @@ class FakeConnection:
         self.sent.extend(messages)
         self.writes += 1
 
-    def close(self, reason: str = "forced close") -> None:
+    def close(self, reason: str = "forced close", kind: CloseKind = CloseKind.SERVER) -> None:
+        """End the session; C{kind} is how (a client leaving, a lost transport, ...)."""
         if self.closed is None:
             self.closed = reason
+            self.close_kind = kind
             self._server.on_close(self, reason)
 
     # test helpers
@@ -104,7 +107,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def server(clock: Clock) -> SocketIOServer:
-    return SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000))
+    return SocketIOServer(clock, SocketIOSettings(connect_timeout_ms=1000, recovery_window_ms=0))
 
 
 # Connecting

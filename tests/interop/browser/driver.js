@@ -12,6 +12,11 @@
  *   executable  the browser binary (default /usr/bin/chromium)
  *   relay       true: both pages use only the TURN servers of their
  *               joinResponse (iceTransportPolicy "relay")
+ *   receiverServer  the receiver's signaling URL if not `server` (a proxy)
+ *   severUrl    if given: the receiver reconnects on its own; halfway through
+ *               the file the sender pauses, the driver POSTs to severUrl (the
+ *               test then cuts the receiver's signaling for a while), waits
+ *               for the receiver's reconnection, and resumes
  *
  * Output: {"ok": true, "sender": {...}, "receiver": {...}, "disconnect": {...}}
  * or {"ok": false, "error": "...", "console": [...]}. Nothing is downloaded:
@@ -71,6 +76,10 @@ async function main(options) {
     await Promise.all(pages.map(function (page) { return page.goto(options.pageUrl); }));
 
     const connectOptions = { server: options.server, transport: options.transport, relay: Boolean(options.relay) };
+    const receiverOptions = Object.assign({}, connectOptions, {
+      server: options.receiverServer || options.server,
+      reconnection: Boolean(options.severUrl),
+    });
     const run = async function () {
       const senderConnected = await senderPage.evaluate(function (o) { return window.privydropTest.connect(o); }, connectOptions);
       const roomId = await senderPage.evaluate(function () { return window.privydropTest.createRoom(); });
@@ -78,10 +87,29 @@ async function main(options) {
       // receiver's join makes the server tell the sender `ready`.
       await senderPage.evaluate(function (id) { return window.privydropTest.join(id); }, roomId);
       const sending = senderPage.evaluate(function (o) { return window.privydropTest.send(o); },
-        { size: options.size, seed: options.seed });
-      const receiverConnected = await receiverPage.evaluate(function (o) { return window.privydropTest.connect(o); }, connectOptions);
+        { size: options.size, seed: options.seed, pauseAfterBytes: options.severUrl ? options.size / 2 : 0 });
+      const receiverConnected = await receiverPage.evaluate(function (o) { return window.privydropTest.connect(o); }, receiverOptions);
       const receiving = receiverPage.evaluate(function (o) { return window.privydropTest.receive(o); }, { roomId: roomId });
+      // Awaited below; a failure meanwhile must not end the driver unreported.
+      sending.catch(function () {});
+      receiving.catch(function () {});
+      let reconnect = null;
+      if (options.severUrl) {
+        await senderPage.evaluate(function () { return window.privydropTest.sendingPaused(); });
+        const back = receiverPage.evaluate(function () { return window.privydropTest.reconnected(); });
+        back.catch(function () {});
+        const cut = await fetch(options.severUrl, { method: "POST" });
+        if (!cut.ok) {
+          throw new Error("sever answered " + cut.status);
+        }
+        reconnect = await back;
+        await senderPage.evaluate(function () { return window.privydropTest.resumeSending(); });
+      }
       const [sender, receiver] = await Promise.all([sending, receiving]);
+      const peerDisconnectedBeforeLeaving = {
+        sender: await senderPage.evaluate(function () { return window.privydropTest.peerDisconnectedSoFar(); }),
+        receiver: await receiverPage.evaluate(function () { return window.privydropTest.peerDisconnectedSoFar(); }),
+      };
 
       // The sender leaves; the receiver must hear about it from the server.
       const disconnectSeen = receiverPage.evaluate(function () { return window.privydropTest.peerDisconnected(); });
@@ -95,6 +123,8 @@ async function main(options) {
         sender: sender,
         receiver: receiver,
         disconnect: disconnect,
+        reconnect: reconnect,
+        peerDisconnectedBeforeLeaving: peerDisconnectedBeforeLeaving,
       };
     };
     const result = await withTimeout(run(), options.timeoutMs || 30000, "browser transfer");

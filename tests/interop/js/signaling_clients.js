@@ -6,11 +6,14 @@
  * line on stdout carrying the command's `seq`. Commands:
  *
  *   {"cmd":"connect","name":N,"url":U,"transport":"websocket"|"polling"|"upgrade","headers":{...},
- *    "localAddress":A?,"ca":PEM?}
+ *    "localAddress":A?,"ca":PEM?,"reconnection":R?}
  *        -> {"id": <socket id>, "transport": <engine transport>, "version": <client version>}
  *        "upgrade" opens with polling and answers once the client upgraded to
  *        WebSocket; localAddress is the source address of every connection
  *        (both transports) and ca the PEM certificate an https:// server must have.
+ *        With reconnection true the client reconnects on its own (quickly, no
+ *        randomisation); its later "connect" events queue as pseudo-event
+ *        "reconnect" ({id, recovered}) and its "disconnect" reasons as "lost".
  *   {"cmd":"emit","name":N,"event":E,"args":[...],"ack":true|false}
  *        -> {"ack": [...]} once the server acknowledged (ack:true), or {} at once
  *   {"cmd":"next","name":N,"event":E,"timeoutMs":T}
@@ -20,6 +23,9 @@
  *   {"cmd":"fetch","method":M,"url":U,"body":B}
  *        -> {"status": S, "body": <parsed JSON>}
  *   {"cmd":"disconnect","name":N}  -> {}
+ *   {"cmd":"closeEngine","name":N} -> {}: closes the Engine.IO connection (over
+ *        WebSocket a close frame, over polling a close packet), as a page does
+ *        when it goes away
  *   {"cmd":"quit"}                 -> exits after disconnecting every client
  *
  * Failures answer {"seq": S, "error": "..."}. Nothing here waits on time
@@ -41,6 +47,8 @@ const clientVersion = require(path.join(clientDir, "package.json")).version;
 const SIGNALING_EVENTS = [
   "joinResponse", "ready", "offer", "answer", "ice-candidate",
   "initiator-online", "recipient-ready", "peer-disconnected",
+  // Not signaling: the reason, when the server ends the connection.
+  "disconnect",
 ];
 
 const clients = new Map();
@@ -63,7 +71,10 @@ function connect(command) {
     const options = {
       transports: upgrading ? ["polling", "websocket"] : [command.transport],
       upgrade: upgrading,
-      reconnection: false,
+      reconnection: Boolean(command.reconnection),
+      reconnectionDelay: 100,
+      reconnectionDelayMax: 200,
+      randomizationFactor: 0,
       forceNew: true,
       timeout: 10000,
       extraHeaders: command.headers || {},
@@ -83,20 +94,27 @@ function connect(command) {
     }
     const socket = io(command.url, options);
     const entry = { socket: socket, queues: new Map(), waiters: new Map() };
-    for (const event of SIGNALING_EVENTS) {
+    function record(event, payload) {
+      const waiting = entry.waiters.get(event);
+      if (waiting.length > 0) {
+        waiting.shift()(payload);
+      } else {
+        entry.queues.get(event).push(payload);
+      }
+    }
+    for (const event of [...SIGNALING_EVENTS, "reconnect", "lost"]) {
       entry.queues.set(event, []);
       entry.waiters.set(event, []);
-      socket.on(event, function (payload) {
-        const waiting = entry.waiters.get(event);
-        if (waiting.length > 0) {
-          waiting.shift()(payload);
-        } else {
-          entry.queues.get(event).push(payload);
-        }
-      });
+    }
+    for (const event of SIGNALING_EVENTS) {
+      socket.on(event, function (payload) { record(event, payload); });
     }
     clients.set(command.name, entry);
     socket.once("connect", function () {
+      socket.on("connect", function () {
+        record("reconnect", { id: socket.id, recovered: socket.recovered === true });
+      });
+      socket.on("disconnect", function (reason) { record("lost", reason); });
       const engine = socket.io.engine;
       const answer = function () {
         resolve({ id: socket.id, transport: engine.transport.name, version: clientVersion });
@@ -168,6 +186,9 @@ async function run(command) {
     }
     case "disconnect":
       client(command.name).socket.disconnect();
+      return {};
+    case "closeEngine":
+      client(command.name).socket.io.engine.close();
       return {};
     default:
       throw new Error("unknown command " + command.cmd);

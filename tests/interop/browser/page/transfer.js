@@ -35,6 +35,9 @@
     relay: false,
     iceServers: null,
     candidateTypesSent: [],
+    reconnects: [],
+    reconnectWaiters: [],
+    pause: null,
   };
 
   function note(name, fields) {
@@ -164,13 +167,27 @@
     const socket = io(options.server, {
       transports: [options.transport],
       upgrade: false,
-      reconnection: false,
+      reconnection: Boolean(options.reconnection),
+      reconnectionDelay: 200,
+      randomizationFactor: 0,
       timeout: 10000,
     });
     state.socket = socket;
     listenForCandidates(socket);
     return new Promise(function (resolve, reject) {
       socket.once("connect", function () {
+        // Later connects are reconnections (connection state recovery).
+        socket.on("connect", function () {
+          const back = { socketId: socket.id, recovered: socket.recovered === true };
+          note("reconnect", back);
+          const waiter = state.reconnectWaiters.shift();
+          if (waiter) {
+            waiter(back);
+          } else {
+            state.reconnects.push(back);
+          }
+        });
+        socket.on("disconnect", function (reason) { note("signaling-lost", { reason: reason }); });
         resolve({ socketId: socket.id, transport: socket.io.engine.transport.name });
       });
       socket.once("connect_error", function (err) { reject(new Error("connect_error: " + err.message)); });
@@ -207,6 +224,14 @@
       function pump() {
         try {
           while (offset < bytes.length) {
+            const pause = state.pause;
+            if (pause && !pause.reached && offset >= pause.afterBytes) {
+              // Halfway through, wait for the driver (it cuts signaling meanwhile).
+              pause.reached = true;
+              pause.onReached();
+              pause.resumed.then(pump);
+              return;
+            }
             if (channel.bufferedAmount > HIGH_WATER_BYTES) {
               channel.onbufferedamountlow = function () {
                 channel.onbufferedamountlow = null;
@@ -241,6 +266,18 @@
 
   async function send(options) {
     const socket = state.socket;
+    if (options.pauseAfterBytes) {
+      let onReached;
+      let resume;
+      state.pause = {
+        afterBytes: options.pauseAfterBytes,
+        reached: false,
+        reachedPromise: new Promise(function (r) { onReached = r; }),
+        resumed: new Promise(function (r) { resume = r; }),
+      };
+      state.pause.onReached = onReached;
+      state.pause.resume = resume;
+    }
     const bytes = generate(options.size, options.seed);
     const sentHash = await sha256Hex(bytes);
     const peerId = await nextReadyPeer();
@@ -366,7 +403,29 @@
     return Promise.resolve(true);
   }
 
+  /* Resolves once the sender paused halfway (send's pauseAfterBytes). */
+  function sendingPaused() {
+    return state.pause.reachedPromise.then(function () { return true; });
+  }
+
+  function resumeSending() {
+    state.pause.resume();
+    return Promise.resolve(true);
+  }
+
+  /* Resolves with {socketId, recovered} of the next reconnection. */
+  function reconnected() {
+    if (state.reconnects.length > 0) {
+      return Promise.resolve(state.reconnects.shift());
+    }
+    return new Promise(function (resolve) { state.reconnectWaiters.push(resolve); });
+  }
+
   window.privydropTest = {
+    sendingPaused: sendingPaused,
+    resumeSending: resumeSending,
+    reconnected: reconnected,
+    peerDisconnectedSoFar: function () { return Promise.resolve(state.peerDisconnected); },
     connect: connect,
     createRoom: createRoom,
     join: join,

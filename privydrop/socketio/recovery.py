@@ -64,8 +64,8 @@ class Offsets:
         self._next = 0
 
     def next(self) -> str:
-        self._next += 1
-        return self._prefix + format(self._next, "x")
+        number = self._next = self._next + 1
+        return self._prefix + "%x" % number
 
 
 class PacketLog:
@@ -100,9 +100,15 @@ class PacketLog:
             size = sum(len(m) for m in messages)
         entries = self._entries
         entries.append((messages, size))
-        self._bytes += size
-        while len(entries) > self._max_packets or self._bytes > self._max_bytes:
-            self._bytes -= entries.popleft()[1]
+        held = self._bytes + size
+        if held > self._max_bytes or len(entries) > self._max_packets:
+            # Once full, every event pushes one or more out: counted here,
+            # on a local, with the limits read once.
+            max_packets = self._max_packets
+            max_bytes = self._max_bytes
+            while len(entries) > max_packets or held > max_bytes:
+                held -= entries.popleft()[1]
+        self._bytes = held
 
     def after(self, offset: str) -> list[Message] | None:
         """The messages of the events after the one with C{offset}, in order.

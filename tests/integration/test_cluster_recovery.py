@@ -163,14 +163,18 @@ async def test_kill_9_of_the_holder_recovers_elsewhere_and_tells_nobody(
     dead = cluster.node_of(first)
     proxy.hold_new()
     cluster.kill(first)
+    # Sent between the crash and its detection: to the dead process's
+    # channel, lost (what is measured and documented).
+    await send_candidates(js, a, b, range(1, 4))
+    assert holder(cluster, b) == dead
     # The second process keeps B's socket once it found the first dead; what
     # A sends from then on waits there for B.
     await until(lambda: holder(cluster, b) == cluster.node_of(second), "custody taken")
     assert dead is not None and cluster.key("HEXISTS", "cluster:heartbeats", dead) == 0
-    await send_candidates(js, a, b, range(1, 4))
+    await send_candidates(js, a, b, range(4, 7))
     proxy.retarget(second.port)
     proxy.release()
-    await assert_recovered_with_every_candidate(js, a, b, range(1, 4))
+    await assert_recovered_with_every_candidate(js, a, b, range(4, 7))
 
 
 @pytest_twisted.ensureDeferred

@@ -15,6 +15,13 @@ Three uses, each with the names it needs, a check and a fallback:
     missing: the transport uses only Autobahn's public API (its own
     C{dataReceived}, C{onMessage} and C{sendMessage}, C{sendClose}, the
     transport's C{abortConnection}) and protocols built the stock way.
+  - L{compact_open_connection} lets an open connection keep less: the
+    opening handshake's leftovers (L{HANDSHAKE_LEFTOVERS}), attributes
+    still at the initial value L{COLD_DEFAULTS} gives them (read from the
+    class instead), the UTF-8 validator until a frame needs it, and a
+    smaller send queue. Only for classes L{SharedOptions} built (they carry
+    the defaults); the names are checked with the others. Fallback: none
+    needed, the connection keeps what Autobahn gave it.
   - L{request_uri} reads the request-target Autobahn kept from the opening
     handshake. Fallback: rebuilt from the path and query C{onConnect} gets.
   - L{ThrottledAutobahnLog} takes the place of a protocol's C{log} (the
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import pprint
+from collections import deque
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -213,6 +221,7 @@ PROTOCOL_INTERNALS = (
     "peer",
     "CONFIG_ATTRS",
     "_connectionMade",
+    "utf8validator",
 )
 
 #: What the transport reads in C{onMessageEnd}: the message Autobahn collected.
@@ -580,8 +589,133 @@ class SharedOptions:
             name: staticmethod(value) if hasattr(type(value), "__get__") else value
             for name, value in zip(names, values)
         }
+        namespace.update(_class_defaults())
         namespace["__module__"] = base.__module__
         namespace["__qualname__"] = base.__qualname__
         cls = type(base.__name__, (base,), namespace)
         self._built = (base, values, cls)
         return cls
+
+
+# -- less per open connection ---------------------------------------------------
+
+#: Attributes Autobahn sets on every connection, with the value it starts
+#: them at, that an open server connection reads or changes only on rare
+#: paths: closing, timeouts, limits, automatic pings, compression, timing.
+#: While one still holds its initial value it is read from the class
+#: (L{SharedOptions} puts these on it); a later assignment puts it back on
+#: the instance, as before.
+COLD_DEFAULTS: Mapping[str, object] = {
+    "wasMaxFramePayloadSizeExceeded": False,
+    "wasMaxMessagePayloadSizeExceeded": False,
+    "closedByMe": False,
+    "failedByMe": False,
+    "droppedByMe": False,
+    "wasClean": False,
+    "wasNotCleanReason": None,
+    "wasServerConnectionDropTimeout": False,
+    "wasOpenHandshakeTimeout": False,
+    "wasCloseHandshakeTimeout": False,
+    "wasServingFlashSocketPolicyFile": False,
+    "localCloseCode": None,
+    "localCloseReason": None,
+    "remoteCloseCode": None,
+    "remoteCloseReason": None,
+    "openHandshakeTimeoutCall": None,
+    "closeHandshakeTimeoutCall": None,
+    "autoPingTimeoutCall": None,
+    "autoPingPending": None,
+    "autoPingPendingCall": None,
+    "autoPingPendingSeq": 0,
+    "autoPingPendingSent": None,
+    "trackedTimings": None,
+    "_perMessageCompress": None,
+    "websocket_protocol_in_use": None,
+    "triggered": False,
+    "send_state": 0,
+}
+
+#: What a server connection keeps from its opening handshake that Autobahn
+#: reads only while processing it (the request, its parsed parts, the
+#: answer). Let go once the connection is open: read from the class, they
+#: are None. The request's headers stay in the transport's own
+#: C{Handshake}, which holds the same dict.
+HANDSHAKE_LEFTOVERS = (
+    "http_request_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "http_response_data",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "websocket_extensions_in_use",
+    "_wskey",
+)
+
+
+class _SendQueue(list[Any]):
+    """Autobahn's send queue as a list: empty but for chopped or synchronous
+    sends, which the transport does not make; a C{deque} costs ten times
+    the memory of an empty list."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+class _LazyUtf8Validator:
+    """A protocol's C{utf8validator}, created the first time Autobahn's
+    parser reads it (a text frame past the transport's fast path), then kept
+    on the instance. A fresh validator is what Autobahn reads after
+    C{reset()} at the start of every text message, so one made later
+    validates the same way."""
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        validator = instance.__dict__["utf8validator"] = _protocol_module.Utf8Validator()
+        return validator
+
+
+def _class_defaults() -> dict[str, Any]:
+    """What L{SharedOptions} adds to a protocol class for L{compact_open_connection}."""
+    defaults: dict[str, Any] = dict(COLD_DEFAULTS)
+    defaults.update(dict.fromkeys(HANDSHAKE_LEFTOVERS))
+    defaults["utf8validator"] = _LazyUtf8Validator()
+    defaults["_privydrop_compact"] = True
+    return defaults
+
+
+def compact_open_connection(protocol: Any) -> None:
+    """Let an open server connection (of a L{SharedOptions} class) keep less.
+
+    Drops L{HANDSHAKE_LEFTOVERS}; drops each L{COLD_DEFAULTS} attribute
+    that still holds its initial value (the class has it); drops the UTF-8
+    validator, made again on first use (L{_LazyUtf8Validator}); swaps an
+    empty send queue for a L{_SendQueue}; then rebuilds the instance dict
+    at the size of what is left. Autobahn's instance dict grows past 60
+    names, which takes a table twice the size of the one it needs after.
+    Nothing for a class without the defaults.
+    """
+    if not getattr(type(protocol), "_privydrop_compact", False):
+        return
+    attributes = protocol.__dict__
+    for name in HANDSHAKE_LEFTOVERS:
+        attributes.pop(name, None)
+    for name, initial in COLD_DEFAULTS.items():
+        if name in attributes:
+            value = attributes[name]
+            if value is initial or (type(value) is type(initial) and value == initial):
+                del attributes[name]
+    attributes.pop("utf8validator", None)
+    queue = attributes.get("send_queue")
+    if type(queue) is deque and not queue:
+        attributes["send_queue"] = _SendQueue()
+    # Built from the items, not the dict: CPython sizes a copy of a dict by
+    # the slots the original used, deleted ones included.
+    protocol.__dict__ = dict(attributes.items())

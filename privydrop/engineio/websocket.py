@@ -185,26 +185,27 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
     _log = Logger()
     factory: EngineWebSocketFactory
 
-    def __init__(self) -> None:
-        super().__init__()
-        self._session: Session | None = None
-        self._upgrade_sid: EngineSid | None = None
-        self._handshake: Handshake | None = None
-        self._fragments = 0
-        self._message_bytes = 0
-        self._limit_hit: str | None = None
-        self._phase = _CONNECTING
-        #: The largest frame the receive fast path takes; 0: none.
-        self._receive_limit = 0
-        #: Whether outgoing frames are built and written here.
-        self._plain_frames = False
-        #: The client started the closing handshake with a code that means
-        #: it leaves on purpose (see L{onCloseFrame}).
-        self._client_left = False
-        #: The closing handshake is over: nothing more is read.
-        self._input_closed = False
-        #: Aborts the connection if it has not closed in order in time.
-        self._close_deadline: IDelayedCall | None = None
+    # Class-level initial values: a connection stores an attribute only once
+    # it changes (thousands of idle connections, each with its own dict).
+    _session: Session | None = None
+    _upgrade_sid: EngineSid | None = None
+    #: Kept from onConnect to onOpen only (the session holds it after).
+    _handshake: Handshake | None = None
+    _fragments = 0
+    _message_bytes = 0
+    _limit_hit: str | None = None
+    _phase = _CONNECTING
+    #: The largest frame the receive fast path takes; 0: none.
+    _receive_limit = 0
+    #: Whether outgoing frames are built and written here.
+    _plain_frames = False
+    #: The client started the closing handshake with a code that means
+    #: it leaves on purpose (see L{onCloseFrame}).
+    _client_left = False
+    #: The closing handshake is over: nothing more is read.
+    _input_closed = False
+    #: Aborts the connection if it has not closed in order in time.
+    _close_deadline: IDelayedCall | None = None
 
     # -- opening ----------------------------------------------------------
 
@@ -237,7 +238,9 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         peer = self.transport.getPeer() if self.transport is not None else None
         self._upgrade_sid = None if session is None else session.sid
         self._handshake = Handshake(
-            headers=dict(request.headers),
+            # Autobahn's own dict, not a copy: it no longer changes once
+            # parsed, and the connection lets go of its reference when open.
+            headers=request.headers,
             remote_address=peer_address(peer),
             query=query,
             url=autobahn_compat.request_uri(self, request),
@@ -258,6 +261,16 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             # accept without a limit, logging or extension getting involved.
             self._receive_limit = autobahn_compat.receive_limit(self, server.settings.max_payload)
             self._plain_frames = autobahn_compat.writes_plain_frames(self)
+        try:
+            self._open_session(server)
+        finally:
+            # What the opening handshake left behind is not needed any more.
+            self.__dict__.pop("_handshake", None)
+            self.__dict__.pop("_upgrade_sid", None)
+            if self.factory.autobahn_internals:
+                autobahn_compat.compact_open_connection(self)
+
+    def _open_session(self, server: EngineServer) -> None:
         try:
             if self._upgrade_sid is None:
                 if self._handshake is None:

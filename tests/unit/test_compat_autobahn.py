@@ -367,3 +367,102 @@ class _NoApplication:
 
     def on_close(self, connection: Any, reason: str) -> None:  # pragma: no cover
         pass
+
+
+# -- less per open connection -------------------------------------------------------
+
+
+def _open_engine_connection() -> tuple[Any, _Transport]:
+    server = EngineServer(Clock(), EngineSettings(), _Recorded())  # type: ignore[arg-type]
+    factory = EngineWebSocketFactory(server)
+    protocol = factory.buildProtocol(None)
+    transport = _Transport()
+    protocol.makeConnection(transport)
+    protocol.dataReceived(_UPGRADE)
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    transport.clear()
+    return protocol, transport
+
+
+class _Recorded:
+    def __init__(self) -> None:
+        self.messages: list[object] = []
+
+    def on_open(self, connection: object) -> None:
+        pass
+
+    def on_message(self, connection: object, message: object) -> None:
+        self.messages.append(message)
+
+    def on_close(self, connection: object, reason: str) -> None:
+        pass
+
+
+def test_autobahn_starts_the_cold_attributes_at_the_recorded_values() -> None:
+    """An open connection keeps a cold attribute only when it left the
+    initial value recorded in COLD_DEFAULTS; each is read from the class
+    otherwise. Fails naming an attribute Autobahn no longer sets, or sets
+    to another initial value (harmless, but the list is then out of date)."""
+    seen: dict[str, object] = {}
+
+    class Look(WebSocketServerProtocol):
+        def onOpen(self) -> None:
+            for name in (*autobahn_compat.COLD_DEFAULTS, *autobahn_compat.HANDSHAKE_LEFTOVERS):
+                seen[name] = self.__dict__.get(name, "<not set>")
+
+    factory = WebSocketServerFactory(server=None)
+    factory.setProtocolOptions(openHandshakeTimeout=0, closeHandshakeTimeout=0, autoPingInterval=0)
+    factory.protocol = Look
+    protocol: Any = factory.buildProtocol(None)
+    protocol.makeConnection(_Transport())
+    protocol.dataReceived(_UPGRADE)
+    changed = [
+        name for name, initial in autobahn_compat.COLD_DEFAULTS.items() if seen[name] != initial
+    ]
+    assert changed == []
+    unset = [name for name in autobahn_compat.HANDSHAKE_LEFTOVERS if seen[name] == "<not set>"]
+    assert unset == []
+
+
+def test_an_open_connection_lets_go_of_the_handshake_and_the_cold_defaults() -> None:
+    """Once open, the connection's own dict holds neither the handshake's
+    leftovers nor cold attributes at their initial value, yet reading any of
+    them gives what Autobahn would have read."""
+    protocol, _ = _open_engine_connection()
+    kept = protocol.__dict__
+    assert [n for n in autobahn_compat.HANDSHAKE_LEFTOVERS if n in kept] == []
+    assert [n for n in autobahn_compat.COLD_DEFAULTS if n in kept] == []
+    assert "utf8validator" not in kept and "_handshake" not in kept
+    for name, initial in autobahn_compat.COLD_DEFAULTS.items():
+        assert getattr(protocol, name) == initial, name
+    assert protocol.http_request_params is None
+    assert protocol._session.handshake.headers["host"] == "127.0.0.1"
+    assert type(protocol.send_queue).__name__ == "_SendQueue" and not protocol.send_queue
+
+
+def test_the_utf8_validator_is_made_when_autobahn_parses_a_text_frame() -> None:
+    """A text message cut into fragments goes through Autobahn's parser,
+    which validates it with a validator made on first use; invalid UTF-8 is
+    still refused with close code 1007."""
+    protocol, transport = _open_engine_connection()
+    app = protocol.factory.engine._application
+
+    def frame(payload: bytes, opcode: int, fin: bool) -> bytes:
+        return bytes([(0x80 if fin else 0) | opcode, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+    protocol.dataReceived(frame(b"4h\xc3", 1, False) + frame(b"\xa9llo", 0, True))
+    assert "utf8validator" in protocol.__dict__
+    assert app.messages == ["h\u00e9llo"]
+    protocol.dataReceived(frame(b"4\xff", 1, True))
+    sent = transport.value()
+    assert sent[0] == 0x88 and sent[2:4] == (1007).to_bytes(2, "big")
+
+
+def test_the_smaller_send_queue_keeps_autobahns_order() -> None:
+    queue = autobahn_compat._SendQueue()
+    queue.append((b"a", True))
+    queue.append((b"b", False))
+    assert len(queue) == 2
+    assert queue.popleft() == (b"a", True)
+    assert queue.popleft() == (b"b", False)
+    assert not queue

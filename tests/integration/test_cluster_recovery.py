@@ -20,13 +20,25 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 
-from tests.integration.test_cluster_crash import FAST, Cluster, Server, cluster, until  # noqa: F401
+from pathlib import Path
+
+from tests.integration.test_cluster_crash import FAST, Cluster, Server, until
 from tests.integration.test_twistd import ended_within
+from tests.redis_server import RedisServer
 from tests.interop.js_clients import JsClients
 from tests.interop.tcp_proxy import TcpProxy
 from tests.interop.test_recovery_js import candidate
 
 ROOM = "handover-room"
+
+
+@pytest_twisted.async_yield_fixture
+async def cluster(private_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
+    made = Cluster(private_redis, tmp_path)
+    try:
+        yield made
+    finally:
+        await made.stop_all()
 
 
 @pytest_twisted.async_yield_fixture

@@ -46,13 +46,24 @@ One JSON object (UTF-8) per publication::
     {"v": 2, "kind": "server", "origin": "<node id>", "ns": "/",
      "event": "<name>", "args": [...]}
 
+    {"v": 2, "kind": "handover", "origin": "<node id>", "ns": "/",
+     "id": "<request id>", "pid": "<private session id>", "offset": "<offset>"}
+
+    {"v": 2, "kind": "log", "origin": "<node id>", "ns": "/",
+     "id": "<request id>", "status": "found" | "offset-unknown" | "missing",
+     "events": [[<framed message>, ...], ...]}
+
 A broadcast reaches the receiving node's sockets that are in any of
 C{rooms} (all sockets when it names none), minus C{except}; with C{to} (the
 recipients the sender knew) only those of them. C{gone} names sockets that
 left the rooms (the node forgets them). C{room} is the C{only_if_in_room}
 condition of a send. A C{members} message tells a node that tracks the room
 who entered (with their node) or left it. A C{server} message calls a
-server-event handler of the namespace with JSON C{args}. C{msgs} are the
+server-event handler of the namespace with JSON C{args}. A C{handover}
+asks the node that held a socket (connection state recovery) for the
+events after the client's offset and to let the socket go; the C{log}
+answer, to the asking node, carries them (each event its framed messages).
+C{msgs} are the
 Engine.IO messages of one already encoded Socket.IO packet, in order, each
 framed as one JSON string: C{"t" + text} for a text message, C{"b" + base64}
 for a binary attachment. The first message is always text (the packet
@@ -93,6 +104,8 @@ _KIND_BROADCAST = "broadcast"
 _KIND_SOCKET = "socket"
 _KIND_MEMBERS = "members"
 _KIND_SERVER = "server"
+_KIND_HANDOVER = "handover"
+_KIND_LOG = "log"
 _TEXT = "t"
 _BINARY = "b"
 # Characters Redis glob patterns give a meaning to; a prefix must avoid them
@@ -184,7 +197,44 @@ class ClusterServerEvent:
     origin: str
 
 
-ClusterMessage = ClusterBroadcast | ClusterSend | ClusterMembers | ClusterServerEvent
+@attrs.frozen
+class ClusterHandover:
+    """Ask the node holding a socket for its log after C{offset}, and to let
+    the socket go (its client came back to C{origin}).
+
+    @ivar request_id: echoed in the answer.
+    """
+
+    namespace: str
+    request_id: str
+    pid: str
+    offset: str
+    origin: str
+
+
+@attrs.frozen
+class ClusterLog:
+    """The answer to a L{ClusterHandover}.
+
+    @ivar status: a L{privydrop.socketio.recovery.LogStatus} value.
+    @ivar events: the events after the offset, each its encoded messages.
+    """
+
+    namespace: str
+    request_id: str
+    status: str
+    events: tuple[tuple[Message, ...], ...]
+    origin: str
+
+
+ClusterMessage = (
+    ClusterBroadcast
+    | ClusterSend
+    | ClusterMembers
+    | ClusterServerEvent
+    | ClusterHandover
+    | ClusterLog
+)
 
 
 def check_channel_prefix(prefix: str) -> str:
@@ -275,6 +325,32 @@ def encode_message(message: ClusterMessage) -> bytes:
                 "ns": message.namespace,
                 "event": message.event,
                 "args": list(message.args),
+            }
+        )
+    if isinstance(message, ClusterHandover):
+        return _dumps(
+            {
+                "v": VERSION,
+                "kind": _KIND_HANDOVER,
+                "origin": message.origin,
+                "ns": message.namespace,
+                "id": message.request_id,
+                "pid": message.pid,
+                "offset": message.offset,
+            }
+        )
+    if isinstance(message, ClusterLog):
+        for event in message.events:
+            _check_messages(event)
+        return _dumps(
+            {
+                "v": VERSION,
+                "kind": _KIND_LOG,
+                "origin": message.origin,
+                "ns": message.namespace,
+                "id": message.request_id,
+                "status": message.status,
+                "events": [[_frame(m) for m in event] for event in message.events],
             }
         )
     _check_messages(message.messages)
@@ -385,6 +461,31 @@ def decode_message(
             namespace=namespace,
             event=_string(document, "event"),
             args=tuple(args),
+            origin=origin,
+        )
+    if kind == _KIND_HANDOVER:
+        offset = document.get("offset")
+        if not isinstance(offset, str):
+            raise ClusterMessageError("field 'offset' must be a string")
+        return ClusterHandover(
+            namespace=namespace,
+            request_id=_string(document, "id"),
+            pid=_string(document, "pid"),
+            offset=offset,
+            origin=origin,
+        )
+    if kind == _KIND_LOG:
+        events = document.get("events")
+        if not isinstance(events, list) or not all(isinstance(e, list) for e in events):
+            raise ClusterMessageError("field 'events' must be a list of lists")
+        decoded = tuple(tuple(_unframe(item) for item in event) for event in events)
+        for event in decoded:
+            _check_messages(event)
+        return ClusterLog(
+            namespace=namespace,
+            request_id=_string(document, "id"),
+            status=_string(document, "status"),
+            events=decoded,
             origin=origin,
         )
     framed = document.get("msgs")

@@ -27,6 +27,12 @@ members, wherever they are connected) and acknowledges the batch with the
 next call. A reaper that dies mid-way leaves its pending batch to the next
 reaper, which announces it again: those peers are told twice.
 
+Recoverable sockets (connection state recovery on, a C{recovery:<sid>}
+record) are not announced: the reaper becomes their custodian
+(C{on_socket_kept}): they are recorded on it, keep their room, and wait,
+detached, for their client until their window ends (from detection, or
+the deadline already running); only then are their peers told.
+
 Restart alone. A node has a stable name (host name and listen endpoint, or
 C{CLUSTER_NODE_NAME}). At its first successful heartbeat it claims at once
 every other node of its own name that is not a live process: on the same
@@ -107,6 +113,9 @@ class NodeMonitor:
         on_self_reaped: Callable[[], None],
         figures: Callable[[], Mapping[str, int]] | None = None,
         process_alive: Callable[[int], bool] | None = None,
+        recovery_window_ms: int = 0,
+        on_socket_kept: Callable[[ReapedSocket], None] | None = None,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         """
         @param node_id: this node's current id (it changes when the node
@@ -126,6 +135,13 @@ class NodeMonitor:
         @param process_alive: whether a pid names a running process on this
             host (C{info} gives this node's C{host} and C{pid}); without it
             every other node of this name is taken for a predecessor.
+        @param recovery_window_ms: connection state recovery's window (0:
+            off): a dead node's sockets that may still be recovered are
+            kept by the reaper (C{on_socket_kept}), detached, until their
+            window ends, instead of being announced at once.
+        @param on_socket_kept: called with each such socket.
+        @param on_beat: called after each successful heartbeat (the sweep
+            of recovery windows that ended).
         """
         self._store = store
         self._clock = clock
@@ -144,6 +160,9 @@ class NodeMonitor:
         self._on_self_reaped = on_self_reaped
         self._figures = figures
         self._process_alive = process_alive
+        self._recovery_window_ms = recovery_window_ms
+        self._on_socket_kept = on_socket_kept
+        self._on_beat = on_beat
         self._loop: LoopingCall | None = None
         self._beating: Deferred[None] | None = None
         self._counter = 0
@@ -174,6 +193,21 @@ class NodeMonitor:
             for node, (_, since) in self._observed.items()
             if now - since >= self._timeout_s
         )
+
+    @property
+    def live_peers(self) -> frozenset[str]:
+        """Other nodes seen at the last heartbeats and not judged dead."""
+        return frozenset(self._observed) - self.judged_dead
+
+    async def peers_alive(self) -> bool:
+        """Whether other nodes are alive, as of a heartbeat run now (a
+        stopping process asks: can anyone recover its sockets?)."""
+        if self._beating is not None:
+            await self._beating
+        self.beat_soon()
+        if self._beating is not None:
+            await self._beating
+        return bool(self.live_peers)
 
     def start(self) -> None:
         """Beat now and every interval (idempotent)."""
@@ -292,6 +326,11 @@ class NodeMonitor:
         for node in sorted(dead):
             self._start_reap(node, self._observed[node][0], dead)
         self.beats += 1
+        if self._on_beat is not None:
+            try:
+                self._on_beat()
+            except Exception:  # noqa: BLE001 - error boundary: the beat itself succeeded
+                _log.failure("after-heartbeat hook failed")
         ready = [(a, d) for a, d in self._beat_waiters if self.beats > a]
         self._beat_waiters = [(a, d) for a, d in self._beat_waiters if self.beats <= a]
         for _, waiter in ready:
@@ -374,6 +413,8 @@ class NodeMonitor:
                     claim_ttl_ms=self._timeout_ms,
                     pending_ttl_s=self._socket_ttl_s,
                     prune_limit=self._prune_limit,
+                    now_ms=int(self._clock.seconds() * 1000),
+                    recovery_window_ms=self._recovery_window_ms if self._on_socket_kept else 0,
                 )
             except StoreUnavailable as e:
                 # The claim expires; whoever judges the node dead next goes on.
@@ -391,6 +432,12 @@ class NodeMonitor:
                     count=announced,
                 )
                 return
+            for kept in batch.kept:
+                assert self._on_socket_kept is not None
+                try:
+                    self._on_socket_kept(kept)
+                except Exception:  # noqa: BLE001 - error boundary: its window still ends
+                    _log.failure("keeping socket {sid} of a dead node failed", sid=kept.socket_id)
             for reaped in batch.sockets:
                 try:
                     self._on_socket_reaped(reaped)

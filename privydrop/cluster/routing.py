@@ -67,6 +67,8 @@ from privydrop.cluster.messages import (
     DEFAULT_CHANNEL_PREFIX,
     DEFAULT_MAX_MESSAGE_BYTES,
     ClusterBroadcast,
+    ClusterHandover,
+    ClusterLog,
     ClusterMembers,
     ClusterMessage,
     ClusterMessageError,
@@ -209,6 +211,8 @@ class ClusterAdapter:
         self.held_dropped = 0
         self.received = 0
         self._received_waiters: list[tuple[int, Deferred[int]]] = []
+        # Log requests this node sent, by request id, awaiting their answer.
+        self._log_requests: dict[str, Deferred[ClusterLog | None]] = {}
 
     @property
     def channel_prefix(self) -> str:
@@ -257,6 +261,25 @@ class ClusterAdapter:
         self._local.remove_socket(namespace, socket_id)
         for room in rooms:
             self._left(namespace, socket_id, room)
+        self.release(namespace, socket_id)
+
+    def move_socket(self, namespace: str, socket_id: SocketId, node: str | None) -> None:
+        rooms = self._local.rooms_of(namespace, socket_id)
+        here = self._sockets.get(namespace)
+        if here is not None:
+            here.discard(socket_id)
+            if not here:
+                del self._sockets[namespace]
+        self._local.remove_socket(namespace, socket_id)
+        for room in rooms:
+            key = (namespace, room)
+            tracked = self._tracked.get(key)
+            if tracked is None:
+                continue
+            if not self._local.has_members(namespace, room):
+                del self._tracked[key]
+            elif node:
+                tracked.add(socket_id, node)
         self.release(namespace, socket_id)
 
     def add(
@@ -537,6 +560,57 @@ class ClusterAdapter:
             return
         self._send_to_cluster(ClusterServerEvent(namespace, event, tuple(args), self.node_id), node)
 
+    # Connection state recovery across processes
+
+    def request_log(
+        self, node: str, namespace: str, pid: str, offset: str, timeout_s: float
+    ) -> Deferred[ClusterLog | None]:
+        """Ask node C{node} for the log of the socket C{pid} names after
+        C{offset}, and to let that socket go (L{ClusterHandover}).
+
+        @return: fires with its answer, or with None when none came within
+            C{timeout_s} (the node is presumed dead).
+        """
+        request_id = secrets.token_hex(8)
+        answer: Deferred[ClusterLog | None] = Deferred()
+        self._log_requests[request_id] = answer
+        if self._clock is not None:
+            timer = self._clock.callLater(timeout_s, self._log_timed_out, request_id)
+
+            def answered(result: ClusterLog | None) -> ClusterLog | None:
+                if timer.active():
+                    timer.cancel()
+                return result
+
+            answer.addCallback(answered)
+        self._send_to_cluster(
+            ClusterHandover(namespace, request_id, pid, offset, self.node_id), node
+        )
+        return answer
+
+    def _log_timed_out(self, request_id: str) -> None:
+        waiting = self._log_requests.pop(request_id, None)
+        if waiting is not None:
+            waiting.callback(None)
+
+    def _serve_handover(self, message: ClusterHandover) -> None:
+        status: str = "missing"
+        events: list[Sequence[Message]] = []
+        if self._delivery is not None:
+            status, events = self._delivery.hand_over(
+                message.namespace, message.pid, message.offset, message.origin
+            )
+        self._send_to_cluster(
+            ClusterLog(
+                message.namespace,
+                message.request_id,
+                status,
+                tuple(tuple(event) for event in events),
+                self.node_id,
+            ),
+            message.origin,
+        )
+
     # Receiving (called by the subscriber: Redis pub/sub or the memory bus)
 
     def receive(self, channel: str | bytes, payload: bytes | str) -> None:
@@ -585,6 +659,12 @@ class ClusterAdapter:
                 self._apply_change(tracked, message)
             else:
                 self._keep_early(message)
+        elif isinstance(message, ClusterHandover):
+            self._serve_handover(message)
+        elif isinstance(message, ClusterLog):
+            waiting = self._log_requests.pop(message.request_id, None)
+            if waiting is not None:
+                waiting.callback(message)
         else:
             if self._delivery is not None:
                 self._delivery.server_event(message.namespace, message.event, message.args)

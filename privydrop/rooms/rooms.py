@@ -283,6 +283,7 @@ class Rooms:
         room_id: str,
         client_ip: str,
         known: tuple[str, int] | None = None,
+        pid: str | None = None,
     ) -> JoinDecision:
         """Decide a Socket.IO C{join} under the join rule (module docstring).
 
@@ -290,6 +291,8 @@ class Rooms:
 
         @param known: the room and incarnation the caller believes the
             socket is in (rule 0), if any.
+        @param pid: the socket's private session id, recorded with a
+            successful join so that any process can recover the socket.
 
         @raise InvalidRoomId: for an id the client may not use.
         @raise StoreUnavailable: when the store cannot be reached.
@@ -317,6 +320,7 @@ class Rooms:
             known_room=None if known is None else known[0],
             known_incarnation=None if known is None else known[1],
             prune_limit=settings.prune_limit,
+            pid=pid,
         )
         rate = None
         if result.rate is not None and window is not None:

@@ -48,6 +48,7 @@ from privydrop.rooms import Rooms
 from privydrop.service.listen import with_backlog
 from privydrop.service.metrics import api_routes, instrument, metrics_service
 from privydrop.service.realtime import Realtime, build_realtime
+from privydrop.signaling.recovery import ClusterRecovery
 from privydrop.settings import ConfigError, Settings
 from privydrop.store.service import StoreService
 from privydrop.web.site import build_site
@@ -179,6 +180,22 @@ def build_service(
                 layer.sio_server.end_all_detached("this process was judged dead")
                 adapter_service.renew(new_node_id())
 
+            recovery: ClusterRecovery | None = None
+            if settings.socketio.recovery_window_ms > 0:
+                recovery = ClusterRecovery(
+                    store=store_service.store,
+                    rooms=rooms,
+                    adapter=adapter_service.adapter,
+                    sio=layer.sio_server,
+                    signaling=signaling,
+                    notify_peer_left=layer.notify_peer_left,
+                    clock=reactor,
+                    window_ms=settings.socketio.recovery_window_ms,
+                    socket_ttl_s=settings.rooms.room_ttl_s + settings.rooms.socket_ttl_extra_s,
+                    handover_timeout_ms=settings.cluster.handover_timeout_ms,
+                    sweep_grace_ms=settings.cluster.heartbeat_interval_ms,
+                )
+                layer.sio_server.set_recovery_backend(recovery)
             monitor = NodeMonitor(
                 store_service.store,
                 reactor,
@@ -197,6 +214,9 @@ def build_service(
                 on_socket_reaped=signaling.socket_reaped,
                 on_self_reaped=self_reaped,
                 process_alive=process_alive,
+                recovery_window_ms=settings.socketio.recovery_window_ms,
+                on_socket_kept=None if recovery is None else recovery.keep,
+                on_beat=None if recovery is None else recovery.sweep_soon,
                 figures=lambda: {
                     "connections": layer.sio_server.connection_count(),
                     "published": adapter_service.adapter.published,
@@ -211,6 +231,12 @@ def build_service(
             nodes_service.setName("nodes")
             nodes_service.setServiceParent(top)
         realtime_service = layer.service()
+        if settings.redis is not None and recovery is not None:
+            realtime_service.handover = (
+                lambda: Deferred.fromCoroutine(monitor.peers_alive()),
+                recovery.flush,
+                settings.cluster.shutdown_handover_ms / 1000,
+            )
         realtime_service.setName("realtime")
         realtime_service.setServiceParent(top)
         engineio_resource = layer.engine_resource

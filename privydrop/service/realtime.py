@@ -11,7 +11,7 @@ It only wires existing layers together and reads no environment.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 from twisted.application.service import Service
@@ -119,10 +119,25 @@ class RealtimeService(Service):
     so the listener stops accepting first, then this closes the open
     sessions and waits (at most L{SHUTDOWN_DRAIN_S}) until signaling has
     unbound their sockets, and only then does the store stop.
+
+    A rolling restart (L{handover} set, other processes alive, recovery
+    on): the sessions close as a shutdown, which leaves their sockets
+    detached and recoverable; their clients reconnect to another process
+    and recover there, this one handing each socket's log over on request,
+    for at most C{handover_s} or until none is left. Sockets still waiting
+    then stay bound to this process in the store, with their deadlines: the
+    others find it dead, keep them (custody) and announce them only when
+    their window ends. With nobody else alive, they are ended at once
+    (their peers told), as no process could recover them.
     """
 
     def __init__(self, realtime: Realtime) -> None:
         self.realtime = realtime
+        #: (whether other processes are alive, fires once deadline writes
+        #: ended, seconds to keep serving handovers); None: one process.
+        self.handover: (
+            tuple[Callable[[], Deferred[bool]], Callable[[], Deferred[Any]], float] | None
+        ) = None
 
     def startService(self) -> None:
         super().startService()
@@ -134,6 +149,12 @@ class RealtimeService(Service):
         # The listener stopped first (see service.py): no polling client can
         # come back for a close packet, so end idle polling sessions now.
         self.realtime.engine_server.close_all(linger=False)
+        sio = self.realtime.sio_server
+        if self.handover is not None and sio.detached_count():
+            return Deferred.fromCoroutine(self._hand_over(*self.handover))
+        return self._end_detached()
+
+    def _end_detached(self) -> Deferred[Any]:
         # Closing on shutdown leaves sockets recoverable, but no process
         # here will recover them: they leave now (peers told, store unbound).
         self.realtime.sio_server.end_all_detached()
@@ -141,6 +162,42 @@ class RealtimeService(Service):
         drained.addTimeout(SHUTDOWN_DRAIN_S, self.realtime.clock)
         drained.addErrback(self._not_drained)
         return drained
+
+    async def _hand_over(
+        self,
+        peers_alive: Callable[[], Deferred[bool]],
+        flush: Callable[[], Deferred[Any]],
+        handover_s: float,
+    ) -> None:
+        sio = self.realtime.sio_server
+        try:
+            others = await peers_alive()
+        except Exception:  # noqa: BLE001 - nobody known to be alive
+            others = False
+        if not others:
+            await self._end_detached()
+            return
+        waiting = sio.detached_count()
+        _log.info(
+            "stopping with other processes alive: {count} sockets wait up to {seconds} s "
+            "for their clients to recover them elsewhere",
+            count=waiting,
+            seconds=handover_s,
+        )
+        gone = sio.wait_no_detached()
+        gone.addTimeout(handover_s, self.realtime.clock)
+        try:
+            await gone
+        except Exception:  # noqa: BLE001 - the time is up
+            pass
+        await flush()
+        left = sio.detached_count()
+        if left:
+            _log.info(
+                "{count} sockets were not recovered before this process stopped; another "
+                "process keeps them until their window ends",
+                count=left,
+            )
 
     def _not_drained(self, failure: Any) -> None:
         _log.warn(

@@ -223,6 +223,12 @@ class ClusterSettings:
     node_timeout_ms: int = 10000
     #: Sockets of a dead process unbound per clean-up round trip.
     reap_batch: int = 100
+    #: Milliseconds a process whose client came back to it waits for the
+    #: process that held the socket to hand its log over (recovery).
+    handover_timeout_ms: int = 1000
+    #: Milliseconds a stopping process (SIGTERM, other processes alive)
+    #: keeps serving handovers while its clients recover elsewhere.
+    shutdown_handover_ms: int = 10000
     #: This process's stable name (a restarted process cleans up earlier
     #: ones of its name at start-up); C{""}: host name and listen endpoint.
     node_name: str = ""

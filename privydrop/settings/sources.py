@@ -312,6 +312,15 @@ LIMITS: tuple[Limit, ...] = (
           "cleaned up (their peers told). At least twice the heartbeat interval.", 20),
     Limit("CLUSTER_REAP_BATCH", "cluster-reap-batch", "cluster", "reap_batch",
           "Sockets of a dead process unbound per clean-up round trip."),
+    Limit("CLUSTER_HANDOVER_TIMEOUT_MS", "cluster-handover-timeout", "cluster",
+          "handover_timeout_ms",
+          "With Redis and recovery: milliseconds a process that a client came back to waits "
+          "for the process that held the socket to hand its missed events over; past it "
+          "that process is presumed dead and the socket is recovered without them.", 10),
+    Limit("CLUSTER_SHUTDOWN_HANDOVER_MS", "cluster-shutdown-handover", "cluster",
+          "shutdown_handover_ms",
+          "With Redis and recovery: milliseconds a stopping process (SIGTERM) with other "
+          "processes alive keeps serving handovers while its clients recover elsewhere.", 0),
 )
 
 

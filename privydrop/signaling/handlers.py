@@ -285,6 +285,7 @@ class Signaling:
         ns.on_disconnecting(self._disconnecting)
         ns.on_disconnect(self._disconnected)
         ns.on_server(ROOM_LEFT, self._room_left)
+        ns.on_released(self._released)
 
     def room_of(self, socket_id: str) -> str | None:
         """The room a socket of this process is in, as signaling knows it."""
@@ -313,7 +314,23 @@ class Signaling:
         self._idle_waiters.append(waiter)
         return waiter
 
+    def adopt(self, socket_id: str, room_id: str, incarnation: int) -> None:
+        """A socket of another process recovered here (or kept for a dead
+        one) is in this room: its state here, as after its join."""
+        state = self._sockets.get(socket_id)
+        if state is None:
+            state = self._sockets[socket_id] = _SocketState()
+        state.room, state.incarnation = room_id, incarnation
+
     # -- lifecycle -----------------------------------------------------------
+
+    def _released(self, socket: Socket) -> None:
+        """The socket lives on in another process (or was ended by one):
+        forget it here without unbinding or telling anyone."""
+        if self._sockets.pop(socket.id, None) is not None and not self._sockets:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def _state(self, socket: Socket) -> _SocketState:
         state = self._sockets.get(socket.id)
@@ -530,7 +547,7 @@ class Signaling:
         if state.room is not None and state.incarnation is not None:
             known = (state.room, state.incarnation)
         try:
-            decision = await self._rooms.join(socket.id, room_id, ip, known)
+            decision = await self._rooms.join(socket.id, room_id, ip, known, socket.pid)
         except InvalidRoomId:
             self.dropped.record(events.JOIN, events.Reason.REFUSED_ROOM_ID)
             self._warnings.debug(

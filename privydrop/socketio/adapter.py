@@ -51,6 +51,15 @@ class SocketDelivery(Protocol):
     def server_event(self, namespace: str, event: str, args: Sequence[Any]) -> None:
         """Hand a server event (L{Adapter.server_event}) to the namespace's handler."""
 
+    def hand_over(
+        self, namespace: str, pid: str, offset: str, node: str
+    ) -> tuple[str, list[Sequence[Message]]]:
+        """Another process (C{node}) recovered the socket C{pid} names: give
+        it the events after C{offset} and let the socket go here.
+
+        @return: a L{privydrop.socketio.recovery.LogStatus} value and the events.
+        """
+
 
 #: Members of a room and the node holding each (C{""}: unknown, or this
 #: process for the in-process adapter).
@@ -68,6 +77,12 @@ class Adapter(Protocol):
 
     def remove_socket(self, namespace: str, socket_id: SocketId) -> None:
         """A socket left the namespace: forget it and take it out of every room."""
+
+    def move_socket(self, namespace: str, socket_id: SocketId, node: str | None) -> None:
+        """A socket left this process without leaving its rooms (recovered
+        on node C{node}, or ended by another process): forget it here
+        without telling anyone it left; rooms still tracked here note it on
+        C{node}."""
 
     def add(
         self,
@@ -186,6 +201,9 @@ class LocalAdapter:
             return
         for room in joined:
             self._discard(ns, socket_id, room)
+
+    def move_socket(self, namespace: str, socket_id: SocketId, node: str | None) -> None:
+        self.remove_socket(namespace, socket_id)
 
     def add(
         self,

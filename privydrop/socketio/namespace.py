@@ -21,7 +21,7 @@ from privydrop.socketio.acks import as_deferred_if_awaitable
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.ids import RoomId, SocketId
 from privydrop.socketio.packets import RESERVED_EVENTS, Packet, PacketType
-from privydrop.socketio.recovery import Offsets, RecoverySettings
+from privydrop.socketio.recovery import Offsets, RecoveryBackend, RecoverySettings
 from privydrop.socketio.sockets import (
     BroadcastOperator,
     Socket,
@@ -53,6 +53,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _awaited(result: Any) -> Union[Deferred[Any], Any]:
     """Turn a coroutine or other awaitable into a Deferred; leave values alone."""
     return as_deferred_if_awaitable(result)
+
+
+async def _nothing() -> None:
+    return None
 
 
 def ack_arguments(result: Any) -> list[Any]:
@@ -101,6 +105,10 @@ class Namespace:
         self._connected: dict[SocketId, Socket] = {}
         self._all: dict[SocketId, Socket] = {}
         self._server_handlers: dict[str, ServerEventHandler] = {}
+        self._released_handlers: list[Callable[[Socket], Any]] = []
+        #: Recovery across processes (set by the server), None within one.
+        self.backend: RecoveryBackend | None = None
+        self._no_detached_waiters: list[Deferred[None]] = []
 
     def __repr__(self) -> str:
         return "<Namespace {}>".format(self.name)
@@ -152,6 +160,13 @@ class Namespace:
         self._disconnect_handlers.append(fn)
         return fn
 
+    def on_released(self, fn: F) -> F:
+        """Run C{fn(socket)} when a socket leaves this process without
+        leaving its rooms (recovered on another process, or ended by one):
+        forget it here, announce nothing."""
+        self._released_handlers.append(fn)
+        return fn
+
     def on_server(self, event: str, handler: ServerEventHandler) -> ServerEventHandler:
         """Handle a server event sent to this process (L{send_server_event}):
         C{handler(*args)}; failures are logged.
@@ -188,6 +203,20 @@ class Namespace:
             return False
         socket._on_close(reason)
         return True
+
+    def wait_no_detached(self) -> Deferred[None]:
+        """Fires once no socket of this namespace waits for its client here."""
+        if self.detached_count() == 0:
+            return Deferred.fromCoroutine(_nothing())
+        waiter: Deferred[None] = Deferred()
+        self._no_detached_waiters.append(waiter)
+        return waiter
+
+    def _check_no_detached(self) -> None:
+        if self._no_detached_waiters and self.detached_count() == 0:
+            waiters, self._no_detached_waiters = self._no_detached_waiters, []
+            for waiter in waiters:
+                waiter.callback(None)
 
     def end_all_detached(self, reason: str = "recovery ended") -> int:
         """End every detached socket now (no one can recover them any more).
@@ -327,6 +356,8 @@ class Namespace:
 
     def _resumed(self, socket: Socket) -> None:
         self._connected[socket.id] = socket
+        if self._no_detached_waiters:
+            self._check_no_detached()
 
     def _begin(self, socket: Socket, auth: Mapping[str, Any]) -> Deferred[bool]:
         """Register a connecting socket and run the connect handlers.
@@ -381,6 +412,25 @@ class Namespace:
         self._connected.pop(socket.id, None)
         if socket.pid is not None and self._by_pid.get(socket.pid) is socket:
             del self._by_pid[socket.pid]
+        if self._no_detached_waiters:
+            self._check_no_detached()
+
+    def _register(self, socket: Socket) -> None:
+        """A socket recovered from, or kept for, another process."""
+        self._all[socket.id] = socket
+        if socket.pid is not None:
+            self._by_pid[socket.pid] = socket
+        self._adapter.add_socket(self.name, socket.id)
+
+    def _run_released(self, socket: Socket) -> None:
+        for handler in self._released_handlers:
+            try:
+                result = _awaited(handler(socket))
+            except Exception:
+                _log.failure("released handler failed for socket {sid}", sid=socket.id)
+                continue
+            if isinstance(result, Deferred):
+                result.addErrback(self._log_handler_failure, "released", socket.id)
 
     def _dispatch(self, socket: Socket, packet: Packet) -> None:
         data = packet[2]

@@ -17,15 +17,23 @@ reconnection, sends C{{pid, offset}} in its CONNECT. The server half here:
     time only: an entry's offset is the last argument of its encoded text,
     so the log stores no offsets of its own and the relay path does no
     more than one append.
+
+Across processes (a L{RecoveryBackend}, wired by the service tree with a
+cluster): a private session id is C{<socket id>.<random>}, so any process
+can find the socket's record from the pid alone; a CONNECT whose pid is not
+known here is claimed through the backend, the socket is rebuilt here in
+its rooms, and the process that held it hands its log over on request.
 """
 
 from __future__ import annotations
 
 import secrets
+import enum
 from collections import deque
-from typing import Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
 
 import attrs
+from twisted.internet.defer import Deferred
 
 from privydrop.socketio.packets import Message
 
@@ -33,9 +41,87 @@ from privydrop.socketio.packets import Message
 PID_BYTES = 16
 
 
-def new_pid() -> str:
-    """A private session id: random, never shown to any other client."""
-    return secrets.token_hex(PID_BYTES)
+if TYPE_CHECKING:
+    from privydrop.socketio.sockets import Socket
+
+#: An event as kept in a log: its encoded messages (text, then attachments).
+Event = Sequence[Message]
+
+
+def new_pid(socket_id: str) -> str:
+    """A private session id, C{<socket id>.<random>}: the random part is
+    never shown to any other client; the socket id lets any process find
+    the socket's record (socket ids never contain C{.})."""
+    return socket_id + "." + secrets.token_hex(PID_BYTES)
+
+
+def pid_socket_id(pid: str) -> str | None:
+    """The socket id a private session id names, or None when malformed."""
+    socket_id, dot, secret = pid.partition(".")
+    if not dot or not socket_id or len(secret) != 2 * PID_BYTES:
+        return None
+    return socket_id
+
+
+class LogStatus(enum.Enum):
+    """What the process that held a socket answered for its log."""
+
+    #: The events after the client's offset (possibly none).
+    FOUND = "found"
+    #: The client's offset is not in the log: what it missed is unknown.
+    OFFSET_UNKNOWN = "offset-unknown"
+    #: No answer in time, or the socket was not there: nothing to replay.
+    MISSING = "missing"
+
+
+@attrs.frozen
+class RemoteClaim:
+    """A socket of another process (or of none) now recorded here.
+
+    @ivar socket_id: its id.
+    @ivar rooms: its rooms, each with its members and the node of each.
+    @ivar old_node: the process that held it ("" when none was recorded).
+    """
+
+    socket_id: str
+    rooms: Mapping[str, Mapping[str, str]]
+    old_node: str
+
+
+@attrs.frozen
+class RemoteLog:
+    """The answer of the process that held a socket.
+
+    @ivar status: see L{LogStatus}.
+    @ivar events: the events after the client's offset, oldest first.
+    """
+
+    status: LogStatus
+    events: Sequence[Event] = ()
+
+
+class RecoveryBackend(Protocol):
+    """Recovery across processes (implemented above this layer, with the
+    store and the cluster)."""
+
+    def claim(self, namespace: str, pid: str) -> Deferred[RemoteClaim | None]:
+        """Record the socket C{pid} names on this process, if it can be
+        recovered; None otherwise."""
+
+    def fetch_log(self, namespace: str, claim: RemoteClaim, pid: str, offset: str) -> Deferred[RemoteLog]:
+        """Ask the process that held it for the events after C{offset}
+        (and to let its old connection go), within a bounded wait."""
+
+    def detached(self, socket: Socket) -> None:
+        """Its connection was lost: its window runs (a deadline any process
+        can act on)."""
+
+    def resumed(self, socket: Socket) -> None:
+        """Recovered in this process: its window no longer runs."""
+
+    def window_ended(self, socket: Socket) -> Deferred[bool]:
+        """Its window ended here: whether this process ends it (False: it
+        was recovered or ended elsewhere; it leaves here quietly)."""
 
 
 @attrs.frozen
@@ -74,15 +160,20 @@ class PacketLog:
     Entries past C{max_packets}, or that make the total exceed
     C{max_bytes}, push the oldest ones out; an entry larger than
     C{max_bytes} on its own empties the log.
+
+    A I{custodial} log is kept for a socket whose process died: it starts
+    mid-stream, after whatever the client saw, so a client's offset that it
+    does not hold means "everything here is missed".
     """
 
-    __slots__ = ("_entries", "_bytes", "_max_packets", "_max_bytes")
+    __slots__ = ("_entries", "_bytes", "_max_packets", "_max_bytes", "custodial")
 
-    def __init__(self, max_packets: int, max_bytes: int) -> None:
+    def __init__(self, max_packets: int, max_bytes: int, custodial: bool = False) -> None:
         self._entries: deque[tuple[Sequence[Message], int]] = deque()
         self._bytes = 0
         self._max_packets = max_packets
         self._max_bytes = max_bytes
+        self.custodial = custodial
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -110,6 +201,37 @@ class PacketLog:
                 held -= entries.popleft()[1]
         self._bytes = held
 
+    def put_first(self, events: Sequence[Event]) -> None:
+        """Put events handed over by another process before the ones kept
+        here (which arrived later), within the caps."""
+        later = list(self._entries)
+        self._entries.clear()
+        self._bytes = 0
+        for event in events:
+            self.add(event)
+        for messages, size in later:
+            self._entries.append((messages, size))
+            self._bytes += size
+            while len(self._entries) > self._max_packets or self._bytes > self._max_bytes:
+                self._bytes -= self._entries.popleft()[1]
+        self.custodial = False
+
+    def events_after(self, offset: str) -> list[Event] | None:
+        """The events after the one with C{offset}, oldest first.
+
+        @return: None when no kept event has that offset (all of them when
+            the log is custodial).
+        """
+        suffix = '"' + offset + '"]'
+        entries = self._entries
+        for index in range(len(entries) - 1, -1, -1):
+            first = entries[index][0][0]
+            if isinstance(first, str) and first.endswith(suffix):
+                return [entries[later][0] for later in range(index + 1, len(entries))]
+        if self.custodial:
+            return [messages for messages, _ in entries]
+        return None
+
     def after(self, offset: str) -> list[Message] | None:
         """The messages of the events after the one with C{offset}, in order.
 
@@ -125,4 +247,6 @@ class PacketLog:
                 for later in range(index + 1, len(entries)):
                     missed.extend(entries[later][0])
                 return missed
+        if self.custodial:
+            return [message for messages, _ in entries for message in messages]
         return None

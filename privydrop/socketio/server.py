@@ -27,6 +27,17 @@ server has not noticed its loss yet), the old connection is closed and the
 socket goes on over the new one. A C{pid} whose offset is not found ends its
 socket at once: its client is back, under a new socket.
 
+Across processes (L{SocketIOServer.set_recovery_backend}, with a cluster):
+a C{pid} not known here is claimed through the backend (the store moves
+the socket to this process atomically), the socket is rebuilt here with
+the same id in its rooms (their other members' processes are told), and
+the process that held it is asked for the events after the client's
+offset, and to close its old connection if still open (a takeover across
+processes). What arrives here meanwhile waits behind those events. No
+answer in time: the socket is recovered without them (counted in
+C{handover_lost}). An offset the old process does not know ends the
+socket (its peers are told) and the client gets a new one.
+
 The one exception is a CONNECT whose payload (C{auth}) passes
 C{max_auth_bytes}: it is answered with CONNECT_ERROR C{{message: "auth payload
 too large"}} for its namespace, without the payload being parsed, and the
@@ -49,6 +60,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import LogLevel
 from twisted.python.failure import Failure
@@ -72,8 +84,15 @@ from privydrop.socketio.packets import (
     SocketIOProtocolError,
     encode,
 )
-from privydrop.socketio.recovery import RecoverySettings, new_pid
-from privydrop.socketio.sockets import Socket, SocketHandshake, SocketState
+from privydrop.socketio.recovery import (
+    LogStatus,
+    RecoveryBackend,
+    RecoverySettings,
+    RemoteClaim,
+    RemoteLog,
+    new_pid,
+)
+from privydrop.socketio.sockets import NO_CLIENT, Socket, SocketHandshake, SocketState
 
 _log = Logger()
 _EVENT = PacketType.EVENT
@@ -147,6 +166,13 @@ class SocketIOServer:
         )
         self.recoveries = 0
         self.takeovers = 0
+        #: Recoveries of sockets another process held (in recoveries too).
+        self.remote_recoveries = 0
+        #: Remote recoveries whose old process did not hand its log over.
+        self.handover_lost = 0
+        #: Sockets this process let go to another one that recovered them.
+        self.handed_over = 0
+        self._backend: RecoveryBackend | None = None
         self.of(MAIN_NAMESPACE)
 
     @property
@@ -171,7 +197,47 @@ class SocketIOServer:
             namespace = self._namespaces[name] = Namespace(
                 name, self._adapter, self._warnings, self._recovery
             )
+            if self._recovery is not None:
+                namespace.backend = self._backend
         return namespace
+
+    def set_recovery_backend(self, backend: RecoveryBackend | None) -> None:
+        """Recover sockets across processes through C{backend} (ignored
+        when recovery is off)."""
+        if self._recovery is None:
+            return
+        self._backend = backend
+        for namespace in self._namespaces.values():
+            namespace.backend = backend
+
+    def wait_no_detached(self) -> Deferred[Any]:
+        """Fires once no socket of any namespace waits for its client here."""
+        return DeferredList(
+            [ns.wait_no_detached() for ns in self._namespaces.values()], consumeErrors=True
+        )
+
+    def adopt(
+        self,
+        namespace: str,
+        socket_id: str,
+        pid: str,
+        rooms: Mapping[str, Mapping[str, str]],
+        window_s: float,
+    ) -> bool:
+        """Keep, detached, a socket whose process died, in its rooms, until
+        its window ends (C{window_s} from now) or its client recovers it.
+
+        @return: False when recovery is off or the socket is here already.
+        """
+        ns = self._namespaces.get(namespace)
+        if ns is None or ns.recovery is None or ns._local_socket(SocketId(socket_id)) is not None:
+            return False
+        socket = self._new_socket(SocketId(socket_id), ns, NO_CLIENT, None, pid)
+        ns._register(socket)
+        for room, members in rooms.items():
+            socket.join(room, members)
+        socket._adopt(window_s)
+        return True
 
     def connection_count(self) -> int:
         """Clients (Engine.IO connections) currently open on this process."""
@@ -214,6 +280,32 @@ class SocketIOServer:
         ns = self._namespaces.get(namespace)
         if ns is not None:
             ns._server_event(event, args)
+
+    def hand_over(
+        self, namespace: str, pid: str, offset: str, node: str
+    ) -> tuple[str, list[Sequence[Message]]]:
+        ns = self._namespaces.get(namespace)
+        socket = None if ns is None else ns._recoverable(pid)
+        if socket is None:
+            return LogStatus.MISSING.value, []
+        events = None
+        if isinstance(offset, str) and len(offset) <= MAX_OFFSET_LENGTH:
+            events = socket._handed_over(offset)
+        if socket.state is SocketState.CONNECTED:
+            # Its client came back elsewhere before this process noticed
+            # the loss: the old connection goes, quietly.
+            self._take_over(socket)
+            self.takeovers += 1
+        socket._release(node)
+        self.handed_over += 1
+        _log.info(
+            "socket {sid} handed over to node {node}",
+            sid=socket.id,
+            node=node,
+        )
+        if events is None:
+            return LogStatus.OFFSET_UNKNOWN.value, []
+        return LogStatus.FOUND.value, events
 
     # EngineApplication
 
@@ -346,21 +438,63 @@ class SocketIOServer:
         if namespace.recovery is not None and "pid" in auth:
             if self._recover(client, namespace, auth, handshake):
                 return
-        socket_id = new_socket_id()
-        while namespace._local_socket(socket_id) is not None:
-            socket_id = new_socket_id()
-        socket = Socket(
+            pid, offset = auth.get("pid"), auth.get("offset")
+            if (
+                self._backend is not None
+                and isinstance(pid, str)
+                and isinstance(offset, str)
+                and len(offset) <= MAX_OFFSET_LENGTH
+                and namespace._recoverable(pid) is None
+            ):
+                Deferred.fromCoroutine(
+                    self._recover_remote(client, namespace, auth, handshake, pid, offset)
+                ).addErrback(
+                    lambda failure: _log.failure("recovering a socket failed", failure=failure)
+                )
+                return
+        self._connect_new(client, namespace, auth, handshake)
+
+    def _new_socket(
+        self,
+        socket_id: SocketId,
+        namespace: Namespace,
+        client: Any,
+        handshake: SocketHandshake | None,
+        pid: str | None,
+    ) -> Socket:
+        return Socket(
             socket_id,
             namespace,
             client,
-            handshake,
+            handshake if handshake is not None else SocketHandshake({}, "", {}, 0, "", False),
             self._adapter,
             PendingAcks(self._clock, self._settings.max_pending_acks),
             self._settings.max_rooms_per_socket,
             self._clock,
             self._settings.connect_answer_gap_ms / 1000.0,
             namespace.recovery,
-            None if namespace.recovery is None else new_pid(),
+            pid,
+        )
+
+    def _connect_new(
+        self,
+        client: Client,
+        namespace: Namespace,
+        auth: Mapping[str, Any],
+        handshake: SocketHandshake,
+    ) -> None:
+        if client.closed:
+            return
+        name = namespace.name
+        socket_id = new_socket_id()
+        while namespace._local_socket(socket_id) is not None:
+            socket_id = new_socket_id()
+        socket = self._new_socket(
+            socket_id,
+            namespace,
+            client,
+            handshake,
+            None if namespace.recovery is None else new_pid(socket_id),
         )
         client.connecting[name] = socket
         d = namespace._begin(socket, auth)
@@ -397,6 +531,8 @@ class SocketIOServer:
             self._take_over(socket)
             self.takeovers += 1
         socket._resume(client, handshake, missed)
+        if namespace.backend is not None:
+            namespace.backend.resumed(socket)
         self.recoveries += 1
         client.sockets[namespace.name] = socket
         client.cancel_connect_timer()
@@ -407,6 +543,71 @@ class SocketIOServer:
             missed=len(missed),
         )
         return True
+
+    async def _recover_remote(
+        self,
+        client: Client,
+        namespace: Namespace,
+        auth: Mapping[str, Any],
+        handshake: SocketHandshake,
+        pid: str,
+        offset: str,
+    ) -> None:
+        """Recover a socket another process held (or kept for a dead one);
+        a new socket when it cannot be."""
+        assert self._backend is not None
+        try:
+            claim: RemoteClaim | None = await self._backend.claim(namespace.name, pid)
+        except Exception:  # noqa: BLE001 - the client gets a new socket
+            _log.failure("claiming socket of pid for recovery failed")
+            claim = None
+        if claim is None or namespace._local_socket(SocketId(claim.socket_id)) is not None:
+            self._connect_new(client, namespace, auth, handshake)
+            return
+        socket = self._new_socket(SocketId(claim.socket_id), namespace, client, handshake, pid)
+        namespace._register(socket)
+        # Its rooms here first: their members' processes send to this one
+        # from now on, and what they send waits (CONNECTING) behind the log.
+        for room, members in claim.rooms.items():
+            socket.join(room, members)
+        try:
+            log: RemoteLog = await self._backend.fetch_log(namespace.name, claim, pid, offset)
+        except Exception:  # noqa: BLE001 - recovered without the log
+            _log.failure("fetching the log of socket {sid} failed", sid=claim.socket_id)
+            log = RemoteLog(LogStatus.MISSING)
+        if log.status is LogStatus.OFFSET_UNKNOWN:
+            # What the client missed is unknown: the socket leaves (its
+            # peers are told) and the client gets a new one.
+            socket._state = SocketState.CONNECTED
+            socket._client = NO_CLIENT
+            socket._held = None
+            socket._on_close(REASON_NOT_RECOVERED)
+            self._connect_new(client, namespace, auth, handshake)
+            return
+        if log.status is LogStatus.MISSING:
+            self.handover_lost += 1
+            _log.warn(
+                "socket {sid} recovered without the log of node {node} (no answer within "
+                "the handover timeout): what was sent to it there is lost",
+                sid=claim.socket_id,
+                node=claim.old_node,
+            )
+        socket._resume_remote(client, handshake, log.events)
+        self.recoveries += 1
+        self.remote_recoveries += 1
+        if client.closed:
+            # Gone again while it was recovered: it waits for its client here.
+            socket._detach("transport close")
+            return
+        client.sockets[namespace.name] = socket
+        client.cancel_connect_timer()
+        _log.info(
+            "socket {sid} recovered in {namespace} from node {node} ({missed} messages replayed)",
+            sid=socket.id,
+            namespace=namespace.name,
+            node=claim.old_node,
+            missed=len(log.events),
+        )
 
     def _take_over(self, socket: Socket) -> None:
         """The client of a still connected socket came back on a new

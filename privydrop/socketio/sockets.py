@@ -15,6 +15,12 @@ it missed. A client that comes back while the server still thinks the old
 connection is alive takes the socket over: the old connection is closed
 quietly. When the window ends first, the socket leaves as it would have
 (disconnecting and disconnect handlers, with the original reason).
+
+Across processes (with a L{privydrop.socketio.recovery.RecoveryBackend}), a
+socket may also be I{released}: it leaves this process without leaving its
+rooms, because it was recovered on another process or ended there; only the
+namespace's released handlers run. A process that adopts the socket of a
+dead one keeps it detached without a connection (L{NO_CLIENT}).
 """
 
 from __future__ import annotations
@@ -99,6 +105,29 @@ def check_event_name(event: str) -> None:
         raise ValueError("event name must be a string")
     if event in RESERVED_EVENTS:
         raise ValueError("{!r} is a reserved event name".format(event))
+
+
+class _NoClient:
+    """The client of a socket adopted from a dead process: it never had a
+    connection here, sends nothing and forgets nothing."""
+
+    transport_name = ""
+    closed = True
+    sockets: dict[str, Any] = {}
+    connecting: dict[str, Any] = {}
+
+    def send(self, messages: Sequence[Message]) -> None:
+        pass
+
+    def _forget(self, socket: Any) -> None:
+        pass
+
+    def disconnect_all(self) -> None:
+        pass
+
+
+#: The client of every socket kept for a process that died.
+NO_CLIENT: Any = _NoClient()
 
 
 class BroadcastOperator:
@@ -427,6 +456,9 @@ class Socket:
         self._window_call = self._clock.callLater(
             self._recovery.window_s, self._window_ended, reason
         )
+        backend = self.namespace.backend
+        if backend is not None:
+            backend.detached(self)
         if loglevels.debug:
             _log.debug(
                 "socket {sid} detached from its connection: {reason}",
@@ -436,7 +468,80 @@ class Socket:
 
     def _window_ended(self, reason: str) -> None:
         self._window_call = None
-        self._on_close(reason)
+        backend = self.namespace.backend
+        if backend is None:
+            self._on_close(reason)
+            return
+        # Exactly one process ends it (this one unless it was recovered or
+        # ended elsewhere meanwhile).
+        backend.window_ended(self).addCallback(self._window_decided, reason).addErrback(
+            lambda failure: _log.failure("ending socket {sid} failed", failure=failure, sid=self.id)
+        )
+
+    def _window_decided(self, ours: bool, reason: str) -> None:
+        if self._state is not SocketState.DETACHED:
+            return
+        if ours:
+            self._on_close(reason)
+        else:
+            self._release(None)
+
+    def _adopt(self, window_s: float) -> None:
+        """Kept for a process that died: detached from the start, with a
+        custodial log, until its window ends."""
+        assert self._recovery is not None
+        self._state = SocketState.DETACHED
+        self._held = None
+        self._log = PacketLog(
+            self._recovery.max_packets, self._recovery.max_bytes, custodial=True
+        )
+        self._window_call = self._clock.callLater(
+            max(window_s, 0.0), self._window_ended, "transport close"
+        )
+
+    def _handed_over(self, offset: str) -> list[Sequence[Message]] | None:
+        """The events after C{offset}, for the process its client came back
+        to (None when the offset is not kept)."""
+        if self._log is None:
+            return None
+        return self._log.events_after(offset)
+
+    def _release(self, node: str | None) -> None:
+        """Leave this process without leaving the rooms: recovered on node
+        C{node}, or ended by another process. No disconnect handler runs;
+        the namespace's released handlers do."""
+        if self._state is SocketState.DISCONNECTED or self._closing:
+            return
+        if self._window_call is not None:
+            if self._window_call.active():
+                self._window_call.cancel()
+            self._window_call = None
+        self._state = SocketState.DISCONNECTED
+        self._held = None
+        self._log = None
+        self._adapter.move_socket(self.namespace.name, self.id, node)
+        self.namespace._forget(self)
+        self._client._forget(self)
+        self._acks.drop_all()
+        self.namespace._run_released(self)
+
+    def _resume_remote(
+        self, client: Client, handshake: SocketHandshake, events: Sequence[Sequence[Message]]
+    ) -> None:
+        """Recovered from another process: the events it handed over come
+        first, then what arrived here meanwhile (held while CONNECTING)."""
+        arrived = self._held or []
+        if self._log is not None:
+            self._log.put_first(events)
+        self._held = [message for event in events for message in event]
+        self._held.extend(arrived)
+        self._client = client
+        self.handshake = handshake
+        self.recovered = True
+        self._state = SocketState.CONNECTED
+        self.namespace._resumed(self)
+        self._client.send(encode(Packet(PacketType.CONNECT, self.namespace.name, self._answer())))
+        self._clock.callLater(self._connect_answer_gap_s, self._release_held)
 
     def _missed(self, offset: str) -> list[Message] | None:
         """What the client missed after C{offset}; None when unknown."""

@@ -222,6 +222,31 @@ class ReapedSocket:
     room_id: str
     incarnation: int
     members: Members = attrs.field(factory=dict, hash=False)
+    #: For a socket kept for recovery (see L{ReapBatch.kept}): its private
+    #: session id and the end of its window (ms since the epoch).
+    pid: str | None = None
+    deadline_ms: int = 0
+
+
+@attrs.frozen
+class RecoveryClaim:
+    """The answer to L{IStore.claim_recovery}.
+
+    @ivar claimed: the socket is recorded on the claiming node now.
+    @ivar room_id: the room it is bound to.
+    @ivar incarnation: that room's C{created_at}.
+    @ivar old_node: the node that held it (or kept it) before the claim.
+    @ivar members: the room's members with their nodes, after the claim.
+    @ivar was_waiting: its recovery window was running (its connection had
+        been noticed lost); otherwise its holder still thinks it connected.
+    """
+
+    claimed: bool
+    room_id: str = ""
+    incarnation: int = 0
+    old_node: str = ""
+    members: Members = attrs.field(factory=dict, hash=False)
+    was_waiting: bool = False
 
 
 class ReapStatus(enum.Enum):
@@ -237,8 +262,16 @@ class ReapStatus(enum.Enum):
 
 @attrs.frozen
 class ReapBatch:
+    """One batch of a clean-up.
+
+    @ivar sockets: unbound; their peers are to be told.
+    @ivar kept: recoverable sockets the judge keeps, detached, until their
+        window ends (their peers are told nothing now).
+    """
+
     status: ReapStatus
     sockets: tuple[ReapedSocket, ...] = ()
+    kept: tuple[ReapedSocket, ...] = ()
 
 
 class IStore(Interface):
@@ -274,6 +307,7 @@ class IStore(Interface):
         known_room: str | None = None,
         known_incarnation: int | None = None,
         prune_limit: int = DEFAULT_PRUNE_LIMIT,
+        pid: str | None = None,
     ) -> JoinResult:
         """Execute the join rule of L{privydrop.rooms.rooms} atomically.
 
@@ -287,7 +321,31 @@ class IStore(Interface):
             knows it; a binding to C{known_room} with another incarnation
             is stale.
         @param prune_limit: members looked at for ghosts.
+        @param pid: the socket's private session id (connection state
+            recovery): on success C{recovery:<sid>} records it with the room
+            and node, so that any process can recover the socket.
         """
+
+    async def claim_recovery(
+        socket_id: str, pid: str, node_id: str, socket_ttl_s: int
+    ) -> RecoveryClaim:
+        """Move a recoverable socket to C{node_id} (its client came back
+        there with C{pid}): its node in the room and the node sets, its
+        record, and its recovery deadline removed. Atomic.
+
+        A wrong pid, no record, or a socket no longer bound to a live room
+        claims nothing.
+        """
+
+    async def set_recovery_deadline(socket_id: str, deadline_ms: int) -> None:
+        """The socket's connection was lost: its window ends at C{deadline_ms}."""
+
+    async def take_recovery_deadline(socket_id: str) -> bool:
+        """Remove the socket's deadline; whoever gets True ends the socket."""
+
+    async def take_due_recoveries(now_ms: int, limit: int) -> list[str]:
+        """Remove up to C{limit} deadlines due by C{now_ms}; the caller ends
+        those sockets (no other process got them)."""
 
     async def leave_room(
         socket_id: str,
@@ -348,6 +406,8 @@ class IStore(Interface):
         claim_ttl_ms: int,
         pending_ttl_s: int,
         prune_limit: int = DEFAULT_PRUNE_LIMIT,
+        now_ms: int = 0,
+        recovery_window_ms: int = 0,
     ) -> ReapBatch:
         """One step of the clean-up of a dead node, under the caller's claim.
 
@@ -357,6 +417,11 @@ class IStore(Interface):
         (binding, member sets, node hash; emptied rooms get C{empty_ttl_s})
         and recorded as pending. When none are left the node's heartbeat,
         info and claim are removed (L{ReapStatus.DONE}).
+
+        With C{recovery_window_ms} > 0, a socket that has a recovery record
+        is not unbound: the judge keeps it (L{ReapBatch.kept}), recorded as
+        its node, with a deadline C{now_ms + recovery_window_ms} unless one
+        was running already.
         """
 
     async def deregister_node(node_id: str) -> bool:

@@ -76,6 +76,20 @@ C{cluster:reap:<node>:pending} (list)
     The batch of reaped sockets whose peers are being told, so that another
     node finishes the announcement if the reaper dies. TTL: the socket TTL.
 
+C{recovery:<sid>} (hash)
+    A socket that connection state recovery may bring back on any process:
+    C{pid} (its private session id, C{<sid>.<random>}), C{room} (the room it
+    is bound to) and C{node} (the process holding it now, or keeping it as
+    custodian after its process died). Written by the join script, moved by
+    a recovery's claim and by the clean-up of a dead node, deleted by the
+    leave script. TTL: the socket TTL.
+
+C{recovery:deadlines} (sorted set)
+    Socket id -> the time (ms since the epoch) its recovery window ends, for
+    the sockets whose connection was lost. Whoever removes an entry (ZREM)
+    ends that socket: exactly one process announces it, whether its holder
+    is alive or not. No TTL (entries are removed when due, claimed or left).
+
 Room ids never contain C{:} (see L{privydrop.rooms.ids.validate_room_id}),
 so C{room:<a>:sockets} and C{room:<a>:nodes} can never be another room's
 hash. Node ids are hexadecimal.
@@ -98,6 +112,9 @@ INFO_SUFFIX = ":info"
 REAPED_SUFFIX = ":reaped"
 REAP_PREFIX = "cluster:reap:"
 PENDING_SUFFIX = ":pending"
+RECOVERY_PREFIX = "recovery:"
+#: Socket id -> the end of its recovery window (ms since the epoch).
+RECOVERY_DEADLINES = "recovery:deadlines"
 #: Node id -> heartbeat value.
 HEARTBEATS = "cluster:heartbeats"
 
@@ -148,6 +165,11 @@ def reap_pending(node_id: str) -> str:
 def socket(socket_id: str) -> str:
     """The socket's binding key, C{socket:<sid>}."""
     return SOCKET_PREFIX + socket_id
+
+
+def recovery(socket_id: str) -> str:
+    """Where any process finds a recoverable socket, C{recovery:<sid>}."""
+    return RECOVERY_PREFIX + socket_id
 
 
 def join_rate(key_suffix: str) -> str:

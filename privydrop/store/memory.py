@@ -41,6 +41,7 @@ from privydrop.store.interface import (
     ReapBatch,
     ReapedSocket,
     ReapStatus,
+    RecoveryClaim,
     RoomCheck,
     RoomProbe,
 )
@@ -121,6 +122,15 @@ class MemoryStore:
     def _zset(self, key: str) -> dict[str, float] | None:
         self._check_expiry(key)
         return self._zsets.get(key)
+
+    def _zrem(self, key: str, member: str) -> bool:
+        zset = self._zset(key)
+        if zset is None or member not in zset:
+            return False
+        del zset[member]
+        if not zset:
+            self._drop(key)
+        return True
 
     def _srem(self, key: str, member: str) -> bool:
         """SREM: whether the member was there."""
@@ -261,6 +271,7 @@ class MemoryStore:
         known_room: str | None = None,
         known_incarnation: int | None = None,
         prune_limit: int = DEFAULT_PRUNE_LIMIT,
+        pid: str | None = None,
     ) -> JoinResult:
         """Execute the join rule of L{privydrop.rooms.rooms} (see L{IStore.join_room})."""
         socket_key = keys.socket(socket_id)
@@ -294,6 +305,11 @@ class MemoryStore:
         self._sadd(keys.node_sockets(node_id), socket_id)
         self._expire(keys.node_sockets(node_id), socket_ttl_s)
         self._refresh_room(room_id, room_ttl_s)
+        if pid:
+            record = keys.recovery(socket_id)
+            for field, value in (("pid", pid), ("room", room_id), ("node", node_id)):
+                self._hset(record, field, value)
+            self._expire(record, socket_ttl_s)
         return JoinResult(
             JoinOutcome.REJOINED if rejoin else JoinOutcome.JOINED,
             bound_room=room_id,
@@ -332,6 +348,8 @@ class MemoryStore:
             self._hdel(keys.room_nodes(room_id), socket_id)
             self._srem(keys.node_sockets(node), socket_id)
         self._prune_members(room_id, prune_limit)
+        self._drop(keys.recovery(socket_id))
+        self._zrem(keys.RECOVERY_DEADLINES, socket_id)
         members = self._set(sockets_key)
         remaining = len(members) if members is not None else 0
         if remaining == 0:
@@ -427,6 +445,8 @@ class MemoryStore:
         claim_ttl_ms: int,
         pending_ttl_s: int,
         prune_limit: int = DEFAULT_PRUNE_LIMIT,
+        now_ms: int = 0,
+        recovery_window_ms: int = 0,
     ) -> ReapBatch:
         """See L{IStore.reap_node}."""
         claim = keys.reap_claim(dead_node)
@@ -451,6 +471,7 @@ class MemoryStore:
         if not held:
             self._drop(sockets_key)
         entries: list[str] = []
+        kept: list[ReapedSocket] = []
         for sid in popped:
             room_id = self._get_string(keys.socket(sid))
             if room_id is None:
@@ -458,6 +479,33 @@ class MemoryStore:
             owner = self._hget(keys.room_nodes(room_id), sid)
             if owner is not None and owner != dead_node:
                 continue
+            record = keys.recovery(sid)
+            pid = self._hget(record, "pid") if recovery_window_ms > 0 else None
+            incarnation = self._incarnation(room_id)
+            if (
+                pid is not None
+                and incarnation is not None
+                and sid in (self._set(keys.room_sockets(room_id)) or ())
+            ):
+                self._hset(keys.room_nodes(room_id), sid, judge)
+                self._hset(record, "node", judge)
+                self._sadd(keys.node_sockets(judge), sid)
+                self._expire(keys.node_sockets(judge), pending_ttl_s)
+                deadlines = self._zsets.setdefault(keys.RECOVERY_DEADLINES, {})
+                deadlines.setdefault(sid, now_ms + recovery_window_ms)
+                kept.append(
+                    ReapedSocket(
+                        sid,
+                        room_id,
+                        incarnation,
+                        self._members_with_nodes(room_id),
+                        pid=pid,
+                        deadline_ms=int(deadlines[sid]),
+                    )
+                )
+                continue
+            self._drop(record)
+            self._zrem(keys.RECOVERY_DEADLINES, sid)
             self._drop(keys.socket(sid))
             removed = self._srem(keys.room_sockets(room_id), sid)
             self._hdel(keys.room_nodes(room_id), sid)
@@ -472,7 +520,63 @@ class MemoryStore:
         if entries:
             self._lists[pending_key] = entries
             self._deadlines[pending_key] = self._clock.seconds() + pending_ttl_s
-        return ReapBatch(ReapStatus.BATCH, tuple(_decode_entry(e) for e in entries))
+        return ReapBatch(
+            ReapStatus.BATCH, tuple(_decode_entry(e) for e in entries), tuple(kept)
+        )
+
+    # -- connection state recovery across processes -----------------------------------
+
+    async def claim_recovery(
+        self, socket_id: str, pid: str, node_id: str, socket_ttl_s: int
+    ) -> RecoveryClaim:
+        """See L{IStore.claim_recovery}."""
+        record = keys.recovery(socket_id)
+        fields = self._hash(record)
+        if fields is None or fields.get("pid") != pid:
+            return RecoveryClaim(claimed=False)
+        room_id, old = fields.get("room", ""), fields.get("node", "")
+        incarnation = self._incarnation(room_id)
+        if (
+            incarnation is None
+            or self._get_string(keys.socket(socket_id)) != room_id
+            or socket_id not in (self._set(keys.room_sockets(room_id)) or ())
+        ):
+            self._drop(record)
+            self._zrem(keys.RECOVERY_DEADLINES, socket_id)
+            return RecoveryClaim(claimed=False)
+        waiting = self._zrem(keys.RECOVERY_DEADLINES, socket_id)
+        if old and old != node_id:
+            self._srem(keys.node_sockets(old), socket_id)
+        self._sadd(keys.node_sockets(node_id), socket_id)
+        self._expire(keys.node_sockets(node_id), socket_ttl_s)
+        self._hset(keys.room_nodes(room_id), socket_id, node_id)
+        self._hset(record, "node", node_id)
+        self._expire(record, socket_ttl_s)
+        return RecoveryClaim(
+            claimed=True,
+            room_id=room_id,
+            incarnation=incarnation,
+            old_node=old,
+            members=self._members_with_nodes(room_id),
+            was_waiting=waiting,
+        )
+
+    async def set_recovery_deadline(self, socket_id: str, deadline_ms: int) -> None:
+        """See L{IStore.set_recovery_deadline}."""
+        self._zsets.setdefault(keys.RECOVERY_DEADLINES, {})[socket_id] = deadline_ms
+
+    async def take_recovery_deadline(self, socket_id: str) -> bool:
+        """See L{IStore.take_recovery_deadline}."""
+        return self._zrem(keys.RECOVERY_DEADLINES, socket_id)
+
+    async def take_due_recoveries(self, now_ms: int, limit: int) -> list[str]:
+        """See L{IStore.take_due_recoveries}."""
+        deadlines = self._zset(keys.RECOVERY_DEADLINES) or {}
+        due = sorted((score, sid) for sid, score in deadlines.items() if score <= now_ms)
+        taken = [sid for _, sid in due[:limit]]
+        for sid in taken:
+            self._zrem(keys.RECOVERY_DEADLINES, sid)
+        return taken
 
     async def deregister_node(self, node_id: str) -> bool:
         """See L{IStore.deregister_node}."""

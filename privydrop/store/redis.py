@@ -58,6 +58,7 @@ from privydrop.store.interface import (
     ReapBatch,
     ReapedSocket,
     ReapStatus,
+    RecoveryClaim,
     RoomCheck,
     RoomProbe,
     StoreError,
@@ -95,6 +96,8 @@ HEARTBEAT = Script.load("heartbeat")
 CLAIM_REAP = Script.load("claim_reap")
 REAP_NODE = Script.load("reap_node", "membership")
 DEREGISTER_NODE = Script.load("deregister_node")
+CLAIM_RECOVERY = Script.load("claim_recovery", "membership")
+TAKE_RECOVERIES = Script.load("take_recoveries")
 COUNT_CALLS = Script.load("count_calls")
 ALL_SCRIPTS = (
     COUNT_CALLS,
@@ -109,6 +112,8 @@ ALL_SCRIPTS = (
     CLAIM_REAP,
     REAP_NODE,
     DEREGISTER_NODE,
+    CLAIM_RECOVERY,
+    TAKE_RECOVERIES,
 )
 
 
@@ -134,9 +139,19 @@ def _incarnation(value: Any) -> int | None:
 
 
 def _reaped_socket(entry: Any) -> ReapedSocket | None:
-    """One pending entry of the reap script (JSON), or None when unreadable."""
+    """One entry of the reap script (JSON), or None when unreadable."""
     try:
-        sid, room_id, incarnation, members = orjson.loads(_text(entry))
+        fields = orjson.loads(_text(entry))
+        sid, room_id, incarnation, members = fields[:4]
+        if len(fields) >= 6:
+            return ReapedSocket(
+                str(sid),
+                str(room_id),
+                int(incarnation),
+                _members(members),
+                pid=str(fields[4]),
+                deadline_ms=int(fields[5]),
+            )
         return ReapedSocket(str(sid), str(room_id), int(incarnation), _members(members))
     except (ValueError, TypeError):
         _log.warn("dropped an unreadable reap entry {entry!r}", entry=entry)
@@ -338,6 +353,7 @@ class RedisStore:
         known_room: str | None = None,
         known_incarnation: int | None = None,
         prune_limit: int = DEFAULT_PRUNE_LIMIT,
+        pid: str | None = None,
     ) -> JoinResult:
         """The whole join decision. One round trip (script)."""
         script_keys = [
@@ -369,6 +385,8 @@ class RedisStore:
             keys.NODES_SUFFIX,
             keys.SOCKET_PREFIX,
             prune_limit,
+            pid or "",
+            keys.RECOVERY_PREFIX,
         )
         outcome, bound, count, oldest, incarnation, members = await self._script(
             JOIN_ROOM, script_keys, args
@@ -414,6 +432,8 @@ class RedisStore:
                 keys.SOCKET_PREFIX,
                 keys.NODE_PREFIX,
                 prune_limit,
+                keys.RECOVERY_PREFIX,
+                keys.RECOVERY_DEADLINES,
             ),
         )
         left_text = _text(left)
@@ -511,9 +531,11 @@ class RedisStore:
         claim_ttl_ms: int,
         pending_ttl_s: int,
         prune_limit: int = DEFAULT_PRUNE_LIMIT,
+        now_ms: int = 0,
+        recovery_window_ms: int = 0,
     ) -> ReapBatch:
         """One batch of a dead node's clean-up. One round trip (script)."""
-        status, entries = await self._script(
+        status, entries, kept = await self._script(
             REAP_NODE,
             (
                 keys.reap_claim(dead_node),
@@ -521,6 +543,7 @@ class RedisStore:
                 keys.node_sockets(dead_node),
                 keys.HEARTBEATS,
                 keys.node_info(dead_node),
+                keys.RECOVERY_DEADLINES,
             ),
             (
                 dead_node,
@@ -536,13 +559,66 @@ class RedisStore:
                 keys.CREATED_AT_FIELD,
                 prune_limit,
                 pending_ttl_s,
+                now_ms,
+                recovery_window_ms,
+                keys.RECOVERY_PREFIX,
+                keys.NODE_PREFIX,
             ),
         )
         sockets = [_reaped_socket(entry) for entry in entries or ()]
+        kept_sockets = [_reaped_socket(entry) for entry in kept or ()]
         return ReapBatch(
             status=ReapStatus(_text(status)),
             sockets=tuple(s for s in sockets if s is not None),
+            kept=tuple(s for s in kept_sockets if s is not None and s.pid),
         )
+
+    # -- connection state recovery across processes ---------------------------------
+
+    async def claim_recovery(
+        self, socket_id: str, pid: str, node_id: str, socket_ttl_s: int
+    ) -> RecoveryClaim:
+        """Move a recoverable socket to C{node_id}. One round trip (script)."""
+        reply = await self._script(
+            CLAIM_RECOVERY,
+            (keys.recovery(socket_id), keys.RECOVERY_DEADLINES, keys.socket(socket_id)),
+            (
+                socket_id,
+                pid,
+                node_id,
+                socket_ttl_s,
+                keys.ROOM_PREFIX,
+                keys.SOCKETS_SUFFIX,
+                keys.NODES_SUFFIX,
+                keys.NODE_PREFIX,
+                keys.CREATED_AT_FIELD,
+            ),
+        )
+        if _text(reply[0]) != "ok":
+            return RecoveryClaim(claimed=False)
+        incarnation = _incarnation(reply[2])
+        return RecoveryClaim(
+            claimed=True,
+            room_id=_text(reply[1]),
+            incarnation=incarnation if incarnation is not None else 0,
+            old_node=_text(reply[3]),
+            members=_members(reply[4]),
+            was_waiting=int(reply[5]) == 1,
+        )
+
+    async def set_recovery_deadline(self, socket_id: str, deadline_ms: int) -> None:
+        """One round trip (ZADD)."""
+        await self._command(("ZADD", keys.RECOVERY_DEADLINES, deadline_ms, socket_id))
+
+    async def take_recovery_deadline(self, socket_id: str) -> bool:
+        """One round trip (script)."""
+        reply = await self._script(TAKE_RECOVERIES, (keys.RECOVERY_DEADLINES,), (socket_id, 0, 0))
+        return bool(reply)
+
+    async def take_due_recoveries(self, now_ms: int, limit: int) -> list[str]:
+        """One round trip (script)."""
+        reply = await self._script(TAKE_RECOVERIES, (keys.RECOVERY_DEADLINES,), ("", now_ms, limit))
+        return [_text(sid) for sid in reply or ()]
 
     async def deregister_node(self, node_id: str) -> bool:
         """Leave the heartbeats when no socket is left bound. One round trip (script)."""

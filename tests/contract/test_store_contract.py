@@ -891,3 +891,79 @@ async def test_redis_scripts_are_resent_after_a_script_flush(
     assert await redis_store.create_room("R", NOW, ROOM_TTL)
     assert await redis_store.create_room("R", NOW, ROOM_TTL) is False
     assert redis_server.command("SCRIPT", "EXISTS", CREATE_ROOM.sha) == [1]
+
+
+# -- connection state recovery across processes ---------------------------------------
+
+PID = "s1." + "ab" * 16
+
+
+async def _recoverable(backend: Backend) -> None:
+    store = backend.store
+    await store.create_room("R", NOW, ROOM_TTL)
+    for sid, node, pid in (("s1", "x", PID), ("s2", "y", "s2." + "cd" * 16)):
+        await store.join_room(sid, "R", NOW, ROOM_TTL, SOCKET_TTL, None, node_id=node, pid=pid)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_claim_moves_a_recoverable_socket_to_the_claiming_node_once(
+    backend: Backend,
+) -> None:
+    """A client back on node z with its pid: the socket is recorded on z, its
+    window stops, and the answer names its room, old node and members."""
+    store = backend.store
+    await _recoverable(backend)
+    await store.set_recovery_deadline("s1", NOW + 1000)
+    assert not (await store.claim_recovery("s1", "s1." + "00" * 16, "z", SOCKET_TTL)).claimed
+    claim = await store.claim_recovery("s1", PID, "z", SOCKET_TTL)
+    assert claim.claimed and claim.was_waiting
+    assert (claim.room_id, claim.old_node) == ("R", "x")
+    assert claim.incarnation == NOW
+    assert dict(claim.members) == {"s1": "z", "s2": "y"}
+    # The deadline went with the claim: nobody ends the socket now.
+    assert await store.take_due_recoveries(NOW + 5000, 10) == []
+    again = await store.claim_recovery("s1", PID, "w", SOCKET_TTL)
+    assert again.old_node == "z" and not again.was_waiting
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_socket_that_left_cannot_be_claimed(backend: Backend) -> None:
+    store = backend.store
+    await _recoverable(backend)
+    await store.set_recovery_deadline("s1", NOW + 1000)
+    await store.leave_room("s1", None, EMPTY_TTL)
+    assert not (await store.claim_recovery("s1", PID, "z", SOCKET_TTL)).claimed
+    assert await store.take_due_recoveries(NOW + 5000, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_each_deadline_is_taken_exactly_once(backend: Backend) -> None:
+    """The holder's timer and every node's sweep race for a deadline: one wins."""
+    store = backend.store
+    await store.set_recovery_deadline("s1", NOW + 1000)
+    await store.set_recovery_deadline("s2", NOW + 3000)
+    assert await store.take_due_recoveries(NOW + 2000, 10) == ["s1"]
+    assert await store.take_due_recoveries(NOW + 2000, 10) == []
+    assert await store.take_recovery_deadline("s2")
+    assert not await store.take_recovery_deadline("s2")
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_reaper_keeps_recoverable_sockets_of_a_dead_node(backend: Backend) -> None:
+    """A dead node's recoverable socket is not unbound: the reaper holds it,
+    with a deadline from detection, and its peers are not to be told."""
+    store = backend.store
+    await _recoverable(backend)
+    await _beat(backend, "x", "1")
+    assert await store.claim_reap("x", "y", "1", 10_000, SOCKET_TTL)
+    batch = await store.reap_node(
+        "x", "y", batch=10, ack=False, empty_ttl_s=EMPTY_TTL, claim_ttl_ms=10_000,
+        pending_ttl_s=SOCKET_TTL, now_ms=NOW, recovery_window_ms=5000,
+    )
+    assert batch.sockets == ()
+    [kept] = batch.kept
+    assert (kept.socket_id, kept.pid, kept.deadline_ms) == ("s1", PID, NOW + 5000)
+    assert dict(kept.members) == {"s1": "y", "s2": "y"}
+    assert await store.room_of_socket("s1") == "R"
+    claim = await store.claim_recovery("s1", PID, "z", SOCKET_TTL)
+    assert claim.claimed and claim.old_node == "y"

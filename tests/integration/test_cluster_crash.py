@@ -72,6 +72,8 @@ class Cluster:
     redis: RedisServer
     cwd: Path
     servers: list[Server] = attrs.field(factory=list)
+    #: Settings of every process unless a test gives others.
+    defaults: dict[str, str] = attrs.field(factory=dict)
 
     def key(self, *args: Any) -> Any:
         return self.redis.command(*args)
@@ -82,7 +84,7 @@ class Cluster:
         environment = child_env(
             REDIS_URL="redis://127.0.0.1:%d/0" % self.redis.port,
             DISABLE_JOIN_RATE_LIMIT="1",
-            **env,
+            **{**self.defaults, **env},
         )
         process = spawn(
             TWISTD
@@ -134,7 +136,11 @@ async def until(condition: Callable[[], bool], what: str, timeout_s: float = 20.
 
 @pytest_twisted.async_yield_fixture
 async def cluster(private_redis: RedisServer, tmp_path: Path) -> AsyncIterator[Cluster]:
-    made = Cluster(private_redis, tmp_path)
+    # These tests are about the clean-up that announces a dead process's
+    # users at detection: without connection state recovery (with it, the
+    # survivors keep recoverable sockets until their window ends; see
+    # test_cluster_recovery.py).
+    made = Cluster(private_redis, tmp_path, defaults={"SOCKETIO_RECOVERY_WINDOW_MS": "0"})
     try:
         yield made
     finally:

@@ -83,13 +83,13 @@ class Cluster:
             await within(node.realtime.signaling.wait_idle())
 
 
-async def _start_subscribed(redis_server: RedisServer, db: int) -> RunningTree:
+async def _start_subscribed(redis_server: RedisServer, db: int, **overrides: str) -> RunningTree:
     """A started tree whose cluster subscription is in place.
 
     Until the subscription exists, what other nodes publish does not reach
     this one; a test that did not wait for it would race Redis.
     """
-    running = await start_tree(tree_settings(redis_server, db), reactor)
+    running = await start_tree(tree_settings(redis_server, db, **overrides), reactor)
     try:
         await within(running.service.getServiceNamed("adapter").wait_subscribed())
     except BaseException:
@@ -99,10 +99,15 @@ async def _start_subscribed(redis_server: RedisServer, db: int) -> RunningTree:
 
 
 @pytest_twisted.async_yield_fixture
-async def cluster(redis_server: RedisServer, redis_db: int) -> AsyncIterator[Cluster]:
-    a = await _start_subscribed(redis_server, redis_db)
+async def cluster(
+    redis_server: RedisServer, redis_db: int, request: pytest.FixtureRequest
+) -> AsyncIterator[Cluster]:
+    overrides = {}
+    if request.node.get_closest_marker("recovery_off") is not None:
+        overrides["SOCKETIO_RECOVERY_WINDOW_MS"] = "0"
+    a = await _start_subscribed(redis_server, redis_db, **overrides)
     try:
-        b = await _start_subscribed(redis_server, redis_db)
+        b = await _start_subscribed(redis_server, redis_db, **overrides)
     except BaseException:
         await a.stop()
         raise
@@ -408,14 +413,17 @@ async def test_join_rate_limit_is_shared_between_nodes(cluster: Cluster, js: JsC
     assert len(members) == 3 and other in members
 
 
+@pytest.mark.recovery_off
 @pytest.mark.parametrize("transport", ["websocket", "polling"])
 @pytest_twisted.ensureDeferred
 async def test_node_shutting_down_tells_peers_on_the_other_node(
     transport: str, cluster: Cluster, js: JsClients
 ) -> None:
-    """When one process stops (a deploy, a restart), the users it served are
-    announced as gone to their peers on the processes that keep running, and
-    their bindings are removed from the store.
+    """Without connection state recovery: when one process stops (a deploy,
+    a restart), the users it served are announced as gone to their peers on
+    the processes that keep running, and their bindings are removed from
+    the store. (With recovery, their clients recover them on the others:
+    test_cluster_recovery.py.)
 
     If this breaks, every rolling restart leaves users on the surviving
     processes waiting for peers that will never answer, and leaves ghost

@@ -122,6 +122,11 @@ class TcpProxy:
     def connection_count(self) -> int:
         return len(self._factory.open)
 
+    def retarget(self, port: int) -> None:
+        """New connections go to C{port} (another process, as a load
+        balancer would send them); open ones stay where they are."""
+        self._factory.target_port = port
+
     def hold_new(self) -> None:
         if self._factory.holding is None:
             self._factory.holding = []

@@ -10,7 +10,9 @@
 -- ARGV[13] the room the caller knows the socket in ('' none),
 -- ARGV[14] that room's incarnation as the caller knows it ('' none),
 -- ARGV[15] room key prefix, ARGV[16] sockets suffix, ARGV[17] nodes suffix,
--- ARGV[18] socket key prefix, ARGV[19] prune limit
+-- ARGV[18] socket key prefix, ARGV[19] prune limit,
+-- ARGV[20] the socket's private session id ('' when recovery is off),
+-- ARGV[21] recovery key prefix
 -- Returns {outcome, bound_room or '', count (-1: no rate check), oldest_ms,
 -- incarnation or '', {member, node, ...}}.
 local room_id, sid = ARGV[1], ARGV[2]
@@ -66,6 +68,12 @@ redis.call('EXPIRE', KEYS[5], ARGV[6])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('EXPIRE', KEYS[3], ARGV[5])
 redis.call('EXPIRE', KEYS[4], ARGV[5])
+if ARGV[20] ~= '' then
+  -- Any process can find the socket from its pid: recovery:<sid>.
+  local record = ARGV[21] .. sid
+  redis.call('HSET', record, 'pid', ARGV[20], 'room', room_id, 'node', ARGV[12])
+  redis.call('EXPIRE', record, ARGV[6])
+end
 local outcome = 'joined'
 if rejoin then
   outcome = 'rejoined'

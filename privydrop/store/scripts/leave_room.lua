@@ -5,7 +5,8 @@
 -- ARGV[4] created_at field, ARGV[5] empty_ttl_s, ARGV[6] room key prefix,
 -- ARGV[7] sockets suffix, ARGV[8] nodes suffix (to find the socket's own
 -- room when none is given), ARGV[9] socket key prefix, ARGV[10] node key
--- prefix, ARGV[11] prune limit
+-- prefix, ARGV[11] prune limit, ARGV[12] recovery key prefix,
+-- ARGV[13] the recovery deadlines key
 -- Returns {room_id or '', remaining, removed (1/0), incarnation or '',
 -- node or '', {member, node, ...}}.
 local sid = ARGV[1]
@@ -37,6 +38,11 @@ if node then
   redis.call('SREM', ARGV[10] .. node .. ARGV[7], sid)
 end
 prune_members(room_id, sockets_key, nodes_key, ARGV[9], tonumber(ARGV[11]))
+-- Nobody may recover a socket that left.
+if ARGV[12] then
+  redis.call('DEL', ARGV[12] .. sid)
+  redis.call('ZREM', ARGV[13], sid)
+end
 local remaining = redis.call('SCARD', sockets_key)
 if remaining == 0 then
   redis.call('EXPIRE', room_key, ARGV[5])

@@ -24,6 +24,7 @@ from twisted.logger import LogLevel
 from twisted.python import usage
 
 from privydrop import __version__
+from privydrop.compat import twisted as twisted_compat
 from privydrop.logs import levels as loglevels
 from privydrop.logs.levels import Logger
 from privydrop.redis.probe import RedisProbeError, probe_redis
@@ -158,6 +159,8 @@ def makeService(options: Any) -> IService:
             _log.error("Redis check failed, continuing in development: {error}", error=str(e))
             sys.stderr.write("privydrop: warning: %s\n" % (e,))
     tune_garbage_collector()
+    # No log context per ready connection and reactor turn (see there).
+    twisted_compat.lean_dispatch(reactor)
     try:
         return build_service(settings, reactor)
     except ConfigError as e:

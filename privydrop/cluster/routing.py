@@ -493,8 +493,8 @@ class ClusterAdapter:
 
         @raise TypeError: the payload holds something JSON cannot carry.
         """
-        namespace = packet.namespace
-        if self.is_local(namespace, socket_id):
+        namespace = packet[1]
+        if socket_id in self._sockets.get(namespace, ()):  # is_local, inlined
             self._local.send_to_socket(packet, socket_id, only_if_in_room)
             return
         node = None

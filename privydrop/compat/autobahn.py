@@ -474,14 +474,18 @@ def parse_rest(protocol: Any, data: bytes) -> None:
     protocol.consumeData()
 
 
-def write_frames(protocol: Any, data: bytes) -> None:
+def write_frames(protocol: Any, data: bytes) -> bool:
     """Write ready-made frames: at once on the socket when Autobahn has
-    nothing queued and does not log octets, else through Autobahn."""
+    nothing queued and does not log octets, else through Autobahn.
+
+    @return: whether all of C{data} left on the socket at once (nothing of
+        it waits in Autobahn's queue or the transport's buffer).
+    """
     if protocol.send_queue or protocol.logOctets:
         protocol.sendData(data)
-    else:
-        # sendData's debug event formats its fields on every call.
-        write_now(protocol.transport, data)
+        return False
+    # sendData's debug event formats its fields on every call.
+    return write_now(protocol.transport, data)
 
 
 def failed(protocol: Any) -> bool:

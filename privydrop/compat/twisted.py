@@ -25,15 +25,20 @@ a Twisted version where one of them changed.
   - L{HTTP_HOOKS}: the methods of C{HTTPChannel} and C{Request} that the
     site overrides. There is no fallback for a renamed hook; L{hooks_missing}
     names it, and the site logs it as an error.
+  - L{lean_dispatch}: the epoll reactor's poller, its descriptors and its
+    per-event handler, L{EPOLL_REACTOR_INTERNALS}. Fallback: the reactor
+    dispatches as it always did.
 """
 
 from __future__ import annotations
 
+import errno
 import inspect
 from collections.abc import Iterable
 from typing import Any
 
 from twisted.internet import tcp
+from twisted.python import log as legacy_log
 from twisted.web import http, server
 
 _TCP_SERVER = tcp.Server
@@ -135,7 +140,7 @@ def outbound_buffer_size(transport: Any) -> int:
     return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
 
-def write_now(transport: Any, data: bytes) -> None:
+def write_now(transport: Any, data: bytes) -> bool:
     """Write C{data}, sending it on the socket at once when nothing is buffered.
 
     Twisted's TCP transport only buffers a write and registers for
@@ -145,6 +150,9 @@ def write_now(transport: Any, data: bytes) -> None:
     anyway, so it is done here; whatever the kernel does not take (or any
     other transport: TLS, tests' fakes, a TCP transport whose internals
     changed) goes through C{transport.write}.
+
+    @return: whether all of C{data} left on the socket here, so nothing is
+        buffered on C{transport} now (L{outbound_buffer_size} is 0).
     """
     if (
         _has_readable_buffer(transport)
@@ -162,10 +170,11 @@ def write_now(transport: Any, data: bytes) -> None:
             # Twisted way (the connection is lost on the next iteration).
             sent = 0
         if sent == len(data):
-            return
+            return True
         if sent:
             data = data[sent:]
     transport.write(data)
+    return False
 
 
 # -- twisted.web ---------------------------------------------------------------
@@ -230,3 +239,68 @@ def release_upgraded_channel(channel: Any, transport: Any) -> None:
         and getattr(transport, "producer", None) is channel
     ):
         transport.unregisterProducer()
+
+
+# -- the reactor's dispatch ------------------------------------------------------
+
+#: What L{lean_dispatch} uses on an C{EPollReactor}: the C{epoll} object, the
+#: descriptors by file number, and the method that runs one event (a read,
+#: a write or a disconnection, with Twisted's own error handling).
+EPOLL_REACTOR_INTERNALS = ("_poller", "_selectables", "_doReadOrWrite")
+
+
+def lean_dispatch(reactor: Any) -> bool:
+    """Run the epoll reactor's events without a log context per event.
+
+    Twisted's C{EPollReactor.doPoll} runs each ready descriptor's event
+    inside C{log.callWithLogger}: it asks the connection for its log prefix
+    and copies the context stack's dictionary, so that a legacy
+    C{twisted.python.log} message written during the event carries the
+    connection's name as its C{system}. That is a fixed cost per ready
+    connection and reactor turn, paid even when nothing is logged, and it
+    weighs most when many connections carry one message each. Here the
+    events run directly; an exception escaping one (Twisted's handler
+    already logs and closes on a failed read or write) is still logged with
+    the connection's prefix, as C{callWithLogger} does, and the next event
+    runs. What changes: legacy log messages written during an event have no
+    connection-named C{system} (the package logs through
+    C{twisted.logger} with named fields, and the prefix would name the
+    client's address, which the logs keep out unless configured).
+
+    @param reactor: the reactor about to run.
+    @return: whether the lean dispatch was installed (False: not an epoll
+        reactor, or one whose internals changed; it dispatches as before).
+    """
+    from twisted.internet.epollreactor import EPollReactor
+
+    if not isinstance(reactor, EPollReactor) or missing(reactor, EPOLL_REACTOR_INTERNALS):
+        return False
+    poller = reactor._poller
+    selectables = reactor._selectables
+    run_event = reactor._doReadOrWrite
+
+    def do_poll(timeout: float | None) -> None:
+        try:
+            events = poller.poll(-1 if timeout is None else timeout, len(selectables))
+        except OSError as err:
+            if err.errno == errno.EINTR:
+                return
+            raise
+        for fd, event in events:
+            selectable = selectables.get(fd)
+            if selectable is None:
+                continue
+            try:
+                run_event(selectable, fd, event)
+            except KeyboardInterrupt:
+                raise
+            except BaseException:
+                try:
+                    prefix = selectable.logPrefix()
+                except BaseException:
+                    prefix = "(buggy logPrefix method)"
+                legacy_log.err(system=prefix)
+
+    # On this instance only: mainLoop calls self.doIteration every turn.
+    reactor.doIteration = do_poll  # type: ignore[method-assign]
+    return True

@@ -39,7 +39,8 @@ class PacketType(IntEnum):
 
 
 #: The wire character of each packet type, indexed by type.
-_TYPE_CHARS: tuple[str, ...] = tuple(str(t.value) for t in PacketType)
+TYPE_CHARS: tuple[str, ...] = tuple(str(t.value) for t in PacketType)
+_TYPE_CHARS = TYPE_CHARS
 _TYPES_BY_CHAR: dict[str, PacketType] = {str(t.value): t for t in PacketType}
 
 PacketData = str | bytes

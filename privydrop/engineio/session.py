@@ -157,7 +157,8 @@ class FlushQueue:
             sessions, self._sessions = self._sessions, []
             for session in sessions:
                 try:
-                    session._scheduled_flush()
+                    if session._flush_pending:
+                        session._flush()
                 except Exception:  # noqa: BLE001 - error boundary: one session only
                     _log.failure(
                         "engine session {engine_sid} failed to flush",
@@ -175,6 +176,15 @@ class SessionState(Enum):
     #: Closed by the server; waiting to deliver what is queued.
     CLOSING = "closing"
     CLOSED = "closed"
+
+
+# The members the hot paths compare with, as module globals: reading an
+# Enum member through its class is several times slower than a global.
+_OPEN = SessionState.OPEN
+_CLOSING = SessionState.CLOSING
+_CLOSED = SessionState.CLOSED
+_MESSAGE = PacketType.MESSAGE
+_new_packet = tuple.__new__
 
 
 class Session:
@@ -264,18 +274,30 @@ class Session:
         return self._close_kind
 
     def send(self, message: Message) -> None:
-        """Queue one message packet; flushed with the rest of this turn's packets."""
-        if self.state is not SessionState.OPEN:
+        """Queue one message packet; flushed with the rest of this turn's packets.
+
+        The relay's hot path: L{_enqueue} inlined, and the packet built
+        without L{Packet.__new__}'s check (a message packet may carry either
+        kind of data).
+        """
+        if self.state is not _OPEN:
             return
-        self._enqueue(Packet(PacketType.MESSAGE, message))
+        self._queue.append(_new_packet(Packet, (_MESSAGE, message)))
+        queued = self._queued_bytes = self._queued_bytes + len(message) + 1
+        if queued > self._settings.max_buffered_bytes:
+            self._refuse_buffered(queued)
+            return
+        if not self._flush_pending:
+            self._flush_pending = True
+            self._flushes.add(self)
 
     def send_many(self, messages: Sequence[Message]) -> None:
         """Queue several message packets in order."""
-        if self.state is not SessionState.OPEN:
+        if self.state is not _OPEN:
             return
         for message in messages:
-            self._enqueue(Packet(PacketType.MESSAGE, message))
-            if self.state is not SessionState.OPEN:
+            self._enqueue(Packet(_MESSAGE, message))
+            if self.state is not _OPEN:
                 return
 
     def close(
@@ -392,20 +414,23 @@ class Session:
 
     def _enqueue(self, packet: Packet) -> None:
         self._queue.append(packet)
-        self._queued_bytes += len(packet.data) + 1
+        self._queued_bytes += len(packet[1]) + 1
         if self._queued_bytes > self._settings.max_buffered_bytes:
-            self.refuse(
-                "max_buffered_bytes",
-                "engine session {engine_sid} closed: {limit} exceeded ({size} bytes queued)",
-                REASON_BUFFER_LIMIT,
-                WS_POLICY_VIOLATION,
-                limit="max_buffered_bytes",
-                size=self._queued_bytes,
-            )
+            self._refuse_buffered(self._queued_bytes)
             return
         if not self._flush_pending:
             self._flush_pending = True
             self._flushes.add(self)
+
+    def _refuse_buffered(self, queued: int) -> None:
+        self.refuse(
+            "max_buffered_bytes",
+            "engine session {engine_sid} closed: {limit} exceeded ({size} bytes queued)",
+            REASON_BUFFER_LIMIT,
+            WS_POLICY_VIOLATION,
+            limit="max_buffered_bytes",
+            size=queued,
+        )
 
     def _take_queue(self) -> list[Packet]:
         queue = self._queue
@@ -413,19 +438,20 @@ class Session:
         self._queued_bytes = 0
         return queue
 
-    def _scheduled_flush(self) -> None:
-        if self._flush_pending:
-            self._flush()
-
     def _flush(self) -> None:
         """Write the queue to the active transport, if it can take it now."""
         self._flush_pending = False
-        if self.state is SessionState.CLOSED:
+        state = self.state
+        if state is _CLOSED:
             return
-        if self._queue:
-            if self._ws is not None:
+        queue = self._queue
+        if queue:
+            ws = self._ws
+            if ws is not None:
+                self._queue = []
+                self._queued_bytes = 0
                 try:
-                    self._ws.send_packets(self._take_queue())
+                    ws.send_packets(queue)
                 except Exception:  # noqa: BLE001 - error boundary: log, close this session
                     _log.failure(
                         "engine session {engine_sid} failed to write",
@@ -436,7 +462,7 @@ class Session:
             elif self._poll is not None:
                 responder, self._poll = self._poll, None
                 queue = self._take_queue()
-                if self.state is SessionState.CLOSING:
+                if state is _CLOSING:
                     queue.append(packets.CLOSE)
                     self._finish(
                         self.close_reason or REASON_FORCED,
@@ -446,7 +472,7 @@ class Session:
                 responder.respond(packets.encode_payload(queue))
                 return
         if (
-            self.state is SessionState.CLOSING
+            self.state is _CLOSING
             and not self._queue
             and (self._ws is not None or self._poll is not None)
         ):
@@ -547,8 +573,8 @@ class Session:
     def receive_message(self, message: Message) -> None:
         """Handle one message packet's data, sent on the active transport."""
         state = self.state
-        if state is not SessionState.OPEN:
-            if state is not SessionState.CLOSED and self.pending:
+        if state is not _OPEN:
+            if state is not _CLOSED and self.pending:
                 self.pending = False
                 self._on_active(self)
             return

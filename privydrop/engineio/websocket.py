@@ -174,6 +174,27 @@ def server_frame(payload: bytes, binary: bool) -> bytes:
     return _HEAD64.pack(head, 127, size) + payload
 
 
+#: The two header bytes of a final text frame of each payload size under 126.
+_TEXT_HEADS = tuple(bytes((_TEXT_FIN, size)) for size in range(126))
+_PACKET_CHARS = packets.TYPE_CHARS
+
+
+def packet_frame(packet: packets.Packet) -> bytes:
+    """One Engine.IO packet as a server frame (L{server_frame} of
+    L{packets.encode_websocket}), with the common case, a short text packet,
+    built in one step."""
+    data = packet[1]
+    if data.__class__ is not str:
+        return server_frame(*packets.encode_websocket(packet))
+    payload = (_PACKET_CHARS[packet[0]] + data).encode("utf-8")
+    size = len(payload)
+    if size < 126:
+        return _TEXT_HEADS[size] + payload
+    if size < 65536:
+        return _HEAD16.pack(_TEXT_FIN, 126, size) + payload
+    return server_frame(payload, False)
+
+
 class EngineWebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying an Engine.IO session (or its upgrade).
 
@@ -373,10 +394,16 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
                     message: str | bytes = payload.decode("utf-8")
                 except UnicodeDecodeError:
                     break
+                i = stop
+                session = self._session
+                if message[:1] == "4" and session is not None and session._ws is self:
+                    # L{_receive}'s hot path, inlined.
+                    session.receive_message(message[1:])
+                else:
+                    self._receive(message)
             else:
-                message = payload
-            i = stop
-            self._receive(message)
+                i = stop
+                self._receive(payload)
             if not autobahn_compat.is_open(self):
                 break
         if i < end:
@@ -627,10 +654,12 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             # here costs a fraction of sendMessage per message and makes one
             # write per turn.
             if len(outgoing) == 1:
-                data = server_frame(*encode(outgoing[0]))
+                data = packet_frame(outgoing[0])
             else:
-                data = b"".join([server_frame(*encode(p)) for p in outgoing])
-            autobahn_compat.write_frames(self, data)
+                data = b"".join([packet_frame(p) for p in outgoing])
+            if autobahn_compat.write_frames(self, data):
+                # All of it left at once: nothing is buffered, the cap holds.
+                return
         else:
             if self._phase != _OPEN:
                 return

@@ -160,6 +160,9 @@ LEFT_BY_API = "left by leave_room"
 #: relayed-messages metric).
 RELAYED_EVENTS = (*events.SIGNAL_FIELDS, events.INITIATOR_ONLINE, events.RECIPIENT_READY)
 
+#: The payload field each relayed event forwards (C{SignalRequest.field}).
+_SIGNAL_FIELDS = events.SIGNAL_FIELDS
+
 INVALID_ROOM_ID = "Invalid roomId"
 SERVER_ERROR = "Server error while joining room"
 
@@ -664,10 +667,11 @@ class Signaling:
         if room is None:
             self._unroutable(socket, event)
             return
+        sender = socket.id
         self._namespace.emit_to_socket(
             request.peer_id,
             event,
-            {request.field: request.value, "from": socket.id, "peerId": socket.id},
+            {_SIGNAL_FIELDS[event]: request.value, "from": sender, "peerId": sender},
             only_if_in_room=room,
         )
         self.metrics.relayed[event].inc()

@@ -339,7 +339,8 @@ class LocalAdapter:
         socket_id: SocketId,
         only_if_in_room: RoomId | None = None,
     ) -> None:
-        ns = self._namespaces.get(packet.namespace)
+        namespace = packet[1]
+        ns = self._namespaces.get(namespace)
         delivery = self._delivery
         if ns is None or delivery is None:
             return
@@ -348,4 +349,4 @@ class LocalAdapter:
             return
         if only_if_in_room is not None and only_if_in_room not in joined:
             return
-        delivery.deliver(packet.namespace, socket_id, encode(packet))
+        delivery.deliver(namespace, socket_id, encode(packet))

@@ -20,7 +20,7 @@ from privydrop.logs.throttle import WarningThrottle
 from privydrop.socketio.acks import as_deferred_if_awaitable
 from privydrop.socketio.errors import ConnectionRefused
 from privydrop.socketio.ids import RoomId, SocketId
-from privydrop.socketio.packets import Packet, PacketType
+from privydrop.socketio.packets import RESERVED_EVENTS, Packet, PacketType
 from privydrop.socketio.recovery import Offsets, RecoveryBackend, RecoverySettings
 from privydrop.socketio.sockets import (
     BroadcastOperator,
@@ -33,6 +33,9 @@ if TYPE_CHECKING:
     from privydrop.socketio.adapter import Adapter
 
 _log = Logger()
+# For the emit hot path: a global's read, not an Enum member's through its class.
+_EVENT = PacketType.EVENT
+_new_tuple = tuple.__new__
 
 #: connect handler: (socket, auth) -> None | False, possibly awaitable; may
 #: raise ConnectionRefused.
@@ -256,13 +259,14 @@ class Namespace:
 
         @raise ValueError: a reserved or non-string event name.
         """
-        check_event_name(event)
+        if event.__class__ is not str or event in RESERVED_EVENTS:
+            check_event_name(event)
         data = [event, *args]
         offsets = self.offsets
         if offsets is not None:
             data.append(offsets.next())
         self._adapter.send_to_socket(
-            Packet(PacketType.EVENT, self.name, data),
+            _new_tuple(Packet, (_EVENT, self.name, data, None, 0)),
             SocketId(socket_id),
             None if only_if_in_room is None else RoomId(only_if_in_room),
         )
@@ -429,8 +433,9 @@ class Namespace:
                 result.addErrback(self._log_handler_failure, "released", socket.id)
 
     def _dispatch(self, socket: Socket, packet: Packet) -> None:
-        event = packet.data[0]
-        args = packet.data[1:]
+        data = packet[2]
+        event = data[0]
+        args = data[1:]
         handler = self._handlers.get(event)
         if handler is None:
             self.warnings.debug(
@@ -450,7 +455,7 @@ class Namespace:
                 "handler for {event!r} failed on socket {sid}", event=event, sid=socket.id
             )
             return
-        ack_id = packet.ack_id
+        ack_id = packet[3]
         if result is None:
             # The usual case (relay handlers return nothing), decided
             # without the isinstance check against Deferred's generic ABC.

@@ -90,6 +90,9 @@ class PacketType(enum.IntEnum):
 
 
 _BINARY_TYPES = frozenset({PacketType.BINARY_EVENT, PacketType.BINARY_ACK})
+# For the hot paths: a global's read, not an Enum member's through its class.
+_EVENT = PacketType.EVENT
+_new_tuple = tuple.__new__
 _TYPE_BY_CHAR = {str(int(t)): t for t in PacketType}
 _TYPE_CHARS: tuple[str, ...] = tuple(str(int(t)) for t in PacketType)
 
@@ -192,6 +195,18 @@ def encode(packet: Packet) -> list[Message]:
     @raise ValueError: the payload is too deeply nested to encode.
     """
     packet_type, namespace, data, ack_id, _ = packet
+    if (
+        packet_type is _EVENT
+        and ack_id is None
+        and namespace == MAIN_NAMESPACE
+        and data.__class__ is list
+    ):
+        # The usual packet, an event on the main namespace without an ack
+        # id; one with bytes in it goes the general way below.
+        try:
+            return ["2" + orjson.dumps(data).decode("utf-8")]
+        except TypeError:
+            pass
     buffers: list[bytes] = []
     body = ""
     if data is not None:
@@ -284,7 +299,8 @@ def decode(text: str, limits: PacketLimits) -> Packet:
         id, invalid JSON, a payload the type does not allow, a reserved event
         name, or a limit exceeded.
     """
-    if _utf8_length_exceeds(text, limits.max_packet_bytes):
+    limit = limits.max_packet_bytes
+    if len(text) * 4 > limit and _utf8_length_exceeds(text, limit):
         raise SocketIOProtocolError("packet larger than max_packet_bytes")
     if text[:2] == "2[":
         # The usual packet, an event without namespace or ack id:
@@ -297,7 +313,7 @@ def decode(text: str, limits: PacketLimits) -> Packet:
             raise SocketIOProtocolError("invalid payload for packet type")
         if event[0] in RESERVED_EVENTS:
             raise SocketIOProtocolError("reserved event name")
-        return Packet(PacketType.EVENT, MAIN_NAMESPACE, event)
+        return _new_tuple(Packet, (_EVENT, MAIN_NAMESPACE, event, None, 0))
     if not text:
         raise SocketIOProtocolError("empty packet")
     packet_type = _TYPE_BY_CHAR.get(text[0])
@@ -444,7 +460,7 @@ class BinaryReassembler:
             if self._header is not None:
                 raise SocketIOProtocolError("text message while awaiting attachments")
             packet = decode(message, self._limits)
-            if packet.type in _BINARY_TYPES:
+            if packet[0] in _BINARY_TYPES:
                 if packet.attachments == 0:
                     return reconstruct(packet, ())
                 self._header = packet

@@ -30,7 +30,7 @@ from __future__ import annotations
 import secrets
 import enum
 from collections import deque
-from typing import TYPE_CHECKING, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, Union
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -46,6 +46,17 @@ if TYPE_CHECKING:
 
 #: An event as kept in a log: its encoded messages (text, then attachments).
 Event = Sequence[Message]
+#: What a L{PacketLog} keeps of one event: the text of a one-message event,
+#: or all of its messages.
+_Entry = Union[str, tuple[Message, ...]]
+
+
+def _size(entry: tuple[Message, ...]) -> int:
+    return sum(len(message) for message in entry)
+
+
+def _messages(entry: _Entry) -> Event:
+    return (entry,) if isinstance(entry, str) else entry
 
 
 def new_pid(socket_id: str) -> str:
@@ -150,8 +161,8 @@ class Offsets:
         self._next = 0
 
     def next(self) -> str:
-        self._next += 1
-        return self._prefix + format(self._next, "x")
+        number = self._next = self._next + 1
+        return self._prefix + "%x" % number
 
 
 class PacketLog:
@@ -164,12 +175,19 @@ class PacketLog:
     A I{custodial} log is kept for a socket whose process died: it starts
     mid-stream, after whatever the client saw, so a client's offset that it
     does not hold means "everything here is missed".
+
+    An event of one message (always its text) is kept as that string alone,
+    anything else as its sequence of messages; sizes are not stored but
+    taken again when an entry leaves. A relay adds an event to a full log
+    every time and pushes the oldest one out, so what an entry costs to
+    keep and to free (objects last touched long ago, out of the caches) is
+    paid per relayed message.
     """
 
     __slots__ = ("_entries", "_bytes", "_max_packets", "_max_bytes", "custodial")
 
     def __init__(self, max_packets: int, max_bytes: int, custodial: bool = False) -> None:
-        self._entries: deque[tuple[Sequence[Message], int]] = deque()
+        self._entries: deque[_Entry] = deque()
         self._bytes = 0
         self._max_packets = max_packets
         self._max_bytes = max_bytes
@@ -185,15 +203,24 @@ class PacketLog:
 
     def add(self, messages: Sequence[Message]) -> None:
         """Keep one event (its encoded messages: text, then attachments)."""
-        if len(messages) == 1:
-            size = len(messages[0])
-        else:
-            size = sum(len(m) for m in messages)
         entries = self._entries
-        entries.append((messages, size))
-        self._bytes += size
-        while len(entries) > self._max_packets or self._bytes > self._max_bytes:
-            self._bytes -= entries.popleft()[1]
+        entry: _Entry
+        if len(messages) == 1 and isinstance(text := messages[0], str):
+            entry = text
+            held = self._bytes + len(text)
+        else:
+            entry = tuple(messages)
+            held = self._bytes + _size(entry)
+        entries.append(entry)
+        if held > self._max_bytes or len(entries) > self._max_packets:
+            # Once full, every event pushes one or more out: counted on a
+            # local, with the limits read once.
+            max_packets = self._max_packets
+            max_bytes = self._max_bytes
+            while len(entries) > max_packets or held > max_bytes:
+                gone = entries.popleft()
+                held -= len(gone) if isinstance(gone, str) else _size(gone)
+        self._bytes = held
 
     def put_first(self, events: Sequence[Event]) -> None:
         """Put events handed over by another process before the ones kept
@@ -203,12 +230,20 @@ class PacketLog:
         self._bytes = 0
         for event in events:
             self.add(event)
-        for messages, size in later:
-            self._entries.append((messages, size))
-            self._bytes += size
-            while len(self._entries) > self._max_packets or self._bytes > self._max_bytes:
-                self._bytes -= self._entries.popleft()[1]
+        for entry in later:
+            self.add(_messages(entry))
         self.custodial = False
+
+    def _find(self, offset: str) -> int | None:
+        """The index of the entry with C{offset}, newest first; None if none."""
+        suffix = '"' + offset + '"]'
+        entries = self._entries
+        for index in range(len(entries) - 1, -1, -1):
+            entry = entries[index]
+            first = entry if isinstance(entry, str) else entry[0]
+            if isinstance(first, str) and first.endswith(suffix):
+                return index
+        return None
 
     def events_after(self, offset: str) -> list[Event] | None:
         """The events after the one with C{offset}, oldest first.
@@ -216,14 +251,12 @@ class PacketLog:
         @return: None when no kept event has that offset (all of them when
             the log is custodial).
         """
-        suffix = '"' + offset + '"]'
         entries = self._entries
-        for index in range(len(entries) - 1, -1, -1):
-            first = entries[index][0][0]
-            if isinstance(first, str) and first.endswith(suffix):
-                return [entries[later][0] for later in range(index + 1, len(entries))]
+        index = self._find(offset)
+        if index is not None:
+            return [_messages(entries[later]) for later in range(index + 1, len(entries))]
         if self.custodial:
-            return [messages for messages, _ in entries]
+            return [_messages(entry) for entry in entries]
         return None
 
     def after(self, offset: str) -> list[Message] | None:
@@ -232,15 +265,7 @@ class PacketLog:
         @return: None when no kept event has that offset (never issued,
             or pushed out of the log): what the client missed is unknown.
         """
-        suffix = '"' + offset + '"]'
-        entries = self._entries
-        for index in range(len(entries) - 1, -1, -1):
-            first = entries[index][0][0]
-            if isinstance(first, str) and first.endswith(suffix):
-                missed: list[Message] = []
-                for later in range(index + 1, len(entries)):
-                    missed.extend(entries[later][0])
-                return missed
-        if self.custodial:
-            return [message for messages, _ in entries for message in messages]
-        return None
+        events = self.events_after(offset)
+        if events is None:
+            return None
+        return [message for event in events for message in event]

@@ -95,6 +95,7 @@ from privydrop.socketio.recovery import (
 from privydrop.socketio.sockets import NO_CLIENT, Socket, SocketHandshake, SocketState
 
 _log = Logger()
+_EVENT = PacketType.EVENT
 
 #: Engine.IO close reason when a client sends an invalid packet.
 CLOSE_PARSE_ERROR = "parse error"
@@ -271,7 +272,7 @@ class SocketIOServer:
         ns = self._namespaces.get(namespace)
         if ns is None:
             return
-        socket = ns._local_socket(socket_id)
+        socket = ns._all.get(socket_id)  # L{Namespace._local_socket}, inlined
         if socket is not None:
             socket._deliver(messages)
 
@@ -371,8 +372,13 @@ class SocketIOServer:
         self._close_client(client, CLOSE_CONNECT_TIMEOUT)
 
     def _on_packet(self, client: Client, packet: Packet) -> None:
-        packet_type = packet.type
-        name = packet.namespace
+        packet_type, name = packet[0], packet[1]
+        if packet_type is _EVENT:
+            # The usual packet first.
+            socket = client.sockets.get(name)
+            if socket is not None:
+                socket.namespace._dispatch(socket, packet)
+                return
         if packet_type is PacketType.CONNECT:
             if name in client.sockets or name in client.connecting:
                 raise InvalidState("CONNECT to a namespace already connected")

@@ -90,6 +90,12 @@ class SocketState(enum.Enum):
     DISCONNECTED = "disconnected"
 
 
+# As module globals for the delivery path (an Enum member read through its
+# class costs several times a global's read).
+_DETACHED = SocketState.DETACHED
+_DISCONNECTED = SocketState.DISCONNECTED
+
+
 def check_event_name(event: str) -> None:
     """Refuse event names the server must not emit.
 
@@ -383,17 +389,26 @@ class Socket:
         """An event for this socket (from the adapter, or L{emit}): kept in
         the log when recovery is on, and sent unless detached."""
         state = self._state
-        if state is SocketState.DISCONNECTED:
+        if state is _DISCONNECTED:
             return
         log = self._log
         if log is not None:
             log.add(messages)
-            if state is SocketState.DETACHED:
+            if state is _DETACHED:
                 return
-        self._write(messages)
+        # L{_write}, inlined: the relay's hot path.
+        if self._held is not None:
+            self._held.extend(messages)
+            return
+        client = self._client
+        if not client.closed:
+            if len(messages) == 1:
+                client.connection.send(messages[0])
+            else:
+                client.connection.send_many(messages)
 
     def _write(self, messages: Sequence[Message]) -> None:
-        if self._state is SocketState.DISCONNECTED:
+        if self._state is _DISCONNECTED:
             return
         if self._held is not None:
             self._held.extend(messages)

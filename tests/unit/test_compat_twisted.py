@@ -160,16 +160,27 @@ def test_write_now_sends_at_once_only_with_nothing_buffered() -> None:
     buffered in order."""
     sock = _Socket(accepts=3)
     transport = _tcp_server(sock)
-    twisted_compat.write_now(transport, b"abcdef")
+    assert twisted_compat.write_now(transport, b"abcdef") is False
     assert sock.sent == [b"abc"]
     assert twisted_compat.outbound_buffer_size(transport) == 3
-    twisted_compat.write_now(transport, b"gh")
+    assert twisted_compat.write_now(transport, b"gh") is False
     assert sock.sent == [b"abc"]
     assert twisted_compat.outbound_buffer_size(transport) == 5
 
     other = StringTransport()
-    twisted_compat.write_now(other, b"plain")
+    assert twisted_compat.write_now(other, b"plain") is False
     assert other.value() == b"plain"
+
+
+def test_write_now_says_when_everything_left_at_once() -> None:
+    """True only when the socket took all of it: callers then skip the
+    outbound-buffer check, so a True with bytes buffered would let a client
+    that stopped reading past the cap."""
+    sock = _Socket()
+    transport = _tcp_server(sock)
+    assert twisted_compat.write_now(transport, b"abcdef") is True
+    assert sock.sent == [b"abcdef"]
+    assert twisted_compat.outbound_buffer_size(transport) == 0
 
 
 def test_transport_with_changed_internals_counts_as_unknown() -> None:
@@ -252,3 +263,88 @@ def test_real_http_channel_is_released_after_its_transport_is_taken() -> None:
     channel.transport = None
     twisted_compat.release_upgraded_channel(channel, transport)
     assert transport.producer is None
+
+
+# -- the reactor's dispatch --------------------------------------------------------
+
+
+def _epoll_reactor() -> Any:
+    from twisted.internet.epollreactor import EPollReactor
+
+    return EPollReactor()
+
+
+def test_epoll_reactor_has_what_lean_dispatch_uses() -> None:
+    """Names the attribute an upgrade removed from the epoll reactor."""
+    reactor = _epoll_reactor()
+    try:
+        assert twisted_compat.missing(reactor, twisted_compat.EPOLL_REACTOR_INTERNALS) == ()
+        assert twisted_compat.lean_dispatch(reactor) is True
+    finally:
+        reactor._poller.close()
+
+
+def test_lean_dispatch_leaves_other_reactors_alone() -> None:
+    """A reactor that is not epoll (or lost an internal) keeps its own dispatch."""
+    other = MemoryReactor()
+    assert twisted_compat.lean_dispatch(other) is False
+    assert "doIteration" not in vars(other)
+
+    reactor = _epoll_reactor()
+    try:
+        del reactor._selectables
+        assert twisted_compat.lean_dispatch(reactor) is False
+        assert "doIteration" not in vars(reactor)
+    finally:
+        reactor._poller.close()
+
+
+def test_lean_dispatch_runs_reads_and_survives_a_failing_one() -> None:
+    """Ready descriptors are read as before; an exception escaping one event
+    (here from connectionLost after a failed read) is logged under the
+    connection's prefix and the other descriptors of the turn still run."""
+    import socket
+
+    from twisted.internet.abstract import FileDescriptor
+    from twisted.logger import capturedLogs
+
+    class Reader(FileDescriptor):
+        def __init__(self, sock: socket.socket, reactor: Any, fail: bool) -> None:
+            super().__init__(reactor)
+            self.sock, self.fail, self.read = sock, fail, b""
+
+        def fileno(self) -> int:
+            return self.sock.fileno()
+
+        def logPrefix(self) -> str:
+            return "Reader-%s" % ("failing" if self.fail else "fine",)
+
+        def doRead(self) -> None:
+            self.read += self.sock.recv(100)
+            if self.fail:
+                raise RuntimeError("read failed")
+
+        def connectionLost(self, reason: object) -> None:
+            self.reactor.removeReader(self)
+            raise RuntimeError("connectionLost failed too")
+
+    reactor = _epoll_reactor()
+    pairs = [socket.socketpair() for _ in range(2)]
+    try:
+        assert twisted_compat.lean_dispatch(reactor)
+        readers = [Reader(pairs[0][0], reactor, True), Reader(pairs[1][0], reactor, False)]
+        for reader in readers:
+            reactor.addReader(reader)
+        pairs[0][1].send(b"one")
+        pairs[1][1].send(b"two")
+        with capturedLogs() as events:
+            reactor.doIteration(1.0)
+        assert [r.read for r in readers] == [b"one", b"two"]
+        escaped = [e for e in events if e.get("system") == "Reader-failing"]
+        assert [e["failure"].value.args for e in escaped] == [("connectionLost failed too",)]
+        reactor.doIteration(0)  # nothing ready: returns without blocking
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+        reactor._poller.close()

@@ -47,6 +47,21 @@ def test_server_frames_match_autobahn_encoding(size: int, binary: bool) -> None:
     assert server_frame(payload, binary) == _autobahn_frame(payload, binary)
 
 
+@pytest.mark.parametrize("size", [0, 1, 124, 125, 126, 127, 65534, 65535, 65536, 70_000])
+def test_packet_frames_match_the_general_encoding(size: int) -> None:
+    """The short cut for text packets must frame exactly as server_frame does
+    at the 126/65536 boundaries (counted in UTF-8 bytes of the "4" + text),
+    or clients read corrupt frames; binary packets take the general way."""
+    from privydrop.engineio import packets
+    from privydrop.engineio.websocket import packet_frame
+
+    text = "x" * max(size - 1, 0)
+    for data in (text, "é" * (max(size - 1, 0) // 2), text.encode()):
+        packet = packets.Packet(packets.PacketType.MESSAGE, data)
+        assert packet_frame(packet) == server_frame(*packets.encode_websocket(packet))
+    assert packet_frame(packets.PING) == server_frame(b"2", False)
+
+
 def test_factory_is_hardened_from_settings() -> None:
     """Autobahn's permissive defaults (old drafts, status page, version banner,
     unbounded frames) must not reach production."""

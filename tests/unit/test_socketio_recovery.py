@@ -340,3 +340,33 @@ def test_packet_log_replays_binary_events_whole() -> None:
         '51-["b",{"_placeholder":true,"num":0},"o2"]', b"\x01\x02", '2["c","o3"]'
     ]
     assert log.after("o2") == ['2["c","o3"]']
+
+
+def test_packet_log_keeps_events_whole_across_a_handover_and_the_caps() -> None:
+    """One-message and binary events come back as the same messages, in
+    order, after events handed over from another process were put first;
+    the byte count follows what is kept as events are pushed out."""
+    log = PacketLog(max_packets=4, max_bytes=1000)
+    log.add(['2["late","o3"]'])
+    log.add(['51-["bin",{"_placeholder":true,"num":0},"o4"]', b"\x01\x02\x03"])
+    log.put_first([['2["early","o1"]'], ['2["early","o2"]']])
+    assert len(log) == 4
+    assert log.size == sum(len(m) for e in (
+        ['2["early","o1"]'], ['2["early","o2"]'], ['2["late","o3"]'],
+        ['51-["bin",{"_placeholder":true,"num":0},"o4"]', b"\x01\x02\x03"],
+    ) for m in e)
+    events = log.events_after("o1")
+    assert events is not None
+    assert [list(event) for event in events] == [
+        ['2["early","o2"]'],
+        ['2["late","o3"]'],
+        ['51-["bin",{"_placeholder":true,"num":0},"o4"]', b"\x01\x02\x03"],
+    ]
+    log.add(['2["next","o5"]'])  # pushes o1 out
+    assert log.after("o1") is None
+    assert log.after("o3") == [
+        '51-["bin",{"_placeholder":true,"num":0},"o4"]', b"\x01\x02\x03", '2["next","o5"]'
+    ]
+    assert log.size == sum(
+        len(m) for m in ['2["early","o2"]', '2["late","o3"]', '2["next","o5"]']
+    ) + len('51-["bin",{"_placeholder":true,"num":0},"o4"]') + 3

@@ -176,12 +176,14 @@ class SocketIOSettings:
     recovery_window_ms: int = 120_000
     #: Events kept per socket for replay after a recovery. A PrivyDrop
     #: negotiation with one peer is an offer, an answer and a few dozen
-    #: candidates; this covers several at once.
-    recovery_max_packets: int = 256
+    #: candidates; this covers one or two. Larger logs cost CPU on a busy
+    #: server, not only memory: every relayed event pushes out an entry
+    #: long since evicted from the CPU caches (docs/performance.md).
+    recovery_max_packets: int = 64
     #: Bytes of those events kept per socket (the older ones go first). An
-    #: SDP offer is a few kB, a candidate a few hundred bytes: 64 KiB holds
-    #: several negotiations and caps what one socket can pin in memory.
-    recovery_max_bytes: int = 65_536
+    #: SDP offer is a few kB, a candidate a few hundred bytes: 32 KiB holds
+    #: a negotiation or two and caps what one socket can pin in memory.
+    recovery_max_bytes: int = 32_768
 
     @property
     def recovery_enabled(self) -> bool:

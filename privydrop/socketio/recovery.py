@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import secrets
 import enum
-from collections import deque
 from typing import TYPE_CHECKING, Mapping, Protocol, Sequence, Union
 
 import attrs
@@ -187,7 +186,10 @@ class PacketLog:
     __slots__ = ("_entries", "_bytes", "_max_packets", "_max_bytes", "custodial")
 
     def __init__(self, max_packets: int, max_bytes: int, custodial: bool = False) -> None:
-        self._entries: deque[_Entry] = deque()
+        # A list, not a deque: an empty deque is about 600 bytes, and every
+        # joined socket has a log; at the caps' sizes, deleting from the
+        # front of a list is a short move of pointers.
+        self._entries: list[_Entry] = []
         self._bytes = 0
         self._max_packets = max_packets
         self._max_bytes = max_bytes
@@ -217,16 +219,21 @@ class PacketLog:
             # local, with the limits read once.
             max_packets = self._max_packets
             max_bytes = self._max_bytes
-            while len(entries) > max_packets or held > max_bytes:
-                gone = entries.popleft()
-                held -= len(gone) if isinstance(gone, str) else _size(gone)
+            kept = len(entries)
+            gone = 0
+            while kept > max_packets or held > max_bytes:
+                entry = entries[gone]
+                held -= len(entry) if isinstance(entry, str) else _size(entry)
+                gone += 1
+                kept -= 1
+            del entries[:gone]
         self._bytes = held
 
     def put_first(self, events: Sequence[Event]) -> None:
         """Put events handed over by another process before the ones kept
         here (which arrived later), within the caps."""
-        later = list(self._entries)
-        self._entries.clear()
+        later = self._entries
+        self._entries = []
         self._bytes = 0
         for event in events:
             self.add(event)

@@ -193,6 +193,28 @@ class Socket:
     @ivar recovered: whether the socket was resumed over a new connection.
     """
 
+    # One per connected client: slots keep an idle socket small.
+    __slots__ = (
+        "id",
+        "namespace",
+        "handshake",
+        "pid",
+        "recovered",
+        "_acks",
+        "_adapter",
+        "_client",
+        "_clock",
+        "_closing",
+        "_connect_answer_gap_s",
+        "_held",
+        "_log",
+        "_max_rooms",
+        "_recovery",
+        "_state",
+        "_window_call",
+        "__weakref__",
+    )
+
     def __init__(
         self,
         socket_id: SocketId,

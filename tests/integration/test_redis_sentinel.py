@@ -603,8 +603,11 @@ async def test_a_failover_costs_the_failover_time_plus_a_few_seconds(
     timeout.
     """
     group = failover_group
-    a = await start_node(_settings(group, 0))
-    b = await start_node(_settings(group, 0))
+    # Heartbeats far shorter than the failover: neither process may take
+    # the other for dead because of it.
+    beating = {"CLUSTER_HEARTBEAT_INTERVAL_MS": "250", "CLUSTER_NODE_TIMEOUT_MS": "1000"}
+    a = await start_node(_settings(group, 0, **beating))
+    b = await start_node(_settings(group, 0, **beating))
     alice, alice_id, bob, bob_id = await _pair(a, b, "before-failover")
     await _relay(alice, bob, bob_id, alice_id, 1)
     await a.create_room("created-before-failover")
@@ -646,6 +649,14 @@ async def test_a_failover_costs_the_failover_time_plus_a_few_seconds(
     await until(
         lambda: _our_connections(group.replica) >= _roles(a, b), "connections on the new master"
     )
+    # Both processes beat through twice the node timeout after the failover:
+    # nobody was reaped, and neither peer was told the other left.
+    monitors = [n.tree.service.getServiceNamed("nodes").monitor for n in (a, b)]
+    for monitor in monitors:
+        await within(monitor.wait_beats(monitor.beats + 8), 15.0)
+    assert [m.reaped_nodes for m in monitors] == [0, 0]
+    assert [m.judged_dead for m in monitors] == [frozenset(), frozenset()]
+    await _relay(bob, alice, alice_id, bob_id, 200)
     print(
         f"failover: promoted {promoted - killed:.1f}s after the kill; service back"
         f" {recovered - promoted:.1f}s after the promotion; relayed at try {tries}"

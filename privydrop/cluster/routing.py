@@ -251,7 +251,8 @@ class ClusterAdapter:
         self._sockets.setdefault(namespace, set()).add(socket_id)
         self._local.add_socket(namespace, socket_id)
 
-    def remove_socket(self, namespace: str, socket_id: SocketId) -> None:
+    def _forget_local(self, namespace: str, socket_id: SocketId) -> frozenset[RoomId]:
+        """This process no longer holds the socket; the rooms it was in."""
         rooms = self._local.rooms_of(namespace, socket_id)
         here = self._sockets.get(namespace)
         if here is not None:
@@ -259,19 +260,15 @@ class ClusterAdapter:
             if not here:
                 del self._sockets[namespace]
         self._local.remove_socket(namespace, socket_id)
-        for room in rooms:
+        return rooms
+
+    def remove_socket(self, namespace: str, socket_id: SocketId) -> None:
+        for room in self._forget_local(namespace, socket_id):
             self._left(namespace, socket_id, room)
         self.release(namespace, socket_id)
 
     def move_socket(self, namespace: str, socket_id: SocketId, node: str | None) -> None:
-        rooms = self._local.rooms_of(namespace, socket_id)
-        here = self._sockets.get(namespace)
-        if here is not None:
-            here.discard(socket_id)
-            if not here:
-                del self._sockets[namespace]
-        self._local.remove_socket(namespace, socket_id)
-        for room in rooms:
+        for room in self._forget_local(namespace, socket_id):
             key = (namespace, room)
             tracked = self._tracked.get(key)
             if tracked is None:

@@ -371,10 +371,6 @@ class ClusterAdapter:
         """Whether the socket is connected (or connecting) to this process."""
         return socket_id in self._sockets.get(namespace, ())
 
-    def is_tracked(self, namespace: str, room: RoomId) -> bool:
-        """Whether this node routes the room by its members (for tests)."""
-        return (namespace, room) in self._tracked
-
     # Adapter: joins in flight
 
     def hold(self, namespace: str, socket_id: SocketId) -> None:

@@ -297,11 +297,6 @@ class Signaling:
         its first join until its disconnect clean-up has finished)."""
         return socket_id in self._sockets
 
-    def room_name_of(self, socket_id: str) -> str | None:
-        """The Socket.IO room (C{<room id>:<incarnation>}) a socket is in."""
-        state = self._sockets.get(socket_id)
-        return None if state is None else state.room_name
-
     def wait_idle(self) -> Deferred[None]:
         """Fires once no socket of this process is known to signaling.
 

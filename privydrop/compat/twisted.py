@@ -9,7 +9,8 @@ there. C{tests/unit/test_compat_twisted.py} fails, naming the attribute, on
 a Twisted version where one of them changed.
 
   - L{outbound_buffer_size}, L{write_now}: the write buffer of a TCP (or
-    UNIX) server connection, L{TCP_SERVER_INTERNALS}. Fallback: any other
+    UNIX) server connection, L{TCP_SERVER_INTERNALS} (WebSocket frames and
+    HTTP answers are sent with L{write_now}). Fallback: any other
     transport counts as empty and is written with C{transport.write}.
   - L{site_options}: C{Site(parsePOSTFormSubmission=False)}, a public option
     of recent Twisted. Fallback: form bodies are parsed, as Twisted always did.
@@ -75,6 +76,8 @@ HTTP_HOOKS: dict[type, tuple[str, ...]] = {
         "rawDataReceived",
         "requestDone",
         "timeoutConnection",
+        "writeHeaders",
+        "getHost",
     ),
     server.Request: (
         "gotLength",

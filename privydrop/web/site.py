@@ -34,6 +34,11 @@ resource. It also hardens C{twisted.web} for a public port:
  - every finished API request (any path but Engine.IO's) can be counted
    (C{count_api_request}, the metrics' request counter).
 
+Answers are sent on the socket as soon as they are written when nothing is
+queued before them (L{HardenedChannel.cork}, L{privydrop.compat.twisted.write_now}),
+rather than on the reactor's next turn: a long poll or a POST answer is one
+send, not a register-for-writability, a turn and an unregister.
+
 This module knows the two resources it routes to only as C{IResource}s.
 """
 
@@ -46,6 +51,7 @@ from typing import Any
 import orjson
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.web import http, server
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from zope.interface import Interface
@@ -56,6 +62,7 @@ from privydrop.compat.twisted import (
     request_head,
     request_method,
     site_options,
+    write_now,
 )
 from privydrop.logs import levels as loglevels
 from privydrop.logs.client_text import redact_uri
@@ -109,6 +116,15 @@ class LimitedRequest(server.Request):
     #: L{body_limit} is then the largest of the site's caps, and the cap of
     #: the request's own path is checked once the body is complete.
     body_limit_final: bool = True
+    #: Whether what this request writes is sent on the socket at once
+    #: (L{HardenedChannel.cork}): set for Engine.IO requests, whose long
+    #: polls and POSTs are the bulk of the traffic and cannot be pipelined
+    #: far (one GET and one POST at a time per session). API answers keep
+    #: the stock path: buffered until the reactor's next turn, so that a
+    #: client pipelining API requests without reading their answers fills
+    #: the server's buffer and is dropped (L{HardenedChannel._answers_unread})
+    #: rather than parked in the kernel's buffers until its idle timeout.
+    send_at_once = False
     content: Any
     channel: Any
 
@@ -147,7 +163,16 @@ class LimitedRequest(server.Request):
         if not self.startedWriting:
             # Request.process adds "Server: TwistedWeb/<version>"; don't tell.
             self.responseHeaders.removeHeader(b"server")
-        super().write(data)
+        channel = self.channel
+        if not self.send_at_once or channel is None:
+            super().write(data)
+            return
+        # The head and the first body bytes leave together, in one send.
+        channel.cork()
+        try:
+            super().write(data)
+        finally:
+            channel.uncork()
 
     def render(self, resrc: IResource) -> None:
         if self.method != b"HEAD":
@@ -191,6 +216,11 @@ class HardenedChannel(http.HTTPChannel):
     #: back (through L{dataReceived}) once the answer is done. Kept here from
     #: the public hooks rather than read from C{HTTPChannel}'s private state.
     _handling = False
+    #: Response bytes held while corked (L{cork}); None when not corked.
+    _corked: list[bytes] | None = None
+    #: The connection's addresses, asked of the transport once (L{getHost}).
+    _host: Any = None
+    _peer: Any = None
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -200,18 +230,6 @@ class HardenedChannel(http.HTTPChannel):
     def dataReceived(self, data: bytes) -> None:
         if self.refused:
             self._drain(data)
-            return
-        if outbound_buffer_size(self.transport) > self.site.settings.engine.max_outbound_buffer:
-            # Checked per read (and per pipelined request played back from
-            # the channel's buffer), so the overshoot is one read's answers.
-            self.site.warnings.warn(
-                _log,
-                "slow-reader",
-                "dropping a client that does not read its answers ({limit} exceeded)",
-                limit="max_outbound_buffer",
-            )
-            self.refused = True
-            self.transport.abortConnection()
             return
         if self._awaiting_head and not self._handling:
             self._start_head_deadline()
@@ -226,12 +244,18 @@ class HardenedChannel(http.HTTPChannel):
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
         self._cancel("_head_deadline")
+        if self._answers_unread():
+            return
         request, target, length = request_head(self)
+        site = self.site
+        engine = False
         if target is None:
-            limit = self.site.largest_body_limit()
+            limit = site.largest_body_limit()
             request.body_limit_final = False
         else:
-            limit = self.site.body_limit(target)
+            engine = site.is_engine_target(target)
+            limit = site.engine_body_limit if engine else site.api_body_limit
+            request.send_at_once = engine
         request.body_limit = limit
         if length is not None and length > limit:
             # Before the stock code, so no "100 Continue" invites the body.
@@ -242,8 +266,8 @@ class HardenedChannel(http.HTTPChannel):
             self._body_deadline = self.callLater(
                 self.site.settings.http.body_timeout_s, self._deadline_passed, "body"
             )
-        if target is not None:
-            self.site.head_received(request, request_method(self), target)
+        if engine and target is not None:
+            site.head_received(request, request_method(self), target)
 
     def allContentReceived(self) -> None:
         if self.refused:
@@ -258,6 +282,96 @@ class HardenedChannel(http.HTTPChannel):
         # the head of the next request, whose deadline then starts.
         self._handling = False
         super().requestDone(request)
+
+    def _answers_unread(self) -> bool:
+        """Drop the client if a new request comes while its answers pile up.
+
+        Checked at every request head, not once per read: the requests of
+        one read are handled in one go, and Engine.IO answers leave on the
+        socket as they are written (L{_send}), so they pile up here only
+        once the kernel's buffers are full, possibly in the middle of a read.
+
+        @return: whether the client was dropped.
+        """
+        if outbound_buffer_size(self.transport) <= self.site.settings.engine.max_outbound_buffer:
+            return False
+        self.site.warnings.warn(
+            _log,
+            "slow-reader",
+            "dropping a client that does not read its answers ({limit} exceeded)",
+            limit="max_outbound_buffer",
+        )
+        self.refused = True
+        self.transport.abortConnection()
+        return True
+
+    def cork(self) -> None:
+        """Hold what the request writes until L{uncork}.
+
+        A response is written as a head (C{writeHeaders}) and then body
+        chunks; sent one by one at once (L{write_now}) they would leave as
+        several packets. L{LimitedRequest.write} corks around each of its
+        writes, so a head and the body written with it go out in one send.
+        """
+        if self._corked is None:
+            self._corked = []
+
+    def uncork(self) -> None:
+        """Send what was held since L{cork}."""
+        held = self._corked
+        self._corked = None
+        if held:
+            self._send(b"".join(held))
+
+    def writeHeaders(
+        self, version: bytes, code: bytes, reason: bytes, headers: Any
+    ) -> None:
+        if not isinstance(headers, Headers):
+            super().writeHeaders(version, code, reason, headers)
+            return
+        # As the stock method, through this channel's writeSequence, so that
+        # a corked head is held and joined with its body.
+        lines = [version, b" ", code, b" ", reason, b"\r\n"]
+        for name, values in headers.getAllRawHeaders():
+            for value in values:
+                lines += (name, b": ", value, b"\r\n")
+        lines.append(b"\r\n")
+        self.writeSequence(lines)
+
+    def write(self, data: bytes) -> None:
+        if self._corked is not None:
+            self._corked.append(data)
+        else:
+            super().write(data)
+
+    def writeSequence(self, iovec: list[bytes]) -> None:
+        if self._corked is not None:
+            self._corked.extend(iovec)
+        else:
+            super().writeSequence(iovec)
+
+    def _send(self, data: bytes) -> None:
+        """Write to the socket now when nothing waits before it (L{write_now}).
+
+        Saves the reactor's register-for-writability round trip per answer;
+        what the kernel does not take is buffered by the transport as
+        before, so its producer and back-pressure are unchanged.
+        """
+        transport = self.transport
+        if transport is not None:
+            write_now(transport, data)
+
+    def getHost(self) -> Any:
+        # Asked by every request; the local address of a connection does
+        # not change, and the transport asks the kernel each time.
+        if self._host is None:
+            self._host = super().getHost()
+        return self._host
+
+    def getPeer(self) -> Any:
+        if self._peer is None:
+            self._peer = super().getPeer()
+        return self._peer
 
     def refuse_too_large(self, request: IRequest) -> None:
         """Answer 413 and close, reading no more of this connection.
@@ -428,6 +542,9 @@ class PrivyDropSite(server.Site):
         self.settings = settings
         #: Rejections of clients, logged at most once per cause per interval.
         self.warnings = WarningThrottle(reactor)
+        #: The body caps under the Engine.IO path and elsewhere.
+        self.engine_body_limit = settings.engine.max_payload
+        self.api_body_limit = settings.api.max_body_bytes
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
         self._engine_heads = engine_heads
@@ -435,26 +552,26 @@ class PrivyDropSite(server.Site):
 
     def largest_body_limit(self) -> int:
         """The largest body accepted on any path."""
-        return max(self.settings.engine.max_payload, self.settings.api.max_body_bytes)
+        return max(self.engine_body_limit, self.api_body_limit)
 
     def body_limit(self, uri: bytes) -> int:
         """The largest body accepted for a request URI (path and query)."""
-        if self._under_engine_path(uri):
-            return self.settings.engine.max_payload
-        return self.settings.api.max_body_bytes
+        return self.engine_body_limit if self.is_engine_target(uri) else self.api_body_limit
+
+    def is_engine_target(self, uri: bytes) -> bool:
+        """Whether a request URI (path and query) is under the Engine.IO path."""
+        return self._is_engine_path(uri.split(b"?", 1)[0])
 
     def head_received(self, request: IRequest, method: bytes | None, uri: bytes) -> None:
-        """Tell the Engine.IO resource of a request head under its path.
+        """Tell the Engine.IO resource of a request head under its path
+        (L{is_engine_target}).
 
         @param method: None where the channel could not tell it (then
             nobody is told).
         """
         heads = self._engine_heads
-        if heads is not None and method is not None and self._under_engine_path(uri):
+        if heads is not None and method is not None:
             heads.head_received(request, method, uri)
-
-    def _under_engine_path(self, uri: bytes) -> bool:
-        return self._is_engine_path(uri.split(b"?", 1)[0])
 
     def _is_engine_path(self, path: bytes) -> bool:
         return path == self._engine_bare or path.startswith(self._engine_path)

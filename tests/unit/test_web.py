@@ -11,17 +11,18 @@ from typing import Any
 
 import attrs
 import pytest
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionLost
 from twisted.internet.task import Clock
-from twisted.internet.testing import StringTransport
+from twisted.internet.testing import MemoryReactor, StringTransport
 from twisted.logger import capturedLogs
 from twisted.python.failure import Failure
 from twisted.web import server
 from twisted.web.resource import Resource
 
 from privydrop.api.routes import PrivyDropAPI
+from privydrop.compat.twisted import outbound_buffer_size
 from privydrop.settings import ApiSettings, EngineSettings, HttpSettings, Settings
 from privydrop.store.memory import MemoryStore
 from privydrop.web.site import HardenedChannel, PrivyDropSite, build_site
@@ -502,3 +503,132 @@ def test_a_refused_body_is_drained_after_the_413_within_bounds() -> None:
     assert not conn.transport.disconnecting
     conn.clock.advance(1)
     assert conn.transport.disconnected
+
+
+# -- answers written on a real TCP transport -------------------------------------
+
+
+class FakeSocket:
+    """What C{tcp.Server} asks of a socket; sends take at most C{accepts} bytes."""
+
+    def __init__(self, accepts: int | None = None) -> None:
+        self.accepts = accepts
+        self.sent: list[bytes] = []
+        self.getsockname_calls = 0
+
+    def setblocking(self, flag: bool) -> None:
+        pass
+
+    def setsockopt(self, *args: Any) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return 99
+
+    def getsockname(self) -> tuple[str, int]:
+        self.getsockname_calls += 1
+        return ("127.0.0.1", 3000)
+
+    def send(self, data: bytes) -> int:
+        taken = len(data) if self.accepts is None else min(self.accepts, len(data))
+        self.sent.append(bytes(data[:taken]))
+        return taken
+
+
+def _connect_tcp(sock: FakeSocket) -> tuple[HardenedChannel, Any, MemoryReactor]:
+    """The site's channel on a real C{tcp.Server} over C{sock}."""
+    clock = Clock()
+    api = PrivyDropAPI(SETTINGS, MemoryStore(clock), clock)
+    site = build_site(SETTINGS, clock, api.resource(), EngineStub())
+    reactor = MemoryReactor()
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = tcp.Server(sock, channel, ("127.0.0.1", 40000), None, 0, reactor)
+    transport.connected = 1
+    channel.makeConnection(transport)
+    return channel, transport, reactor
+
+
+def _engine_post(body: bytes) -> bytes:
+    return (b"POST /socket.io/?EIO=4 HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+
+
+def test_an_answer_leaves_in_one_send_without_a_reactor_turn() -> None:
+    """With nothing buffered, the head and body of an answer go to the
+    socket at once and together: no registration for writability (and its
+    reactor turn), no head and body in separate packets."""
+    sock = FakeSocket()
+    channel, transport, reactor = _connect_tcp(sock)
+    channel.dataReceived(_engine_post(b"hello"))
+    assert len(sock.sent) == 1
+    head, _, body = sock.sent[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert body == b"engine got 5 bytes at socket.io"
+    assert transport not in reactor.getWriters()
+    assert outbound_buffer_size(transport) == 0
+
+
+def test_what_the_socket_does_not_take_is_buffered_in_order() -> None:
+    """A socket that takes only part of an answer leaves the rest to the
+    transport's buffer (with its back-pressure), and a later answer queues
+    behind it rather than jumping ahead."""
+    sock = FakeSocket(accepts=10)
+    channel, transport, reactor = _connect_tcp(sock)
+    channel.dataReceived(_engine_post(b"one"))
+    channel.dataReceived(_engine_post(b"three"))
+    assert sock.sent == [sock.sent[0]] and len(sock.sent[0]) == 10
+    assert transport in reactor.getWriters()
+    sock.accepts = None
+    transport.doWrite()
+    stream = b"".join(sock.sent)
+    first = stream.index(b"engine got 3 bytes")
+    second = stream.index(b"engine got 5 bytes")
+    assert first < second
+    assert stream.count(b"HTTP/1.1 200 OK") == 2
+    assert outbound_buffer_size(transport) == 0
+
+
+def test_the_local_address_is_asked_once_per_connection() -> None:
+    """Every request records the server's address; the connection's does not
+    change, so the kernel is asked once, not once per request."""
+    sock = FakeSocket()
+    channel, transport, reactor = _connect_tcp(sock)
+    for _ in range(3):
+        channel.dataReceived(_engine_post(b"x"))
+    assert b"".join(sock.sent).count(b"HTTP/1.1 200 OK") == 3
+    assert sock.getsockname_calls <= 1
+
+
+def test_api_answers_keep_the_buffered_path() -> None:
+    """API answers are left to the transport's buffer (sent on the reactor's
+    next turn), so a client pipelining API requests without reading fills
+    the server's buffer and meets the outbound cap."""
+    sock = FakeSocket()
+    channel, transport, reactor = _connect_tcp(sock)
+    channel.dataReceived(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.sent == []
+    assert transport in reactor.getWriters()
+    transport.doWrite()
+    assert b"".join(sock.sent).startswith(b"HTTP/1.1 200 OK")
+
+
+def test_a_request_head_over_the_outbound_cap_drops_the_client() -> None:
+    """Answers past max_outbound_buffer still unread when the next request's
+    head arrives (even within one read) get the client dropped."""
+    settings = attrs.evolve(
+        SETTINGS, engine=attrs.evolve(SETTINGS.engine, max_outbound_buffer=100)
+    )
+    clock = Clock()
+    api = PrivyDropAPI(settings, MemoryStore(clock), clock)
+    site = build_site(settings, clock, api.resource(), EngineStub())
+    sock = FakeSocket(accepts=0)
+    reactor = MemoryReactor()
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = tcp.Server(sock, channel, ("127.0.0.1", 40000), None, 0, reactor)
+    transport.connected = 1
+    channel.makeConnection(transport)
+    aborted: list[bool] = []
+    transport.abortConnection = lambda: aborted.append(True)
+    channel.dataReceived(_engine_post(b"a") + _engine_post(b"b") + _engine_post(b"c"))
+    assert aborted == [True]
+    assert channel.refused

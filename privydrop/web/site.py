@@ -46,10 +46,13 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from email.utils import formatdate
 from typing import Any
+from urllib.parse import unquote_to_bytes
 
 import orjson
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.python.failure import Failure
 from twisted.web import http, server
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IRequest
@@ -128,10 +131,8 @@ class LimitedRequest(server.Request):
     content: Any
     channel: Any
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.content = io.BytesIO()
-        self._body_read = 0
+    #: Body bytes read so far.
+    _body_read = 0
 
     def gotLength(self, length: int | None) -> None:
         # Bodies are capped (see HardenedChannel), so memory is the right
@@ -158,6 +159,32 @@ class LimitedRequest(server.Request):
             channel.refuse_too_large(self)
             return
         super().requestReceived(command, path, version)
+
+    def process(self) -> None:
+        site = self.channel.site
+        engine = site.engine_resource
+        if not self.send_at_once or engine is None:
+            super().process()
+            return
+        # An Engine.IO request: what the stock method does, for a path known
+        # to lead to the Engine.IO leaf resource (L{_Root} would route it
+        # there), without walking the resource tree, and with the Date of
+        # the current second made once (no Server header: see write).
+        self.site = site
+        self.sitepath: list[bytes] = []
+        self.responseHeaders.setRawHeaders(b"date", [site.http_date()])
+        self.prepath = list(site.engine_segments)
+        path = self.path
+        prefix = site.engine_prefix
+        self.postpath = (
+            [unquote_to_bytes(s) for s in path[len(prefix):].split(b"/")]
+            if path.startswith(prefix)
+            else []
+        )
+        try:
+            self.render(engine)
+        except BaseException:
+            self.processingFailed(Failure())
 
     def write(self, data: bytes) -> None:
         if not self.startedWriting:
@@ -255,7 +282,7 @@ class HardenedChannel(http.HTTPChannel):
         else:
             engine = site.is_engine_target(target)
             limit = site.engine_body_limit if engine else site.api_body_limit
-            request.send_at_once = engine
+            request.send_at_once = engine and site.engine_resource is not None
         request.body_limit = limit
         if length is not None and length > limit:
             # Before the stock code, so no "100 Continue" invites the body.
@@ -518,12 +545,16 @@ class PrivyDropSite(server.Site):
         reactor: IReactorTime,
         engine_heads: IRequestHeadObserver | None = None,
         count_api_request: Callable[[Any], None] | None = None,
+        engine_resource: IResource | None = None,
     ) -> None:
         """
         @param engine_heads: told of every request head under the Engine.IO
             path (L{IRequestHeadObserver}), when given.
         @param count_api_request: called with every finished request to a
             path other than Engine.IO's, when given.
+        @param engine_resource: the leaf resource C{resource} routes the
+            Engine.IO path to, when there is one: its requests are handed
+            to it directly (L{LimitedRequest.process}).
         """
         super().__init__(
             resource,
@@ -547,8 +578,23 @@ class PrivyDropSite(server.Site):
         self.api_body_limit = settings.api.max_body_bytes
         self._engine_path = settings.engine.path.encode("utf-8")
         self._engine_bare = self._engine_path.rstrip(b"/")
+        self.engine_resource = engine_resource
+        #: What L{_Root} leaves in C{prepath} for an Engine.IO request, and
+        #: the path prefix whose rest becomes its C{postpath}.
+        self.engine_segments = engine_segments(settings)
+        self.engine_prefix = self._engine_bare + b"/"
+        self._date_second = -1
+        self._date = b""
         self._engine_heads = engine_heads
         self._count_api_request = count_api_request
+
+    def http_date(self) -> bytes:
+        """The C{Date} header's value now, formatted once per second."""
+        second = int(self.reactor.seconds())
+        if second != self._date_second:
+            self._date = formatdate(second, usegmt=True).encode("ascii")
+            self._date_second = second
+        return self._date
 
     def largest_body_limit(self) -> int:
         """The largest body accepted on any path."""
@@ -603,6 +649,11 @@ class PrivyDropSite(server.Site):
         )
 
 
+def engine_segments(settings: Settings) -> list[bytes]:
+    """The path segments of the Engine.IO path."""
+    return [s.encode("utf-8") for s in settings.engine.path.strip("/").split("/") if s]
+
+
 class _Root(Resource):
     """Sends the Engine.IO path to its resource and everything else to the API.
 
@@ -616,9 +667,7 @@ class _Root(Resource):
         super().__init__()
         self._api = api
         self._engineio = engineio
-        self._engine_segments = [
-            s.encode("utf-8") for s in settings.engine.path.strip("/").split("/") if s
-        ]
+        self._engine_segments = engine_segments(settings)
 
     def getChildWithDefault(self, path: bytes, request: Any) -> IResource:
         full = [path] + list(request.postpath)
@@ -665,4 +714,5 @@ def build_site(
         reactor,
         IRequestHeadObserver(engineio_resource, None),
         count_api_request,
+        engineio_resource,
     )

@@ -632,3 +632,63 @@ def test_a_request_head_over_the_outbound_cap_drops_the_client() -> None:
     channel.dataReceived(_engine_post(b"a") + _engine_post(b"b") + _engine_post(b"c"))
     assert aborted == [True]
     assert channel.refused
+
+
+class PathRecorder(Resource):
+    """An Engine.IO stand-in that records the path it was reached with."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[list[bytes], list[bytes], bytes]] = []
+
+    def render(self, request):  # type: ignore[no-untyped-def]
+        self.seen.append((list(request.prepath), list(request.postpath), request.path))
+        if request.postpath == [b"boom"]:
+            raise RuntimeError("resource failed")
+        return b"ok"
+
+
+@pytest.mark.parametrize(
+    ("target", "prepath", "postpath"),
+    [
+        (b"/socket.io/?EIO=4&transport=polling", [b"socket.io"], [b""]),
+        (b"/socket.io", [b"socket.io"], []),
+        (b"/socket.io/a/p%41th?x=1", [b"socket.io"], [b"a", b"pAth"]),
+    ],
+)
+def test_engine_requests_reach_the_engine_resource_as_routed(
+    target: bytes, prepath: list[bytes], postpath: list[bytes]
+) -> None:
+    """Engine.IO requests skip the resource tree walk but reach the Engine.IO
+    resource with the prepath and postpath the routing gives them."""
+    engine = PathRecorder()
+    conn = connect(engine=engine)
+    conn.send(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\n\r\n")
+    code, headers, body = conn.response()
+    assert (code, body) == (200, b"ok")
+    assert engine.seen == [(prepath, postpath, target.split(b"?")[0])]
+
+
+def test_engine_answers_carry_the_current_date_and_no_server_header() -> None:
+    """The Date header follows the clock (made once per second, not once
+    per request); the Twisted version is not told."""
+    conn = connect(engine=PathRecorder())
+    conn.clock.advance(0.5)
+    conn.send(b"GET /socket.io/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    _, headers, _ = conn.response()
+    assert headers[b"date"] == b"Thu, 01 Jan 1970 00:00:00 GMT"
+    assert b"server" not in headers
+    conn.transport.clear()
+    conn.clock.advance(1)
+    conn.send(b"GET /socket.io/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.response()[1][b"date"] == b"Thu, 01 Jan 1970 00:00:01 GMT"
+
+
+def test_an_engine_resource_failure_is_a_500_not_a_crash() -> None:
+    conn = connect(engine=PathRecorder())
+    conn.send(b"GET /socket.io/boom HTTP/1.1\r\nHost: x\r\n\r\n")
+    code, _, body = conn.response()
+    assert code == 500
+    assert b"resource failed" not in body

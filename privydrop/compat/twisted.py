@@ -78,6 +78,8 @@ HTTP_HOOKS: dict[type, tuple[str, ...]] = {
         "timeoutConnection",
         "writeHeaders",
         "getHost",
+        "setTimeout",
+        "resetTimeout",
     ),
     server.Request: (
         "gotLength",

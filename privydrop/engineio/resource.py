@@ -65,6 +65,10 @@ class EngineIOResource(Resource):
                 # The HTTP channel is done with once Autobahn has taken its
                 # connection; let it be collected.
                 release_upgraded_channel(channel, transport)
+                if getattr(channel, "transport", True) is None:
+                    release_timers = getattr(channel, "release_timers", None)
+                    if release_timers is not None:
+                        release_timers()
                 return result
             return self._polling.render(request, query)
         except Exception:  # noqa: BLE001 - error boundary: log, close this session

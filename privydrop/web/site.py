@@ -229,8 +229,14 @@ class HardenedChannel(http.HTTPChannel):
     transport: Any
     callLater: Any
     refused = False
-    _head_deadline: IDelayedCall | None = None
-    _body_deadline: IDelayedCall | None = None
+    #: The one timer of the header and body deadlines (L{_arm}), and which
+    #: of them it stands for now: "headers", "body" or None (disarmed: it
+    #: does nothing when it fires, and is reset for the next deadline).
+    _deadline_call: IDelayedCall | None = None
+    _deadline_kind: str | None = None
+    #: The idle timeout's timer (L{setTimeout}), and whether it is on.
+    _idle_call: IDelayedCall | None = None
+    _idle_on = False
     #: Set while a refused request's connection is being drained (L{_linger}).
     _linger_deadline: IDelayedCall | None = None
     _linger_left = 0
@@ -270,7 +276,7 @@ class HardenedChannel(http.HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._awaiting_head = False
-        self._cancel("_head_deadline")
+        self._deadline_kind = None
         if self._answers_unread():
             return
         request, target, length = request_head(self)
@@ -290,16 +296,14 @@ class HardenedChannel(http.HTTPChannel):
             return
         super().allHeadersReceived()
         if self.length != 0:
-            self._body_deadline = self.callLater(
-                self.site.settings.http.body_timeout_s, self._deadline_passed, "body"
-            )
+            self._arm("body", site.settings.http.body_timeout_s)
         if engine and target is not None:
             site.head_received(request, request_method(self), target)
 
     def allContentReceived(self) -> None:
         if self.refused:
             return
-        self._cancel("_body_deadline")
+        self._deadline_kind = None
         self._awaiting_head = True
         self._handling = True
         super().allContentReceived()
@@ -409,9 +413,7 @@ class HardenedChannel(http.HTTPChannel):
         if self.refused:
             return
         self.refused = True
-        self._cancel("_head_deadline")
-        self._cancel("_body_deadline")
-        self.setTimeout(None)
+        self.release_timers()
         self.site.warnings.warn(
             _log,
             "too-large",
@@ -502,17 +504,76 @@ class HardenedChannel(http.HTTPChannel):
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
-        self._cancel("_head_deadline")
-        self._cancel("_body_deadline")
+        self.release_timers()
         self._cancel("_linger_deadline")
         self._cancel("_idle_abort")
         super().connectionLost(reason)
 
+    def release_timers(self) -> None:
+        """Cancel the deadline and idle timers, for good.
+
+        For a connection that is closed, refused, or taken over by another
+        protocol (a WebSocket): a disarmed timer is otherwise left to run
+        out, and would keep the channel alive until then.
+        """
+        self._deadline_kind = None
+        self._idle_on = False
+        self.timeOut = None
+        self._cancel("_deadline_call")
+        self._cancel("_idle_call")
+
     def _start_head_deadline(self) -> None:
-        if self._head_deadline is None:
-            self._head_deadline = self.callLater(
-                self.site.settings.http.header_timeout_s, self._deadline_passed, "headers"
-            )
+        if self._deadline_kind != "headers":
+            self._arm("headers", self.site.settings.http.header_timeout_s)
+
+    def _arm(self, kind: str, seconds: float) -> None:
+        """Start the header or body deadline.
+
+        One timer serves both, and every request: it is moved (C{reset},
+        cheap when later) rather than cancelled and made again per request.
+        """
+        self._deadline_kind = kind
+        call = self._deadline_call
+        if call is not None and call.active():
+            call.reset(seconds)
+        else:
+            self._deadline_call = self.callLater(seconds, self._deadline_fired)
+
+    def _deadline_fired(self) -> None:
+        self._deadline_call = None
+        kind = self._deadline_kind
+        if kind is not None:
+            self._deadline_kind = None
+            self._deadline_passed(kind)
+
+    def setTimeout(self, period: Any) -> Any:
+        # TimeoutMixin's contract, with a timer that is kept while the
+        # timeout is off (HTTPChannel turns it off for every request it
+        # handles and back on when the answer is done) and moved when it is
+        # turned on again, instead of cancelled and made again per request.
+        previous = self.timeOut
+        self.timeOut = period
+        if period is None:
+            self._idle_on = False
+            return previous
+        self._idle_on = True
+        call = self._idle_call
+        if call is not None and call.active():
+            call.reset(period)
+        else:
+            self._idle_call = self.callLater(period, self._idle_fired)
+        return previous
+
+    def resetTimeout(self) -> None:
+        call = self._idle_call
+        if self._idle_on and call is not None and self.timeOut is not None:
+            call.reset(self.timeOut)
+
+    def _idle_fired(self) -> None:
+        self._idle_call = None
+        if self._idle_on:
+            self._idle_on = False
+            self.timeoutConnection()
 
     def _cancel(self, name: str) -> None:
         call = getattr(self, name)
@@ -522,7 +583,6 @@ class HardenedChannel(http.HTTPChannel):
                 call.cancel()
 
     def _deadline_passed(self, what: str) -> None:
-        setattr(self, "_head_deadline" if what == "headers" else "_body_deadline", None)
         if self.transport is None:
             return
         self.site.warnings.warn(

@@ -354,3 +354,33 @@ def test_answer_written_before_the_connection_died_is_not_repeated() -> None:
     stub.clock.advance(0)
     assert _answer(second) == (200, b"4m2")
     assert stub.app.closed == []
+
+
+class _TakenOverTransport(StringTransport):
+    """Autobahn unregisters a producer it never registered when it closes."""
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+
+def test_a_channel_taken_over_by_a_websocket_keeps_no_timer() -> None:
+    """The HTTP channel keeps its deadline and idle timers between requests;
+    once a WebSocket has taken its connection they are cancelled, so that
+    nothing scheduled keeps the channel (and its request) alive."""
+    stub = make_site_stub()
+    channel = stub.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    transport = _TakenOverTransport()
+    transport.protocol = channel
+    channel.makeConnection(transport)
+    channel.dataReceived(
+        b"GET /engine.io/?EIO=4&transport=websocket HTTP/1.1\r\n"
+        b"Host: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    assert channel.transport is None
+    assert transport.value().startswith(b"HTTP/1.1 101 ")
+    held = [
+        call for call in stub.clock.getDelayedCalls()
+        if getattr(call.func, "__self__", None) is channel
+    ]
+    assert held == []

@@ -692,3 +692,57 @@ def test_an_engine_resource_failure_is_a_500_not_a_crash() -> None:
     code, _, body = conn.response()
     assert code == 500
     assert b"resource failed" not in body
+
+
+# -- timers ----------------------------------------------------------------------
+
+
+def test_keepalive_requests_reuse_the_connection_timers() -> None:
+    """Each request moves the connection's deadline and idle timers instead
+    of cancelling them and scheduling new ones, so the reactor's timer heap
+    does not churn per request."""
+    conn = connect(engine=PathRecorder())
+    conn.send(_engine_post(b"first"))
+    timers = {id(call) for call in conn.clock.getDelayedCalls()}
+    for _ in range(5):
+        conn.send(_engine_post(b"again"))
+        conn.send(b"GET /socket.io/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert {id(call) for call in conn.clock.getDelayedCalls()} == timers
+    assert len(timers) <= 2
+    assert conn.response()[0] == 200
+
+
+def test_the_idle_timeout_counts_from_the_last_answer() -> None:
+    """After an answer the connection may stay idle idle_timeout_s; a request
+    meanwhile starts the count again from its answer."""
+    conn = connect()
+    conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.clock.advance(59)
+    assert not conn.transport.disconnecting
+    conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.clock.advance(59)
+    assert not conn.transport.disconnecting
+    conn.clock.advance(1)
+    assert conn.transport.disconnecting
+
+
+def test_a_request_started_after_a_long_idle_still_gets_its_header_deadline() -> None:
+    """The header deadline of a request counts from its first byte, even on
+    a connection whose previous deadlines were disarmed long ago."""
+    conn = connect()
+    conn.send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    conn.clock.advance(50)
+    conn.send(b"GET /hea")
+    conn.clock.advance(9)
+    assert not conn.transport.disconnecting
+    conn.clock.advance(1)
+    assert conn.transport.disconnecting
+
+
+def test_a_closed_connection_leaves_no_timer_behind() -> None:
+    """Timers kept between requests are cancelled when the connection goes,
+    so nothing keeps the channel alive."""
+    conn = connect(engine=PathRecorder())
+    conn.send(_engine_post(b"x"))
+    conn.channel.connectionLost(Failure(ConnectionLost()))
+    assert conn.clock.getDelayedCalls() == []

@@ -34,10 +34,14 @@ resource. It also hardens C{twisted.web} for a public port:
  - every finished API request (any path but Engine.IO's) can be counted
    (C{count_api_request}, the metrics' request counter).
 
-Answers are sent on the socket as soon as they are written when nothing is
-queued before them (L{HardenedChannel.cork}, L{privydrop.compat.twisted.write_now}),
-rather than on the reactor's next turn: a long poll or a POST answer is one
-send, not a register-for-writability, a turn and an unregister.
+Engine.IO requests take a shorter way through C{twisted.web}: they are
+handed to their resource without walking the resource tree, and their
+answers are sent on the socket as soon as they are written when nothing is
+queued before them (L{HardenedChannel.cork},
+L{privydrop.compat.twisted.write_now}) rather than on the reactor's next
+turn: a long poll or a POST answer is one send, not a register for
+writability, a turn and an unregister. The deadline and idle timers of a
+connection are moved from request to request, not made again for each.
 
 This module knows the two resources it routes to only as C{IResource}s.
 """

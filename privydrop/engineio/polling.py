@@ -42,8 +42,13 @@ _JSON = b"application/json"
 _OK = b"ok"
 
 
-def query_of(request: Request) -> dict[str, str]:
-    """Query parameters of C{request}, last value wins, as text."""
+def query_of(request: Request) -> Mapping[str, str]:
+    """Query parameters of C{request}, last value wins, as text (not to be
+    changed: it may be the request's own, parsed once for all callers)."""
+    params = getattr(request, "query_params", None)
+    if params is not None:
+        parsed: Mapping[str, str] = params()
+        return parsed
     out: dict[str, str] = {}
     args: dict[bytes, list[bytes]] = request.args or {}
     for key, values in args.items():

@@ -10,8 +10,8 @@ server does.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import cast
-from urllib.parse import parse_qsl
 
 from autobahn.twisted.resource import WebSocketResource
 from twisted.web.iweb import IRequest
@@ -25,6 +25,7 @@ from privydrop.engineio.polling import PollingTransport, answer_error, header, q
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.websocket import EngineWebSocketFactory
 from privydrop.logs.levels import Logger
+from privydrop.web.query import parse_query
 from privydrop.web.site import IRequestHeadObserver
 
 _log = Logger()
@@ -81,9 +82,12 @@ class EngineIOResource(Resource):
         if method != b"POST":
             return
         try:
-            _, _, query_text = target.partition(b"?")
-            # As query_of: text, the last value of a name wins.
-            query = dict(parse_qsl(query_text.decode("utf-8", "replace")))
+            if hasattr(request, "query_params"):
+                # Parsed from the head, and kept for the render.
+                query: Mapping[str, str] = query_of(cast(Request, request))
+            else:
+                _, _, query_text = target.partition(b"?")
+                query = parse_query(query_text)
             self._polling.post_started(cast(Request, request), query)
         except Exception:  # noqa: BLE001 - error boundary: the request is rendered as usual
             _log.failure("engine request head failed")

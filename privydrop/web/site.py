@@ -77,6 +77,7 @@ from privydrop.logs.levels import Logger
 from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import Settings
 from privydrop.web.cors import api_headers
+from privydrop.web.query import parse_query
 
 _log = Logger()
 
@@ -132,6 +133,14 @@ class LimitedRequest(server.Request):
     #: the server's buffer and is dropped (L{HardenedChannel._answers_unread})
     #: rather than parked in the kernel's buffers until its idle timeout.
     send_at_once = False
+    #: The request-target of an Engine.IO request as sent, from its head.
+    head_target: bytes | None = None
+    #: The query as text, once parsed (L{query_params}).
+    _query: dict[str, str] | None = None
+    #: C{request.args}: set by the stock C{requestReceived}, or made from
+    #: the URI when first read (L{requestReceived} of an Engine.IO request).
+    _args: dict[Any, Any] | None = None
+    _args_from_uri = False
     content: Any
     channel: Any
 
@@ -162,7 +171,45 @@ class LimitedRequest(server.Request):
         ):
             channel.refuse_too_large(self)
             return
-        super().requestReceived(command, path, version)
+        if not self.send_at_once:
+            super().requestReceived(command, path, version)
+            return
+        # The stock method for an Engine.IO request, less what such a
+        # request does not use: form parsing is off (site_options) and its
+        # query is read as text (query_params), so request.args is only
+        # parsed if something asks for it.
+        self.content.seek(0, 0)
+        self.method, self.uri, self.clientproto = command, path, version
+        self.path = path.partition(b"?")[0]
+        self._args_from_uri = True
+        self.process()
+
+    @property
+    def args(self) -> dict[Any, Any]:
+        args = self._args
+        if args is None:
+            _, sep, query = self.uri.partition(b"?")
+            args = http.parse_qs(query, 1) if sep and self._args_from_uri else {}
+            self._args = args
+        return args
+
+    @args.setter
+    def args(self, value: dict[Any, Any]) -> None:
+        self._args = value
+
+    def query_params(self) -> dict[str, str]:
+        """This request's query as text (L{parse_query}), parsed once.
+
+        Read from the head's request-target for an Engine.IO request, so
+        that it can be asked for before the body has arrived, else from the
+        URI. The dictionary is shared by every caller: not to be changed.
+        """
+        query = self._query
+        if query is None:
+            target = self.head_target if self.head_target is not None else self.uri
+            _, sep, text = target.partition(b"?")
+            query = self._query = parse_query(text) if sep else {}
+        return query
 
     def process(self) -> None:
         site = self.channel.site
@@ -292,7 +339,9 @@ class HardenedChannel(http.HTTPChannel):
         else:
             engine = site.is_engine_target(target)
             limit = site.engine_body_limit if engine else site.api_body_limit
-            request.send_at_once = engine and site.engine_resource is not None
+            if engine and site.engine_resource is not None:
+                request.send_at_once = True
+                request.head_target = target
         request.body_limit = limit
         if length is not None and length > limit:
             # Before the stock code, so no "100 Continue" invites the body.

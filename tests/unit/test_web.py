@@ -746,3 +746,49 @@ def test_a_closed_connection_leaves_no_timer_behind() -> None:
     conn.send(_engine_post(b"x"))
     conn.channel.connectionLost(Failure(ConnectionLost()))
     assert conn.clock.getDelayedCalls() == []
+
+
+class ArgsRecorder(Resource):
+    """Records what a resource can read of an Engine.IO request's query."""
+
+    isLeaf = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[Any, Any, bool]] = []
+
+    def render(self, request):  # type: ignore[no-untyped-def]
+        query = request.query_params()
+        self.seen.append((request.args, dict(query), request.query_params() is query))
+        return b"ok"
+
+
+def test_an_engine_request_query_is_read_once_and_args_still_work() -> None:
+    """The query of an Engine.IO request is parsed once, as text, for every
+    reader; request.args still gives twisted.web's answer when asked."""
+    engine = ArgsRecorder()
+    conn = connect(engine=engine)
+    conn.send(b"GET /socket.io/?EIO=4&sid=a%20b&x=1&x=2;y=%e2%82%ac HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert conn.response()[0] == 200
+    [(args, query, same)] = engine.seen
+    assert args == {b"EIO": [b"4"], b"sid": [b"a b"], b"x": [b"1", b"2"], b"y": [b"\xe2\x82\xac"]}
+    assert query == {"EIO": "4", "sid": "a b", "x": "2", "y": "\u20ac"}
+    assert same
+
+
+def test_an_api_request_keeps_twisted_s_args() -> None:
+    seen: list[Any] = []
+
+    class Api(Resource):
+        isLeaf = True
+
+        def render(self, request):  # type: ignore[no-untyped-def]
+            seen.append((request.args, request.query_params()))
+            return b"{}"
+
+    clock = Clock()
+    site = build_site(SETTINGS, clock, Api(), PathRecorder())
+    channel = site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    channel.makeConnection(StringTransport())
+    channel.dataReceived(b"GET /api/x?a=1&a=2 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert seen == [({b"a": [b"1", b"2"]}, {"a": "2"})]

@@ -238,11 +238,12 @@ class LimitedRequest(server.Request):
             self.processingFailed(Failure())
 
     def write(self, data: bytes) -> None:
-        if not self.startedWriting:
-            # Request.process adds "Server: TwistedWeb/<version>"; don't tell.
-            self.responseHeaders.removeHeader(b"server")
         channel = self.channel
         if not self.send_at_once or channel is None:
+            if not self.startedWriting:
+                # Request.process adds "Server: TwistedWeb/<version>"; don't
+                # tell. (The Engine.IO requests' process does not add it.)
+                self.responseHeaders.removeHeader(b"server")
             super().write(data)
             return
         # The head and the first body bytes leave together, in one send.

@@ -238,7 +238,8 @@ class LimitedRequest(server.Request):
             self.processingFailed(Failure())
 
     def write(self, data: bytes) -> None:
-        channel = self.channel
+        # (A finished request has no channel: the stock method raises.)
+        channel = None if self.finished else self.channel
         if not self.send_at_once or channel is None:
             if not self.startedWriting:
                 # Request.process adds "Server: TwistedWeb/<version>"; don't

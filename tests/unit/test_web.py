@@ -792,3 +792,24 @@ def test_an_api_request_keeps_twisted_s_args() -> None:
     channel.makeConnection(StringTransport())
     channel.dataReceived(b"GET /api/x?a=1&a=2 HTTP/1.1\r\nHost: x\r\n\r\n")
     assert seen == [({b"a": [b"1", b"2"]}, {"a": "2"})]
+
+
+def test_writing_after_finish_is_still_twisted_s_error() -> None:
+    """A resource writing to a finished Engine.IO request gets twisted.web's
+    RuntimeError, as before, not some other failure."""
+    finished: list[Any] = []
+
+    class Finisher(Resource):
+        isLeaf = True
+
+        def render(self, request):  # type: ignore[no-untyped-def]
+            request.write(b"done")
+            request.finish()
+            finished.append(request)
+            return server.NOT_DONE_YET
+
+    conn = connect(engine=Finisher())
+    conn.send(b"GET /socket.io/ HTTP/1.1\r\nHost: x\r\n\r\n")
+    [request] = finished
+    with pytest.raises(RuntimeError):
+        request.write(b"more")

@@ -24,12 +24,22 @@ def parse_query(query: bytes) -> dict[str, str]:
     @return: name to value, in the order names first appear.
     """
     out: dict[str, str] = {}
+    if b"%" not in query and b"+" not in query and b";" not in query:
+        # The usual Engine.IO query (EIO, transport, sid): nothing to
+        # unescape, so one decode for all of it. Splitting after the decode
+        # gives the same as decoding each piece: "&" and "=" are ASCII, which
+        # UTF-8 never uses inside a character, and a bad sequence's
+        # replacement never takes the ASCII byte after it.
+        for text in query.decode("utf-8", "replace").split("&"):
+            name, sep, value = text.partition("=")
+            if sep:
+                out[name] = value
+        return out
     for part in query.split(b"&"):
         for item in part.split(b";") if b";" in part else (part,):
-            name, sep, value = item.partition(b"=")
-            if not sep:
-                continue
-            out[_text(name)] = _text(value)
+            raw_name, equals, raw_value = item.partition(b"=")
+            if equals:
+                out[_text(raw_name)] = _text(raw_value)
     return out
 
 

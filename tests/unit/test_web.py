@@ -813,3 +813,18 @@ def test_writing_after_finish_is_still_twisted_s_error() -> None:
     [request] = finished
     with pytest.raises(RuntimeError):
         request.write(b"more")
+
+
+def test_an_engine_head_request_is_answered_with_headers_only_in_one_send() -> None:
+    """HEAD on the Engine.IO path: the head alone, with the length the body
+    would have had, sent at once; the connection stays usable."""
+    sock = FakeSocket()
+    channel, transport, reactor = _connect_tcp(sock)
+    channel.dataReceived(b"HEAD /socket.io/?EIO=4 HTTP/1.1\r\nHost: x\r\n\r\n")
+    [answer] = sock.sent
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Content-Length: 31" in head
+    assert body == b""
+    channel.dataReceived(_engine_post(b"x"))
+    assert len(sock.sent) == 2 and sock.sent[1].endswith(b"engine got 1 bytes at socket.io")

@@ -26,6 +26,10 @@ a Twisted version where one of them changed.
   - L{HTTP_HOOKS}: the methods of C{HTTPChannel} and C{Request} that the
     site overrides. There is no fallback for a renamed hook; L{hooks_missing}
     names it, and the site logs it as an error.
+  - L{REPLICATED_METHODS}: stock methods whose work the site's shorter path
+    for Engine.IO requests repeats (less what those requests do not use),
+    pinned by a digest of their source. L{replicas_current} is false when
+    one of them changed; the site then sends every request the stock way.
   - L{lean_dispatch}: the epoll reactor's poller, its descriptors and its
     per-event handler, L{EPOLL_REACTOR_INTERNALS}. Fallback: the reactor
     dispatches as it always did.
@@ -34,6 +38,7 @@ a Twisted version where one of them changed.
 from __future__ import annotations
 
 import errno
+import hashlib
 import inspect
 from collections.abc import Iterable
 from typing import Any
@@ -89,6 +94,53 @@ HTTP_HOOKS: dict[type, tuple[str, ...]] = {
         "render",
     ),
 }
+
+#: Stock methods the site's shorter path for Engine.IO requests repeats in
+#: part (C{LimitedRequest.requestReceived} and C{.process},
+#: C{HardenedChannel.writeHeaders}), with the SHA-256 of their source in
+#: the Twisted this was written against. A new Twisted that changes one of
+#: them may do something there that the shorter path would skip.
+REPLICATED_METHODS: dict[tuple[type, str], str] = {
+    (http.Request, "requestReceived"): (
+        "99ca6c5e24305de4a0cf1270a1cf624046cded1ceb23fb1c62bd743074f61d3f"
+    ),
+    (server.Request, "process"): (
+        "f75c1431d226a2298ad3aaa14130a9ad7c9b4e4a5f435cf63b46586e5a35563d"
+    ),
+    (http.HTTPChannel, "writeHeaders"): (
+        "3521e56c0fe24bc25143c5b06e06174682a3ada2a5a0f8caaf1d396b2719c6a1"
+    ),
+}
+
+
+def method_digest(cls: type, name: str) -> str | None:
+    """SHA-256 of the source of C{cls.name}, or None when it has none."""
+    try:
+        source = inspect.getsource(getattr(cls, name))
+    except (AttributeError, OSError, TypeError):
+        return None
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def replicas_changed() -> tuple[str, ...]:
+    """The L{REPLICATED_METHODS} whose source is not the pinned one."""
+    return tuple(
+        "%s.%s" % (cls.__name__, name)
+        for (cls, name), digest in REPLICATED_METHODS.items()
+        if method_digest(cls, name) != digest
+    )
+
+
+_replicas_current: bool | None = None
+
+
+def replicas_current() -> bool:
+    """Whether every L{REPLICATED_METHODS} is as pinned (decided once)."""
+    global _replicas_current
+    if _replicas_current is None:
+        _replicas_current = not replicas_changed()
+    return _replicas_current
+
 
 #: The keyword of C{server.Site} that turns form parsing off.
 SITE_FORM_OPTION = "parsePOSTFormSubmission"

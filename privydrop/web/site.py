@@ -66,6 +66,8 @@ from zope.interface import Interface
 from privydrop.compat.twisted import (
     hooks_missing,
     outbound_buffer_size,
+    replicas_changed,
+    replicas_current,
     request_head,
     request_method,
     site_options,
@@ -341,7 +343,7 @@ class HardenedChannel(http.HTTPChannel):
         else:
             engine = site.is_engine_target(target)
             limit = site.engine_body_limit if engine else site.api_body_limit
-            if engine and site.engine_resource is not None:
+            if engine and site.engine_resource is not None and replicas_current():
                 request.send_at_once = True
                 request.head_target = target
         request.body_limit = limit
@@ -412,11 +414,11 @@ class HardenedChannel(http.HTTPChannel):
     def writeHeaders(
         self, version: bytes, code: bytes, reason: bytes, headers: Any
     ) -> None:
-        if not isinstance(headers, Headers):
+        if self._corked is None or not isinstance(headers, Headers):
             super().writeHeaders(version, code, reason, headers)
             return
-        # As the stock method, through this channel's writeSequence, so that
-        # a corked head is held and joined with its body.
+        # As the stock method (compat's REPLICATED_METHODS), held while corked so
+        # that the head is joined with its body.
         lines = [version, b" ", code, b" ", reason, b"\r\n"]
         for name, values in headers.getAllRawHeaders():
             for value in values:
@@ -684,6 +686,13 @@ class PrivyDropSite(server.Site):
                 "twisted.web no longer has {names}: the connection deadlines and "
                 "body caps built on them may not apply",
                 names=", ".join(changed),
+            )
+        replaced = replicas_changed()
+        if replaced:
+            _log.warn(
+                "twisted.web's {names} changed: Engine.IO requests take the stock "
+                "(slower) way",
+                names=", ".join(replaced),
             )
         self.settings = settings
         #: Rejections of clients, logged at most once per cause per interval.

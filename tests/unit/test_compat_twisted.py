@@ -348,3 +348,22 @@ def test_lean_dispatch_runs_reads_and_survives_a_failing_one() -> None:
             a.close()
             b.close()
         reactor._poller.close()
+
+
+def test_installed_twisted_has_the_stock_methods_the_site_repeats() -> None:
+    """The site's shorter way for Engine.IO requests repeats parts of these
+    stock methods; a Twisted that changed one fails here, naming it (and
+    the site then falls back to the stock way)."""
+    assert twisted_compat.replicas_changed() == ()
+    assert twisted_compat.replicas_current()
+
+
+def test_a_changed_stock_method_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    pinned = dict(twisted_compat.REPLICATED_METHODS)
+    pinned[(server.Request, "process")] = "0" * 64
+    monkeypatch.setattr(twisted_compat, "REPLICATED_METHODS", pinned)
+    assert twisted_compat.replicas_changed() == ("Request.process",)
+
+
+def test_a_method_without_source_counts_as_changed() -> None:
+    assert twisted_compat.method_digest(dict, "get") is None

@@ -22,6 +22,7 @@ from twisted.web import server
 from twisted.web.resource import Resource
 
 from privydrop.api.routes import PrivyDropAPI
+from privydrop.compat import twisted as twisted_compat
 from privydrop.compat.twisted import outbound_buffer_size
 from privydrop.settings import ApiSettings, EngineSettings, HttpSettings, Settings
 from privydrop.store.memory import MemoryStore
@@ -566,6 +567,25 @@ def test_an_answer_leaves_in_one_send_without_a_reactor_turn() -> None:
     assert body == b"engine got 5 bytes at socket.io"
     assert transport not in reactor.getWriters()
     assert outbound_buffer_size(transport) == 0
+
+
+def test_engine_requests_take_the_stock_way_when_twisted_changed_what_is_repeated(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shorter way repeats parts of stock methods; when the installed
+    Twisted's differ from the pinned ones, Engine.IO requests are handled
+    the stock way (buffered until the reactor's next turn), answered alike."""
+    monkeypatch.setattr(twisted_compat, "_replicas_current", False)
+    sock = FakeSocket()
+    channel, transport, reactor = _connect_tcp(sock)
+    channel.dataReceived(_engine_post(b"hello"))
+    assert sock.sent == []
+    assert transport in reactor.getWriters()
+    transport.doWrite()
+    head, _, body = b"".join(sock.sent).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"\r\nserver:" not in head.lower()
+    assert body == b"engine got 5 bytes at socket.io"
 
 
 def test_what_the_socket_does_not_take_is_buffered_in_order() -> None:

@@ -294,7 +294,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             headers=shared_text(request.headers),
             remote_address=peer_address(peer),
             query=query,
-            url=autobahn_compat.request_uri(self, request),
+            url=self.factory.shared_url(autobahn_compat.request_uri(self, request)),
             secure=bool(self.factory.isSecure),
             issued_ms=server.issued_ms(),
         )
@@ -760,6 +760,8 @@ class EngineWebSocketFactory(WebSocketServerFactory):
         # server=None: no Server header naming the software and version.
         super().__init__(server=None)
         self.engine = engine
+        #: What socket.io-client asks for: one string for every connection.
+        self._usual_url = engine.settings.path + "?EIO=4&transport=websocket"
         self.autobahn_internals = autobahn_compat.protocol_internals_usable()
         autobahn_compat.check_hooks()
         self._shared_options = autobahn_compat.SharedOptions()
@@ -768,6 +770,11 @@ class EngineWebSocketFactory(WebSocketServerFactory):
             engine.rejections, self.protocol.log
         )
         apply_limits(self, engine.settings)
+
+    def shared_url(self, url: str) -> str:
+        """C{url}, as the factory's own string when it is the usual one
+        (each connection keeps its handshake's URL for its lifetime)."""
+        return self._usual_url if url == self._usual_url else url
 
     def buildProtocol(self, addr: Any) -> Any:
         """Build a protocol whose class carries this factory's options

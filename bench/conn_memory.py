@@ -42,7 +42,7 @@ import time
 import tracemalloc
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -469,23 +469,26 @@ def main() -> None:
         client_main(options.client)
         return
     sys.path.insert(0, str(REPO))
-    from twisted.internet import reactor
+    from twisted.internet import reactor as _reactor
     from twisted.internet.defer import Deferred
-    from twisted.logger import globalLogBeginner
+    from twisted.logger import ILogObserver, globalLogBeginner
+
+    reactor: Any = _reactor
 
     # Log events go nowhere (twistd would write them out; kept, they would
     # pile up in the start-up buffer and be counted).
-    globalLogBeginner.beginLoggingTo([lambda event: None], redirectStandardIO=False)
+    discard = cast(ILogObserver, lambda event: None)
+    globalLogBeginner.beginLoggingTo([discard], redirectStandardIO=False)
     tracemalloc.start(options.frames)
     failures: list[Any] = []
 
     def run() -> None:
         d = Deferred.fromCoroutine(_measure(reactor, options))
         d.addErrback(failures.append)
-        d.addBoth(lambda _: reactor.stop())  # type: ignore[attr-defined]
+        d.addBoth(lambda _: reactor.stop())
 
-    reactor.callWhenRunning(run)  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.callWhenRunning(run)
+    reactor.run()
     if failures:
         sys.stderr.write(failures[0].getTraceback())
         sys.exit(1)

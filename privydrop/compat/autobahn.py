@@ -637,6 +637,10 @@ COLD_DEFAULTS: Mapping[str, object] = {
     "websocket_protocol_in_use": None,
     "triggered": False,
     "send_state": 0,
+    # Autobahn's event observers (ObservableMixin.set_valid_events): the
+    # same list on every connection, read only when an observer is added
+    # or an event fired. Never changed in place.
+    "_valid_events": ["message"],
 }
 
 #: What a server connection keeps from its opening handshake that Autobahn
@@ -686,11 +690,33 @@ class _LazyUtf8Validator:
         return validator
 
 
+class _LazyEventResults:
+    """A protocol's C{_results} (the last result of each observed event, all
+    None until an observer is added and the event fired), made the first
+    time Autobahn reads it, then kept on the instance: unlike the observers'
+    list of valid events, Autobahn changes this dict in place."""
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        results = instance.__dict__["_results"] = dict.fromkeys(instance._valid_events)
+        return results
+
+
+def _unobserved(attributes: Mapping[str, Any]) -> bool:
+    """Whether no observer was ever added and no event result kept."""
+    if attributes.get("_listeners") is not None:
+        return False
+    results = attributes.get("_results")
+    return type(results) is dict and not any(value is not None for value in results.values())
+
+
 def _class_defaults() -> dict[str, Any]:
     """What L{SharedOptions} adds to a protocol class for L{compact_open_connection}."""
     defaults: dict[str, Any] = dict(COLD_DEFAULTS)
     defaults.update(dict.fromkeys(HANDSHAKE_LEFTOVERS))
     defaults["utf8validator"] = _LazyUtf8Validator()
+    defaults["_results"] = _LazyEventResults()
     defaults["_privydrop_compact"] = True
     return defaults
 
@@ -700,7 +726,9 @@ def compact_open_connection(protocol: Any) -> None:
 
     Drops L{HANDSHAKE_LEFTOVERS}; drops each L{COLD_DEFAULTS} attribute
     that still holds its initial value (the class has it); drops the UTF-8
-    validator, made again on first use (L{_LazyUtf8Validator}); swaps an
+    validator, made again on first use (L{_LazyUtf8Validator}), and the
+    table of event results while nobody observes an event
+    (L{_LazyEventResults}); swaps an
     empty send queue for a L{_SendQueue}; then rebuilds the instance dict
     at the size of what is left. Autobahn's instance dict grows past 60
     names, which takes a table twice the size of the one it needs after.
@@ -717,6 +745,9 @@ def compact_open_connection(protocol: Any) -> None:
             if value is initial or (type(value) is type(initial) and value == initial):
                 del attributes[name]
     attributes.pop("utf8validator", None)
+    if _unobserved(attributes):
+        # Made again, all None, if an observer is ever added.
+        attributes.pop("_results", None)
     queue = attributes.get("send_queue")
     if type(queue) is deque and not queue:
         attributes["send_queue"] = _SendQueue()

@@ -195,6 +195,41 @@ class Session:
         handshake); the server caps how many sessions may be in this state.
     """
 
+    # One per connection. Past 30 attributes CPython gives an instance its
+    # own dict (about 1.5 KiB); slots keep an idle session small.
+    __slots__ = (
+        "_sid",
+        "_clock",
+        "_settings",
+        "_handshake",
+        "_application",
+        "_transport_name",
+        "_on_closed",
+        "_on_active",
+        "_rejections",
+        "state",
+        "upgraded",
+        "pending",
+        "close_reason",
+        "_close_kind",
+        "_closing_kind",
+        "_queue",
+        "_queued_bytes",
+        "_flushes",
+        "_flush_pending",
+        "_poll",
+        "_post",
+        "_ws",
+        "_probe",
+        "_probed",
+        "_ping_call",
+        "_pong_call",
+        "_upgrade_call",
+        "_close_call",
+        "_repoll_call",
+        "_close_code",
+    )
+
     def __init__(
         self,
         sid: EngineSid,

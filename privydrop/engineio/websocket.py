@@ -195,6 +195,36 @@ def packet_frame(packet: packets.Packet) -> bytes:
     return server_frame(payload, False)
 
 
+#: Header names, query names and values most handshakes carry. A connection
+#: keeps its handshake's headers and query for its lifetime; with these, it
+#: refers to one shared string for each rather than to its own copy.
+_COMMON_TEXT = {
+    text: text
+    for text in (
+        # query
+        "EIO", "4", "transport", "websocket", "sid", "t",
+        # header names (lower-cased by Autobahn)
+        "host", "upgrade", "connection", "origin", "user-agent", "cookie",
+        "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+        "sec-websocket-protocol", "accept-encoding", "accept-language", "cache-control",
+        "pragma", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip",
+        # header values
+        "Upgrade", "upgrade", "keep-alive, Upgrade", "13", "no-cache",
+        "gzip, deflate", "gzip, deflate, br", "gzip, deflate, br, zstd",
+        "permessage-deflate; client_max_window_bits", "http", "https",
+    )
+}
+
+
+def shared_text(values: Any) -> dict[str, str]:
+    """C{values} (a mapping of text to text) with the common names and
+    values replaced by the shared strings of L{_COMMON_TEXT}."""
+    common = _COMMON_TEXT
+    return {
+        common.get(name, name): common.get(value, value) for name, value in values.items()
+    }
+
+
 class EngineWebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying an Engine.IO session (or its upgrade).
 
@@ -242,7 +272,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         server = self.factory.engine
-        query = {k: v[-1] for k, v in request.params.items() if v}
+        query = shared_text({k: v[-1] for k, v in request.params.items() if v})
         try:
             session = server.verify(
                 query, "GET", upgrade=True, origin=request.headers.get("origin")
@@ -259,12 +289,12 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         peer = self.transport.getPeer() if self.transport is not None else None
         self._upgrade_sid = None if session is None else session.sid
         self._handshake = Handshake(
-            # Autobahn's own dict, not a copy: it no longer changes once
-            # parsed, and the connection lets go of its reference when open.
-            headers=request.headers,
+            # A copy of Autobahn's dict (which the connection lets go of
+            # once open) that shares the common names and values.
+            headers=shared_text(request.headers),
             remote_address=peer_address(peer),
             query=query,
-            url=autobahn_compat.request_uri(self, request),
+            url=self.factory.shared_url(autobahn_compat.request_uri(self, request)),
             secure=bool(self.factory.isSecure),
             issued_ms=server.issued_ms(),
         )
@@ -730,6 +760,8 @@ class EngineWebSocketFactory(WebSocketServerFactory):
         # server=None: no Server header naming the software and version.
         super().__init__(server=None)
         self.engine = engine
+        #: What socket.io-client asks for: one string for every connection.
+        self._usual_url = engine.settings.path + "?EIO=4&transport=websocket"
         self.autobahn_internals = autobahn_compat.protocol_internals_usable()
         autobahn_compat.check_hooks()
         self._shared_options = autobahn_compat.SharedOptions()
@@ -738,6 +770,11 @@ class EngineWebSocketFactory(WebSocketServerFactory):
             engine.rejections, self.protocol.log
         )
         apply_limits(self, engine.settings)
+
+    def shared_url(self, url: str) -> str:
+        """C{url}, as the factory's own string when it is the usual one
+        (each connection keeps its handshake's URL for its lifetime)."""
+        return self._usual_url if url == self._usual_url else url
 
     def buildProtocol(self, addr: Any) -> Any:
         """Build a protocol whose class carries this factory's options

@@ -118,6 +118,7 @@ knows nothing of Engine.IO, HTTP or the store's backends.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredLock, succeed
@@ -205,6 +206,11 @@ def _join_response(success: bool, message: str, room_id: str | None) -> dict[str
     return response
 
 
+#: The members of a socket's state until its disconnect: one shared empty
+#: mapping rather than a dict per socket.
+_NO_MEMBERS: Mapping[str, str] = MappingProxyType({})
+
+
 class _SocketState:
     """What signaling remembers of one connected socket of this process.
 
@@ -222,7 +228,7 @@ class _SocketState:
     def __init__(self) -> None:
         self.room: str | None = None
         self.incarnation: int | None = None
-        self.members: Mapping[str, str] = {}
+        self.members: Mapping[str, str] = _NO_MEMBERS
         self.lock = DeferredLock()
 
     @property

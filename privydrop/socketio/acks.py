@@ -34,16 +34,22 @@ class _Pending:
 
 
 class PendingAcks:
-    """Outstanding acknowledgement callbacks of one socket, by ack id."""
+    """Outstanding acknowledgement callbacks of one socket, by ack id.
+
+    Every socket has one, and most never await an acknowledgement: the
+    table is made on first use.
+    """
+
+    __slots__ = ("_clock", "_limit", "_next_id", "_pending")
 
     def __init__(self, clock: IReactorTime, limit: int) -> None:
         self._clock = clock
         self._limit = limit
         self._next_id = 0
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, _Pending] | None = None
 
     def __len__(self) -> int:
-        return len(self._pending)
+        return 0 if self._pending is None else len(self._pending)
 
     def register(
         self,
@@ -60,18 +66,21 @@ class PendingAcks:
             C{on_timeout}.
         @raise AckLimitError: C{limit} acknowledgements are already awaited.
         """
-        if len(self._pending) >= self._limit:
+        pending = self._pending
+        if pending is None:
+            pending = self._pending = {}
+        if len(pending) >= self._limit:
             raise AckLimitError("max_pending_acks reached")
         ack_id = self._next_id
         self._next_id += 1
         timer = None
         if timeout_s is not None:
             timer = self._clock.callLater(timeout_s, self._expire, ack_id, on_timeout)
-        self._pending[ack_id] = _Pending(callback, on_drop, timer)
+        pending[ack_id] = _Pending(callback, on_drop, timer)
         return ack_id
 
     def _expire(self, ack_id: int, on_timeout: Callable[[], None] | None) -> None:
-        pending = self._pending.pop(ack_id, None)
+        pending = None if self._pending is None else self._pending.pop(ack_id, None)
         if pending is not None and on_timeout is not None:
             _call_logged(on_timeout)
 
@@ -80,7 +89,7 @@ class PendingAcks:
 
         @return: False when no acknowledgement with that id was awaited.
         """
-        pending = self._pending.pop(ack_id, None)
+        pending = None if self._pending is None else self._pending.pop(ack_id, None)
         if pending is None:
             return False
         if pending.timer is not None and pending.timer.active():
@@ -90,7 +99,9 @@ class PendingAcks:
 
     def drop_all(self) -> None:
         """The socket is gone: cancel timers and tell every waiter."""
-        pending, self._pending = self._pending, {}
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
         for item in pending.values():
             if item.timer is not None and item.timer.active():
                 item.timer.cancel()

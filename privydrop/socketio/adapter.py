@@ -170,7 +170,10 @@ class _NamespaceRooms:
 
     def __init__(self) -> None:
         self.rooms: dict[RoomId, set[SocketId]] = {}
-        self.sids: dict[SocketId, set[RoomId]] = {}
+        # The rooms of each socket: a tuple, replaced on a join or leave. A
+        # socket is in a room or two (max_rooms_per_socket); an empty set
+        # alone would cost several times a one-room tuple.
+        self.sids: dict[SocketId, tuple[RoomId, ...]] = {}
 
 
 class LocalAdapter:
@@ -190,7 +193,7 @@ class LocalAdapter:
         return rooms
 
     def add_socket(self, namespace: str, socket_id: SocketId) -> None:
-        self._ns(namespace).sids.setdefault(socket_id, set())
+        self._ns(namespace).sids.setdefault(socket_id, ())
 
     def remove_socket(self, namespace: str, socket_id: SocketId) -> None:
         ns = self._namespaces.get(namespace)
@@ -218,7 +221,8 @@ class LocalAdapter:
             # Only connected (added) sockets have rooms; a late join from a
             # handler that outlived its socket must not leave a stray entry.
             return
-        joined.add(room)
+        if room not in joined:
+            ns.sids[socket_id] = (*joined, room)
         ns.rooms.setdefault(room, set()).add(socket_id)
 
     def remove(self, namespace: str, socket_id: SocketId, room: RoomId) -> None:
@@ -226,8 +230,8 @@ class LocalAdapter:
         if ns is None:
             return
         joined = ns.sids.get(socket_id)
-        if joined is not None:
-            joined.discard(room)
+        if joined is not None and room in joined:
+            ns.sids[socket_id] = tuple([r for r in joined if r != room])
         self._discard(ns, socket_id, room)
 
     @staticmethod

@@ -37,6 +37,17 @@ CLOSE_FORCED = "forced server close"
 class Client:
     """One Engine.IO connection and the sockets it has in each namespace."""
 
+    # One per connection: slots keep an idle client small.
+    __slots__ = (
+        "server",
+        "connection",
+        "reassembler",
+        "sockets",
+        "connecting",
+        "closed",
+        "connect_timer",
+    )
+
     def __init__(
         self,
         server: "SocketIOServer",
@@ -83,7 +94,16 @@ class Client:
         if self.sockets.get(name) is socket:
             del self.sockets[name]
         if self.connecting.get(name) is socket:
-            del self.connecting[name]
+            self.done_connecting(name)
+
+    def done_connecting(self, name: str) -> None:
+        """The socket of namespace C{name} is no longer being accepted."""
+        connecting = self.connecting
+        del connecting[name]
+        if not connecting:
+            # A dict that held an entry keeps a table for eight: an idle
+            # client keeps an empty one instead.
+            self.connecting = {}
 
     def cancel_connect_timer(self) -> None:
         timer, self.connect_timer = self.connect_timer, None

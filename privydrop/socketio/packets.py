@@ -438,10 +438,14 @@ class BinaryReassembler:
     awaited, is a protocol error (socket.io-parser behaves the same).
     """
 
+    # One per connection; the attachments' list exists only while a
+    # BINARY_ packet awaits them.
+    __slots__ = ("_limits", "_header", "_buffers", "_bytes")
+
     def __init__(self, limits: PacketLimits) -> None:
         self._limits = limits
         self._header: Packet | None = None
-        self._buffers: list[bytes] = []
+        self._buffers: list[bytes] | None = None
         self._bytes = 0
 
     @property
@@ -469,16 +473,16 @@ class BinaryReassembler:
                 return None
             return packet
         header = self._header
-        if header is None:
+        buffers = self._buffers
+        if header is None or buffers is None:
             raise SocketIOProtocolError("binary message without a binary packet header")
         self._bytes += len(message)
         if self._bytes > self._limits.max_packet_bytes:
             raise SocketIOProtocolError("packet larger than max_packet_bytes")
-        self._buffers.append(bytes(message))
-        if len(self._buffers) < header.attachments:
+        buffers.append(bytes(message))
+        if len(buffers) < header.attachments:
             return None
-        buffers = self._buffers
         self._header = None
-        self._buffers = []
+        self._buffers = None
         self._bytes = 0
         return reconstruct(header, buffers)

@@ -632,7 +632,7 @@ class SocketIOServer:
     def _connected(self, accepted: bool, client: Client, socket: Socket) -> None:
         name = socket.namespace.name
         if client.connecting.get(name) is socket:
-            del client.connecting[name]
+            client.done_connecting(name)
         if not accepted:
             return
         if client.closed:

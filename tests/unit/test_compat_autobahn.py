@@ -436,6 +436,8 @@ def test_an_open_connection_lets_go_of_the_handshake_and_the_cold_defaults() -> 
     for name, initial in autobahn_compat.COLD_DEFAULTS.items():
         assert getattr(protocol, name) == initial, name
     assert protocol.http_request_params is None
+    assert "_results" not in kept
+    assert protocol._results == {"message": None}
     assert protocol._session.handshake.headers["host"] == "127.0.0.1"
     assert type(protocol.send_queue).__name__ == "_SendQueue" and not protocol.send_queue
 
@@ -456,6 +458,23 @@ def test_the_utf8_validator_is_made_when_autobahn_parses_a_text_frame() -> None:
     protocol.dataReceived(frame(b"4\xff", 1, True))
     sent = transport.value()
     assert sent[0] == 0x88 and sent[2:4] == (1007).to_bytes(2, "big")
+
+
+def test_an_event_observer_added_once_open_is_called() -> None:
+    """Autobahn's event observers still work on a compacted connection: the
+    table of results is made again for this connection alone, and the
+    shared list of valid events is not changed."""
+    protocol, _ = _open_engine_connection()
+    other, _ = _open_engine_connection()
+    seen: list[object] = []
+    protocol.on("message", seen.append)
+    protocol.fire("message", "hello")
+    assert seen == ["hello"]
+    assert protocol._results["message"] is not None
+    assert other._results == {"message": None}
+    assert other._valid_events == ["message"]
+    with pytest.raises(RuntimeError):
+        protocol.on("no such event", seen.append)
 
 
 def test_the_smaller_send_queue_keeps_autobahns_order() -> None:

@@ -251,6 +251,21 @@ def test_reassembler_waits_for_every_attachment() -> None:
     assert not reassembler.awaiting_attachments
 
 
+def test_reassembler_takes_one_binary_packet_after_another() -> None:
+    """The attachments' list exists only while a header awaits them: a
+    second binary packet, after a text one, is reassembled as the first."""
+    reassembler = BinaryReassembler(LIMITS)
+    assert reassembler.feed('51-["a",{"_placeholder":true,"num":0}]') is None
+    assert reassembler.feed(b"\x01") == Packet(PacketType.BINARY_EVENT, "/", ["a", b"\x01"])
+    assert reassembler.feed('2["t"]') == Packet(PacketType.EVENT, "/", ["t"])
+    assert reassembler.feed('52-["b",{"_placeholder":true,"num":1},{"_placeholder":true,"num":0}]') is None
+    assert reassembler.feed(b"\x02") is None
+    packet = reassembler.feed(b"\x03")
+    assert packet == Packet(PacketType.BINARY_EVENT, "/", ["b", b"\x03", b"\x02"])
+    with pytest.raises(SocketIOProtocolError):
+        reassembler.feed(b"\x04")
+
+
 @pytest.mark.parametrize(
     "messages",
     [

@@ -457,6 +457,45 @@ def test_pending_acks_are_capped(clock: Clock) -> None:
     socket.emit("a", callback=lambda: None)
 
 
+def test_first_ack_after_a_long_idle_time_is_delivered(
+    server: SocketIOServer, clock: Clock
+) -> None:
+    """A socket's table of awaited acks is made on first use: a socket that
+    sat idle, then asks for acks, gets them in order with fresh ids, and
+    after they are answered asks again with the next id."""
+    conn, socket_id = join(server, "e1")
+    socket = server.of("/").get_socket(socket_id)
+    assert socket is not None
+    clock.advance(3600)
+    got: list[Any] = []
+    socket.emit("q", 1, callback=lambda *args: got.append(args))
+    answered = socket.emit_with_ack("q", 2)
+    answered.addCallback(got.append)
+    assert conn.take() == ['20["q",1]', '21["q",2]']
+    conn.receive('31["two"]', '30["one"]')
+    assert got == [("two",), ("one",)]
+    socket.emit("q", 3, callback=lambda *args: got.append(args))
+    assert conn.take() == ['22["q",3]']
+    conn.receive('32["three"]')
+    assert got[-1] == ("three",)
+    assert conn.closed is None
+
+
+def test_an_ack_nobody_awaits_on_an_idle_socket_is_ignored(server: SocketIOServer) -> None:
+    """An ACK before the socket ever asked for one finds no table of awaited
+    acks yet: it is ignored, and the connection stays open."""
+    conn, socket_id = join(server, "e1")
+    conn.receive('35["unasked"]')
+    assert conn.closed is None
+    socket = server.of("/").get_socket(socket_id)
+    assert socket is not None
+    got: list[Any] = []
+    socket.emit("q", callback=lambda *args: got.append(args))
+    conn.take()
+    conn.receive('30["ok"]')
+    assert got == [("ok",)]
+
+
 def test_failing_handler_is_logged_and_others_continue(server: SocketIOServer) -> None:
     """One handler's bug doesn't cut off that client or anyone else."""
     ns = server.of("/")

@@ -220,7 +220,9 @@ class Session:
         @param rejections: rate-limits warnings about this client's input.
         @param flushes: shared by the server's sessions; one of its own when None.
         """
-        self._sid = sid
+        #: Read for every message the application handles: an attribute,
+        #: not a property.
+        self.sid = sid
         self._clock = clock
         self._settings = settings
         self._handshake = handshake
@@ -256,10 +258,6 @@ class Session:
         self._close_code = WS_NORMAL
 
     # -- EngineConnection -------------------------------------------------
-
-    @property
-    def sid(self) -> EngineSid:
-        return self._sid
 
     @property
     def handshake(self) -> Handshake:
@@ -407,7 +405,7 @@ class Session:
             keeps its namespace).
         @param channel: see L{drop}.
         """
-        self._rejections.warn(log, cause, message, engine_sid=self._sid, **fields)
+        self._rejections.warn(log, cause, message, engine_sid=self.sid, **fields)
         self.drop(reason, ws_code, channel)
 
     # -- outbound ---------------------------------------------------------
@@ -455,7 +453,7 @@ class Session:
                 except Exception:  # noqa: BLE001 - error boundary: log, close this session
                     _log.failure(
                         "engine session {engine_sid} failed to write",
-                        engine_sid=self._sid,
+                        engine_sid=self.sid,
                     )
                     self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
                     return
@@ -506,7 +504,7 @@ class Session:
             _log,
             "ping-timeout",
             "engine session {engine_sid} ping timeout",
-            engine_sid=self._sid,
+            engine_sid=self.sid,
         )
         self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY, CloseKind.LOST)
 
@@ -586,7 +584,7 @@ class Session:
         except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure(
                 "application failed on a message of engine session {engine_sid}",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )
             self.force_close(REASON_FORCED, WS_NORMAL)
 
@@ -680,7 +678,7 @@ class Session:
         if loglevels.debug:
             _log.debug(
                 "engine session {engine_sid}: no GET after a dropped one",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )
         self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
 
@@ -740,7 +738,7 @@ class Session:
                 _log,
                 "upgrade-timeout",
                 "engine session {engine_sid} upgrade timed out",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )
             probe.close_channel(WS_POLICY_VIOLATION, "upgrade timeout")
 
@@ -807,7 +805,7 @@ class Session:
                 _log,
                 "upgraded",
                 "engine session {engine_sid} upgraded",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )
         self._flush()
 
@@ -873,7 +871,7 @@ class Session:
                 _log,
                 "closed",
                 "engine session {engine_sid} closed ({reason})",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
                 reason=reason,
             )
         self._on_closed(self)
@@ -882,5 +880,5 @@ class Session:
         except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure(
                 "application failed in on_close of engine session {engine_sid}",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )

@@ -118,7 +118,10 @@ class FlushQueue:
         self._held = 0
 
     def add(self, session: Session) -> None:
-        """Flush C{session} at the end of this read, or else of this turn."""
+        """Flush C{session} at the end of this read, or else of this turn.
+
+        (Inlined in L{Session.send}.)
+        """
         self._sessions.append(session)
         if self._call is None and not self._held:
             self._call = self._clock.callLater(0, self._run)
@@ -287,7 +290,11 @@ class Session:
             return
         if not self._flush_pending:
             self._flush_pending = True
-            self._flushes.add(self)
+            # L{FlushQueue.add}, inlined.
+            flushes = self._flushes
+            flushes._sessions.append(self)
+            if flushes._call is None and not flushes._held:
+                flushes._call = flushes._clock.callLater(0, flushes._run)
 
     def send_many(self, messages: Sequence[Message]) -> None:
         """Queue several message packets in order."""

@@ -160,6 +160,7 @@ class Offsets:
         self._next = 0
 
     def next(self) -> str:
+        # Inlined in L{privydrop.socketio.namespace.Namespace.emit_to_socket}.
         number = self._next = self._next + 1
         return self._prefix + "%x" % number
 

@@ -337,9 +337,10 @@ class SocketIOServer:
                     socket.namespace._dispatch(socket, packet)
                     return
             else:
-                packet = reassembler.feed(message)
-                if packet is None:
+                fed = reassembler.feed(message)
+                if fed is None:
                     return
+                packet = fed
             self._on_packet(client, packet)
         except AuthTooLarge as e:
             self._refuse_auth(client, e.namespace)

@@ -117,6 +117,7 @@ knows nothing of Engine.IO, HTTP or the store's backends.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
 from functools import partial
 from typing import Any
@@ -177,8 +178,13 @@ NotifyPeerLeft = Callable[[str, LeaveResult], None]
 
 
 def room_name(room_id: str, incarnation: int | None) -> str:
-    """The Socket.IO room of one incarnation of a room (room ids never hold C{:})."""
-    return f"{room_id}:{incarnation if incarnation is not None else 0}"
+    """The Socket.IO room of one incarnation of a room (room ids never hold C{:}).
+
+    Interned: the members of a room then hold one string for it, and the
+    check that a relayed message's target is in the sender's room matches
+    it by identity, without reading the target's own copy.
+    """
+    return sys.intern(f"{room_id}:{incarnation if incarnation is not None else 0}")
 
 
 def handshake_client_ip(settings: Settings) -> ClientIpOf:
@@ -236,10 +242,16 @@ class _SocketState:
         """Its Socket.IO room, or None."""
         return self.name
 
-    def enter(self, room: str, incarnation: int | None) -> None:
+    def enter(self, room: str, incarnation: int | None, name: str | None = None) -> None:
+        """It is in C{room} now.
+
+        @param name: L{room_name} of both, when the caller has it: the same
+            string as the socket's room in the adapter, which a membership
+            check then matches by identity.
+        """
         self.room = room
         self.incarnation = incarnation
-        self.name = room_name(room, incarnation)
+        self.name = room_name(room, incarnation) if name is None else name
 
     def leave(self) -> None:
         self.room = None
@@ -633,7 +645,7 @@ class Signaling:
                 self.metrics.join_error.inc()
                 socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
                 return
-            state.enter(room_id, decision.incarnation)
+            state.enter(room_id, decision.incarnation, name)
             self._warnings.lifecycle(
                 LogLevel.info,
                 _log,

@@ -153,9 +153,9 @@ def build(pairs: int, recovery: bool = True) -> list[Pair]:
             clock.advance(0)
         ta.clear()
         tb.clear()
-        built.append(
-            (a, ta, client_frame(candidate_event(sid_b, k)), b, tb, client_frame(candidate_event(sid_a, k + 1)))
-        )
+        frame_a = client_frame(candidate_event(sid_b, k))
+        frame_b = client_frame(candidate_event(sid_a, k + 1))
+        built.append((a, ta, frame_a, b, tb, frame_b))
     a, ta, frame_a, b, tb, frame_b = built[0]
     a.dataReceived(frame_a)
     relayed = server_texts(tb.value())

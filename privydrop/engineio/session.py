@@ -118,7 +118,10 @@ class FlushQueue:
         self._held = 0
 
     def add(self, session: Session) -> None:
-        """Flush C{session} at the end of this read, or else of this turn."""
+        """Flush C{session} at the end of this read, or else of this turn.
+
+        (Inlined in L{Session.send}.)
+        """
         self._sessions.append(session)
         if self._call is None and not self._held:
             self._call = self._clock.callLater(0, self._run)
@@ -198,7 +201,7 @@ class Session:
     # One per connection. Past 30 attributes CPython gives an instance its
     # own dict (about 1.5 KiB); slots keep an idle session small.
     __slots__ = (
-        "_sid",
+        "sid",
         "_clock",
         "_settings",
         "_handshake",
@@ -255,7 +258,9 @@ class Session:
         @param rejections: rate-limits warnings about this client's input.
         @param flushes: shared by the server's sessions; one of its own when None.
         """
-        self._sid = sid
+        #: Read for every message the application handles: an attribute,
+        #: not a property.
+        self.sid = sid
         self._clock = clock
         self._settings = settings
         self._handshake = handshake
@@ -293,10 +298,6 @@ class Session:
     # -- EngineConnection -------------------------------------------------
 
     @property
-    def sid(self) -> EngineSid:
-        return self._sid
-
-    @property
     def handshake(self) -> Handshake:
         return self._handshake
 
@@ -324,7 +325,11 @@ class Session:
             return
         if not self._flush_pending:
             self._flush_pending = True
-            self._flushes.add(self)
+            # L{FlushQueue.add}, inlined.
+            flushes = self._flushes
+            flushes._sessions.append(self)
+            if flushes._call is None and not flushes._held:
+                flushes._call = flushes._clock.callLater(0, flushes._run)
 
     def send_many(self, messages: Sequence[Message]) -> None:
         """Queue several message packets in order."""
@@ -442,7 +447,7 @@ class Session:
             keeps its namespace).
         @param channel: see L{drop}.
         """
-        self._rejections.warn(log, cause, message, engine_sid=self._sid, **fields)
+        self._rejections.warn(log, cause, message, engine_sid=self.sid, **fields)
         self.drop(reason, ws_code, channel)
 
     # -- outbound ---------------------------------------------------------
@@ -490,7 +495,7 @@ class Session:
                 except Exception:  # noqa: BLE001 - error boundary: log, close this session
                     _log.failure(
                         "engine session {engine_sid} failed to write",
-                        engine_sid=self._sid,
+                        engine_sid=self.sid,
                     )
                     self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
                     return
@@ -541,7 +546,7 @@ class Session:
             _log,
             "ping-timeout",
             "engine session {engine_sid} ping timeout",
-            engine_sid=self._sid,
+            engine_sid=self.sid,
         )
         self.force_close(REASON_PING_TIMEOUT, WS_GOING_AWAY, CloseKind.LOST)
 
@@ -621,7 +626,7 @@ class Session:
         except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure(
                 "application failed on a message of engine session {engine_sid}",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )
             self.force_close(REASON_FORCED, WS_NORMAL)
 
@@ -715,7 +720,7 @@ class Session:
         if loglevels.debug:
             _log.debug(
                 "engine session {engine_sid}: no GET after a dropped one",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )
         self.force_close(REASON_TRANSPORT_ERROR, kind=CloseKind.LOST)
 
@@ -775,7 +780,7 @@ class Session:
                 _log,
                 "upgrade-timeout",
                 "engine session {engine_sid} upgrade timed out",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )
             probe.close_channel(WS_POLICY_VIOLATION, "upgrade timeout")
 
@@ -842,7 +847,7 @@ class Session:
                 _log,
                 "upgraded",
                 "engine session {engine_sid} upgraded",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )
         self._flush()
 
@@ -908,7 +913,7 @@ class Session:
                 _log,
                 "closed",
                 "engine session {engine_sid} closed ({reason})",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
                 reason=reason,
             )
         self._on_closed(self)
@@ -917,5 +922,5 @@ class Session:
         except Exception:  # noqa: BLE001 - error boundary: log, close this session
             _log.failure(
                 "application failed in on_close of engine session {engine_sid}",
-                engine_sid=self._sid,
+                engine_sid=self.sid,
             )

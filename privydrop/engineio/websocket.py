@@ -676,7 +676,6 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
     def send_packets(self, outgoing: Sequence[packets.Packet]) -> None:
         """Write each packet as one frame, all in one write, then enforce
         C{max_outbound_buffer}."""
-        encode = packets.encode_websocket
         if self._plain_frames:
             if not autobahn_compat.is_open(self):
                 return
@@ -684,7 +683,21 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
             # here costs a fraction of sendMessage per message and makes one
             # write per turn.
             if len(outgoing) == 1:
-                data = packet_frame(outgoing[0])
+                packet = outgoing[0]
+                text = packet[1]
+                if text.__class__ is str:
+                    # L{packet_frame}'s usual case, inlined: the relay
+                    # writes one text packet per read.
+                    payload = (_PACKET_CHARS[packet[0]] + text).encode("utf-8")
+                    size = len(payload)
+                    if size < 126:
+                        data = _TEXT_HEADS[size] + payload
+                    elif size < 65536:
+                        data = _HEAD16.pack(_TEXT_FIN, 126, size) + payload
+                    else:
+                        data = server_frame(payload, False)
+                else:
+                    data = packet_frame(packet)
             else:
                 data = b"".join([packet_frame(p) for p in outgoing])
             if autobahn_compat.write_frames(self, data):
@@ -693,6 +706,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         else:
             if self._phase != _OPEN:
                 return
+            encode = packets.encode_websocket
             try:
                 for packet in outgoing:
                     self.sendMessage(*encode(packet))

@@ -120,17 +120,26 @@ class SignalRequest(NamedTuple):
 
     @ivar event: which of the three.
     @ivar peer_id: the socket id of the target.
-    @ivar value: the description or candidate, forwarded unchanged.
+    @ivar value: the description or candidate, as received.
+    @ivar encoded: C{value} encoded as JSON, as it was measured; relayed as
+        it is (L{relayed_value}), so the value is encoded once.
     """
 
     event: str
     peer_id: str
     value: Any
+    encoded: bytes
 
     @property
     def field(self) -> str:
         """The payload field that carries C{value} (C{offer}/C{answer}/C{candidate})."""
         return SIGNAL_FIELDS[self.event]
+
+    @property
+    def relayed_value(self) -> orjson.Fragment:
+        """C{value} for the relayed event: its measured encoding, which the
+        JSON encoder copies into the event instead of encoding C{value} again."""
+        return orjson.Fragment(self.encoded)
 
 
 @attrs.frozen
@@ -147,6 +156,11 @@ def _payload(args: Sequence[Any]) -> dict[str, Any]:
     return args[0]
 
 
+#: Builds a L{SignalRequest} without its generated C{__new__} (one more
+#: Python call per relayed message).
+_new_tuple = tuple.__new__
+
+
 def _string_field(payload: dict[str, Any], name: str, limit: int) -> str:
     if name not in payload:
         raise InvalidPayload(Reason.MISSING_FIELD, name)
@@ -160,28 +174,19 @@ def _string_field(payload: dict[str, Any], name: str, limit: int) -> str:
     return value
 
 
-#: Containers a relayed value travels inside: the event's argument list and
-#: its payload object, C{[event, {field: value, from, peerId}]}.
-RELAY_NESTING = 2
-
-
 def encoded_size(value: Any) -> int:
-    """Bytes of C{value} encoded as JSON, the way it would travel onwards.
-
-    The value is encoded inside as many containers as the relayed event
-    wraps it in (L{RELAY_NESTING}): the encoder's depth limit applies to the
-    whole packet, so a value that encodes alone may not once wrapped, and
-    that failure would come only when the event is sent.
+    """Bytes of C{value} encoded as JSON, the way it travels onwards.
 
     @raise InvalidPayload: C{NOT_JSON} for what JSON cannot carry (binary
         attachments, integers beyond 64 bits, nesting deeper than the
-        encoder allows once wrapped).
+        encoder allows).
     """
-    wrapped = value
-    for _ in range(RELAY_NESTING):
-        wrapped = [wrapped]
+    return len(_encoded(value))
+
+
+def _encoded(value: Any) -> bytes:
     try:
-        return len(orjson.dumps(wrapped)) - 2 * RELAY_NESTING
+        return orjson.dumps(value)
     except (orjson.JSONEncodeError, TypeError):
         raise InvalidPayload(Reason.NOT_JSON) from None
 
@@ -208,13 +213,24 @@ def parse_signal(event: str, args: Sequence[Any], limits: EventLimits) -> Signal
 
     The description field must be present; its value is forwarded as it
     came (C{null} included, which some clients send as end-of-candidates),
-    provided its JSON encoding is within C{limits.max_signal_bytes}.
+    provided its JSON encoding is within C{limits.max_signal_bytes}. That
+    encoding is the one relayed (L{SignalRequest.relayed_value}): it is
+    copied into the relayed event as it is, so a value that encodes here
+    cannot fail to encode there, however deeply it is nested.
+
+    Runs for every relayed message: the usual payload (a plain dict with
+    a plain string C{peerId}) is checked inline; anything else goes
+    through the general checks, which name the reason.
 
     @param event: one of L{OFFER}, L{ANSWER}, L{ICE_CANDIDATE}.
     @raise InvalidPayload: the caller drops the message.
     """
-    payload = _payload(args)
-    peer_id = _string_field(payload, "peerId", limits.max_peer_id_length)
+    payload = args[0] if args else None
+    if payload.__class__ is not dict:
+        payload = _payload(args)
+    peer_id = payload.get("peerId")
+    if peer_id.__class__ is not str or not peer_id or len(peer_id) > limits.max_peer_id_length:
+        peer_id = _string_field(payload, "peerId", limits.max_peer_id_length)
     field = SIGNAL_FIELDS[event]
     if field not in payload:
         raise InvalidPayload(Reason.MISSING_FIELD, field)
@@ -224,13 +240,12 @@ def parse_signal(event: str, args: Sequence[Any], limits: EventLimits) -> Signal
     if isinstance(value, str) and len(value) > limits.max_signal_bytes:
         raise InvalidPayload(Reason.TOO_LARGE, field)
     try:
-        size = encoded_size(value)
-    except InvalidPayload as error:
-        error.field = field
-        raise
-    if size > limits.max_signal_bytes:
+        encoded = orjson.dumps(value)
+    except (orjson.JSONEncodeError, TypeError):
+        raise InvalidPayload(Reason.NOT_JSON, field) from None
+    if len(encoded) > limits.max_signal_bytes:
         raise InvalidPayload(Reason.TOO_LARGE, field)
-    return SignalRequest(event=event, peer_id=peer_id, value=value)
+    return _new_tuple(SignalRequest, (event, peer_id, value, encoded))
 
 
 def parse_initiator_online(args: Sequence[Any], limits: EventLimits) -> RoomAnnouncement:

@@ -117,10 +117,13 @@ knows nothing of Engine.IO, HTTP or the store's backends.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping
+from functools import partial
 from types import MappingProxyType
 from typing import Any
 
+import orjson
 from twisted.internet.defer import Deferred, DeferredLock, succeed
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
@@ -163,6 +166,7 @@ RELAYED_EVENTS = (*events.SIGNAL_FIELDS, events.INITIATOR_ONLINE, events.RECIPIE
 
 #: The payload field each relayed event forwards (C{SignalRequest.field}).
 _SIGNAL_FIELDS = events.SIGNAL_FIELDS
+_fragment = orjson.Fragment
 
 INVALID_ROOM_ID = "Invalid roomId"
 SERVER_ERROR = "Server error while joining room"
@@ -175,8 +179,13 @@ NotifyPeerLeft = Callable[[str, LeaveResult], None]
 
 
 def room_name(room_id: str, incarnation: int | None) -> str:
-    """The Socket.IO room of one incarnation of a room (room ids never hold C{:})."""
-    return f"{room_id}:{incarnation if incarnation is not None else 0}"
+    """The Socket.IO room of one incarnation of a room (room ids never hold C{:}).
+
+    Interned: the members of a room then hold one string for it, and the
+    check that a relayed message's target is in the sender's room matches
+    it by identity, without reading the target's own copy.
+    """
+    return sys.intern(f"{room_id}:{incarnation if incarnation is not None else 0}")
 
 
 def handshake_client_ip(settings: Settings) -> ClientIpOf:
@@ -217,28 +226,43 @@ class _SocketState:
     @ivar room: the room it is in (Socket.IO room and store binding), set
         only once both are done.
     @ivar incarnation: that room's incarnation (C{created_at}).
+    @ivar name: the Socket.IO room of both (L{room_name}), or None; kept
+        rather than built again for every message the socket relays.
     @ivar lock: serialises its joins, its disconnect clean-up and changes
         from elsewhere (a REST leave, a room check).
     @ivar members: at disconnect, the members this process knew of (told
         if the store cannot be reached).
     """
 
-    __slots__ = ("incarnation", "lock", "members", "room")
+    __slots__ = ("incarnation", "lock", "members", "name", "room")
 
     def __init__(self) -> None:
         self.room: str | None = None
         self.incarnation: int | None = None
+        self.name: str | None = None
         self.members: Mapping[str, str] = _NO_MEMBERS
         self.lock = DeferredLock()
 
     @property
     def room_name(self) -> str | None:
         """Its Socket.IO room, or None."""
-        return None if self.room is None else room_name(self.room, self.incarnation)
+        return self.name
+
+    def enter(self, room: str, incarnation: int | None, name: str | None = None) -> None:
+        """It is in C{room} now.
+
+        @param name: L{room_name} of both, when the caller has it: the same
+            string as the socket's room in the adapter, which a membership
+            check then matches by identity.
+        """
+        self.room = room
+        self.incarnation = incarnation
+        self.name = room_name(room, incarnation) if name is None else name
 
     def leave(self) -> None:
         self.room = None
         self.incarnation = None
+        self.name = None
 
 
 class Signaling:
@@ -283,9 +307,10 @@ class Signaling:
         """Register every handler on the namespace."""
         ns = self._namespace
         ns.on(events.JOIN, self._join)
-        ns.on(events.OFFER, self._offer)
-        ns.on(events.ANSWER, self._answer)
-        ns.on(events.ICE_CANDIDATE, self._ice_candidate)
+        for event in events.SIGNAL_FIELDS:
+            # A partial rather than a method per event: one Python call
+            # fewer per relayed message.
+            ns.on(event, partial(self._relay, event))
         ns.on(events.INITIATOR_ONLINE, self._initiator_online)
         ns.on(events.RECIPIENT_READY, self._recipient_ready)
         ns.on_disconnecting(self._disconnecting)
@@ -321,7 +346,7 @@ class Signaling:
         state = self._sockets.get(socket_id)
         if state is None:
             state = self._sockets[socket_id] = _SocketState()
-        state.room, state.incarnation = room_id, incarnation
+        state.enter(room_id, incarnation)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -626,7 +651,7 @@ class Signaling:
                 self.metrics.join_error.inc()
                 socket.emit(JOIN_RESPONSE, _join_response(False, SERVER_ERROR, room_id))
                 return
-            state.room, state.incarnation = room_id, decision.incarnation
+            state.enter(room_id, decision.incarnation, name)
             self._warnings.lifecycle(
                 LogLevel.info,
                 _log,
@@ -657,34 +682,29 @@ class Signaling:
 
     # -- relayed events (hot path) ---------------------------------------------
 
-    def _relay(self, event: str, socket: Socket, args: tuple[Any, ...]) -> None:
+    def _relay(self, event: str, socket: Socket, *args: Any) -> None:
+        """C{offer}, C{answer} and C{ice-candidate} (registered with the event
+        bound first): hand the description to the target, when the sender
+        is in a room and the target is in the same one."""
         try:
             request = events.parse_signal(event, args, self._limits)
         except InvalidPayload as error:
             self._drop(socket, event, error)
             return
-        state = self._sockets.get(socket.id)
-        room = None if state is None else state.room_name
+        sender = socket.id
+        state = self._sockets.get(sender)
+        room = None if state is None else state.name
         if room is None:
             self._unroutable(socket, event)
             return
-        sender = socket.id
         self._namespace.emit_to_socket(
-            request.peer_id,
+            request[1],
             event,
-            {_SIGNAL_FIELDS[event]: request.value, "from": sender, "peerId": sender},
+            # The value as measured (L{SignalRequest.relayed_value}), inlined.
+            {_SIGNAL_FIELDS[event]: _fragment(request[3]), "from": sender, "peerId": sender},
             only_if_in_room=room,
         )
         self.metrics.relayed[event].inc()
-
-    def _offer(self, socket: Socket, *args: Any) -> None:
-        self._relay(events.OFFER, socket, args)
-
-    def _answer(self, socket: Socket, *args: Any) -> None:
-        self._relay(events.ANSWER, socket, args)
-
-    def _ice_candidate(self, socket: Socket, *args: Any) -> None:
-        self._relay(events.ICE_CANDIDATE, socket, args)
 
     # -- room announcements ------------------------------------------------------
 

@@ -264,7 +264,9 @@ class Namespace:
         data = [event, *args]
         offsets = self.offsets
         if offsets is not None:
-            data.append(offsets.next())
+            # L{Offsets.next}, inlined: one per relayed message.
+            number = offsets._next = offsets._next + 1
+            data.append(offsets._prefix + "%x" % number)
         self._adapter.send_to_socket(
             _new_tuple(Packet, (_EVENT, self.name, data, None, 0)),
             SocketId(socket_id),

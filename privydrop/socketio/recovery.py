@@ -160,6 +160,7 @@ class Offsets:
         self._next = 0
 
     def next(self) -> str:
+        # Inlined in L{privydrop.socketio.namespace.Namespace.emit_to_socket}.
         number = self._next = self._next + 1
         return self._prefix + "%x" % number
 
@@ -181,15 +182,21 @@ class PacketLog:
     every time and pushes the oldest one out, so what an entry costs to
     keep and to free (objects last touched long ago, out of the caches) is
     paid per relayed message.
+
+    Once the log holds C{max_packets} entries, a one-message event that
+    fits takes the place of the oldest one: the list is then a ring whose
+    oldest entry is at C{_start} (0 while it is not one), so the relay's
+    add moves no other entry. Everything else (a larger event, one with
+    attachments, any read) first puts the list back in order.
     """
 
-    __slots__ = ("_entries", "_bytes", "_max_packets", "_max_bytes", "custodial")
+    __slots__ = ("_entries", "_start", "_bytes", "_max_packets", "_max_bytes", "custodial")
 
     def __init__(self, max_packets: int, max_bytes: int, custodial: bool = False) -> None:
         # A list, not a deque: an empty deque is about 600 bytes, and every
-        # joined socket has a log; at the caps' sizes, deleting from the
-        # front of a list is a short move of pointers.
+        # joined socket has a log.
         self._entries: list[_Entry] = []
+        self._start = 0
         self._bytes = 0
         self._max_packets = max_packets
         self._max_bytes = max_bytes
@@ -203,9 +210,37 @@ class PacketLog:
         """Bytes held."""
         return self._bytes
 
+    def _ordered(self) -> list[_Entry]:
+        """The entries oldest first, the ring (if any) undone."""
+        start = self._start
+        if start:
+            entries = self._entries
+            self._entries = entries[start:] + entries[:start]
+            self._start = 0
+        return self._entries
+
     def add(self, messages: Sequence[Message]) -> None:
         """Keep one event (its encoded messages: text, then attachments)."""
         entries = self._entries
+        if (
+            len(entries) == self._max_packets
+            and entries
+            and len(messages) == 1
+            and (text := messages[0]).__class__ is str
+        ):
+            # Full by count, the relay's case: the event replaces the
+            # oldest one when that is a text and the bytes stay within cap.
+            start = self._start
+            oldest = entries[start]
+            if oldest.__class__ is str:
+                held = self._bytes + len(text) - len(oldest)
+                if held <= self._max_bytes:
+                    entries[start] = text
+                    start += 1
+                    self._start = 0 if start == len(entries) else start
+                    self._bytes = held
+                    return
+        entries = self._ordered()
         entry: _Entry
         if len(messages) == 1 and isinstance(text := messages[0], str):
             entry = text
@@ -215,8 +250,7 @@ class PacketLog:
             held = self._bytes + _size(entry)
         entries.append(entry)
         if held > self._max_bytes or len(entries) > self._max_packets:
-            # Once full, every event pushes one or more out: counted on a
-            # local, with the limits read once.
+            # Counted on a local, with the limits read once.
             max_packets = self._max_packets
             max_bytes = self._max_bytes
             kept = len(entries)
@@ -232,7 +266,7 @@ class PacketLog:
     def put_first(self, events: Sequence[Event]) -> None:
         """Put events handed over by another process before the ones kept
         here (which arrived later), within the caps."""
-        later = self._entries
+        later = self._ordered()
         self._entries = []
         self._bytes = 0
         for event in events:
@@ -244,7 +278,7 @@ class PacketLog:
     def _find(self, offset: str) -> int | None:
         """The index of the entry with C{offset}, newest first; None if none."""
         suffix = '"' + offset + '"]'
-        entries = self._entries
+        entries = self._ordered()
         for index in range(len(entries) - 1, -1, -1):
             entry = entries[index]
             first = entry if isinstance(entry, str) else entry[0]
@@ -258,8 +292,8 @@ class PacketLog:
         @return: None when no kept event has that offset (all of them when
             the log is custodial).
         """
-        entries = self._entries
         index = self._find(offset)
+        entries = self._entries
         if index is not None:
             return [_messages(entries[later]) for later in range(index + 1, len(entries))]
         if self.custodial:

@@ -82,6 +82,7 @@ from privydrop.socketio.packets import (
     PacketLimits,
     PacketType,
     SocketIOProtocolError,
+    decode,
     encode,
 )
 from privydrop.socketio.recovery import (
@@ -321,9 +322,26 @@ class SocketIOServer:
         if client is None or client.closed:
             return
         try:
-            packet = client.reassembler.feed(message)
-            if packet is not None:
-                self._on_packet(client, packet)
+            reassembler = client.reassembler
+            if (
+                message.__class__ is str
+                and message[:2] == "2["
+                and reassembler._header is None
+            ):
+                # The relay's hot path: an event of the main namespace
+                # without an ack id, dispatched without L{BinaryReassembler.feed}
+                # and L{_on_packet} (which do the same for it).
+                packet = decode(message, reassembler._limits)
+                socket = client.sockets.get(MAIN_NAMESPACE)
+                if socket is not None:
+                    socket.namespace._dispatch(socket, packet)
+                    return
+            else:
+                fed = reassembler.feed(message)
+                if fed is None:
+                    return
+                packet = fed
+            self._on_packet(client, packet)
         except AuthTooLarge as e:
             self._refuse_auth(client, e.namespace)
         except SocketIOProtocolError as e:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from privydrop.settings import Settings
@@ -77,8 +78,10 @@ def test_signal_keeps_the_description_and_target(event: str) -> None:
     field = events.SIGNAL_FIELDS[event]
     value = {"type": "offer", "sdp": "v=0\r\n"}
     request = parse_signal(event, ({"peerId": "abc", field: value, "from": "spoofed"},), LIMITS)
-    assert request == events.SignalRequest(event=event, peer_id="abc", value=value)
+    assert (request.event, request.peer_id, request.value) == (event, "abc", value)
     assert request.field == field
+    assert orjson.loads(request.encoded) == value
+    assert orjson.dumps([request.relayed_value]) == b"[" + orjson.dumps(value) + b"]"
 
 
 def test_null_candidate_is_forwarded() -> None:
@@ -163,9 +166,10 @@ def _nested(depth: int) -> Any:
 
 @pytest.mark.parametrize("event", [events.OFFER, events.ANSWER, events.ICE_CANDIDATE])
 def test_a_signal_that_passes_also_encodes_as_relayed(event: str) -> None:
-    """Nesting is checked on what will be encoded: the value inside the relayed
-    event ([event, {field, from, peerId}]), not the value alone. An offer nested
-    some 250 levels used to pass, then fail to encode once wrapped, with a
+    """Nesting is checked on what will be encoded: the relayed event carries
+    the value's own measured encoding ([event, {field, from, peerId}] around
+    it), so whatever passes also encodes as relayed. An offer nested some
+    250 levels used to pass, then fail to encode once wrapped, with a
     critical traceback per message."""
     from privydrop.socketio.packets import Packet, PacketType, encode
 
@@ -181,6 +185,27 @@ def test_a_signal_that_passes_also_encodes_as_relayed(event: str) -> None:
             refused_from = depth if refused_from is None else refused_from
             continue
         assert refused_from is None, "refused at %d, accepted at %d" % (refused_from, depth)
-        data = [event, {request.field: request.value, "from": "s", "peerId": "s"}]
-        encode(Packet(PacketType.EVENT, "/", data))
+        data = [event, {request.field: request.relayed_value, "from": "s", "peerId": "s"}]
+        (text,) = encode(Packet(PacketType.EVENT, "/", data))
+        assert text.startswith('2["%s",{"%s":' % (event, field))
+        assert orjson.loads(text[1:])[1][field] == value
     assert refused_from is not None
+
+
+def test_a_signal_payload_of_another_shape_is_checked_the_general_way() -> None:
+    """A dict subclass or a str subclass as C{peerId} passes the same checks
+    as the plain types of a decoded packet."""
+
+    class Payload(dict):  # type: ignore[type-arg]
+        pass
+
+    class PeerId(str):
+        pass
+
+    request = parse_signal(
+        events.ICE_CANDIDATE, (Payload(peerId=PeerId("abc"), candidate={"a": 1}),), LIMITS
+    )
+    assert (request.peer_id, request.encoded) == ("abc", b'{"a":1}')
+    with pytest.raises(InvalidPayload) as caught:
+        parse_signal(events.ICE_CANDIDATE, (Payload(peerId=PeerId("")),), LIMITS)
+    assert caught.value.reason is Reason.EMPTY

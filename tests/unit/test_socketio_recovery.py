@@ -370,3 +370,33 @@ def test_packet_log_keeps_events_whole_across_a_handover_and_the_caps() -> None:
     assert log.size == sum(
         len(m) for m in ['2["early","o2"]', '2["late","o3"]', '2["next","o5"]']
     ) + len('51-["bin",{"_placeholder":true,"num":0},"o4"]') + 3
+
+
+def test_packet_log_full_by_count_replays_in_order_after_wrapping() -> None:
+    """Once full by count, text events take the oldest one's place; reads,
+    byte-cap push-outs and events with attachments still see them oldest
+    first, each once."""
+    log = PacketLog(max_packets=4, max_bytes=1000)
+    for n in range(11):
+        log.add(['2["e","o%d"]' % n])
+    assert len(log) == 4 and log.size == 3 * 11 + 12
+    assert log.after("o6") is None
+    assert log.after("o7") == ['2["e","o8"]', '2["e","o9"]', '2["e","o10"]']
+    for n in range(11, 14):
+        log.add(['2["e","o%d"]' % n])
+    binary = ['51-["b",{"_placeholder":true,"num":0},"o14"]', b"\x01"]
+    log.add(binary)
+    assert log.after("o10") is None
+    assert log.after("o11") == ['2["e","o12"]', '2["e","o13"]', *binary]
+    for n in range(15, 18):
+        log.add(['2["e","o%d"]' % n])
+    assert log.after("o14") == ['2["e","o15"]', '2["e","o16"]', '2["e","o17"]']
+    assert log.after("o15") == ['2["e","o16"]', '2["e","o17"]']
+    log.add(['2["e","o18"]'])  # pushes the binary event out
+    assert log.after("o14") is None
+    assert log.after("o15") == ['2["e","o16"]', '2["e","o17"]', '2["e","o18"]']
+    assert log.size == 4 * 12
+    big = '2["big","%s","o19"]' % ("x" * 950)
+    log.add([big])  # over the byte cap: two go
+    assert log.after("o17") == ['2["e","o18"]', big]
+    assert len(log) == 3 and log.size == 2 * 12 + len(big)

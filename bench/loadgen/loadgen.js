@@ -83,6 +83,8 @@ const PORTS = list('ports') || [PORT];
 const PIDS = list('pids') || (PID ? [PID] : []);
 // CPU seconds of every server process of the relay; null without pids.
 const serversCpuSeconds = () => (PIDS.length === 0 ? null : PIDS.reduce((s, p) => s + procCpuSeconds(p), 0));
+// The same, one figure per server process (in PIDS order).
+const eachServerCpuSeconds = () => PIDS.map((p) => procCpuSeconds(p));
 const DURATION = num('duration', 5);
 const WARMUP = num('warmup', 2);
 const LABEL = args.label || null;
@@ -331,6 +333,7 @@ async function relayPoint(P, W, transport) {
   for (let k = 0; k < W; k++) for (const c of clients) sendOne(c);
   await sleep(WARMUP * 1000);
   let cpu0 = serversCpuSeconds();
+  const eachCpu0 = eachServerCpuSeconds();
   const self = selfCpuMeter();
   st.tStart = now();
   st.measuring = true;
@@ -338,6 +341,7 @@ async function relayPoint(P, W, transport) {
   st.measuring = false;
   st.tEnd = now();
   const cpu1 = serversCpuSeconds();
+  const eachCpu1 = eachServerCpuSeconds();
   const selfCpu = self();
   st.sending = false;
   // Drain: everything still in flight should arrive; what does not is counted as lost.
@@ -361,6 +365,9 @@ async function relayPoint(P, W, transport) {
     server_cpu_s: round(cpuS, 3),
     server_cpu_pct: cpuS === null ? null : round((100 * cpuS) / windowS, 1),
     server_cpu_us_per_msg: cpuS === null || st.delivered === 0 ? null : round((cpuS * 1e6) / st.delivered, 2),
+    // Per server process: its CPU over the window against every delivered message.
+    each_server_cpu_us_per_msg: st.delivered === 0 ? null
+      : eachCpu1.map((c, i) => round(((c - eachCpu0[i]) * 1e6) / st.delivered, 2)),
     loadgen_cpu_pct: round(selfCpu * 100, 1),
     sent_total: sent, received_total: received, lost_after_drain: lost,
     bad_payloads: bad, other_events: other, clients_open_at_end: alive,

@@ -439,19 +439,20 @@ class BinaryReassembler:
     """
 
     # One per connection; the attachments' list exists only while a
-    # BINARY_ packet awaits them.
-    __slots__ = ("_limits", "_header", "_buffers", "_bytes")
+    # BINARY_ packet awaits them. C{limits} and C{pending_header} are read
+    # by the server's fast path for the usual event (no header pending).
+    __slots__ = ("limits", "pending_header", "_buffers", "_bytes")
 
     def __init__(self, limits: PacketLimits) -> None:
-        self._limits = limits
-        self._header: Packet | None = None
+        self.limits = limits
+        self.pending_header: Packet | None = None
         self._buffers: list[bytes] | None = None
         self._bytes = 0
 
     @property
     def awaiting_attachments(self) -> bool:
         """Whether a BINARY_ header is waiting for its attachments."""
-        return self._header is not None
+        return self.pending_header is not None
 
     def feed(self, message: Message) -> Packet | None:
         """Take one message.
@@ -461,28 +462,28 @@ class BinaryReassembler:
             limit; the reassembler should then be dropped with its connection.
         """
         if isinstance(message, str):
-            if self._header is not None:
+            if self.pending_header is not None:
                 raise SocketIOProtocolError("text message while awaiting attachments")
-            packet = decode(message, self._limits)
+            packet = decode(message, self.limits)
             if packet[0] in _BINARY_TYPES:
                 if packet.attachments == 0:
                     return reconstruct(packet, ())
-                self._header = packet
+                self.pending_header = packet
                 self._buffers = []
                 self._bytes = len(message.encode("utf-8"))
                 return None
             return packet
-        header = self._header
+        header = self.pending_header
         buffers = self._buffers
         if header is None or buffers is None:
             raise SocketIOProtocolError("binary message without a binary packet header")
         self._bytes += len(message)
-        if self._bytes > self._limits.max_packet_bytes:
+        if self._bytes > self.limits.max_packet_bytes:
             raise SocketIOProtocolError("packet larger than max_packet_bytes")
         buffers.append(bytes(message))
         if len(buffers) < header.attachments:
             return None
-        self._header = None
+        self.pending_header = None
         self._buffers = None
         self._bytes = 0
         return reconstruct(header, buffers)

@@ -326,12 +326,12 @@ class SocketIOServer:
             if (
                 message.__class__ is str
                 and message[:2] == "2["
-                and reassembler._header is None
+                and reassembler.pending_header is None
             ):
                 # The relay's hot path: an event of the main namespace
                 # without an ack id, dispatched without L{BinaryReassembler.feed}
                 # and L{_on_packet} (which do the same for it).
-                packet = decode(message, reassembler._limits)
+                packet = decode(message, reassembler.limits)
                 socket = client.sockets.get(MAIN_NAMESPACE)
                 if socket is not None:
                     socket.namespace._dispatch(socket, packet)

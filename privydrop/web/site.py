@@ -590,11 +590,16 @@ class HardenedChannel(http.HTTPChannel):
         cheap when later) rather than cancelled and made again per request.
         """
         self._deadline_kind = kind
-        call = self._deadline_call
+        self._deadline_call = self._moved(self._deadline_call, seconds, self._deadline_fired)
+
+    def _moved(
+        self, call: IDelayedCall | None, seconds: float, fire: Callable[[], None]
+    ) -> IDelayedCall:
+        """C{call} moved to C{seconds} from now, or a new timer if it is gone."""
         if call is not None and call.active():
             call.reset(seconds)
-        else:
-            self._deadline_call = self.callLater(seconds, self._deadline_fired)
+            return call
+        return self.callLater(seconds, fire)
 
     def _deadline_fired(self) -> None:
         self._deadline_call = None
@@ -614,11 +619,7 @@ class HardenedChannel(http.HTTPChannel):
             self._idle_on = False
             return previous
         self._idle_on = True
-        call = self._idle_call
-        if call is not None and call.active():
-            call.reset(period)
-        else:
-            self._idle_call = self.callLater(period, self._idle_fired)
+        self._idle_call = self._moved(self._idle_call, period, self._idle_fired)
         return previous
 
     def resetTimeout(self) -> None:

@@ -588,6 +588,20 @@ def test_engine_requests_take_the_stock_way_when_twisted_changed_what_is_repeate
     assert body == b"engine got 5 bytes at socket.io"
 
 
+def test_a_site_on_a_twisted_with_a_changed_repeated_method_says_so(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pinned = dict(twisted_compat.REPLICATED_METHODS)
+    pinned[(server.Request, "process")] = "0" * 64
+    monkeypatch.setattr(twisted_compat, "REPLICATED_METHODS", pinned)
+    clock = Clock()
+    with capturedLogs() as events:
+        build_site(SETTINGS, clock, PrivyDropAPI(SETTINGS, MemoryStore(clock), clock).resource(),
+                   EngineStub())
+    warned = [e for e in events if "Request.process" in str(e.get("names", ""))]
+    assert len(warned) == 1 and warned[0]["log_level"].name == "warn"
+
+
 def test_what_the_socket_does_not_take_is_buffered_in_order() -> None:
     """A socket that takes only part of an answer leaves the rest to the
     transport's buffer (with its back-pressure), and a later answer queues

@@ -28,10 +28,12 @@ a Twisted version where one of them changed.
     names it, and the site logs it as an error.
   - L{REPLICATED_METHODS}: stock methods whose work the site's shorter path
     for Engine.IO requests repeats (less what those requests do not use),
-    pinned by a digest of their source. L{replicas_current} is false when
-    one of them changed; the site then sends every request the stock way.
+    pinned by a digest of their source. L{replicas_changed} names those
+    that changed; the site then sends every request the stock way.
   - L{lean_dispatch}: the epoll reactor's poller, its descriptors and its
-    per-event handler, L{EPOLL_REACTOR_INTERNALS}. Fallback: the reactor
+    per-event handler, L{EPOLL_REACTOR_INTERNALS}; it stands in for
+    C{EPollReactor.doPoll}, pinned by a digest of its source
+    (L{DO_POLL_DIGEST}, as L{REPLICATED_METHODS}). Fallback: the reactor
     dispatches as it always did.
 """
 
@@ -130,16 +132,6 @@ def replicas_changed() -> tuple[str, ...]:
         if method_digest(cls, name) != digest
     )
 
-
-_replicas_current: bool | None = None
-
-
-def replicas_current() -> bool:
-    """Whether every L{REPLICATED_METHODS} is as pinned (decided once)."""
-    global _replicas_current
-    if _replicas_current is None:
-        _replicas_current = not replicas_changed()
-    return _replicas_current
 
 
 #: The keyword of C{server.Site} that turns form parsing off.
@@ -305,6 +297,11 @@ def release_upgraded_channel(channel: Any, transport: Any) -> None:
 #: a write or a disconnection, with Twisted's own error handling).
 EPOLL_REACTOR_INTERNALS = ("_poller", "_selectables", "_doReadOrWrite")
 
+#: The SHA-256 of C{EPollReactor.doPoll}'s source that L{lean_dispatch} was
+#: written against (L{method_digest}): a changed C{doPoll} may do something
+#: per event that the lean loop would skip.
+DO_POLL_DIGEST = "09b62ae68ef01b4bc5eaa170827e2baf0a2a5098e7e7ce7b5e1c80cda187c827"
+
 
 def lean_dispatch(reactor: Any) -> bool:
     """Run the epoll reactor's events without a log context per event.
@@ -326,11 +323,16 @@ def lean_dispatch(reactor: Any) -> bool:
 
     @param reactor: the reactor about to run.
     @return: whether the lean dispatch was installed (False: not an epoll
-        reactor, or one whose internals changed; it dispatches as before).
+        reactor, or one whose internals or C{doPoll} changed; it dispatches as
+        before).
     """
     from twisted.internet.epollreactor import EPollReactor
 
-    if not isinstance(reactor, EPollReactor) or missing(reactor, EPOLL_REACTOR_INTERNALS):
+    if (
+        not isinstance(reactor, EPollReactor)
+        or missing(reactor, EPOLL_REACTOR_INTERNALS)
+        or method_digest(EPollReactor, "doPoll") != DO_POLL_DIGEST
+    ):
         return False
     poller = reactor._poller
     selectables = reactor._selectables

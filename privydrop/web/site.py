@@ -67,7 +67,6 @@ from privydrop.compat.twisted import (
     hooks_missing,
     outbound_buffer_size,
     replicas_changed,
-    replicas_current,
     request_head,
     request_method,
     site_options,
@@ -343,7 +342,7 @@ class HardenedChannel(http.HTTPChannel):
         else:
             engine = site.is_engine_target(target)
             limit = site.engine_body_limit if engine else site.api_body_limit
-            if engine and site.engine_resource is not None and replicas_current():
+            if engine and site.engine_shortcut:
                 request.send_at_once = True
                 request.head_target = target
         request.body_limit = limit
@@ -689,6 +688,10 @@ class PrivyDropSite(server.Site):
                 names=", ".join(changed),
             )
         replaced = replicas_changed()
+        #: Whether Engine.IO requests take the shorter way: there is a leaf
+        #: resource to hand them to, and the stock methods it repeats in
+        #: part are those it was written against.
+        self.engine_shortcut = engine_resource is not None and not replaced
         if replaced:
             _log.warn(
                 "twisted.web's {names} changed: Engine.IO requests take the stock "

@@ -575,7 +575,9 @@ def test_engine_requests_take_the_stock_way_when_twisted_changed_what_is_repeate
     """The shorter way repeats parts of stock methods; when the installed
     Twisted's differ from the pinned ones, Engine.IO requests are handled
     the stock way (buffered until the reactor's next turn), answered alike."""
-    monkeypatch.setattr(twisted_compat, "_replicas_current", False)
+    pinned = dict(twisted_compat.REPLICATED_METHODS)
+    pinned[(server.Request, "process")] = "0" * 64
+    monkeypatch.setattr(twisted_compat, "REPLICATED_METHODS", pinned)
     sock = FakeSocket()
     channel, transport, reactor = _connect_tcp(sock)
     channel.dataReceived(_engine_post(b"hello"))

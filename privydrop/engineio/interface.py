@@ -8,7 +8,7 @@ Engine.IO hands it an L{EngineConnection} for each session.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from enum import Enum
 from typing import NewType, Protocol, Union
 
@@ -39,6 +39,35 @@ class CloseKind(Enum):
     SERVER = "server"
     #: The server is shutting down (the client is expected to reconnect).
     SHUTDOWN = "shutdown"
+
+
+#: Header names, query names and values most handshakes carry. A connection
+#: keeps its handshake's headers and query for its lifetime; with these, it
+#: refers to one shared string for each rather than to its own copy.
+_COMMON_TEXT = {
+    text: text
+    for text in (
+        # query
+        "EIO", "4", "transport", "websocket", "polling", "sid", "t",
+        # header names (lower-cased by both transports)
+        "host", "upgrade", "connection", "origin", "user-agent", "cookie",
+        "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
+        "sec-websocket-protocol", "accept-encoding", "accept-language", "cache-control",
+        "pragma", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip",
+        # header values
+        "Upgrade", "upgrade", "keep-alive, Upgrade", "13", "no-cache",
+        "gzip, deflate", "gzip, deflate, br", "gzip, deflate, br, zstd",
+        "permessage-deflate; client_max_window_bits", "http", "https",
+    )
+}
+
+
+def shared_text(pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """A dict of C{pairs} (names and values as text) with the common names
+    and values replaced by the shared strings of L{_COMMON_TEXT}: for the
+    L{Handshake} of either transport."""
+    common = _COMMON_TEXT
+    return {common.get(name, name): common.get(value, value) for name, value in pairs}
 
 
 @attrs.frozen

@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET, Request
 
 from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineError, EngineRequestError, error_body
-from privydrop.engineio.interface import Handshake
+from privydrop.engineio.interface import Handshake, shared_text
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.session import (
     POLLING,
@@ -71,14 +71,14 @@ def handshake_of(
     # socket's handshake must not depend on the transport it started on, and
     # X-Forwarded-For must keep every hop for the client-IP rule
     # (privydrop.web.clientip), not only the last line.
-    headers = {
-        k.decode("latin-1").lower(): ", ".join(item.decode("latin-1") for item in v)
+    headers = shared_text(
+        (k.decode("latin-1").lower(), ", ".join(item.decode("latin-1") for item in v))
         for k, v in request.requestHeaders.getAllRawHeaders()
-    }
+    )
     return Handshake(
         headers=headers,
         remote_address=peer_address(request.getClientAddress()),
-        query=dict(query),
+        query=shared_text(query.items()),
         url=request.uri.decode("latin-1"),
         secure=request.isSecure(),
         issued_ms=issued_ms,

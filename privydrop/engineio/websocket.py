@@ -45,7 +45,7 @@ from privydrop.compat import autobahn as autobahn_compat
 from privydrop.compat.twisted import outbound_buffer_size
 from privydrop.engineio import packets
 from privydrop.engineio.errors import EngineRequestError
-from privydrop.engineio.interface import CloseKind, EngineSid, Handshake
+from privydrop.engineio.interface import CloseKind, EngineSid, Handshake, shared_text
 from privydrop.engineio.server import EngineServer
 from privydrop.engineio.session import (
     REASON_OUTBOUND_LIMIT,
@@ -195,36 +195,6 @@ def packet_frame(packet: packets.Packet) -> bytes:
     return server_frame(payload, False)
 
 
-#: Header names, query names and values most handshakes carry. A connection
-#: keeps its handshake's headers and query for its lifetime; with these, it
-#: refers to one shared string for each rather than to its own copy.
-_COMMON_TEXT = {
-    text: text
-    for text in (
-        # query
-        "EIO", "4", "transport", "websocket", "sid", "t",
-        # header names (lower-cased by Autobahn)
-        "host", "upgrade", "connection", "origin", "user-agent", "cookie",
-        "sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions",
-        "sec-websocket-protocol", "accept-encoding", "accept-language", "cache-control",
-        "pragma", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-real-ip",
-        # header values
-        "Upgrade", "upgrade", "keep-alive, Upgrade", "13", "no-cache",
-        "gzip, deflate", "gzip, deflate, br", "gzip, deflate, br, zstd",
-        "permessage-deflate; client_max_window_bits", "http", "https",
-    )
-}
-
-
-def shared_text(values: Any) -> dict[str, str]:
-    """C{values} (a mapping of text to text) with the common names and
-    values replaced by the shared strings of L{_COMMON_TEXT}."""
-    common = _COMMON_TEXT
-    return {
-        common.get(name, name): common.get(value, value) for name, value in values.items()
-    }
-
-
 class EngineWebSocketProtocol(WebSocketServerProtocol):
     """One WebSocket connection carrying an Engine.IO session (or its upgrade).
 
@@ -272,7 +242,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
 
     def onConnect(self, request: ConnectionRequest) -> None:
         server = self.factory.engine
-        query = shared_text({k: v[-1] for k, v in request.params.items() if v})
+        query = shared_text((k, v[-1]) for k, v in request.params.items() if v)
         try:
             session = server.verify(
                 query, "GET", upgrade=True, origin=request.headers.get("origin")
@@ -291,7 +261,7 @@ class EngineWebSocketProtocol(WebSocketServerProtocol):
         self._handshake = Handshake(
             # A copy of Autobahn's dict (which the connection lets go of
             # once open) that shares the common names and values.
-            headers=shared_text(request.headers),
+            headers=shared_text(request.headers.items()),
             remote_address=peer_address(peer),
             query=query,
             url=self.factory.shared_url(autobahn_compat.request_uri(self, request)),

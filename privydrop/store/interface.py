@@ -359,8 +359,10 @@ class IStore(Interface):
         With C{room_id} None the socket's own room (C{socket:<sid>}) is used.
         With an explicit C{room_id} that does not exist nothing is written
         and C{room_id} of the result is None. The binding is removed only
-        when it names that room; C{removed} says whether the socket was a
-        member. Ghost members are pruned before counting.
+        when it names that room, and with it the socket's recovery record
+        and deadline (nobody may recover a socket that left; a leave of
+        another room takes neither); C{removed} says whether the socket was
+        a member. Ghost members are pruned before counting.
         """
 
     async def check_rooms(

@@ -340,7 +340,11 @@ class MemoryStore:
         elif not self._room_exists(room_id):
             return LeaveResult(room_id=None, remaining=0)
         if bound == room_id:
+            # With the binding, its recovery: nobody may recover a socket
+            # that left, and a leave of another room takes neither.
             self._drop(socket_key)
+            self._drop(keys.recovery(socket_id))
+            self._zrem(keys.RECOVERY_DEADLINES, socket_id)
         sockets_key = keys.room_sockets(room_id)
         removed = self._srem(sockets_key, socket_id)
         node = self._hget(keys.room_nodes(room_id), socket_id)
@@ -348,8 +352,6 @@ class MemoryStore:
             self._hdel(keys.room_nodes(room_id), socket_id)
             self._srem(keys.node_sockets(node), socket_id)
         self._prune_members(room_id, prune_limit)
-        self._drop(keys.recovery(socket_id))
-        self._zrem(keys.RECOVERY_DEADLINES, socket_id)
         members = self._set(sockets_key)
         remaining = len(members) if members is not None else 0
         if remaining == 0:

@@ -937,6 +937,22 @@ async def test_a_socket_that_left_cannot_be_claimed(backend: Backend) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_leave_naming_another_room_keeps_the_sockets_recovery(backend: Backend) -> None:
+    """A leave of room Q naming a socket that sits in room R (anyone may ask
+    POST /api/leave_room for any socket id) unbinds nothing, so it must not
+    take the socket's recovery either: it can still be claimed, and its
+    deadline still ends it."""
+    store = backend.store
+    await _recoverable(backend)
+    await store.create_room("Q", NOW, ROOM_TTL)
+    await store.set_recovery_deadline("s1", NOW + 1000)
+    await store.leave_room("s1", "Q", EMPTY_TTL)
+    assert await store.room_of_socket("s1") == "R"
+    assert await store.take_due_recoveries(NOW + 5000, 10) == ["s1"]
+    assert (await store.claim_recovery("s1", PID, "z", SOCKET_TTL)).claimed
+
+
+@pytest_twisted.ensureDeferred
 async def test_each_deadline_is_taken_exactly_once(backend: Backend) -> None:
     """The holder's timer and every node's sweep race for a deadline: one wins."""
     store = backend.store

@@ -27,9 +27,12 @@ else
   nodes_key = room_key .. ARGV[8]
 end
 -- Only the socket's own binding is removed: leaving room A never unbinds
--- a socket that sits in room B.
+-- a socket that sits in room B, nor takes its recovery (its record and
+-- deadline belong to that binding). Nobody may recover a socket that left.
 if bound == room_id then
   redis.call('DEL', KEYS[1])
+  redis.call('DEL', ARGV[12] .. sid)
+  redis.call('ZREM', ARGV[13], sid)
 end
 local removed = redis.call('SREM', sockets_key, sid)
 local node = redis.call('HGET', nodes_key, sid)
@@ -38,11 +41,6 @@ if node then
   redis.call('SREM', ARGV[10] .. node .. ARGV[7], sid)
 end
 prune_members(room_id, sockets_key, nodes_key, ARGV[9], tonumber(ARGV[11]))
--- Nobody may recover a socket that left.
-if ARGV[12] then
-  redis.call('DEL', ARGV[12] .. sid)
-  redis.call('ZREM', ARGV[13], sid)
-end
 local remaining = redis.call('SCARD', sockets_key)
 if remaining == 0 then
   redis.call('EXPIRE', room_key, ARGV[5])

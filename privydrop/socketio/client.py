@@ -34,6 +34,10 @@ _log = Logger()
 CLOSE_FORCED = "forced server close"
 
 
+#: No namespace (shared by every client that recovers nothing remotely).
+NO_NAMESPACES: frozenset[str] = frozenset()
+
+
 class Client:
     """One Engine.IO connection and the sockets it has in each namespace."""
 
@@ -44,6 +48,7 @@ class Client:
         "reassembler",
         "sockets",
         "connecting",
+        "recovering",
         "closed",
         "connect_timer",
     )
@@ -59,6 +64,9 @@ class Client:
         self.reassembler = BinaryReassembler(limits)
         self.sockets: dict[str, Socket] = {}
         self.connecting: dict[str, Socket] = {}
+        #: Namespaces whose socket is being claimed from another process
+        #: (they count as connecting: no second CONNECT meanwhile).
+        self.recovering: frozenset[str] = NO_NAMESPACES
         self.closed = False
         self.connect_timer: IDelayedCall | None = None
 

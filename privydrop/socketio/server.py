@@ -72,7 +72,7 @@ from privydrop.logs.throttle import WarningThrottle
 from privydrop.settings import SocketIOSettings
 from privydrop.socketio.acks import PendingAcks
 from privydrop.socketio.adapter import Adapter, LocalAdapter
-from privydrop.socketio.client import CLOSE_FORCED, Client
+from privydrop.socketio.client import CLOSE_FORCED, NO_NAMESPACES, Client
 from privydrop.socketio.ids import SocketId, new_socket_id
 from privydrop.socketio.namespace import Namespace
 from privydrop.socketio.packets import (
@@ -111,6 +111,11 @@ REASON_NOT_RECOVERED = "recovery failed"
 #: Longest offset a client may present (ours are far shorter).
 MAX_OFFSET_LENGTH = 64
 
+#: What L{SocketIOServer._recover} found for a CONNECT with a pid.
+_RESUMED = "resumed"
+_ENDED = "ended"
+_NOT_HERE = "not here"
+
 #: Engine.IO ends that leave sockets recoverable.
 _RECOVERABLE = frozenset({CloseKind.LOST, CloseKind.SHUTDOWN})
 #: The CONNECT_ERROR message for a CONNECT to a namespace nobody registered.
@@ -124,6 +129,14 @@ CLOSE_INVALID_STATE = CLOSE_FORCED
 
 class InvalidState(SocketIOProtocolError):
     """A well-formed packet that the state of its namespace does not allow."""
+
+
+def _done_recovering(result: Any, client: Client, name: str) -> Any:
+    """The claim of a socket for C{client} in namespace C{name} is over
+    (recovered, or a new socket made): a CONNECT is checked as usual again."""
+    rest = client.recovering - {name}
+    client.recovering = rest if rest else NO_NAMESPACES
+    return result
 
 
 class SocketIOServer:
@@ -398,7 +411,7 @@ class SocketIOServer:
                 socket.namespace._dispatch(socket, packet)
                 return
         if packet_type is PacketType.CONNECT:
-            if name in client.sockets or name in client.connecting:
+            if name in client.sockets or name in client.connecting or name in client.recovering:
                 raise InvalidState("CONNECT to a namespace already connected")
             self._connect(client, packet)
             return
@@ -454,19 +467,21 @@ class SocketIOServer:
             secure=engine.secure,
         )
         if namespace.recovery is not None and "pid" in auth:
-            if self._recover(client, namespace, auth, handshake):
+            outcome = self._recover(client, namespace, auth, handshake)
+            if outcome is _RESUMED:
                 return
             pid, offset = auth.get("pid"), auth.get("offset")
             if (
-                self._backend is not None
+                outcome is _NOT_HERE
+                and self._backend is not None
                 and isinstance(pid, str)
                 and isinstance(offset, str)
                 and len(offset) <= MAX_OFFSET_LENGTH
-                and namespace._recoverable(pid) is None
             ):
+                client.recovering = client.recovering | {name}
                 Deferred.fromCoroutine(
                     self._recover_remote(client, namespace, auth, handshake, pid, offset)
-                ).addErrback(
+                ).addBoth(_done_recovering, client, name).addErrback(
                     lambda failure: _log.failure("recovering a socket failed", failure=failure)
                 )
                 return
@@ -525,17 +540,20 @@ class SocketIOServer:
         namespace: Namespace,
         auth: Mapping[str, Any],
         handshake: SocketHandshake,
-    ) -> bool:
-        """Resume the socket C{auth} names, if it can be.
+    ) -> str:
+        """Resume the socket C{auth} names, if this process holds it.
 
-        @return: whether it was resumed; if not, the caller makes a new socket.
+        @return: L{_RESUMED}; L{_ENDED} when this process held it but what
+            the client missed is unknown (the socket left; the caller makes
+            a new one); L{_NOT_HERE} when no socket here is recoverable
+            under that pid (another process may hold it).
         """
         pid, offset = auth.get("pid"), auth.get("offset")
         if not isinstance(pid, str):
-            return False
+            return _NOT_HERE
         socket = namespace._recoverable(pid)
         if socket is None:
-            return False
+            return _NOT_HERE
         if not isinstance(offset, str) or len(offset) > MAX_OFFSET_LENGTH:
             missed = None
         else:
@@ -544,7 +562,7 @@ class SocketIOServer:
             # The client is back but what it missed is unknown: it gets a new
             # socket, so the old one leaves now rather than at its window's end.
             self._end_replaced(socket)
-            return False
+            return _ENDED
         if socket.state is SocketState.CONNECTED:
             self._take_over(socket)
             self.takeovers += 1
@@ -560,7 +578,7 @@ class SocketIOServer:
             namespace=namespace.name,
             missed=len(missed),
         )
-        return True
+        return _RESUMED
 
     async def _recover_remote(
         self,

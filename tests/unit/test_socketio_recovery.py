@@ -8,11 +8,12 @@ from typing import Any
 
 import orjson
 import pytest
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 
 from privydrop.engineio.interface import CloseKind
 from privydrop.settings import SocketIOSettings
-from privydrop.socketio.recovery import PacketLog
+from privydrop.socketio.recovery import LogStatus, PacketLog, RemoteClaim, RemoteLog
 from privydrop.socketio.server import SocketIOServer
 from privydrop.socketio.sockets import Socket, SocketState
 from tests.unit.test_socketio_server import FakeConnection, connect_engine
@@ -400,3 +401,69 @@ def test_packet_log_full_by_count_replays_in_order_after_wrapping() -> None:
     log.add([big])  # over the byte cap: two go
     assert log.after("o17") == ['2["e","o18"]', big]
     assert len(log) == 3 and log.size == 2 * 12 + len(big)
+
+
+# -- the server's side of recovery across processes ------------------------------------
+
+
+class HeldClaims:
+    """A recovery backend whose claims the test answers, to see what the
+    server asks of it and when (the cluster's own backend is driven by
+    tests/integration/test_cluster_recovery.py with real processes)."""
+
+    def __init__(self) -> None:
+        self.claims: list[tuple[str, Deferred[RemoteClaim | None]]] = []
+
+    def claim(self, namespace: str, pid: str) -> Deferred[RemoteClaim | None]:
+        d: Deferred[RemoteClaim | None] = Deferred()
+        self.claims.append((pid, d))
+        return d
+
+    def fetch_log(
+        self, namespace: str, claim: RemoteClaim, pid: str, offset: str
+    ) -> Deferred[RemoteLog]:
+        return succeed(RemoteLog(LogStatus.MISSING))
+
+    def detached(self, socket: Socket) -> None:
+        pass
+
+    def resumed(self, socket: Socket) -> None:
+        pass
+
+    def window_ended(self, socket: Socket) -> Deferred[bool]:
+        return succeed(True)
+
+
+def test_a_socket_ended_here_for_an_unknown_offset_is_not_claimed_elsewhere(
+    server: SocketIOServer, clock: Clock
+) -> None:
+    """This process held the socket and ended it (the offset is not in its
+    log): the client gets a new socket at once, and the store is not asked
+    to recover the socket that just ended."""
+    backend = HeldClaims()
+    server.set_recovery_backend(backend)
+    conn, answer = connect(server, clock, "e1")
+    conn.close("ping timeout", CloseKind.LOST)
+    new, fresh = connect(server, clock, "e2", {"pid": answer["pid"], "offset": "never-issued"})
+    assert fresh["sid"] != answer["sid"]
+    assert backend.claims == []
+
+
+def test_a_second_connect_while_a_remote_recovery_runs_is_refused(
+    server: SocketIOServer, clock: Clock
+) -> None:
+    """While the socket a pid names is being claimed from another process,
+    the namespace is being connected: another CONNECT to it is a protocol
+    error (as a CONNECT to a connecting namespace), not a second socket
+    that the recovery would then overwrite and leave behind."""
+    backend = HeldClaims()
+    server.set_recovery_backend(backend)
+    ns = server.of("/")
+    conn = connect_engine(server, "e1")
+    conn.receive('0{"pid":"elsewhere.%s","offset":"x"}' % ("ab" * 16))
+    assert len(backend.claims) == 1
+    conn.receive("0")
+    assert conn.closed is not None
+    backend.claims[0][1].callback(None)
+    clock.advance(WINDOW_MS / 1000 + 1)
+    assert list(ns._all) == []

@@ -81,10 +81,10 @@ if (!PORT) {
 const PID = num('pid', 0) || null;
 const PORTS = list('ports') || [PORT];
 const PIDS = list('pids') || (PID ? [PID] : []);
-// CPU seconds of every server process of the relay; null without pids.
-const serversCpuSeconds = () => (PIDS.length === 0 ? null : PIDS.reduce((s, p) => s + procCpuSeconds(p), 0));
-// The same, one figure per server process (in PIDS order).
+// CPU seconds of each server process of the relay (in PIDS order), read once
+// per edge of the window; their sum is the relay's server CPU.
 const eachServerCpuSeconds = () => PIDS.map((p) => procCpuSeconds(p));
+const sumOrNull = (each) => (each.length === 0 ? null : each.reduce((s, c) => s + c, 0));
 const DURATION = num('duration', 5);
 const WARMUP = num('warmup', 2);
 const LABEL = args.label || null;
@@ -332,16 +332,16 @@ async function relayPoint(P, W, transport) {
 
   for (let k = 0; k < W; k++) for (const c of clients) sendOne(c);
   await sleep(WARMUP * 1000);
-  let cpu0 = serversCpuSeconds();
   const eachCpu0 = eachServerCpuSeconds();
+  const cpu0 = sumOrNull(eachCpu0);
   const self = selfCpuMeter();
   st.tStart = now();
   st.measuring = true;
   await sleep(DURATION * 1000);
   st.measuring = false;
   st.tEnd = now();
-  const cpu1 = serversCpuSeconds();
   const eachCpu1 = eachServerCpuSeconds();
+  const cpu1 = sumOrNull(eachCpu1);
   const selfCpu = self();
   st.sending = false;
   // Drain: everything still in flight should arrive; what does not is counted as lost.

@@ -647,7 +647,7 @@ COLD_DEFAULTS: Mapping[str, object] = {
 #: reads only while processing it (the request, its parsed parts, the
 #: answer). Let go once the connection is open: read from the class, they
 #: are None. The request's headers stay in the transport's own
-#: C{Handshake}, which holds the same dict.
+#: C{Handshake}, as a copy that shares the common names and values.
 HANDSHAKE_LEFTOVERS = (
     "http_request_data",
     "http_status_line",

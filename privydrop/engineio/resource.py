@@ -82,12 +82,11 @@ class EngineIOResource(Resource):
         if method != b"POST":
             return
         try:
-            if hasattr(request, "query_params"):
-                # Parsed from the head, and kept for the render.
-                query: Mapping[str, str] = query_of(cast(Request, request))
-            else:
-                _, _, query_text = target.partition(b"?")
-                query = parse_query(query_text)
+            params = getattr(request, "query_params", None)
+            # Parsed from the head once, and kept for the render.
+            query: Mapping[str, str] = (
+                params() if params is not None else parse_query(target.partition(b"?")[2])
+            )
             self._polling.post_started(cast(Request, request), query)
         except Exception:  # noqa: BLE001 - error boundary: the request is rendered as usual
             _log.failure("engine request head failed")

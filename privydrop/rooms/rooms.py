@@ -314,7 +314,7 @@ class Rooms:
             valid,
             now_ms,
             settings.room_ttl_s,
-            settings.room_ttl_s + settings.socket_ttl_extra_s,
+            settings.socket_ttl_s,
             window,
             node_id=self._node_id(),
             known_room=None if known is None else known[0],

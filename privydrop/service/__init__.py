@@ -181,7 +181,7 @@ def build_service(
                 adapter_service.renew(new_node_id())
 
             recovery: ClusterRecovery | None = None
-            if settings.socketio.recovery_window_ms > 0:
+            if settings.socketio.recovery_enabled:
                 recovery = ClusterRecovery(
                     store=store_service.store,
                     rooms=rooms,
@@ -191,7 +191,7 @@ def build_service(
                     notify_peer_left=layer.notify_peer_left,
                     clock=reactor,
                     window_ms=settings.socketio.recovery_window_ms,
-                    socket_ttl_s=settings.rooms.room_ttl_s + settings.rooms.socket_ttl_extra_s,
+                    socket_ttl_s=settings.rooms.socket_ttl_s,
                     handover_timeout_ms=settings.cluster.handover_timeout_ms,
                     sweep_grace_ms=settings.cluster.heartbeat_interval_ms,
                 )
@@ -208,7 +208,7 @@ def build_service(
                     "listen": settings.listen,
                     "started_ms": str(int(reactor.seconds() * 1000)),
                 },
-                socket_ttl_s=settings.rooms.room_ttl_s + settings.rooms.socket_ttl_extra_s,
+                socket_ttl_s=settings.rooms.socket_ttl_s,
                 empty_ttl_s=settings.rooms.empty_room_ttl_s,
                 prune_limit=settings.rooms.prune_limit,
                 on_socket_reaped=signaling.socket_reaped,

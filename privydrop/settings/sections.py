@@ -203,6 +203,11 @@ class RoomSettings:
     rejoin_id_length: int = 8
     numeric_id_attempts: int = 10
     alphanumeric_id_attempts: int = 50
+
+    @property
+    def socket_ttl_s(self) -> int:
+        """How long a socket's binding (and recovery record) is kept."""
+        return self.room_ttl_s + self.socket_ttl_extra_s
     join_window_s: int = 5
     join_limit: int = 2
     join_rate_limit_enabled: bool = True

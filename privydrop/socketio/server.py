@@ -175,7 +175,7 @@ class SocketIOServer:
                 max_packets=settings.recovery_max_packets,
                 max_bytes=settings.recovery_max_bytes,
             )
-            if settings.recovery_window_ms > 0
+            if settings.recovery_enabled
             else None
         )
         self.recoveries = 0

@@ -174,23 +174,6 @@ def _string_field(payload: dict[str, Any], name: str, limit: int) -> str:
     return value
 
 
-def encoded_size(value: Any) -> int:
-    """Bytes of C{value} encoded as JSON, the way it travels onwards.
-
-    @raise InvalidPayload: C{NOT_JSON} for what JSON cannot carry (binary
-        attachments, integers beyond 64 bits, nesting deeper than the
-        encoder allows).
-    """
-    return len(_encoded(value))
-
-
-def _encoded(value: Any) -> bytes:
-    try:
-        return orjson.dumps(value)
-    except (orjson.JSONEncodeError, TypeError):
-        raise InvalidPayload(Reason.NOT_JSON) from None
-
-
 def parse_join(args: Sequence[Any], limits: EventLimits) -> JoinRequest:
     """Validate the arguments of a C{join} event.
 

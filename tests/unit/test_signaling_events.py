@@ -118,8 +118,8 @@ def test_signal_size_is_measured_as_encoded_json() -> None:
     """The size limit counts what would travel on, escapes included, to the byte."""
     # {"sdp":"..."} is 10 bytes of framing; a newline encodes as two bytes.
     fits = {"sdp": "a" * (1024 - 10)}
-    assert events.encoded_size(fits) == 1024
-    parse_signal(events.OFFER, ({"peerId": "p", "offer": fits},), LIMITS)
+    request = parse_signal(events.OFFER, ({"peerId": "p", "offer": fits},), LIMITS)
+    assert len(request.encoded) == 1024
     escaped = {"sdp": "\n" * ((1024 - 10) // 2 + 1)}
     with pytest.raises(InvalidPayload) as caught:
         parse_signal(events.OFFER, ({"peerId": "p", "offer": escaped},), LIMITS)

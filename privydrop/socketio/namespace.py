@@ -11,7 +11,7 @@ from __future__ import annotations
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, Union
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from privydrop.logs.client_text import clip
@@ -53,10 +53,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 def _awaited(result: Any) -> Union[Deferred[Any], Any]:
     """Turn a coroutine or other awaitable into a Deferred; leave values alone."""
     return as_deferred_if_awaitable(result)
-
-
-async def _nothing() -> None:
-    return None
 
 
 def ack_arguments(result: Any) -> list[Any]:
@@ -207,7 +203,7 @@ class Namespace:
     def wait_no_detached(self) -> Deferred[None]:
         """Fires once no socket of this namespace waits for its client here."""
         if self.detached_count() == 0:
-            return Deferred.fromCoroutine(_nothing())
+            return succeed(None)
         waiter: Deferred[None] = Deferred()
         self._no_detached_waiters.append(waiter)
         return waiter

@@ -614,10 +614,7 @@ class SocketIOServer:
         if log.status is LogStatus.OFFSET_UNKNOWN:
             # What the client missed is unknown: the socket leaves (its
             # peers are told) and the client gets a new one.
-            socket._state = SocketState.CONNECTED
-            socket._client = NO_CLIENT
-            socket._held = None
-            socket._on_close(REASON_NOT_RECOVERED)
+            socket._end_unrecovered(REASON_NOT_RECOVERED)
             self._connect_new(client, namespace, auth, handshake)
             return
         if log.status is LogStatus.MISSING:

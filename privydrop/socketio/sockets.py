@@ -528,16 +528,20 @@ class Socket:
             return None
         return self._log.events_after(offset)
 
+    def _cancel_window(self) -> None:
+        """Its recovery window no longer runs here."""
+        if self._window_call is not None:
+            if self._window_call.active():
+                self._window_call.cancel()
+            self._window_call = None
+
     def _release(self, node: str | None) -> None:
         """Leave this process without leaving the rooms: recovered on node
         C{node}, or ended by another process. No disconnect handler runs;
         the namespace's released handlers do."""
         if self._state is SocketState.DISCONNECTED or self._closing:
             return
-        if self._window_call is not None:
-            if self._window_call.active():
-                self._window_call.cancel()
-            self._window_call = None
+        self._cancel_window()
         self._state = SocketState.DISCONNECTED
         self._held = None
         self._log = None
@@ -552,18 +556,19 @@ class Socket:
     ) -> None:
         """Recovered from another process: the events it handed over come
         first, then what arrived here meanwhile (held while CONNECTING)."""
-        arrived = self._held or []
         if self._log is not None:
             self._log.put_first(events)
-        self._held = [message for event in events for message in event]
-        self._held.extend(arrived)
-        self._client = client
-        self.handshake = handshake
-        self.recovered = True
+        handed_over = [message for event in events for message in event]
+        self._resume(client, handshake, handed_over + (self._held or []))
+
+    def _end_unrecovered(self, reason: str) -> None:
+        """Claimed here from another process, but what its client missed is
+        unknown: it leaves as a connected socket does (handlers run, rooms
+        are left, its peers are told), with no connection to tell."""
         self._state = SocketState.CONNECTED
-        self.namespace._resumed(self)
-        self._client.send(encode(Packet(PacketType.CONNECT, self.namespace.name, self._answer())))
-        self._clock.callLater(self._connect_answer_gap_s, self._release_held)
+        self._client = NO_CLIENT
+        self._held = None
+        self._on_close(reason)
 
     def _missed(self, offset: str) -> list[Message] | None:
         """What the client missed after C{offset}; None when unknown."""
@@ -575,10 +580,7 @@ class Socket:
         """Go on over C{client}'s connection: answer CONNECT with the same
         id and pid, then replay C{missed} (and whatever arrives meanwhile)
         on the next turn, as after L{_accept}."""
-        if self._window_call is not None:
-            if self._window_call.active():
-                self._window_call.cancel()
-            self._window_call = None
+        self._cancel_window()
         self._client = client
         self.handshake = handshake
         self.recovered = True
@@ -628,10 +630,7 @@ class Socket:
             # Also when a disconnecting handler disconnects the socket again.
             return
         self._closing = True
-        if self._window_call is not None:
-            if self._window_call.active():
-                self._window_call.cancel()
-            self._window_call = None
+        self._cancel_window()
         self._log = None
         self.namespace._run_disconnecting(self, reason)
         self._state = SocketState.DISCONNECTED

@@ -411,8 +411,9 @@ class HeldClaims:
     server asks of it and when (the cluster's own backend is driven by
     tests/integration/test_cluster_recovery.py with real processes)."""
 
-    def __init__(self) -> None:
+    def __init__(self, log: RemoteLog = RemoteLog(LogStatus.MISSING)) -> None:
         self.claims: list[tuple[str, Deferred[RemoteClaim | None]]] = []
+        self.log = log
 
     def claim(self, namespace: str, pid: str) -> Deferred[RemoteClaim | None]:
         d: Deferred[RemoteClaim | None] = Deferred()
@@ -422,7 +423,7 @@ class HeldClaims:
     def fetch_log(
         self, namespace: str, claim: RemoteClaim, pid: str, offset: str
     ) -> Deferred[RemoteLog]:
-        return succeed(RemoteLog(LogStatus.MISSING))
+        return succeed(self.log)
 
     def detached(self, socket: Socket) -> None:
         pass
@@ -467,3 +468,23 @@ def test_a_second_connect_while_a_remote_recovery_runs_is_refused(
     backend.claims[0][1].callback(None)
     clock.advance(WINDOW_MS / 1000 + 1)
     assert list(ns._all) == []
+
+
+def test_a_socket_claimed_from_elsewhere_with_an_unknown_offset_leaves_and_a_new_one_answers(
+    server: SocketIOServer, clock: Clock
+) -> None:
+    """The process that held it does not know the client's offset: the
+    claimed socket leaves (disconnect handlers run, as for a socket whose
+    peers must be told) and the client gets a new socket."""
+    lifecycle = Lifecycle(server)
+    backend = HeldClaims(RemoteLog(LogStatus.OFFSET_UNKNOWN))
+    server.set_recovery_backend(backend)
+    conn = connect_engine(server, "e1")
+    conn.receive('0{"pid":"elsewhere.%s","offset":"x"}' % ("ab" * 16))
+    backend.claims[0][1].callback(
+        RemoteClaim(socket_id="elsewhere", rooms={"r": {"elsewhere": "n1"}}, old_node="n1")
+    )
+    answer = orjson.loads(conn.take_text()[0][1:])
+    assert answer["sid"] != "elsewhere"
+    assert lifecycle.disconnects == [("elsewhere", "recovery failed")]
+    assert server.of("/")._local_socket("elsewhere") is None  # type: ignore[arg-type]

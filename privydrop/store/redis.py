@@ -611,13 +611,13 @@ class RedisStore:
         await self._command(("ZADD", keys.RECOVERY_DEADLINES, deadline_ms, socket_id))
 
     async def take_recovery_deadline(self, socket_id: str) -> bool:
-        """One round trip (script)."""
-        reply = await self._script(TAKE_RECOVERIES, (keys.RECOVERY_DEADLINES,), (socket_id, 0, 0))
-        return bool(reply)
+        """One round trip (ZREM: whoever removes it takes it)."""
+        removed = await self._command(("ZREM", keys.RECOVERY_DEADLINES, socket_id))
+        return int(removed) == 1
 
     async def take_due_recoveries(self, now_ms: int, limit: int) -> list[str]:
         """One round trip (script)."""
-        reply = await self._script(TAKE_RECOVERIES, (keys.RECOVERY_DEADLINES,), ("", now_ms, limit))
+        reply = await self._script(TAKE_RECOVERIES, (keys.RECOVERY_DEADLINES,), (now_ms, limit))
         return [_text(sid) for sid in reply or ()]
 
     async def deregister_node(self, node_id: str) -> bool:
